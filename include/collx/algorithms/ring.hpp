@@ -1,0 +1,180 @@
+#pragma once
+
+// ring reduce-scatter: p-1 steps, n(p-1)/p bytes sent per rank; all-gather: p-1 steps,
+// n(p-1)/p bytes sent per rank (n = the gathered size); all-reduce = reduce-scatter then
+// all-gather: 2(p-1) steps, 2n(p-1)/p bytes sent per rank, bandwidth-optimal for large n.
+//
+// The ranks stand in a circle; each sends only to its right neighbour and receives only
+// from its left. The buffer is cut into p chunks. In the reduce-scatter half, at step s
+// rank r passes chunk (r-s-1) to the right and receives chunk (r-s-2) from the left,
+// adding its own contribution to it. A chunk that starts at rank c+1 travels p-1 hops
+// around the circle, collecting one contribution per hop, and arrives complete at rank c.
+// In the all-gather half each rank passes on the complete chunk it just received, so
+// after p-1 more steps every rank holds every chunk.
+//
+// Chunks are cut further into segments, and segment k of step s+1 depends only on
+// segment k of step s: a rank forwards the first segment of a chunk while the rest is
+// still arriving. That pipelining hides most of the per-step latency on large buffers.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "collx/schedule/schedule.hpp"
+
+namespace collx::algorithms {
+
+namespace detail {
+
+// Chunk c of n elements cut into p nearly equal chunks: the first n % p get one more.
+struct chunking {
+  std::size_t n;
+  std::size_t p;
+  std::size_t size(std::size_t c) const noexcept { return n / p + (c < n % p ? 1 : 0); }
+  std::size_t offset(std::size_t c) const noexcept { return c * (n / p) + std::min(c, n % p); }
+};
+
+inline std::size_t mod(long long a, int p) noexcept {
+  const long long m = a % p;
+  return static_cast<std::size_t>(m < 0 ? m + p : m);
+}
+
+// Segment k of a chunk [offset, offset+size) in `seg`-element pieces; empty past the end.
+inline region segment(buffer b, std::size_t offset, std::size_t size, std::size_t seg,
+                      std::size_t k) noexcept {
+  const std::size_t first = k * seg;
+  if (first >= size) return {b, offset + size, 0};
+  return {b, offset + first, std::min(seg, size - first)};
+}
+
+inline std::size_t segments(std::size_t size, std::size_t seg) noexcept { return (size + seg - 1) / seg; }
+
+}  // namespace detail
+
+struct ring_params {
+  int rank = 0;
+  int ranks = 1;
+  std::size_t count = 0;    // elements per rank, as in the public API
+  std::size_t segment = 1;  // elements per pipeline segment (at least 1)
+  bool in_place = false;
+};
+
+inline schedule ring(collective coll, const ring_params& prm) {
+  using detail::mod;
+  schedule s;
+  s.coll = coll;
+  s.algo = algorithm::ring;
+  s.rank = prm.rank;
+  s.ranks = prm.ranks;
+  s.count = prm.count;
+  s.in_place = prm.in_place;
+  schedule_builder b(s);
+
+  const int p = prm.ranks;
+  const int r = prm.rank;
+  const std::size_t n = prm.count;
+  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
+  const buffer in = prm.in_place ? buffer::output : buffer::input;
+  const int right = (r + 1) % p;
+  const int left = (r + p - 1) % p;
+  if (n == 0) {
+    // Nothing to move, but one empty message around the ring still carries the call's
+    // signature, so that a rank passing count 0 where its peers pass more is told so.
+    if (p > 1) {
+      b.send(right, {buffer::output, 0, 0}, 0);
+      b.recv(left, {buffer::output, 0, 0}, 0);
+    }
+    return s;
+  }
+
+  if (p == 1) {  // nothing to exchange; out of place, the input is the answer
+    if (!prm.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
+    return s;
+  }
+
+  const auto up = static_cast<std::size_t>(p);
+  const auto last = static_cast<std::uint32_t>(p - 2);
+
+  switch (coll) {
+    case collective::all_reduce: {
+      const detail::chunking ch{n, up};
+      auto piece = [&](buffer buf, std::size_t c, std::size_t k) {
+        return detail::segment(buf, ch.offset(c), ch.size(c), seg, k);
+      };
+      // Reduce-scatter half: out of place, the first hop reads the input directly and
+      // every later one accumulates into output, so the input is never copied.
+      for (std::uint32_t st = 0; st <= last; ++st) {
+        const std::size_t sc = mod(r - static_cast<long long>(st) - 1, p);
+        const std::size_t rc = mod(r - static_cast<long long>(st) - 2, p);
+        const std::size_t ks =
+            std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
+        for (std::size_t k = 0; k < ks; ++k) {
+          const region out = piece(st == 0 ? in : buffer::output, sc, k);
+          if (out.count != 0) b.send(right, out, st);
+          const region acc = piece(buffer::output, rc, k);
+          if (acc.count != 0) b.recv_reduce(left, piece(in, rc, k), acc, st);
+        }
+      }
+      // All-gather half: pass on the complete chunk received one step earlier.
+      for (std::uint32_t st = 0; st <= last; ++st) {
+        const std::size_t sc = mod(r - static_cast<long long>(st), p);
+        const std::size_t rc = mod(r - static_cast<long long>(st) - 1, p);
+        const std::size_t ks =
+            std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
+        for (std::size_t k = 0; k < ks; ++k) {
+          const region out = piece(buffer::output, sc, k);
+          if (out.count != 0) b.send(right, out, last + 1 + st);
+          const region got = piece(buffer::output, rc, k);
+          if (got.count != 0) b.recv(left, got, last + 1 + st);
+        }
+      }
+      return s;
+    }
+
+    case collective::reduce_scatter: {
+      // Chunks are the p blocks of `n` elements; partial sums travel through two
+      // scratch slots (one being sent while the next arrives) so that neither the
+      // caller's input nor, in place, the other ranks' blocks are overwritten.
+      s.scratch_count = 2 * n;
+      const std::size_t ks = detail::segments(n, seg);
+      const std::size_t result = prm.in_place ? static_cast<std::size_t>(r) * n : 0;
+      for (std::uint32_t st = 0; st <= last; ++st) {
+        const std::size_t sc = mod(r - static_cast<long long>(st) - 1, p);
+        const std::size_t rc = mod(r - static_cast<long long>(st) - 2, p);
+        for (std::size_t k = 0; k < ks; ++k) {
+          const region out = st == 0 ? detail::segment(in, sc * n, n, seg, k)
+                                     : detail::segment(buffer::scratch, ((st - 1) % 2) * n, n, seg, k);
+          b.send(right, out, st);
+          const region operand = detail::segment(in, rc * n, n, seg, k);
+          const region acc = st == last ? detail::segment(buffer::output, result, n, seg, k)
+                                        : detail::segment(buffer::scratch, (st % 2) * n, n, seg, k);
+          b.recv_reduce(left, operand, acc, st);
+        }
+      }
+      return s;
+    }
+
+    case collective::all_gather: {
+      // Out of place, the first hop sends straight from the input while the local copy
+      // into the rank's own block of the output proceeds beside it.
+      const std::size_t ks = detail::segments(n, seg);
+      if (!prm.in_place) {
+        b.copy({buffer::input, 0, n}, {buffer::output, static_cast<std::size_t>(r) * n, n}, 0);
+      }
+      for (std::uint32_t st = 0; st <= last; ++st) {
+        const std::size_t sc = mod(r - static_cast<long long>(st), p);
+        const std::size_t rc = mod(r - static_cast<long long>(st) - 1, p);
+        for (std::size_t k = 0; k < ks; ++k) {
+          const region out = st == 0 && !prm.in_place ? detail::segment(buffer::input, 0, n, seg, k)
+                                                      : detail::segment(buffer::output, sc * n, n, seg, k);
+          b.send(right, out, st);
+          b.recv(left, detail::segment(buffer::output, rc * n, n, seg, k), st);
+        }
+      }
+      return s;
+    }
+  }
+  return s;
+}
+
+}  // namespace collx::algorithms

@@ -1,0 +1,555 @@
+#pragma once
+
+// collx::communicator: the user's entry point. It owns one rank's transport endpoint,
+// checks every call before a byte moves, numbers the calls and stamps each message with
+// the call's signature, caches the schedule of each call shape, and runs schedules on
+// the host executor: on the calling thread for blocking calls, on one worker thread
+// for the _async forms. Calls run in the order they are issued, which must be the same
+// on every rank, as with MPI and NCCL.
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <ranges>
+#include <span>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "collx/algorithms/select.hpp"
+#include "collx/config.hpp"
+#include "collx/core/dtype.hpp"
+#include "collx/core/error.hpp"
+#include "collx/core/options.hpp"
+#include "collx/core/reduce.hpp"
+#include "collx/core/request.hpp"
+#include "collx/exec/host.hpp"
+#include "collx/schedule/schedule.hpp"
+#include "collx/transport/concept.hpp"
+
+namespace collx {
+
+struct communicator_config {
+  // Bound on every call; COLLX_TIMEOUT (seconds) overrides this default.
+  std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
+  std::size_t segment_bytes = defaults::segment_bytes;
+  algorithm algo = algorithm::automatic;
+};
+
+namespace detail {
+
+// The transport and its executor behind one virtual call per collective, so that the
+// communicator is one type whatever the transport, and the per-message path stays
+// fully typed.
+class comm_core {
+ public:
+  virtual ~comm_core() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual void run(const plan& p, const exec_buffers& b, const exec_call& c) = 0;
+  virtual void abort(errc kind, std::string_view why) = 0;
+};
+
+template <transport T>
+class comm_core_impl final : public comm_core {
+ public:
+  explicit comm_core_impl(T t) : t_(std::move(t)) {}
+  int rank() const override { return static_cast<int>(t_.rank()); }
+  int size() const override { return static_cast<int>(t_.size()); }
+  void run(const plan& p, const exec_buffers& b, const exec_call& c) override { ex_.run(t_, p, b, c); }
+  void abort(errc kind, std::string_view why) override { t_.abort(kind, why); }
+
+ private:
+  T t_;
+  host_executor<T> ex_;
+};
+
+struct call {
+  collective coll = collective::all_reduce;
+  const std::byte* in = nullptr;
+  std::byte* out = nullptr;
+  std::size_t count = 0;
+  dtype type = dtype::u8;
+  reduce_op op = reduce_op::sum;
+  options opt;
+  bool in_place = false;
+  std::uint64_t seq = 0;
+  std::shared_ptr<request_state> done;
+};
+
+struct plan_key {
+  collective coll;
+  algorithm algo;
+  std::size_t count;
+  std::size_t segment;
+  bool in_place;
+  friend bool operator==(const plan_key&, const plan_key&) = default;
+};
+
+struct comm_state {
+  std::unique_ptr<comm_core> core;
+  communicator_config cfg;
+  int rank = 0;
+  int size = 1;
+
+  // Plans of recent call shapes, most recent first. Building is the only allocation
+  // of a call, so a training loop that repeats its shapes allocates nothing.
+  static constexpr std::size_t plan_cache_size = 16;
+  std::vector<std::pair<plan_key, std::shared_ptr<const plan>>> plans;
+
+  std::mutex fail_m;
+  std::string failure;  // set once, on the first failed call
+
+  std::mutex qm;
+  std::condition_variable qcv;
+  std::deque<call> queue;
+  std::uint64_t next_seq = 0;
+  bool busy = false;
+  bool stopping = false;
+  std::thread worker;
+};
+
+}  // namespace detail
+
+namespace detail {
+
+template <class R>
+using elem_t = std::remove_cv_t<std::ranges::range_value_t<R>>;
+
+// A range the typed API can write: contiguous, sized, of a collx element type, mutable.
+template <class R>
+concept output_range = std::ranges::contiguous_range<R> && std::ranges::sized_range<R> &&
+    element<elem_t<R>> && !std::is_const_v<std::remove_reference_t<std::ranges::range_reference_t<R>>>;
+
+template <class In, class Out>
+concept range_pair = std::ranges::contiguous_range<In> && std::ranges::sized_range<In> && output_range<Out> &&
+    std::is_same_v<elem_t<In>, elem_t<Out>>;
+
+}  // namespace detail
+
+class communicator {
+ public:
+  template <transport T>
+  explicit communicator(T t, communicator_config cfg = {}) : s_(std::make_unique<detail::comm_state>()) {
+    s_->core = std::make_unique<detail::comm_core_impl<T>>(std::move(t));
+    s_->cfg = cfg;
+    s_->rank = s_->core->rank();
+    s_->size = s_->core->size();
+    if (s_->size < 1 || s_->rank < 0 || s_->rank >= s_->size) {
+      throw error(
+          errc::invalid_argument, "communicator", s_->rank, error::no_rank,
+          "the transport reports rank " + std::to_string(s_->rank) + " of " + std::to_string(s_->size));
+    }
+    if (cfg.timeout <= std::chrono::milliseconds::zero()) {
+      throw error(errc::invalid_argument, "communicator", s_->rank, error::no_rank,
+                  "timeout must be positive");
+    }
+  }
+
+  communicator(communicator&&) noexcept = default;
+  communicator& operator=(communicator&& o) noexcept {
+    if (this != &o) {
+      shutdown();
+      s_ = std::move(o.s_);
+    }
+    return *this;
+  }
+  ~communicator() { shutdown(); }
+
+  int rank() const noexcept { return s_->rank; }
+  int size() const noexcept { return s_->size; }
+
+  // ---- typed API: any contiguous range (std::vector, std::array, std::span, ...) ----
+
+  // out[i] = op over ranks of in[i]; in.size() == out.size().
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void all_reduce(const In& in, Out&& out, reduce_op op, const options& o = {}) {
+    check_sizes("all_reduce", std::ranges::size(in), std::ranges::size(out), 1, 1);
+    run_now(collective::all_reduce, data_of(in), data_of(out), std::ranges::size(in), dtype_of_range<Out>(),
+            op, o);
+  }
+  template <class In, class Out>
+  requires detail::range_pair<In, Out> request all_reduce_async(const In& in, Out&& out, reduce_op op,
+                                                                const options& o = {}) {
+    check_sizes("all_reduce", std::ranges::size(in), std::ranges::size(out), 1, 1);
+    return submit(collective::all_reduce, data_of(in), data_of(out), std::ranges::size(in),
+                  dtype_of_range<Out>(), op, o);
+  }
+  // In place: data[i] = op over ranks of data[i].
+  template <class Data>
+  requires detail::output_range<Data>
+  void all_reduce(Data&& data, reduce_op op, const options& o = {}) {
+    auto* p = data_of(data);
+    run_now(collective::all_reduce, p, p, std::ranges::size(data), dtype_of_range<Data>(), op, o);
+  }
+  template <class Data>
+  requires detail::output_range<Data> request all_reduce_async(Data&& data, reduce_op op,
+                                                               const options& o = {}) {
+    auto* p = data_of(data);
+    return submit(collective::all_reduce, p, p, std::ranges::size(data), dtype_of_range<Data>(), op, o);
+  }
+
+  // out = in of rank 0, then in of rank 1, ...; out.size() == in.size() * size().
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void all_gather(const In& in, Out&& out, const options& o = {}) {
+    check_sizes("all_gather", std::ranges::size(in), std::ranges::size(out), 1, usize());
+    run_now(collective::all_gather, data_of(in), data_of(out), std::ranges::size(in), dtype_of_range<Out>(),
+            reduce_op::sum, o);
+  }
+  template <class In, class Out>
+  requires detail::range_pair<In, Out> request all_gather_async(const In& in, Out&& out,
+                                                                const options& o = {}) {
+    check_sizes("all_gather", std::ranges::size(in), std::ranges::size(out), 1, usize());
+    return submit(collective::all_gather, data_of(in), data_of(out), std::ranges::size(in),
+                  dtype_of_range<Out>(), reduce_op::sum, o);
+  }
+  // In place: this rank's block is data[rank()*n, (rank()+1)*n) with n = data.size()/size().
+  template <class Data>
+  requires detail::output_range<Data>
+  void all_gather(Data&& data, const options& o = {}) {
+    const std::size_t n = block_of("all_gather", std::ranges::size(data));
+    auto* p = data_of(data);
+    run_now(collective::all_gather, p + static_cast<std::size_t>(rank()) * n * elem_size<Data>(), p, n,
+            dtype_of_range<Data>(), reduce_op::sum, o);
+  }
+  template <class Data>
+  requires detail::output_range<Data> request all_gather_async(Data&& data, const options& o = {}) {
+    const std::size_t n = block_of("all_gather", std::ranges::size(data));
+    auto* p = data_of(data);
+    return submit(collective::all_gather, p + static_cast<std::size_t>(rank()) * n * elem_size<Data>(), p, n,
+                  dtype_of_range<Data>(), reduce_op::sum, o);
+  }
+
+  // out[i] = op over ranks of in[rank()*n + i]; in.size() == out.size() * size().
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void reduce_scatter(const In& in, Out&& out, reduce_op op, const options& o = {}) {
+    check_sizes("reduce_scatter", std::ranges::size(in), std::ranges::size(out), usize(), 1);
+    run_now(collective::reduce_scatter, data_of(in), data_of(out), std::ranges::size(out),
+            dtype_of_range<Out>(), op, o);
+  }
+  template <class In, class Out>
+  requires detail::range_pair<In, Out> request reduce_scatter_async(const In& in, Out&& out, reduce_op op,
+                                                                    const options& o = {}) {
+    check_sizes("reduce_scatter", std::ranges::size(in), std::ranges::size(out), usize(), 1);
+    return submit(collective::reduce_scatter, data_of(in), data_of(out), std::ranges::size(out),
+                  dtype_of_range<Out>(), op, o);
+  }
+  // In place: the result lands in data[rank()*n, (rank()+1)*n), n = data.size()/size();
+  // the other blocks are left as they were.
+  template <class Data>
+  requires detail::output_range<Data>
+  void reduce_scatter(Data&& data, reduce_op op, const options& o = {}) {
+    const std::size_t n = block_of("reduce_scatter", std::ranges::size(data));
+    auto* p = data_of(data);
+    run_now(collective::reduce_scatter, p, p + static_cast<std::size_t>(rank()) * n * elem_size<Data>(), n,
+            dtype_of_range<Data>(), op, o);
+  }
+  template <class Data>
+  requires detail::output_range<Data> request reduce_scatter_async(Data&& data, reduce_op op,
+                                                                   const options& o = {}) {
+    const std::size_t n = block_of("reduce_scatter", std::ranges::size(data));
+    auto* p = data_of(data);
+    return submit(collective::reduce_scatter, p, p + static_cast<std::size_t>(rank()) * n * elem_size<Data>(),
+                  n, dtype_of_range<Data>(), op, o);
+  }
+
+  // ---- untyped API, as in NCCL: pointers, a count per rank and a dtype ----
+  // In place when in == out (all_reduce), in == out + rank*count*size (all_gather),
+  // or out == in + rank*count*size (reduce_scatter).
+  request all_reduce_async(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                           const options& o = {}) {
+    return submit(collective::all_reduce, in, out, count, t, op, o);
+  }
+  request all_gather_async(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
+    return submit(collective::all_gather, in, out, count, t, reduce_op::sum, o);
+  }
+  request reduce_scatter_async(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                               const options& o = {}) {
+    return submit(collective::reduce_scatter, in, out, count, t, op, o);
+  }
+  void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                  const options& o = {}) {
+    run_now(collective::all_reduce, in, out, count, t, op, o);
+  }
+  void all_gather(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
+    run_now(collective::all_gather, in, out, count, t, reduce_op::sum, o);
+  }
+  void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                      const options& o = {}) {
+    run_now(collective::reduce_scatter, in, out, count, t, op, o);
+  }
+
+  // Gives up: this rank's calls in flight and its peers' calls that wait on it end with
+  // collx::error; every later call on this communicator fails. May be called from any thread.
+  void abort(std::string_view why = "aborted by the application") { fail(errc::aborted, std::string(why)); }
+
+  // Empty while healthy; after a failed call, why it failed. A failed communicator
+  // refuses further calls: create a new one.
+  std::string failure() const {
+    std::lock_guard lock(s_->fail_m);
+    return s_->failure;
+  }
+
+ private:
+  template <class R>
+  static constexpr dtype dtype_of_range() noexcept {
+    return dtype_v<detail::elem_t<R>>;
+  }
+  template <class R>
+  static constexpr std::size_t elem_size() noexcept {
+    return sizeof(detail::elem_t<R>);
+  }
+  template <class R>
+  static auto* data_of(R&& r) noexcept {
+    using P = decltype(std::ranges::data(r));
+    if constexpr (std::is_const_v<std::remove_pointer_t<P>>) {
+      return reinterpret_cast<const std::byte*>(std::ranges::data(r));
+    } else {
+      return reinterpret_cast<std::byte*>(std::ranges::data(r));
+    }
+  }
+
+  std::size_t usize() const noexcept { return static_cast<std::size_t>(size()); }
+
+  [[noreturn]] void invalid(std::string_view coll, const std::string& msg) const {
+    throw error(errc::invalid_argument, coll, rank(), error::no_rank, msg);
+  }
+
+  void check_sizes(std::string_view coll, std::size_t in, std::size_t out, std::size_t in_mult,
+                   std::size_t out_mult) const {
+    // in * out_mult == out * in_mult, computed without overflow.
+    const bool ok = (in_mult == 1 && out_mult == 1) ? in == out
+                    : in_mult == 1                  ? out % out_mult == 0 && out / out_mult == in
+                                                    : in % in_mult == 0 && in / in_mult == out;
+    if (!ok) {
+      std::string want = coll == "all_gather"       ? "output size = input size x ranks ("
+                         : coll == "reduce_scatter" ? "input size = output size x ranks ("
+                                                    : "input size = output size (";
+      invalid(coll, want + std::to_string(size()) + " ranks), got input " + std::to_string(in) +
+                        " and output " + std::to_string(out) + " elements");
+    }
+  }
+
+  std::size_t block_of(std::string_view coll, std::size_t total) const {
+    if (total % usize() != 0) {
+      invalid(coll, "in-place buffer of " + std::to_string(total) + " elements is not a multiple of " +
+                        std::to_string(size()) + " ranks");
+    }
+    return total / usize();
+  }
+
+  // Everything that can be known locally is checked here, before any byte moves.
+  detail::call check(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                     const options& o) const {
+    const std::string_view name = to_string(coll);
+    if (auto f = failure(); !f.empty()) {
+      throw error(errc::aborted, name, rank(), error::no_rank,
+                  "this communicator failed earlier (" + f + "); create a new one");
+    }
+    if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid(name, "unknown element type");
+    if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid(name, "unknown reduction");
+    if (coll != collective::all_gather && !supports(t, op)) {
+      invalid(name, std::string(to_string(op)) + " needs a floating-point element type, got " +
+                        std::string(to_string(t)));
+    }
+    if (o.timeout < std::chrono::milliseconds::zero()) invalid(name, "timeout must not be negative");
+    if (o.algo != algorithm::automatic && o.algo != algorithm::ring) {
+      invalid(name, "unknown algorithm " + std::to_string(static_cast<int>(o.algo)));
+    }
+    const std::size_t es = size_of(t);
+    const std::size_t limit = std::numeric_limits<std::size_t>::max() / es / usize();
+    if (count > limit) invalid(name, "count " + std::to_string(count) + " overflows the address space");
+    detail::call c;
+    c.coll = coll;
+    c.count = count;
+    c.type = t;
+    c.op = op;
+    c.opt = o;
+    if (count == 0) return c;  // nothing will be touched: null pointers are fine
+    if (in == nullptr || out == nullptr) {
+      invalid(name, std::string(in == nullptr ? "input" : "output") + " is null with count " +
+                        std::to_string(count));
+    }
+    const auto ia = reinterpret_cast<std::uintptr_t>(in);
+    const auto oa = reinterpret_cast<std::uintptr_t>(out);
+    if (ia % es != 0 || oa % es != 0) {
+      invalid(name, "buffers must be aligned to the element size (" + std::to_string(es) + " bytes for " +
+                        std::string(to_string(t)) + ")");
+    }
+    const std::size_t in_bytes = input_extent(coll, size(), count) * es;
+    const std::size_t block = count * es * static_cast<std::size_t>(rank());
+    // The in-place forms, as NCCL defines them.
+    const bool in_place = coll == collective::all_gather       ? ia == oa + block
+                          : coll == collective::reduce_scatter ? oa == ia + block
+                                                               : ia == oa;
+    const std::size_t out_bytes = output_extent(coll, size(), count, false) * es;
+    if (!in_place && ia < oa + out_bytes && oa < ia + in_bytes) {
+      invalid(name,
+              "input and output overlap without being the in-place form; use separate buffers, "
+              "or the in-place overload");
+    }
+    c.in_place = in_place;
+    if (in_place) {
+      c.in = nullptr;
+      c.out = static_cast<std::byte*>(coll == collective::all_gather ? out : const_cast<void*>(in));
+    } else {
+      c.in = static_cast<const std::byte*>(in);
+      c.out = static_cast<std::byte*>(out);
+    }
+    return c;
+  }
+
+  request submit(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                 const options& o) {
+    detail::call c = check(coll, in, out, count, t, op, o);
+    auto st = std::make_shared<detail::request_state>();
+    c.done = st;
+    {
+      std::lock_guard lock(s_->qm);
+      c.seq = s_->next_seq++;
+      s_->queue.push_back(std::move(c));
+      if (!s_->worker.joinable()) s_->worker = std::thread([s = s_.get()] { worker_loop(*s); });
+    }
+    s_->qcv.notify_all();
+    return request(std::move(st));
+  }
+
+  // A blocking call runs on the caller's thread once the calls issued before it have
+  // run: no hand-off to the worker and back, which is most of a small call's latency.
+  void run_now(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+               const options& o) {
+    detail::call c = check(coll, in, out, count, t, op, o);
+    auto& s = *s_;
+    {
+      std::unique_lock lock(s.qm);
+      s.qcv.wait(lock, [&] { return s.queue.empty() && !s.busy; });
+      s.busy = true;
+      c.seq = s.next_seq++;
+    }
+    struct release {
+      detail::comm_state& s;
+      ~release() {
+        {
+          std::lock_guard lock(s.qm);
+          s.busy = false;
+        }
+        s.qcv.notify_all();
+      }
+    } guard{s};
+    execute(s, c);
+  }
+
+  static void worker_loop(detail::comm_state& s) {
+    std::unique_lock lock(s.qm);
+    for (;;) {
+      s.qcv.wait(lock, [&] { return (!s.queue.empty() && !s.busy) || (s.stopping && s.queue.empty()); });
+      if (s.queue.empty()) return;
+      detail::call c = std::move(s.queue.front());
+      s.queue.pop_front();
+      s.busy = true;
+      lock.unlock();
+      std::exception_ptr failure;
+      try {
+        execute(s, c);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+      lock.lock();
+      s.busy = false;
+      s.qcv.notify_all();
+      lock.unlock();
+      c.done->complete(failure);
+      lock.lock();
+    }
+  }
+
+  static std::shared_ptr<const plan> plan_for(detail::comm_state& s, const detail::call& c, algorithm a,
+                                              std::size_t segment) {
+    const detail::plan_key key{c.coll, a, c.count, segment, c.in_place};
+    auto& v = s.plans;
+    for (std::size_t i = 0; i < v.size(); ++i) {
+      if (v[i].first == key) {
+        std::rotate(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(i),
+                    v.begin() + static_cast<std::ptrdiff_t>(i) + 1);
+        return v.front().second;
+      }
+    }
+    auto p = std::make_shared<const plan>(
+        algorithms::build(a, {c.coll, s.rank, s.size, c.count, segment, c.in_place}));
+    if (v.size() == detail::comm_state::plan_cache_size) v.pop_back();
+    v.insert(v.begin(), {key, p});
+    return p;
+  }
+
+  static void execute(detail::comm_state& s, const detail::call& c) {
+    const std::string_view name = to_string(c.coll);
+    {
+      std::lock_guard lock(s.fail_m);
+      if (!s.failure.empty()) {
+        throw error(errc::aborted, name, s.rank, error::no_rank,
+                    "this communicator failed earlier (" + s.failure + "); create a new one");
+      }
+    }
+    const std::size_t es = size_of(c.type);
+    const std::size_t seg_bytes = c.opt.segment_bytes != 0 ? c.opt.segment_bytes : s.cfg.segment_bytes;
+    const std::size_t segment = std::max<std::size_t>(1, seg_bytes / es);
+    algorithm a = c.opt.algo != algorithm::automatic ? c.opt.algo : s.cfg.algo;
+    if (a == algorithm::automatic) a = algorithms::choose(c.coll, s.size, c.count * es);
+    exec_call ec;
+    ec.type = c.type;
+    ec.op = c.op;
+    ec.env = {c.seq, c.count, segment, c.opt.tag, c.coll, c.type, c.op, a};
+    ec.timeout = c.opt.timeout.count() != 0 ? c.opt.timeout : s.cfg.timeout;
+    try {
+      const auto p = plan_for(s, c, a, segment);
+      s.core->run(*p, {c.in, c.out, nullptr}, ec);
+    } catch (const error& e) {
+      fail(s, e.kind(), e.what());
+      throw;
+    } catch (const std::exception& e) {
+      fail(s, errc::transport, e.what());
+      throw;
+    }
+    if (c.op == reduce_op::avg && c.coll != collective::all_gather) {
+      const region res = result_region(c.coll, s.rank, c.count, c.in_place, s.size);
+      finish_avg(c.type, c.out + res.offset * es, res.count, s.size);
+    }
+  }
+
+  static void fail(detail::comm_state& s, errc kind, const std::string& why) {
+    {
+      std::lock_guard lock(s.fail_m);
+      if (!s.failure.empty()) return;
+      s.failure = why;
+    }
+    s.core->abort(kind, why);
+  }
+  void fail(errc kind, const std::string& why) { fail(*s_, kind, why); }
+
+  void shutdown() noexcept {
+    if (!s_) return;
+    {
+      std::lock_guard lock(s_->qm);
+      s_->stopping = true;
+    }
+    s_->qcv.notify_all();
+    if (s_->worker.joinable()) s_->worker.join();
+  }
+
+  std::unique_ptr<detail::comm_state> s_;
+};
+
+}  // namespace collx

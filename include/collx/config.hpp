@@ -1,0 +1,40 @@
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdlib>
+#include <string>
+
+namespace collx {
+
+// Defaults live here as constexpr data, each with the reason for its value.
+namespace defaults {
+// Five minutes: long enough for a slow first call (connection set-up, page faults on
+// large buffers), short enough that a hung job is reported within a coffee break.
+inline constexpr std::chrono::milliseconds timeout{5 * 60 * 1000};
+// 512 KiB segments: large enough that per-message overhead (envelope, wake-up) is a
+// few percent of a segment's transfer time on host transports, small enough that a
+// ring keeps several segments in flight for the tens-of-MiB buffers of gradient buckets.
+inline constexpr std::size_t segment_bytes = 512 * 1024;
+// Staging slots per executor: receives posted ahead of the reduction that consumes them.
+// Two would give plain double buffering; four absorbs jitter between neighbours.
+inline constexpr std::size_t staging_slots = 4;
+// How long an idle executor sleeps between checks of its deadline and its peers.
+inline constexpr std::chrono::milliseconds poll_slice{50};
+}  // namespace defaults
+
+namespace detail {
+
+// COLLX_TIMEOUT, in seconds (fractions allowed), overrides the default timeout.
+// A malformed value is ignored rather than silently turned into zero.
+inline std::chrono::milliseconds timeout_from_env(std::chrono::milliseconds fallback) {
+  const char* v = std::getenv("COLLX_TIMEOUT");
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const double seconds = std::strtod(v, &end);
+  if (end == v || *end != '\0' || !(seconds > 0.0) || seconds > 1e9) return fallback;
+  return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0 + 0.5));
+}
+
+}  // namespace detail
+}  // namespace collx

@@ -1,0 +1,91 @@
+#pragma once
+
+// The alpha-beta-gamma cost model of a schedule. alpha is the time to start a message,
+// beta the time per byte on a link, gamma the time per byte of a local reduction or copy.
+// The model replays the schedules (the same walk as the verifier) with three resources
+// per rank, each busy one job at a time: its outgoing link, its incoming link and its
+// processor. A message leaves when its send is ready and the sender's link is free,
+// occupies that link for alpha + bytes*beta, and is delivered when the receiver's link
+// has also carried it. A receive-and-reduce then needs the processor for bytes*gamma.
+// This is what makes pipelining visible: segment k+1 travels while segment k is reduced.
+
+#include <algorithm>
+#include <cstddef>
+#include <span>
+#include <vector>
+
+#include "collx/schedule/schedule.hpp"
+#include "collx/schedule/walk.hpp"
+
+namespace collx {
+
+struct cost_params {
+  double alpha = 0.0;  // seconds per message
+  double beta = 0.0;   // seconds per byte on a link
+  double gamma = 0.0;  // seconds per byte reduced or copied locally
+};
+
+struct cost_estimate {
+  double seconds = 0.0;        // completion time of the slowest rank
+  std::size_t messages = 0;    // messages sent by the busiest rank
+  std::size_t bytes_sent = 0;  // bytes sent by the busiest rank
+};
+
+inline cost_estimate predict(std::span<const schedule> all, const cost_params& c, std::size_t elem_size) {
+  const std::size_t p = all.size();
+  std::vector<std::vector<double>> finish(p);
+  std::vector<double> out_link(p, 0.0);
+  std::vector<double> in_link(p, 0.0);
+  std::vector<double> cpu(p, 0.0);
+  std::vector<std::size_t> msgs(p, 0);
+  std::vector<std::size_t> bytes(p, 0);
+  for (std::size_t r = 0; r < p; ++r) finish[r].assign(all[r].steps.size(), 0.0);
+  cost_estimate est;
+  detail::walk(all, [&](int rank, std::size_t i, int from, std::size_t idx) {
+    const auto r = static_cast<std::size_t>(rank);
+    const auto& s = all[r];
+    const auto& st = s.steps[i];
+    double ready = 0.0;
+    for (auto d : s.deps_of(i)) ready = std::max(ready, finish[r][d]);
+    const double b = static_cast<double>(st.count() * elem_size);
+    double t = ready;
+    switch (st.kind) {
+      case step_kind::send: {
+        // The send is done, for the sender, once its link has pushed the bytes out.
+        t = std::max(ready, out_link[r]) + c.alpha + b * c.beta;
+        out_link[r] = t;
+        ++msgs[r];
+        bytes[r] += st.count() * elem_size;
+        break;
+      }
+      case step_kind::recv:
+      case step_kind::recv_reduce: {
+        const auto q = static_cast<std::size_t>(from);
+        const double left = finish[q][idx];  // the sender's link finished at this time
+        // The receiver's link carries the message as it arrives; its own backlog delays it.
+        const double arrive = std::max(left, in_link[r] + c.alpha + b * c.beta);
+        in_link[r] = arrive;
+        t = std::max(ready, arrive);
+        if (st.kind == step_kind::recv_reduce) {
+          t = std::max(t, cpu[r]) + b * c.gamma;
+          cpu[r] = t;
+        }
+        break;
+      }
+      case step_kind::copy:
+        t = std::max(ready, cpu[r]) + b * c.gamma;
+        cpu[r] = t;
+        break;
+    }
+    finish[r][i] = t;
+    est.seconds = std::max(est.seconds, t);
+    return true;
+  });
+  for (std::size_t r = 0; r < p; ++r) {
+    est.messages = std::max(est.messages, msgs[r]);
+    est.bytes_sent = std::max(est.bytes_sent, bytes[r]);
+  }
+  return est;
+}
+
+}  // namespace collx

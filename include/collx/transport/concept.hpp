@@ -1,0 +1,76 @@
+#pragma once
+
+// What an executor needs from a two-sided transport. A transport moves byte spans
+// between ranks, matched first-in first-out per (sender, receiver) pair, each message
+// carrying an envelope: the signature of the collective call it belongs to. A receive
+// names the envelope it expects, and the transport refuses a message whose envelope
+// differs (before a byte of it lands in the caller's memory), which is how ranks that
+// called different collectives find out instead of hanging or computing garbage.
+//
+// Operations are started with an `op` object that the caller keeps in place until
+// the operation completes or is cancelled (like an MPI_Request it owns). test() is
+// non-blocking and throws collx::error when the operation failed; poll() is the only
+// blocking call, and it is bounded by its argument.
+
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "collx/core/dtype.hpp"
+#include "collx/core/error.hpp"
+#include "collx/core/options.hpp"
+#include "collx/core/reduce.hpp"
+
+namespace collx {
+
+struct envelope {
+  std::uint64_t seq = 0;      // the call's number on this communicator
+  std::uint64_t count = 0;    // elements per rank
+  std::uint64_t segment = 0;  // pipeline segment, elements: ranks must cut alike
+  std::uint32_t tag = 0;
+  collective coll = collective::all_reduce;
+  dtype type = dtype::u8;
+  reduce_op op = reduce_op::sum;
+  algorithm algo = algorithm::ring;
+
+  friend bool operator==(const envelope&, const envelope&) = default;
+
+  std::string describe() const {
+    std::string s(to_string(coll));
+    s += "(";
+    s += to_string(type);
+    if (coll != collective::all_gather) s.append(", ").append(to_string(op));
+    s += ", count=" + std::to_string(count) + ", " + std::string(to_string(algo)) +
+         ", segment=" + std::to_string(segment);
+    if (tag != 0) s += ", tag=" + std::to_string(tag);
+    s += ") as call #" + std::to_string(seq);
+    return s;
+  }
+};
+
+template <class T>
+concept transport = std::movable<T> && std::default_initializable<typename T::op> &&
+    requires(T& t, const T& ct, int peer, const envelope& env, std::span<const std::byte> out,
+             std::span<std::byte> in, typename T::op& o, std::chrono::nanoseconds d, errc kind,
+             std::string_view why) {
+  { ct.rank() } -> std::convertible_to<int>;
+  { ct.size() } -> std::convertible_to<int>;
+  // Start sending `out` to `peer`; the bytes must stay valid until test() says done.
+  t.send(peer, env, out, o);
+  // Start receiving exactly in.size() bytes from `peer`, in a message with envelope env.
+  t.recv(peer, env, in, o);
+  // True once done; throws collx::error if the operation failed.
+  { t.test(o) } -> std::same_as<bool>;
+  // Withdraw an operation that has not completed (after another one failed).
+  t.cancel(o);
+  // Wait at most d for any operation of this rank to make progress.
+  t.poll(d);
+  // This rank gives up: every peer's pending and future operations with it fail.
+  t.abort(kind, why);
+};
+
+}  // namespace collx

@@ -1,0 +1,33 @@
+# Builds and runs a small outside project that uses collx, either through
+# find_package(collx) after `cmake --install` into a temporary prefix, or through
+# add_subdirectory. Run with cmake -P; fails on the first step that fails.
+file(REMOVE_RECURSE ${WORK})
+file(MAKE_DIRECTORY ${WORK})
+
+function(run)
+  execute_process(COMMAND ${ARGN} WORKING_DIRECTORY ${WORK} RESULT_VARIABLE rc
+    OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+  set(last_output "${out}" PARENT_SCOPE)
+endfunction()
+
+set(consumer ${CMAKE_CURRENT_LIST_DIR}/consumer)
+if(MODE STREQUAL "find_package")
+  run(${CMAKE_COMMAND} -S ${COLLX_SOURCE} -B ${WORK}/collx-build -G ${GENERATOR}
+      -DCMAKE_CXX_COMPILER=${CXX} -DCOLLX_BUILD_TESTS=OFF -DCOLLX_BUILD_EXAMPLES=OFF
+      -DCOLLX_BUILD_BENCHMARKS=OFF -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
+  run(${CMAKE_COMMAND} --install ${WORK}/collx-build)
+  run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK}/consumer-build -G ${GENERATOR}
+      -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${WORK}/prefix -DCOLLX_VIA=find_package)
+else()
+  run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK}/consumer-build -G ${GENERATOR}
+      -DCMAKE_CXX_COMPILER=${CXX} -DCOLLX_VIA=add_subdirectory -DCOLLX_SOURCE=${COLLX_SOURCE})
+endif()
+run(${CMAKE_COMMAND} --build ${WORK}/consumer-build)
+run(${WORK}/consumer-build/consumer)
+if(NOT last_output MATCHES "consumer: all_reduce ok")
+  message(FATAL_ERROR "the consumer ran but did not report success:\n${last_output}")
+endif()
+message(STATUS "${MODE}: ${last_output}")

@@ -1,0 +1,335 @@
+// The executor on the local transport against a serial reference, for every element
+// type, reduction, rank count and the awkward counts, in place and out of place.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "common.hpp"
+
+using collx::collective;
+using collx::dtype;
+using collx::reduce_op;
+
+namespace {
+
+constexpr int rank_counts[] = {1, 2, 3, 4, 5, 8};
+constexpr std::size_t counts[] = {0, 1, 7, 1000003};
+
+std::uint64_t mix(std::uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  return x ^ (x >> 33);
+}
+
+// Deterministic inputs. Products use small magnitudes so that p of them stay in range.
+template <class T>
+T input(int rank, std::size_t i, reduce_op op) {
+  const std::uint64_t h = mix(static_cast<std::uint64_t>(rank) * 0x9e3779b97f4a7c15ULL + i);
+  if constexpr (std::is_integral_v<T>) {
+    if (op == reduce_op::prod) {
+      constexpr int small[] = {1, 2, 3, -1, -2};
+      const int v = small[h % (std::is_signed_v<T> ? 5 : 3)];
+      return static_cast<T>(v);
+    }
+    return static_cast<T>(static_cast<long long>(h % 200) - (std::is_signed_v<T> ? 100 : 0));
+  } else {
+    const double u = static_cast<double>(h >> 11) / 9007199254740992.0;  // [0, 1)
+    const double v = op == reduce_op::prod ? 0.5 + 1.5 * u : 2.0 * u - 1.0;
+    return T(static_cast<float>(v));
+  }
+}
+
+template <class T>
+double as_double(T v) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return static_cast<double>(v);
+  } else {
+    return static_cast<double>(static_cast<float>(v));
+  }
+}
+
+// The reference: a serial reduction over ranks in rank order. Integers in wrapping
+// arithmetic of their own width (what sum and prod mean for them here); floating types
+// in double, and the result compared with a tolerance for the rounding of each hop.
+template <class T>
+struct reference {
+  double value = 0;
+  double magnitude = 0;  // sum of |terms|: the scale of the rounding error
+  T exact{};             // for integers, and for min and max
+};
+
+template <class T, class Input>
+reference<T> reduce_ref(reduce_op op, int p, Input&& input_of) {
+  reference<T> ref;
+  if constexpr (std::is_integral_v<T>) {
+    using U = std::make_unsigned_t<T>;
+    U acc = static_cast<U>(input_of(0));
+    for (int r = 1; r < p; ++r) {
+      const U x = static_cast<U>(input_of(r));
+      switch (op) {
+        case reduce_op::sum: acc = static_cast<U>(acc + x); break;
+        case reduce_op::prod: acc = static_cast<U>(acc * x); break;
+        case reduce_op::min: acc = static_cast<T>(x) < static_cast<T>(acc) ? x : acc; break;
+        case reduce_op::max: acc = static_cast<T>(acc) < static_cast<T>(x) ? x : acc; break;
+        case reduce_op::avg: break;
+      }
+    }
+    ref.exact = static_cast<T>(acc);
+  } else {
+    double acc = as_double(input_of(0));
+    double mag = std::fabs(acc);
+    for (int r = 1; r < p; ++r) {
+      const double x = as_double(input_of(r));
+      switch (op) {
+        case reduce_op::sum:
+        case reduce_op::avg: acc += x; break;
+        case reduce_op::prod: acc *= x; break;
+        case reduce_op::min: acc = std::min(acc, x); break;
+        case reduce_op::max: acc = std::max(acc, x); break;
+      }
+      mag += std::fabs(x);
+    }
+    if (op == reduce_op::avg) {
+      acc /= p;
+      mag /= p;
+    }
+    if (op == reduce_op::prod) mag = std::fabs(acc);
+    ref.value = acc;
+    ref.magnitude = mag;
+  }
+  return ref;
+}
+
+template <class T>
+double epsilon() {
+  if constexpr (std::is_same_v<T, collx::half>)
+    return 1.0 / 1024;
+  else if constexpr (std::is_same_v<T, collx::bfloat16>)
+    return 1.0 / 128;
+  else
+    return static_cast<double>(std::numeric_limits<T>::epsilon());
+}
+
+template <class T>
+bool matches(T got, const reference<T>& ref, reduce_op op, int p) {
+  if constexpr (std::is_integral_v<T>) {
+    return got == ref.exact;
+  } else {
+    const double g = as_double(got);
+    if (op == reduce_op::min || op == reduce_op::max) return g == ref.value;
+    // Each of the p-1 hops rounds once (twice for f16/bf16: operands are exact, the
+    // sum is rounded), and avg rounds once more.
+    const double tol = 2.0 * (p + 1) * epsilon<T>() * ref.magnitude + 1e-300;
+    return std::fabs(g - ref.value) <= tol;
+  }
+}
+
+template <class T>
+bool same_bits(const T& a, const T& b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+template <class T>
+std::size_t digest(std::span<const T> v) {
+  return std::hash<std::string_view>{}({reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T)});
+}
+
+// Inputs and expected results of one (collective, p, count, reduction), computed once
+// and shared read-only by the runs in place, out of place and with other segments.
+template <class T>
+struct fixture {
+  collective coll = collective::all_reduce;
+  int p = 1;
+  std::size_t n = 0;
+  reduce_op op = reduce_op::sum;
+  std::vector<test::pvector<T>> inputs;  // per rank
+  test::pvector<reference<T>> expected;  // all_reduce: n; reduce_scatter: p*n, rank r's block at r*n
+
+  fixture(collective c, int ranks, std::size_t count, reduce_op o) : coll(c), p(ranks), n(count), op(o) {
+    const auto up = static_cast<std::size_t>(p);
+    const std::size_t in_n = c == collective::reduce_scatter ? n * up : n;
+    inputs.resize(up);
+    for (int r = 0; r < p; ++r) {
+      auto& v = inputs[static_cast<std::size_t>(r)];
+      v.resize(in_n);
+      for (std::size_t i = 0; i < in_n; ++i) v[i] = input<T>(r, i, op);
+    }
+    if (c == collective::all_gather) return;
+    expected.resize(in_n);
+    for (std::size_t i = 0; i < in_n; ++i) {
+      expected[i] = reduce_ref<T>(op, p, [&](int q) { return inputs[static_cast<std::size_t>(q)][i]; });
+    }
+  }
+};
+
+struct rank_report {
+  std::size_t wrong = 0;
+  std::string first;  // the first few wrong elements
+  std::size_t digest = 0;
+  bool input_intact = true;
+  bool others_intact = true;  // in-place reduce_scatter: the blocks of other ranks
+};
+
+// One run of the collective on p threads; each rank checks its own result against the
+// reference (in parallel) and the main thread asserts on the reports.
+template <class T>
+void run_case(const fixture<T>& fx, bool in_place, std::size_t segment_bytes) {
+  const int p = fx.p;
+  const std::size_t n = fx.n;
+  const auto up = static_cast<std::size_t>(p);
+  std::vector<rank_report> reports(up);
+  collx::options opt;
+  opt.segment_bytes = segment_bytes;
+  test::expect_ok(test::run_ranks(p, [&](collx::communicator& c) {
+    const auto r = static_cast<std::size_t>(c.rank());
+    const test::pvector<T>& in = fx.inputs[r];
+    const std::size_t in_digest = digest<T>(std::span<const T>(in));
+    auto& rep = reports[r];
+    test::pvector<T> out;
+    std::span<const T> result;
+    switch (fx.coll) {
+      case collective::all_reduce:
+        if (in_place) {
+          out = in;
+          c.all_reduce(out, fx.op, opt);
+        } else {
+          out.assign(n, T{});
+          c.all_reduce(in, out, fx.op, opt);
+        }
+        result = out;
+        break;
+      case collective::reduce_scatter:
+        if (in_place) {
+          out = in;
+          c.reduce_scatter(out, fx.op, opt);
+          result = std::span<const T>(out).subspan(r * n, n);
+          for (std::size_t j = 0; j < up; ++j) {
+            if (j != r && std::memcmp(out.data() + j * n, in.data() + j * n, n * sizeof(T)) != 0) {
+              rep.others_intact = false;
+            }
+          }
+        } else {
+          out.assign(n, T{});
+          c.reduce_scatter(in, out, fx.op, opt);
+          result = out;
+        }
+        break;
+      case collective::all_gather:
+        out.assign(n * up, T{});
+        if (in_place) {
+          std::copy(in.begin(), in.end(), out.begin() + static_cast<std::ptrdiff_t>(r * n));
+          c.all_gather(out, opt);
+        } else {
+          c.all_gather(in, out, opt);
+        }
+        result = out;
+        break;
+    }
+    rep.input_intact = digest<T>(std::span<const T>(in)) == in_digest;
+    rep.digest = digest(result);
+    for (std::size_t i = 0; i < result.size(); ++i) {
+      bool ok = false;
+      if (fx.coll == collective::all_gather) {
+        ok = same_bits(result[i], fx.inputs[i / n][i % n]);
+      } else {
+        const std::size_t at = (fx.coll == collective::reduce_scatter ? r * n : 0) + i;
+        ok = matches(result[i], fx.expected[at], fx.op, p);
+      }
+      if (!ok && ++rep.wrong <= 3) {
+        rep.first += " [" + std::to_string(i) + "] = " + std::to_string(as_double(result[i]));
+      }
+    }
+  }));
+  for (std::size_t r = 0; r < up; ++r) {
+    CHECK_MESSAGE(reports[r].wrong == 0,
+                  "rank " << r << ": " << reports[r].wrong << " wrong:" << reports[r].first);
+    CHECK_MESSAGE(reports[r].input_intact, "rank " << r << " input was modified");
+    CHECK_MESSAGE(reports[r].others_intact, "rank " << r << " overwrote other ranks' blocks");
+    // all_reduce: every rank holds the same bits, or replicas of a model drift apart.
+    if (fx.coll == collective::all_reduce) CHECK(reports[r].digest == reports[0].digest);
+  }
+}
+
+template <class T>
+void matrix(collective c) {
+  const dtype t = collx::dtype_v<T>;
+  for (int p : rank_counts) {
+    for (std::size_t n : counts) {
+      for (auto op : collx::all_reduce_ops) {
+        if (!collx::supports(t, op)) continue;
+        if (c == collective::all_gather && op != reduce_op::sum) continue;  // no reduction
+        const fixture<T> fx(c, p, n, op);
+        for (bool in_place : {false, true}) {
+          // Default segments, and for small counts tiny segments that force deep pipelines.
+          for (std::size_t seg : {std::size_t{0}, sizeof(T) * 2}) {
+            if (seg != 0 && n > 1000) continue;
+            INFO(collx::to_string(c), " ", collx::to_string(t), " ", collx::to_string(op), " p=", p, " n=", n,
+                 " in_place=", in_place, " segment=", seg);
+            run_case(fx, in_place, seg);
+          }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+#define COLLX_MATRIX(T, NAME)                                                                                \
+  TEST_CASE("all_reduce matches the serial reference: " NAME) { matrix<T>(collective::all_reduce); }         \
+  TEST_CASE("reduce_scatter matches the serial reference: " NAME) { matrix<T>(collective::reduce_scatter); } \
+  TEST_CASE("all_gather matches the serial reference: " NAME) { matrix<T>(collective::all_gather); }
+
+COLLX_MATRIX(std::int8_t, "i8")
+COLLX_MATRIX(std::uint8_t, "u8")
+COLLX_MATRIX(std::int32_t, "i32")
+COLLX_MATRIX(std::int64_t, "i64")
+COLLX_MATRIX(collx::half, "f16")
+COLLX_MATRIX(collx::bfloat16, "bf16")
+COLLX_MATRIX(float, "f32")
+COLLX_MATRIX(double, "f64")
+
+TEST_CASE("async calls run in issue order and overlap the caller's work") {
+  test::expect_ok(test::run_ranks(3, [](collx::communicator& c) {
+    std::vector<float> a(1000, 1.0f), b(2000, 2.0f);
+    std::vector<std::int32_t> g(3 * 5);
+    std::vector<std::int32_t> mine(5, c.rank());
+    auto ra = c.all_reduce_async(a, reduce_op::sum);
+    auto rb = c.all_reduce_async(b, reduce_op::max);
+    auto rg = c.all_gather_async(mine, g);
+    rg.wait();
+    rb.wait();
+    ra.wait();
+    for (float x : a) REQUIRE(x == 3.0f);
+    for (float x : b) REQUIRE(x == 2.0f);
+    for (std::size_t i = 0; i < g.size(); ++i) REQUIRE(g[i] == static_cast<std::int32_t>(i / 5));
+  }));
+}
+
+TEST_CASE("the untyped API takes pointers, a count and a dtype, and detects in-place") {
+  test::expect_ok(test::run_ranks(4, [](collx::communicator& c) {
+    const std::size_t n = 3;
+    std::vector<double> buf(4 * n);
+    for (std::size_t i = 0; i < n; ++i)
+      buf[static_cast<std::size_t>(c.rank()) * n + i] = c.rank() * 10.0 + static_cast<double>(i);
+    // In-place all-gather: the input is this rank's block of the output.
+    c.all_gather(buf.data() + static_cast<std::size_t>(c.rank()) * n, buf.data(), n, dtype::f64);
+    for (std::size_t j = 0; j < 4; ++j) {
+      for (std::size_t i = 0; i < n; ++i)
+        REQUIRE(buf[j * n + i] == static_cast<double>(j) * 10.0 + static_cast<double>(i));
+    }
+    std::vector<double> out(n);
+    c.reduce_scatter(buf.data(), out.data(), n, dtype::f64, reduce_op::avg);
+    for (std::size_t i = 0; i < n; ++i) REQUIRE(out[i] == c.rank() * 10.0 + static_cast<double>(i));
+  }));
+}

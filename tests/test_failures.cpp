@@ -1,0 +1,266 @@
+// Bad input, mismatched calls, dead and silent peers, abort: every rank gets a
+// collx::error within its timeout, and nothing the caller owns is touched.
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common.hpp"
+
+using collx::dtype;
+using collx::errc;
+using collx::reduce_op;
+using namespace std::chrono_literals;
+
+namespace {
+
+template <class F>
+collx::error expect_error(F&& f) {
+  try {
+    f();
+  } catch (const collx::error& e) {
+    return e;
+  }
+  FAIL("expected a collx::error");
+  throw std::logic_error("unreachable");
+}
+
+bool contains(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("bad input is refused before any byte moves, on every rank, and leaves buffers as they were") {
+  test::expect_ok(test::run_ranks(3, [](collx::communicator& c) {
+    std::vector<float> in(10, 1.0f), out(10, 7.0f), small(9, 7.0f);
+    std::vector<float> gathered(29, 7.0f);
+    std::vector<std::int32_t> ints(6, 3);
+    auto unchanged = [&] {
+      for (float x : out) REQUIRE(x == 7.0f);
+      for (float x : small) REQUIRE(x == 7.0f);
+      for (float x : gathered) REQUIRE(x == 7.0f);
+      for (float x : in) REQUIRE(x == 1.0f);
+      for (auto x : ints) REQUIRE(x == 3);
+    };
+    auto e = expect_error([&] { c.all_reduce(in, small, reduce_op::sum); });
+    CHECK(e.kind() == errc::invalid_argument);
+    CHECK(contains(e.what(), "input 10 and output 9"));
+    e = expect_error([&] { c.all_gather(in, gathered); });
+    CHECK(e.kind() == errc::invalid_argument);
+    e = expect_error([&] { c.reduce_scatter(small, out, reduce_op::sum); });
+    CHECK(e.kind() == errc::invalid_argument);
+    e = expect_error([&] { c.all_reduce(nullptr, out.data(), 10, dtype::f32, reduce_op::sum); });
+    CHECK(contains(e.what(), "input is null"));
+    e = expect_error([&] { c.all_reduce(out.data(), out.data() + 1, 9, dtype::f32, reduce_op::sum); });
+    CHECK(contains(e.what(), "overlap"));
+    e = expect_error([&] { c.all_reduce(ints, reduce_op::avg); });
+    CHECK(contains(e.what(), "avg needs a floating-point element type, got i32"));
+    e = expect_error([&] {
+      c.all_reduce(reinterpret_cast<const std::byte*>(in.data()) + 1, out.data(), 4, dtype::f32,
+                   reduce_op::sum);
+    });
+    CHECK(contains(e.what(), "aligned"));
+    e = expect_error([&] { c.all_gather(out); });
+    CHECK(contains(e.what(), "not a multiple of 3 ranks"));
+    collx::options bad;
+    bad.timeout = -1ms;
+    e = expect_error([&] { c.all_reduce(out, reduce_op::sum, bad); });
+    CHECK(contains(e.what(), "timeout"));
+    CHECK(e.rank() == c.rank());
+    unchanged();
+    // Refused input does not poison the communicator: the next good call works.
+    c.all_reduce(in, out, reduce_op::sum);
+    for (float x : out) REQUIRE(x == 3.0f);
+  }));
+}
+
+TEST_CASE("ranks that call different collectives all get an error saying what each called") {
+  collx::communicator_config cfg;
+  cfg.timeout = 20s;
+  const auto start = std::chrono::steady_clock::now();
+  auto errors = test::run_ranks(
+      3,
+      [](collx::communicator& c) {
+        std::vector<float> v(12, 1.0f), g(36);
+        if (c.rank() == 1) {
+          c.all_gather(v, g);
+        } else {
+          c.all_reduce(v, reduce_op::sum);
+        }
+      },
+      cfg);
+  CHECK(std::chrono::steady_clock::now() - start < 10s);  // found out, not timed out
+  bool named_both = false;
+  for (std::size_t r = 0; r < errors.size(); ++r) {
+    auto e = test::as_error(errors[r]);
+    REQUIRE_MESSAGE(e.has_value(), "rank " << r << " did not fail");
+    CHECK(e->kind() == errc::mismatch);
+    const std::string w = e->what();
+    INFO(w);
+    CHECK(contains(w, "called"));
+    named_both = named_both || (contains(w, "all_gather(f32") && contains(w, "all_reduce(f32, sum"));
+  }
+  CHECK(named_both);
+}
+
+TEST_CASE("different counts, types, reductions or a zero count on one rank are mismatches") {
+  struct variant {
+    const char* name;
+    std::function<void(collx::communicator&)> call;
+  };
+  const std::vector<variant> variants = {
+      {"count",
+       [](collx::communicator& c) {
+         std::vector<float> v(c.rank() == 2 ? 9 : 8, 1.0f);
+         c.all_reduce(v, reduce_op::sum);
+       }},
+      {"type of the same size",
+       [](collx::communicator& c) {
+         if (c.rank() == 0) {
+           std::vector<std::int32_t> v(8, 1);
+           c.all_reduce(v, reduce_op::sum);
+         } else {
+           std::vector<float> v(8, 1.0f);
+           c.all_reduce(v, reduce_op::sum);
+         }
+       }},
+      {"reduction",
+       [](collx::communicator& c) {
+         std::vector<double> v(8, 1.0);
+         c.all_reduce(v, c.rank() == 1 ? reduce_op::max : reduce_op::sum);
+       }},
+      {"zero count",
+       [](collx::communicator& c) {
+         std::vector<float> v(c.rank() == 0 ? 0 : 5, 1.0f);
+         c.all_reduce(v, reduce_op::sum);
+       }},
+  };
+  collx::communicator_config cfg;
+  cfg.timeout = 20s;
+  for (const auto& v : variants) {
+    CAPTURE(v.name);
+    const auto start = std::chrono::steady_clock::now();
+    auto errors = test::run_ranks(3, v.call, cfg);
+    CHECK(std::chrono::steady_clock::now() - start < 10s);
+    for (std::size_t r = 0; r < errors.size(); ++r) {
+      auto e = test::as_error(errors[r]);
+      REQUIRE_MESSAGE(e.has_value(), "rank " << r << " did not fail");
+      CHECK(e->kind() == errc::mismatch);
+    }
+  }
+}
+
+TEST_CASE("a killed peer makes every other rank fail, naming it, instead of hanging") {
+  for (int p : {2, 3, 5}) {
+    CAPTURE(p);
+    collx::local_world world(p);
+    const int victim = p - 1;
+    collx::communicator_config cfg;
+    cfg.timeout = 30s;
+    // Slow the ranks down so that the kill lands in the middle of the collective.
+    for (int r = 0; r < p; ++r) world.set_delay(r, 2ms);
+    std::thread killer([&] {
+      std::this_thread::sleep_for(30ms);
+      world.kill(victim);
+    });
+    const auto start = std::chrono::steady_clock::now();
+    auto errors = test::run_ranks(
+        world,
+        [&](collx::communicator& c) {
+          std::vector<float> v(1 << 16, 1.0f);
+          collx::options o;
+          o.segment_bytes = 4096;  // many messages, so many chances to notice
+          for (int i = 0; i < 1000; ++i) c.all_reduce(v, reduce_op::sum, o);
+        },
+        cfg);
+    killer.join();
+    CHECK(std::chrono::steady_clock::now() - start < 20s);
+    for (int r = 0; r < p; ++r) {
+      auto e = test::as_error(errors[static_cast<std::size_t>(r)]);
+      REQUIRE_MESSAGE(e.has_value(), "rank " << r << " did not fail");
+      const std::string w = e->what();
+      INFO("rank ", r, ": ", w);
+      if (r == victim) {
+        CHECK(e->kind() == errc::aborted);
+      } else {
+        CHECK(e->kind() == errc::peer_failure);
+        CHECK(
+            (contains(w, "peer " + std::to_string(victim)) || contains(w, "rank " + std::to_string(victim))));
+        CHECK(contains(w, "killed by fault injection"));
+      }
+    }
+  }
+}
+
+TEST_CASE("a peer that never makes the call gives every other rank a timeout error") {
+  collx::communicator_config cfg;
+  cfg.timeout = 300ms;
+  const auto start = std::chrono::steady_clock::now();
+  auto errors = test::run_ranks(
+      4,
+      [](collx::communicator& c) {
+        if (c.rank() == 2) return;  // silent: never calls
+        std::vector<float> v(100, 1.0f);
+        c.all_reduce(v, reduce_op::sum);
+      },
+      cfg);
+  const auto took = std::chrono::steady_clock::now() - start;
+  CHECK(took < 5s);
+  CHECK(!errors[2]);
+  for (int r : {0, 1, 3}) {
+    auto e = test::as_error(errors[static_cast<std::size_t>(r)]);
+    REQUIRE_MESSAGE(e.has_value(), "rank " << r << " did not fail");
+    CHECK(e->kind() == errc::timeout);
+    INFO(e->what());
+    CHECK(contains(e->what(), "timed out"));
+  }
+  // Rank 3 receives from rank 2 in the ring: its own error names rank 2 directly.
+  auto e3 = test::as_error(errors[3]);
+  CHECK(e3->peer() == 2);
+}
+
+TEST_CASE("a per-call timeout bounds one call, and a failed communicator refuses further calls") {
+  auto errors = test::run_ranks(2, [](collx::communicator& c) {
+    if (c.rank() == 1) return;
+    std::vector<float> v(10, 1.0f);
+    collx::options o;
+    o.timeout = 100ms;
+    auto e = expect_error([&] { c.all_reduce(v, reduce_op::sum, o); });
+    CHECK(e.kind() == errc::timeout);
+    CHECK_FALSE(c.failure().empty());
+    auto again = expect_error([&] { c.all_reduce(v, reduce_op::sum); });
+    CHECK(again.kind() == errc::aborted);
+    CHECK(contains(again.what(), "create a new one"));
+    for (float x : v) CHECK(x == 1.0f);
+  });
+  test::expect_ok(errors);
+}
+
+TEST_CASE("abort() releases a rank blocked in a call, from another thread") {
+  auto errors = test::run_ranks(2, [](collx::communicator& c) {
+    if (c.rank() == 1) return;  // never joins: rank 0 would wait for the whole timeout
+    std::thread aborter([&] {
+      std::this_thread::sleep_for(100ms);
+      c.abort("the job is being torn down");
+    });
+    const auto start = std::chrono::steady_clock::now();
+    std::vector<float> v(10, 1.0f);
+    auto e = expect_error([&] { c.all_reduce(v, reduce_op::sum); });
+    aborter.join();
+    CHECK(e.kind() == errc::aborted);
+    CHECK(std::chrono::steady_clock::now() - start < 5s);
+  });
+  test::expect_ok(errors);
+}
+
+TEST_CASE("a slow rank delays the others but the answer is right") {
+  collx::local_world world(3);
+  world.set_delay(1, 5ms);
+  test::expect_ok(test::run_ranks(world, [](collx::communicator& c) {
+    std::vector<std::int64_t> v(1000, c.rank() + 1);
+    c.all_reduce(v, reduce_op::sum);
+    for (auto x : v) REQUIRE(x == 6);
+  }));
+}

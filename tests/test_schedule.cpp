@@ -1,0 +1,195 @@
+// The schedule IR, the symbolic verifier and the cost model.
+
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <collx/collx.hpp>
+#include <string>
+#include <vector>
+
+using collx::buffer;
+using collx::collective;
+using collx::schedule;
+
+namespace {
+
+std::vector<schedule> ring_all(collective c, int p, std::size_t count, std::size_t segment, bool in_place) {
+  std::vector<schedule> v;
+  for (int r = 0; r < p; ++r) v.push_back(collx::algorithms::ring(c, {r, p, count, segment, in_place}));
+  return v;
+}
+
+const collective all_colls[] = {collective::all_reduce, collective::all_gather, collective::reduce_scatter};
+
+}  // namespace
+
+TEST_CASE("the verifier proves ring reduce-scatter, all-gather and all-reduce for p = 1..64") {
+  constexpr std::size_t big_prime = 1000003;
+  const std::size_t seg = collx::defaults::segment_bytes / 4;  // the default for f32
+  for (auto c : all_colls) {
+    for (int p = 1; p <= 64; ++p) {
+      const auto up = static_cast<std::size_t>(p);
+      for (std::size_t n : {std::size_t{0}, std::size_t{1}, up - 1, up + 1, big_prime}) {
+        for (bool in_place : {false, true}) {
+          const auto v = collx::verify(ring_all(c, p, n, seg, in_place));
+          INFO(collx::to_string(c), " p=", p, " count=", n, " in_place=", in_place);
+          REQUIRE_MESSAGE(v.ok, v.message);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("the verifier proves ring schedules cut into many small pipeline segments") {
+  for (auto c : all_colls) {
+    for (int p : {2, 3, 5, 8, 13}) {
+      for (std::size_t n : {std::size_t{1}, std::size_t{29}, std::size_t{100}}) {
+        for (std::size_t seg : {std::size_t{1}, std::size_t{3}, std::size_t{7}}) {
+          for (bool in_place : {false, true}) {
+            const auto v = collx::verify(ring_all(c, p, n, seg, in_place));
+            INFO(collx::to_string(c), " p=", p, " count=", n, " segment=", seg, " in_place=", in_place);
+            REQUIRE_MESSAGE(v.ok, v.message);
+          }
+        }
+      }
+    }
+  }
+}
+
+// The verifier is only worth something if it rejects wrong schedules: each case below
+// breaks a correct ring schedule in one way and expects the matching complaint.
+TEST_CASE("the verifier rejects broken schedules") {
+  auto base = [] { return ring_all(collective::all_reduce, 4, 10, 2, false); };
+  auto expect_reject = [](const std::vector<schedule>& v, const std::string& needle) {
+    const auto res = collx::verify(v);
+    CHECK_FALSE(res.ok);
+    INFO("message: ", res.message);
+    CHECK(res.message.find(needle) != std::string::npos);
+  };
+
+  SUBCASE("a contribution counted twice or missing") {
+    auto v = base();
+    // Rank 1 reduces its first received segment into output but with an operand from
+    // output, which is undefined out of place: it no longer adds its own input.
+    for (auto& st : v[1].steps) {
+      if (st.kind == collx::step_kind::recv_reduce) {
+        st.kind = collx::step_kind::recv;
+        break;
+      }
+    }
+    expect_reject(v, "expected element");
+  }
+  SUBCASE("a receive into the wrong place") {
+    auto v = base();
+    for (auto& st : v[2].steps) {
+      if (st.kind == collx::step_kind::recv) {
+        st.dst.offset = (st.dst.offset + 2) % 8;
+        break;
+      }
+    }
+    expect_reject(v, "");
+  }
+  SUBCASE("a missing dependency is a race") {
+    auto v = base();
+    for (std::size_t i = 0; i < v[0].steps.size(); ++i) v[0].steps[i].dep_count = 0;
+    expect_reject(v, "race");
+  }
+  SUBCASE("a send nobody receives") {
+    auto v = base();
+    v[3].steps.push_back({collx::step_kind::send, 0, {buffer::input, 0, 1}, {}, 0, 0, 99});
+    expect_reject(v, "never receives");
+  }
+  SUBCASE("a receive that never comes is a deadlock") {
+    auto v = base();
+    v[3].steps.push_back({collx::step_kind::recv, 0, {}, {buffer::scratch, 0, 1}, 0, 0, 99});
+    v[3].scratch_count = 1;
+    expect_reject(v, "deadlock");
+  }
+  SUBCASE("writing the caller's input") {
+    auto v = base();
+    v[1].steps.push_back(
+        {collx::step_kind::copy, -1, {buffer::output, 0, 1}, {buffer::input, 0, 1}, 0, 0, 99});
+    expect_reject(v, "writes the caller's input");
+  }
+  SUBCASE("reducing different indices together") {
+    auto v = base();
+    for (auto& st : v[0].steps) {
+      if (st.kind == collx::step_kind::recv_reduce) {
+        st.src.offset = st.dst.offset == 0 ? 1 : 0;
+        st.src.count = st.dst.count;
+        break;
+      }
+    }
+    expect_reject(v, "");
+  }
+  SUBCASE("mismatched message sizes") {
+    auto v = base();
+    for (auto& st : v[0].steps) {
+      if (st.kind == collx::step_kind::send) {
+        st.src.count += 1;
+        break;
+      }
+    }
+    expect_reject(v, "");
+  }
+  SUBCASE("schedules of different calls") {
+    auto v = base();
+    v[2].count = 11;
+    expect_reject(v, "different call");
+  }
+}
+
+TEST_CASE("ring schedules send the textbook number of steps and bytes") {
+  for (int p : {2, 3, 4, 7}) {
+    const std::size_t n = 7 * 11 * 13;  // divisible by every p here but 4; ring handles both
+    const auto v = ring_all(collective::all_reduce, p, n, n, false);
+    for (const auto& s : v) {
+      std::size_t sent = 0;
+      std::size_t sends = 0;
+      for (const auto& st : s.steps) {
+        if (st.kind == collx::step_kind::send) {
+          sent += st.src.count;
+          ++sends;
+        }
+      }
+      // 2(p-1) messages of about n/p elements: 2n(p-1)/p elements in all.
+      const auto up = static_cast<std::size_t>(p);
+      CHECK(sends == 2 * (up - 1));
+      CHECK(sent <= 2 * (up - 1) * ((n + up - 1) / up));
+      CHECK(sent >= 2 * (up - 1) * (n / up));
+    }
+  }
+}
+
+TEST_CASE("the cost model gives the alpha-beta-gamma formula for an unsegmented ring") {
+  const collx::cost_params c{2e-6, 1.0 / 10e9, 1.0 / 20e9};
+  for (int p : {2, 4, 8}) {
+    const auto up = static_cast<double>(p);
+    const std::size_t n = 1 << 20;  // elements, divisible by p
+    const double bytes = static_cast<double>(n) * 4;
+    const auto v = ring_all(collective::all_reduce, p, n, n, false);
+    const auto est = collx::predict(v, c, 4);
+    // Each of the 2(p-1) steps moves n/p elements; the first p-1 also reduce them.
+    const double chunk = bytes / up;
+    const double expect = 2 * (up - 1) * (c.alpha + chunk * c.beta) + (up - 1) * chunk * c.gamma;
+    CHECK(est.seconds == doctest::Approx(expect).epsilon(1e-9));
+    CHECK(est.messages == static_cast<std::size_t>(2 * (p - 1)));
+    CHECK(est.bytes_sent == static_cast<std::size_t>(2 * (up - 1) * chunk));
+  }
+}
+
+TEST_CASE("the cost model shows pipelining: segments overlap transfer and reduction") {
+  const collx::cost_params c{1e-6, 1.0 / 10e9, 1.0 / 10e9};
+  const std::size_t n = 1 << 22;
+  const auto whole = collx::predict(ring_all(collective::all_reduce, 4, n, n, false), c, 4);
+  const auto cut = collx::predict(ring_all(collective::all_reduce, 4, n, n / 64, false), c, 4);
+  CHECK(cut.seconds < whole.seconds);
+}
+
+TEST_CASE("to_text lists every step with its dependencies") {
+  const auto s = collx::algorithms::ring(collective::all_reduce, {0, 3, 10, 2, false});
+  const std::string t = collx::to_text(s);
+  CHECK(t.find("ring all_reduce rank 0/3 count 10") == 0);
+  CHECK(t.find("recv_reduce in[4+2] op 2 -> out[4+2]") != std::string::npos);
+  CHECK(t.find("after #1") != std::string::npos);
+}

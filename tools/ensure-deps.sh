@@ -1,0 +1,25 @@
+#!/bin/sh
+# Installs what `make test` and `make bench` need on Debian, or says exactly what to run.
+# As root it uses apt-get; otherwise it prints the apt-get line and fails.
+set -eu
+missing=""
+need() { # need <package> <test command...>
+  pkg=$1; shift
+  if ! "$@" >/dev/null 2>&1; then missing="$missing $pkg"; fi
+}
+need cmake command -v cmake
+need g++ command -v g++
+need make command -v make
+need doctest-dev test -f /usr/include/doctest/doctest.h
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "collx: installing missing Debian packages:$missing" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >&2
+  # shellcheck disable=SC2086
+  apt-get install -y -q --no-install-recommends $missing >&2
+else
+  echo "collx: missing packages:$missing" >&2
+  echo "collx: run:  sudo apt-get install -y$missing" >&2
+  exit 1
+fi
