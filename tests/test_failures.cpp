@@ -264,3 +264,90 @@ TEST_CASE("a slow rank delays the others but the answer is right") {
     for (auto x : v) REQUIRE(x == 6);
   }));
 }
+
+namespace {
+template <class C, class R>
+concept can_async_reduce = requires(C& c, R&& r) {
+  c.all_reduce_async(std::forward<R>(r), collx::reduce_op::sum);
+};
+}  // namespace
+
+TEST_CASE("async calls refuse temporary buffers at compile time: they would be freed before the call runs") {
+  static_assert(can_async_reduce<collx::communicator, std::vector<float>&>);
+  static_assert(can_async_reduce<collx::communicator, std::span<float>>);
+  static_assert(!can_async_reduce<collx::communicator, std::vector<float>>);
+  static_assert(!can_async_reduce<collx::communicator, std::vector<float>&&>);
+  CHECK(true);
+}
+
+TEST_CASE("a timeout of milliseconds::max() means no timeout, not an instant one") {
+  collx::communicator_config cfg;
+  cfg.timeout = std::chrono::milliseconds::max();
+  test::expect_ok(test::run_ranks(
+      2,
+      [](collx::communicator& c) {
+        std::vector<float> v(10, 1.0f);
+        collx::options o;
+        o.timeout = std::chrono::milliseconds::max();
+        c.all_reduce(v, reduce_op::sum, o);
+        for (float x : v) REQUIRE(x == 2.0f);
+      },
+      cfg));
+}
+
+TEST_CASE("ranks that force different algorithms, or different tags, all get a mismatch error") {
+  collx::communicator_config cfg;
+  cfg.timeout = 20s;
+  for (int variant = 0; variant < 3; ++variant) {
+    CAPTURE(variant);
+    auto errors = test::run_ranks(
+        3,
+        [variant](collx::communicator& c) {
+          collx::options o;
+          std::vector<float> v(variant == 2 ? 0 : 64, 1.0f);
+          if (variant == 0 && c.rank() == 0) o.algo = collx::algorithm::recursive_doubling;
+          if (variant == 0 && c.rank() != 0) o.algo = collx::algorithm::ring;
+          if (variant >= 1 && c.rank() == 1) o.tag = 9;  // variant 2: count 0, only the signature travels
+          c.all_reduce(v, reduce_op::sum, o);
+        },
+        cfg);
+    for (std::size_t r = 0; r < errors.size(); ++r) {
+      auto e = test::as_error(errors[r]);
+      REQUIRE_MESSAGE(e.has_value(), "rank " << r << " did not fail");
+      CHECK(e->kind() == errc::mismatch);
+    }
+  }
+}
+
+TEST_CASE("an algorithm that does not implement the collective is refused before any byte moves") {
+  test::expect_ok(test::run_ranks(2, [](collx::communicator& c) {
+    std::vector<float> v(10, 1.0f);
+    collx::options o;
+    o.algo = collx::algorithm::bruck;
+    auto e = expect_error([&] { c.all_reduce(v, reduce_op::sum, o); });
+    CHECK(e.kind() == errc::unsupported);
+    CHECK(contains(e.what(), "bruck does not implement all_reduce"));
+    o.algo = collx::algorithm::ring;
+    o.segment_bytes = 2;  // less than one f32
+    e = expect_error([&] { c.all_reduce(v, reduce_op::sum, o); });
+    CHECK(e.kind() == errc::invalid_argument);
+    for (float x : v) REQUIRE(x == 1.0f);
+    c.all_reduce(v, reduce_op::sum);  // still healthy
+    for (float x : v) REQUIRE(x == 2.0f);
+  }));
+}
+
+TEST_CASE("COLLX_ALGO picks the default algorithm, and a name it does not know is an error") {
+  ::setenv("COLLX_ALGO", "rabenseifner", 1);
+  CHECK(collx::communicator_config{}.algo == collx::algorithm::rabenseifner);
+  ::setenv("COLLX_ALGO", "fastest", 1);
+  CHECK_THROWS_AS(collx::communicator_config{}, collx::error);
+  ::unsetenv("COLLX_ALGO");
+  CHECK(collx::communicator_config{}.algo == collx::algorithm::automatic);
+}
+
+TEST_CASE("kill and set_delay check their rank") {
+  collx::local_world world(2);
+  CHECK_THROWS_AS(world.kill(2), collx::error);
+  CHECK_THROWS_AS(world.set_delay(-1, 1ms), collx::error);
+}

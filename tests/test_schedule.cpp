@@ -23,32 +23,73 @@ const collective all_colls[] = {collective::all_reduce, collective::all_gather, 
 
 }  // namespace
 
-TEST_CASE("the verifier proves ring reduce-scatter, all-gather and all-reduce for p = 1..64") {
+namespace {
+
+std::vector<schedule> build_all(collx::algorithm a, collective c, int p, std::size_t count,
+                                std::size_t segment, bool in_place) {
+  std::vector<schedule> v;
+  for (int r = 0; r < p; ++r) v.push_back(collx::algorithms::build(a, {c, r, p, count, segment, in_place}));
+  return v;
+}
+
+// Every p from 1 to 64; counts 0, 1, p-1, p+1 and a large prime; in place and out.
+void prove_all_p(collx::algorithm a, collective c) {
   constexpr std::size_t big_prime = 1000003;
   const std::size_t seg = collx::defaults::segment_bytes / 4;  // the default for f32
-  for (auto c : all_colls) {
-    for (int p = 1; p <= 64; ++p) {
-      const auto up = static_cast<std::size_t>(p);
-      for (std::size_t n : {std::size_t{0}, std::size_t{1}, up - 1, up + 1, big_prime}) {
-        for (bool in_place : {false, true}) {
-          const auto v = collx::verify(ring_all(c, p, n, seg, in_place));
-          INFO(collx::to_string(c), " p=", p, " count=", n, " in_place=", in_place);
-          REQUIRE_MESSAGE(v.ok, v.message);
-        }
+  for (int p = 1; p <= 64; ++p) {
+    const auto up = static_cast<std::size_t>(p);
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, up - 1, up + 1, big_prime}) {
+      for (bool in_place : {false, true}) {
+        const auto v = collx::verify(build_all(a, c, p, n, seg, in_place));
+        INFO(collx::to_string(a), " ", collx::to_string(c), " p=", p, " count=", n, " in_place=", in_place);
+        REQUIRE_MESSAGE(v.ok, v.message);
       }
     }
   }
 }
 
-TEST_CASE("the verifier proves ring schedules cut into many small pipeline segments") {
-  for (auto c : all_colls) {
-    for (int p : {2, 3, 5, 8, 13}) {
-      for (std::size_t n : {std::size_t{1}, std::size_t{29}, std::size_t{100}}) {
-        for (std::size_t seg : {std::size_t{1}, std::size_t{3}, std::size_t{7}}) {
-          for (bool in_place : {false, true}) {
-            const auto v = collx::verify(ring_all(c, p, n, seg, in_place));
-            INFO(collx::to_string(c), " p=", p, " count=", n, " segment=", seg, " in_place=", in_place);
-            REQUIRE_MESSAGE(v.ok, v.message);
+}  // namespace
+
+using collx::algorithm;
+
+TEST_CASE("the verifier proves ring all-reduce for p = 1..64") {
+  prove_all_p(algorithm::ring, collective::all_reduce);
+}
+TEST_CASE("the verifier proves ring all-gather for p = 1..64") {
+  prove_all_p(algorithm::ring, collective::all_gather);
+}
+TEST_CASE("the verifier proves ring reduce-scatter for p = 1..64") {
+  prove_all_p(algorithm::ring, collective::reduce_scatter);
+}
+TEST_CASE("the verifier proves recursive doubling all-reduce for p = 1..64") {
+  prove_all_p(algorithm::recursive_doubling, collective::all_reduce);
+}
+TEST_CASE("the verifier proves recursive doubling all-gather for p = 1..64") {
+  prove_all_p(algorithm::recursive_doubling, collective::all_gather);
+}
+TEST_CASE("the verifier proves recursive halving reduce-scatter for p = 1..64") {
+  prove_all_p(algorithm::recursive_doubling, collective::reduce_scatter);
+}
+TEST_CASE("the verifier proves Rabenseifner all-reduce for p = 1..64") {
+  prove_all_p(algorithm::rabenseifner, collective::all_reduce);
+}
+TEST_CASE("the verifier proves Bruck all-gather for p = 1..64") {
+  prove_all_p(algorithm::bruck, collective::all_gather);
+}
+
+TEST_CASE("the verifier proves every algorithm cut into many small pipeline segments") {
+  for (auto a : collx::all_algorithms) {
+    for (auto c : all_colls) {
+      if (!collx::implements(a, c)) continue;
+      for (int p : {2, 3, 5, 6, 8, 13}) {
+        for (std::size_t n : {std::size_t{1}, std::size_t{29}, std::size_t{100}}) {
+          for (std::size_t seg : {std::size_t{1}, std::size_t{3}, std::size_t{7}}) {
+            for (bool in_place : {false, true}) {
+              const auto v = collx::verify(build_all(a, c, p, n, seg, in_place));
+              INFO(collx::to_string(a), " ", collx::to_string(c), " p=", p, " count=", n, " segment=", seg,
+                   " in_place=", in_place);
+              REQUIRE_MESSAGE(v.ok, v.message);
+            }
           }
         }
       }
@@ -192,4 +233,55 @@ TEST_CASE("to_text lists every step with its dependencies") {
   CHECK(t.find("ring all_reduce rank 0/3 count 10") == 0);
   CHECK(t.find("recv_reduce in[4+2] op 2 -> out[4+2]") != std::string::npos);
   CHECK(t.find("after #1") != std::string::npos);
+}
+
+TEST_CASE("the closed-form costs stay near the schedule replay, and the choice they make is near the best") {
+  // Unsegmented schedules, so that the replay and the formula describe the same messages.
+  const collx::cost_params models[] = {{3e-6, 1.0 / 12e9, 1.0 / 7e9}, {20e-6, 1.0 / 1e9, 1.0 / 20e9}};
+  for (const auto& m : models) {
+    for (auto c : all_colls) {
+      for (int p : {2, 3, 4, 5, 6, 7, 8, 12, 16}) {
+        for (std::size_t n : {std::size_t{16}, std::size_t{4096}, std::size_t{720720}}) {
+          double best = 1e300;
+          double chosen = 0;
+          const auto pick = collx::algorithms::choose(c, p, static_cast<double>(n) * 4, m);
+          for (auto a : collx::all_algorithms) {
+            if (!collx::implements(a, c)) continue;
+            const double replay =
+                collx::predict(build_all(a, c, p, n, std::size_t{1} << 40, false), m, 4).seconds;
+            const double formula =
+                collx::algorithms::predicted_seconds(a, c, p, static_cast<double>(n) * 4, m);
+            INFO(collx::to_string(a), " ", collx::to_string(c), " p=", p, " n=", n, " replay=", replay,
+                 " formula=", formula);
+            CHECK(formula >= 0.6 * replay);
+            CHECK(formula <= 1.2 * replay);
+            best = std::min(best, replay);
+            if (a == pick) chosen = replay;
+          }
+          INFO(collx::to_string(c), " p=", p, " n=", n, " chose ", collx::to_string(pick));
+          CHECK(chosen <= 1.35 * best);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("the automatic choice follows the model: few steps for small buffers, ring's bandwidth for large") {
+  const collx::cost_params m{10e-6, 1.0 / 10e9, 1.0 / 10e9};
+  CHECK(collx::algorithms::choose(collective::all_reduce, 16, 64, m) == algorithm::recursive_doubling);
+  const auto large = collx::algorithms::choose(collective::all_reduce, 16, 256e6, m);
+  CHECK((large == algorithm::ring || large == algorithm::rabenseifner));
+  CHECK(collx::algorithms::choose(collective::all_gather, 13, 8, m) != algorithm::ring);
+}
+
+TEST_CASE("algorithm names parse, and each algorithm says which collectives it implements") {
+  CHECK(collx::parse_algorithm("rd") == algorithm::recursive_doubling);
+  CHECK(collx::parse_algorithm("rabenseifner") == algorithm::rabenseifner);
+  CHECK(collx::parse_algorithm("auto") == algorithm::automatic);
+  CHECK_FALSE(collx::parse_algorithm("fastest").has_value());
+  CHECK(collx::implements(algorithm::bruck, collective::all_gather));
+  CHECK_FALSE(collx::implements(algorithm::bruck, collective::all_reduce));
+  CHECK_FALSE(collx::implements(algorithm::rabenseifner, collective::reduce_scatter));
+  CHECK_THROWS_AS(collx::algorithms::build(algorithm::bruck, {collective::all_reduce, 0, 4, 10, 10, false}),
+                  collx::error);
 }

@@ -39,11 +39,20 @@
 
 namespace collx {
 
+// The cost model's parameters for the in-process transport, from `local_sweep 2` on the
+// project's 2-core VM (docs/performance.md): about 27 us for a 2-message call gives
+// alpha; the 1 MiB and 64 MiB points give 2*beta + gamma between 0.13 and 0.3 ns/B.
+// They decide only which algorithm runs; collx-calibrate will measure them per machine.
+inline constexpr cost_params local_transport_model{13e-6, 0.1e-9, 0.1e-9};
+
 struct communicator_config {
   // Bound on every call; COLLX_TIMEOUT (seconds) overrides this default.
   std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
   std::size_t segment_bytes = defaults::segment_bytes;
-  algorithm algo = algorithm::automatic;
+  // The algorithm for calls that do not name one; COLLX_ALGO overrides this default.
+  algorithm algo = algorithms::algorithm_from_env(algorithm::automatic);
+  // What the automatic choice prices algorithms with.
+  cost_params model = local_transport_model;
 };
 
 namespace detail {
@@ -135,6 +144,15 @@ template <class In, class Out>
 concept range_pair = std::ranges::contiguous_range<In> && std::ranges::sized_range<In> && output_range<Out> &&
     std::is_same_v<elem_t<In>, elem_t<Out>>;
 
+// The async forms return before the call has run, so their buffers must outlive the
+// call: lvalues or views (borrowed ranges), never a temporary container.
+template <class R>
+concept async_output = output_range<R> && std::ranges::borrowed_range<R>;
+
+template <class In, class Out>
+concept async_pair =
+    range_pair<In, Out> && std::ranges::borrowed_range<In> && std::ranges::borrowed_range<Out>;
+
 }  // namespace detail
 
 class communicator {
@@ -180,7 +198,7 @@ class communicator {
             op, o);
   }
   template <class In, class Out>
-  requires detail::range_pair<In, Out> request all_reduce_async(const In& in, Out&& out, reduce_op op,
+  requires detail::async_pair<In, Out> request all_reduce_async(In&& in, Out&& out, reduce_op op,
                                                                 const options& o = {}) {
     check_sizes("all_reduce", std::ranges::size(in), std::ranges::size(out), 1, 1);
     return submit(collective::all_reduce, data_of(in), data_of(out), std::ranges::size(in),
@@ -194,7 +212,7 @@ class communicator {
     run_now(collective::all_reduce, p, p, std::ranges::size(data), dtype_of_range<Data>(), op, o);
   }
   template <class Data>
-  requires detail::output_range<Data> request all_reduce_async(Data&& data, reduce_op op,
+  requires detail::async_output<Data> request all_reduce_async(Data&& data, reduce_op op,
                                                                const options& o = {}) {
     auto* p = data_of(data);
     return submit(collective::all_reduce, p, p, std::ranges::size(data), dtype_of_range<Data>(), op, o);
@@ -209,8 +227,7 @@ class communicator {
             reduce_op::sum, o);
   }
   template <class In, class Out>
-  requires detail::range_pair<In, Out> request all_gather_async(const In& in, Out&& out,
-                                                                const options& o = {}) {
+  requires detail::async_pair<In, Out> request all_gather_async(In&& in, Out&& out, const options& o = {}) {
     check_sizes("all_gather", std::ranges::size(in), std::ranges::size(out), 1, usize());
     return submit(collective::all_gather, data_of(in), data_of(out), std::ranges::size(in),
                   dtype_of_range<Out>(), reduce_op::sum, o);
@@ -225,7 +242,7 @@ class communicator {
             dtype_of_range<Data>(), reduce_op::sum, o);
   }
   template <class Data>
-  requires detail::output_range<Data> request all_gather_async(Data&& data, const options& o = {}) {
+  requires detail::async_output<Data> request all_gather_async(Data&& data, const options& o = {}) {
     const std::size_t n = block_of("all_gather", std::ranges::size(data));
     auto* p = data_of(data);
     return submit(collective::all_gather, p + static_cast<std::size_t>(rank()) * n * elem_size<Data>(), p, n,
@@ -241,7 +258,7 @@ class communicator {
             dtype_of_range<Out>(), op, o);
   }
   template <class In, class Out>
-  requires detail::range_pair<In, Out> request reduce_scatter_async(const In& in, Out&& out, reduce_op op,
+  requires detail::async_pair<In, Out> request reduce_scatter_async(In&& in, Out&& out, reduce_op op,
                                                                     const options& o = {}) {
     check_sizes("reduce_scatter", std::ranges::size(in), std::ranges::size(out), usize(), 1);
     return submit(collective::reduce_scatter, data_of(in), data_of(out), std::ranges::size(out),
@@ -258,7 +275,7 @@ class communicator {
             dtype_of_range<Data>(), op, o);
   }
   template <class Data>
-  requires detail::output_range<Data> request reduce_scatter_async(Data&& data, reduce_op op,
+  requires detail::async_output<Data> request reduce_scatter_async(Data&& data, reduce_op op,
                                                                    const options& o = {}) {
     const std::size_t n = block_of("reduce_scatter", std::ranges::size(data));
     auto* p = data_of(data);
@@ -357,7 +374,7 @@ class communicator {
     const std::string_view name = to_string(coll);
     if (auto f = failure(); !f.empty()) {
       throw error(errc::aborted, name, rank(), error::no_rank,
-                  "this communicator failed earlier (" + f + "); create a new one");
+                  "this communicator failed earlier (" + f + "); create a new one over a new transport");
     }
     if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid(name, "unknown element type");
     if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid(name, "unknown reduction");
@@ -366,8 +383,16 @@ class communicator {
                         std::string(to_string(t)));
     }
     if (o.timeout < std::chrono::milliseconds::zero()) invalid(name, "timeout must not be negative");
-    if (o.algo != algorithm::automatic && o.algo != algorithm::ring) {
+    if (o.segment_bytes != 0 && o.segment_bytes < size_of(t)) {
+      invalid(name, "segment_bytes " + std::to_string(o.segment_bytes) + " is smaller than one " +
+                        std::string(to_string(t)) + " element");
+    }
+    if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::bruck)) {
       invalid(name, "unknown algorithm " + std::to_string(static_cast<int>(o.algo)));
+    }
+    if (!implements(o.algo, coll)) {
+      throw error(errc::unsupported, name, rank(), error::no_rank,
+                  "algorithm " + std::string(to_string(o.algo)) + " does not implement " + std::string(name));
     }
     const std::size_t es = size_of(t);
     const std::size_t limit = std::numeric_limits<std::size_t>::max() / es / usize();
@@ -419,9 +444,10 @@ class communicator {
     c.done = st;
     {
       std::lock_guard lock(s_->qm);
+      // Start the worker first: if that throws, nothing was queued behind the caller's back.
+      if (!s_->worker.joinable()) s_->worker = std::thread([s = s_.get()] { worker_loop(*s); });
       c.seq = s_->next_seq++;
       s_->queue.push_back(std::move(c));
-      if (!s_->worker.joinable()) s_->worker = std::thread([s = s_.get()] { worker_loop(*s); });
     }
     s_->qcv.notify_all();
     return request(std::move(st));
@@ -499,15 +525,20 @@ class communicator {
     {
       std::lock_guard lock(s.fail_m);
       if (!s.failure.empty()) {
-        throw error(errc::aborted, name, s.rank, error::no_rank,
-                    "this communicator failed earlier (" + s.failure + "); create a new one");
+        throw error(
+            errc::aborted, name, s.rank, error::no_rank,
+            "this communicator failed earlier (" + s.failure + "); create a new one over a new transport");
       }
     }
     const std::size_t es = size_of(c.type);
     const std::size_t seg_bytes = c.opt.segment_bytes != 0 ? c.opt.segment_bytes : s.cfg.segment_bytes;
     const std::size_t segment = std::max<std::size_t>(1, seg_bytes / es);
     algorithm a = c.opt.algo != algorithm::automatic ? c.opt.algo : s.cfg.algo;
-    if (a == algorithm::automatic) a = algorithms::choose(c.coll, s.size, c.count * es);
+    // A communicator-wide choice that does not implement this collective yields to the
+    // automatic one (bruck, say, set for all-gathers, when an all-reduce comes).
+    if (a == algorithm::automatic || !implements(a, c.coll)) {
+      a = algorithms::choose(c.coll, s.size, static_cast<double>(c.count * es), s.cfg.model);
+    }
     exec_call ec;
     ec.type = c.type;
     ec.op = c.op;

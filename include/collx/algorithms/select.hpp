@@ -1,14 +1,28 @@
 #pragma once
 
-// Which algorithm runs a call. With one algorithm in this build the automatic choice
-// is ring for every collective; the cost model (schedule/cost.hpp) is the place the
-// choice will be priced from once there is more than one to choose between.
+// Which algorithm runs a call: the user's choice (per call, per communicator, or
+// COLLX_ALGO), else the one the alpha-beta-gamma model predicts fastest for this
+// collective, size and rank count. The model is priced here in closed form, from each
+// algorithm's structure, so a choice costs nanoseconds whatever p is. The formulas are
+// the textbook ones (Thakur, Rabenseifner and Gropp 2005); they leave out what the
+// step-by-step replay of the schedules (schedule/cost.hpp) also sees: local copies
+// overlapping transfers, the uneven halves of a folded non-power-of-two group, link
+// contention. Tests bound the difference and check that the choice they make is close
+// to the best the replay finds.
 
+#include <cmath>
 #include <cstddef>
+#include <cstdlib>
+#include <limits>
+#include <optional>
+#include <string>
 
+#include "collx/algorithms/bruck.hpp"
+#include "collx/algorithms/recursive.hpp"
 #include "collx/algorithms/ring.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
+#include "collx/schedule/cost.hpp"
 #include "collx/schedule/schedule.hpp"
 
 namespace collx::algorithms {
@@ -22,15 +36,104 @@ struct call_shape {
   bool in_place = false;
 };
 
-constexpr algorithm choose(collective, int, std::size_t /*bytes*/) noexcept { return algorithm::ring; }
+// Predicted seconds for one call, unsegmented. bytes is count * element size (per rank,
+// as in the API); the whole buffer is bytes for all-reduce and p*bytes otherwise.
+inline double predicted_seconds(algorithm a, collective c, int p, double bytes, const cost_params& m) {
+  if (p <= 1 || bytes <= 0) return 0.0;
+  if (!implements(a, c) || a == algorithm::automatic) return std::numeric_limits<double>::infinity();
+  const double P = p;
+  const double al = m.alpha;
+  const double be = m.beta;
+  const double ga = m.gamma;
+  const detail::fold f(p);
+  const double P2 = f.p2;
+  const double L = f.log2p2();
+  const bool folded = f.extra > 0;
+  if (c == collective::all_reduce) {
+    const double n = bytes;
+    const double fold_cost = folded ? 2 * (al + n * be) + n * ga : 0.0;
+    switch (a) {
+      case algorithm::ring: return 2 * (P - 1) * (al + n / P * be) + (P - 1) * n / P * ga;
+      case algorithm::recursive_doubling: return L * (al + n * be + n * ga) + fold_cost;
+      case algorithm::rabenseifner:
+        return 2 * L * al + 2 * (P2 - 1) / P2 * n * be + (P2 - 1) / P2 * n * ga + fold_cost;
+      default: break;
+    }
+  } else if (c == collective::reduce_scatter) {
+    const double N = P * bytes;
+    switch (a) {
+      case algorithm::ring: return (P - 1) * (al + bytes * be + bytes * ga);
+      case algorithm::recursive_doubling:
+        return L * al + (P2 - 1) / P2 * N * (be + ga) +
+               (folded ? (al + N * be + N * ga) + (al + bytes * be) : 0.0);
+      default: break;
+    }
+  } else {
+    const double N = P * bytes;
+    switch (a) {
+      // Out of place the rank's own block is also copied into the output: ring sends its
+      // first block straight from the input, beside that copy; the others send after it.
+      case algorithm::ring: return std::max((P - 1) * (al + bytes * be), bytes * ga);
+      case algorithm::recursive_doubling:
+        // Folding: one block in, then the rest back (two messages unless the pair is ranks 0 and 1).
+        return bytes * ga + L * al + (P2 - 1) / P2 * N * be +
+               (folded ? (al + bytes * be) + ((f.extra > 1 ? 2 : 1) * al + (N - bytes) * be) : 0.0);
+      case algorithm::bruck: {
+        double t = 0;
+        for (int d = 1; d < p; d *= 2) t += al + std::min(d, p - d) * bytes * be;
+        return t + N * ga;  // the rotation into rank order, a local copy
+      }
+      default: break;
+    }
+  }
+  return std::numeric_limits<double>::infinity();
+}
+
+inline algorithm choose(collective c, int p, double bytes, const cost_params& m) {
+  algorithm best = algorithm::ring;
+  double best_t = std::numeric_limits<double>::infinity();
+  for (auto a : all_algorithms) {
+    const double t = predicted_seconds(a, c, p, bytes, m);
+    if (t < best_t) {
+      best_t = t;
+      best = a;
+    }
+  }
+  return best;
+}
+
+// COLLX_ALGO, if set: the algorithm for every call that does not name one. An unknown
+// name is an error rather than a silent fallback.
+inline algorithm algorithm_from_env(algorithm fallback) {
+  const char* v = std::getenv("COLLX_ALGO");
+  if (v == nullptr || *v == '\0') return fallback;
+  if (auto a = parse_algorithm(v)) return *a;
+  throw error(errc::invalid_argument, "COLLX_ALGO", error::no_rank, error::no_rank,
+              std::string("unknown algorithm '") + v + "'; use auto, ring, rd, rabenseifner or bruck");
+}
 
 inline schedule build(algorithm a, const call_shape& c) {
-  switch (a) {
-    case algorithm::automatic:
-    case algorithm::ring: return ring(c.coll, {c.rank, c.ranks, c.count, c.segment, c.in_place});
+  const recursive_params rp{c.rank, c.ranks, c.count, c.segment, c.in_place};
+  if (!implements(a, c.coll) || a == algorithm::automatic) {
+    throw error(
+        errc::unsupported, to_string(c.coll), c.rank, error::no_rank,
+        "algorithm " + std::string(to_string(a)) + " does not implement " + std::string(to_string(c.coll)));
   }
-  throw error(errc::unsupported, to_string(c.coll), c.rank, error::no_rank,
-              "algorithm " + std::string(to_string(a)) + " is not available");
+  if (c.count == 0) {
+    // Every algorithm shares ring's empty round for count 0: it still carries the call's
+    // signature (algorithm included) to a neighbour, so mismatches are caught.
+    schedule s = ring(c.coll, {c.rank, c.ranks, 0, c.segment, c.in_place});
+    s.algo = a;
+    return s;
+  }
+  switch (a) {
+    case algorithm::ring: return ring(c.coll, {c.rank, c.ranks, c.count, c.segment, c.in_place});
+    case algorithm::recursive_doubling: return recursive_doubling(c.coll, rp);
+    case algorithm::rabenseifner: return rabenseifner(rp);
+    case algorithm::bruck: return bruck(rp);
+    case algorithm::automatic: break;
+  }
+  return {};
 }
 
 }  // namespace collx::algorithms

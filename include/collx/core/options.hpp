@@ -19,21 +19,44 @@ constexpr std::string_view to_string(collective c) noexcept {
   return "?";
 }
 
-// The algorithms this build knows. automatic lets the library choose.
-enum class algorithm : std::uint8_t { automatic, ring };
+// The algorithms this build knows. automatic lets the library choose by the cost model.
+// recursive_doubling ("rd") is recursive doubling for all-reduce and all-gather and its
+// mirror, recursive halving, for reduce-scatter.
+enum class algorithm : std::uint8_t { automatic, ring, recursive_doubling, rabenseifner, bruck };
+
+inline constexpr algorithm all_algorithms[] = {algorithm::ring, algorithm::recursive_doubling,
+                                               algorithm::rabenseifner, algorithm::bruck};
 
 constexpr std::string_view to_string(algorithm a) noexcept {
   switch (a) {
     case algorithm::automatic: return "auto";
     case algorithm::ring: return "ring";
+    case algorithm::recursive_doubling: return "rd";
+    case algorithm::rabenseifner: return "rabenseifner";
+    case algorithm::bruck: return "bruck";
   }
   return "?";
 }
 
+// The names of COLLX_ALGO and of command lines.
 constexpr std::optional<algorithm> parse_algorithm(std::string_view s) noexcept {
   if (s == "auto") return algorithm::automatic;
-  if (s == "ring") return algorithm::ring;
+  for (auto a : all_algorithms) {
+    if (s == to_string(a)) return a;
+  }
   return std::nullopt;
+}
+
+// Which collectives each algorithm implements.
+constexpr bool implements(algorithm a, collective c) noexcept {
+  switch (a) {
+    case algorithm::automatic:
+    case algorithm::ring:
+    case algorithm::recursive_doubling: return true;
+    case algorithm::rabenseifner: return c == collective::all_reduce;
+    case algorithm::bruck: return c == collective::all_gather;
+  }
+  return false;
 }
 
 // Per-call options. Zero means "the communicator's default" for every field but tag.

@@ -73,7 +73,9 @@ class host_executor {
     for (std::size_t k = 0; k < slots(); ++k) free_slots_.push_back(k);
     const std::size_t slot_bytes = pl.staged * es;
     const auto start = std::chrono::steady_clock::now();
-    const auto deadline = start + call.timeout;
+    // A century stands for "forever": milliseconds::max() would overflow the clock.
+    const auto deadline =
+        start + std::min<std::chrono::milliseconds>(call.timeout, std::chrono::hours(24 * 365 * 100));
     std::size_t first = 0;
     std::size_t current = 0;  // the step being started or completed, for error reports
 
@@ -85,10 +87,12 @@ class host_executor {
           if (state_[i] != waiting) continue;
           const long prev = pl.chan_prev[i];
           if (prev >= 0 && state_[static_cast<std::size_t>(prev)] == waiting) continue;
-          bool ready = true;
-          for (auto d : s.deps_of(i)) ready = ready && state_[d] == finished;
-          if (!ready) continue;
           const step& st = s.steps[i];
+          // A receive-and-reduce lands in a staging slot, so it is posted as soon as its
+          // channel turn comes; its dependencies gate only the reduction. Waiting for them
+          // before posting could deadlock on a rendezvous transport: two partners that
+          // each must finish a send before posting the receive the other's send needs.
+          if (st.kind != step_kind::recv_reduce && !deps_done(s, i)) continue;
           current = i;
           switch (st.kind) {
             case step_kind::copy:
@@ -119,12 +123,20 @@ class host_executor {
         for (std::size_t k = 0; k < inflight_.size();) {
           const std::size_t i = inflight_[k];
           current = i;
-          if (!t.test(ops_[i])) {
-            ++k;
-            continue;
+          if (state_[i] == started) {
+            if (!t.test(ops_[i])) {
+              ++k;
+              continue;
+            }
+            state_[i] = arrived;
+            progressed = true;
           }
           const step& st = s.steps[i];
           if (st.kind == step_kind::recv_reduce) {
+            if (!deps_done(s, i)) {
+              ++k;
+              continue;
+            }
             reduce(call.type, call.op, bytes(st.dst), bytes(st.src),
                    staging_.get() + slot_of_[i] * slot_bytes, st.dst.count);
             free_slots_.push_back(slot_of_[i]);
@@ -156,7 +168,14 @@ class host_executor {
   }
 
  private:
-  enum : unsigned char { waiting, started, finished };
+  enum : unsigned char { waiting, started, arrived, finished };
+
+  bool deps_done(const schedule& s, std::size_t i) const noexcept {
+    for (auto d : s.deps_of(i)) {
+      if (state_[d] != finished) return false;
+    }
+    return true;
+  }
 
   static constexpr std::size_t slots() noexcept { return defaults::staging_slots; }
 
@@ -187,6 +206,7 @@ class host_executor {
 
   void cancel_all(T& t) noexcept {
     for (auto i : inflight_) {
+      if (state_[i] != started) continue;
       try {
         t.cancel(ops_[i]);
       } catch (...) {
@@ -199,7 +219,7 @@ class host_executor {
   std::size_t oldest_waiting(const schedule& s) const {
     std::size_t best = s.steps.size();
     for (auto i : inflight_) {
-      if (is_receive(s.steps[i].kind)) best = std::min(best, i);
+      if (state_[i] == started && is_receive(s.steps[i].kind)) best = std::min(best, i);
     }
     if (best == s.steps.size()) {
       for (std::size_t i = 0; i < s.steps.size(); ++i) {

@@ -133,25 +133,37 @@ struct local_state {
   }
 };
 
-// Completes a receive with a message, or fails it, after checking envelope and size.
-// Called with the receiver's mailbox locked.
-inline void deliver(local_op& op, int from, const envelope& env, std::span<const std::byte> data) {
-  if (!(env == op.expect)) {
+// Completes a receive with a sender's message after checking envelope and size; called
+// with the receiver's mailbox locked. A refused message fails the send too, so that
+// both sides learn what the other called.
+inline void deliver(local_op& op, int from, const envelope& env, std::span<const std::byte> data,
+                    local_op& sender, int to) {
+  auto refuse = [&](std::string mine, std::string theirs) {
     op.kind = errc::mismatch;
-    op.message = "this rank called " + op.expect.describe() + " but peer " + std::to_string(from) +
-                 " called " + env.describe();
+    op.message = std::move(mine);
     op.state.store(local_op::failed, std::memory_order_release);
+    sender.kind = errc::mismatch;
+    sender.message = std::move(theirs);
+    sender.state.store(local_op::failed, std::memory_order_release);
+  };
+  if (!(env == op.expect)) {
+    refuse("this rank called " + op.expect.describe() + " but peer " + std::to_string(from) + " called " +
+               env.describe(),
+           "this rank called " + env.describe() + " but peer " + std::to_string(to) + " called " +
+               op.expect.describe());
     return;
   }
   if (data.size() != op.size) {
-    op.kind = errc::mismatch;
-    op.message = "peer " + std::to_string(from) + " sent " + std::to_string(data.size()) +
-                 " bytes where this rank expects " + std::to_string(op.size) + " for " + op.expect.describe();
-    op.state.store(local_op::failed, std::memory_order_release);
+    const std::string what = " for " + op.expect.describe();
+    refuse("peer " + std::to_string(from) + " sent " + std::to_string(data.size()) +
+               " bytes where this rank expects " + std::to_string(op.size) + what,
+           "this rank sent " + std::to_string(data.size()) + " bytes where peer " + std::to_string(to) +
+               " expects " + std::to_string(op.size) + what);
     return;
   }
   if (!data.empty()) std::memcpy(op.dst, data.data(), data.size());
   op.state.store(local_op::done, std::memory_order_release);
+  sender.state.store(local_op::done, std::memory_order_release);
 }
 
 }  // namespace detail
@@ -186,13 +198,18 @@ class local_transport {
     o.state.store(op::pending, std::memory_order_relaxed);
     auto& b = s_->box(peer);
     {
-      std::lock_guard lock(b.m);
+      std::unique_lock lock(b.m);
+      // Checked again under the lock: fail_rank sets the flag before it sweeps this
+      // mailbox, so a send queued here after the sweep would wait for nothing.
+      if (s_->rank(rank_).failed.load() || s_->rank(peer).failed.load()) {
+        lock.unlock();
+        check_alive(peer);
+      }
       auto& posted = b.posted[static_cast<std::size_t>(rank_)];
       if (!posted.empty()) {
         op* r = posted.front();
         posted.pop_front();
-        detail::deliver(*r, rank_, env, data);
-        o.state.store(op::done, std::memory_order_release);
+        detail::deliver(*r, rank_, env, data, o, peer);
       } else {
         b.queued[static_cast<std::size_t>(rank_)].push_back({env, data, &o});
       }
@@ -202,7 +219,7 @@ class local_transport {
   }
 
   void recv(int peer, const envelope& env, std::span<std::byte> data, op& o) {
-    if (s_->rank(rank_).failed.load()) throw_self_failed(peer);
+    check_self(peer);
     o.peer = peer;
     o.sending = false;
     o.expect = env;
@@ -211,7 +228,11 @@ class local_transport {
     o.state.store(op::pending, std::memory_order_relaxed);
     auto& b = s_->box(rank_);
     {
-      std::lock_guard lock(b.m);
+      std::unique_lock lock(b.m);
+      if (s_->rank(rank_).failed.load()) {  // again under the lock, as in send()
+        lock.unlock();
+        check_self(peer);
+      }
       auto& q = b.queued[static_cast<std::size_t>(peer)];
       if (q.empty()) {
         if (s_->rank(peer).failed.load()) {
@@ -226,8 +247,7 @@ class local_transport {
       }
       const detail::local_send m = q.front();
       q.pop_front();
-      detail::deliver(o, peer, m.env, m.data);
-      m.op->state.store(op::done, std::memory_order_release);
+      detail::deliver(o, peer, m.env, m.data, *m.op, rank_);
     }
     // The sender may be waiting in poll(); tell it, without holding our own lock.
     auto& sb = s_->box(peer);
@@ -295,8 +315,12 @@ class local_transport {
   }
 
  private:
-  void check_alive(int peer) {
+  void check_self(int peer) {
     if (s_->rank(rank_).failed.load()) throw_self_failed(peer);
+  }
+
+  void check_alive(int peer) {
+    check_self(peer);
     if (s_->rank(peer).failed.load()) {
       cause_ = peer;
       const auto [k, msg] = s_->failure_of(peer);
@@ -308,7 +332,8 @@ class local_transport {
     auto& me = s_->rank(rank_);
     std::lock_guard lock(me.m);
     throw error(errc::aborted, {}, rank_, peer,
-                "this rank has failed (" + me.reason + "); create a new communicator");
+                "this rank has failed (" + me.reason +
+                    "); a failed rank of a local_world stays failed: build a new local_world");
   }
 
   std::shared_ptr<detail::local_state> s_;
@@ -326,20 +351,30 @@ class local_world {
   int size() const noexcept { return s_->size(); }
 
   local_transport transport(int rank) const {
-    if (rank < 0 || rank >= size()) {
-      throw error(errc::invalid_argument, "local_world", rank, error::no_rank,
-                  "rank out of range [0, " + std::to_string(size()) + ")");
-    }
+    check(rank);
     return {s_, rank};
   }
 
   // Fault injection: rank r is dead from now on; its peers' operations with it fail.
-  void kill(int rank) { s_->fail_rank(rank, errc::peer_failure, rank, "killed by fault injection"); }
+  void kill(int rank) {
+    check(rank);
+    s_->fail_rank(rank, errc::peer_failure, rank, "killed by fault injection");
+  }
 
   // Fault injection: every message rank r sends from now on is delayed by d.
-  void set_delay(int rank, std::chrono::microseconds d) { s_->rank(rank).delay_us.store(d.count()); }
+  void set_delay(int rank, std::chrono::microseconds d) {
+    check(rank);
+    s_->rank(rank).delay_us.store(d.count());
+  }
 
  private:
+  void check(int rank) const {
+    if (rank < 0 || rank >= size()) {
+      throw error(errc::invalid_argument, "local_world", rank, error::no_rank,
+                  "rank out of range [0, " + std::to_string(size()) + ")");
+    }
+  }
+
   static std::shared_ptr<detail::local_state> make(int ranks) {
     if (ranks < 1) {
       throw error(errc::invalid_argument, "local_world", error::no_rank, error::no_rank,
