@@ -195,6 +195,9 @@ void run_case(const fixture<T>& fx, collx::algorithm algo, bool in_place, std::s
   collx::options opt;
   opt.segment_bytes = segment_bytes;
   opt.algo = algo;
+  // A deadlock shows up as collx's own timeout error, naming the step, well before the
+  // watchdog of run_ranks ends the process.
+  opt.timeout = std::chrono::seconds(60);
   test::expect_ok(test::run_ranks(p, [&](collx::communicator& c) {
     const auto r = static_cast<std::size_t>(c.rank());
     const test::pvector<T>& in = fx.inputs[r];

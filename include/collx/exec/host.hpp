@@ -31,11 +31,24 @@ namespace collx {
 // per call.
 struct plan {
   schedule sched;
-  std::vector<long> chan_prev;  // previous step on the same channel, or -1
-  std::size_t staged = 0;       // largest staged message, elements
+  // The steps of each channel in posting order: sends to peer q at [q], receives from
+  // peer q at [ranks + q], local copies last. Only a queue's head can start next, so
+  // the executor looks at 2p+1 candidates per round, not at every step.
+  std::vector<std::vector<std::uint32_t>> queues;
+  std::size_t staged = 0;  // largest staged message, elements
 
-  explicit plan(schedule s)
-      : sched(std::move(s)), chan_prev(detail::channel_predecessors(sched)), staged(sched.max_staged()) {}
+  explicit plan(schedule s) : sched(std::move(s)), staged(sched.max_staged()) {
+    const auto p = static_cast<std::size_t>(sched.ranks);
+    queues.resize(2 * p + 1);
+    for (std::size_t i = 0; i < sched.steps.size(); ++i) {
+      const step& st = sched.steps[i];
+      const auto q = static_cast<std::size_t>(st.peer);
+      auto& queue = st.kind == step_kind::copy   ? queues[2 * p]
+                    : st.kind == step_kind::send ? queues[q]
+                                                 : queues[p + q];
+      queue.push_back(static_cast<std::uint32_t>(i));
+    }
+  }
 };
 
 struct exec_buffers {
@@ -76,47 +89,67 @@ class host_executor {
     // A century stands for "forever": milliseconds::max() would overflow the clock.
     const auto deadline =
         start + std::min<std::chrono::milliseconds>(call.timeout, std::chrono::hours(24 * 365 * 100));
-    std::size_t first = 0;
+    std::size_t done = 0;     // steps finished
     std::size_t current = 0;  // the step being started or completed, for error reports
+    heads_.assign(pl.queues.size(), 0);
 
     try {
-      while (first < n) {
+      while (done < n) {
         bool progressed = false;
-        // Start every step whose dependencies are complete and whose channel turn has come.
-        for (std::size_t i = first; i < n; ++i) {
-          if (state_[i] != waiting) continue;
-          const long prev = pl.chan_prev[i];
-          if (prev >= 0 && state_[static_cast<std::size_t>(prev)] == waiting) continue;
-          const step& st = s.steps[i];
-          // A receive-and-reduce lands in a staging slot, so it is posted as soon as its
-          // channel turn comes; its dependencies gate only the reduction. Waiting for them
-          // before posting could deadlock on a rendezvous transport: two partners that
-          // each must finish a send before posting the receive the other's send needs.
-          if (st.kind != step_kind::recv_reduce && !deps_done(s, i)) continue;
-          current = i;
-          switch (st.kind) {
-            case step_kind::copy:
-              if (st.src.count != 0) std::memmove(bytes(st.dst), bytes(st.src), st.src.count * es);
-              state_[i] = finished;
-              break;
-            case step_kind::send:
-              t.send(st.peer, call.env, {bytes(st.src), st.src.count * es}, ops_[i]);
-              start_op(i);
-              break;
-            case step_kind::recv:
-              t.recv(st.peer, call.env, {bytes(st.dst), st.dst.count * es}, ops_[i]);
-              start_op(i);
-              break;
-            case step_kind::recv_reduce: {
-              if (free_slots_.empty()) continue;
-              slot_of_[i] = free_slots_.back();
-              free_slots_.pop_back();
-              t.recv(st.peer, call.env, {staging_.get() + slot_of_[i] * slot_bytes, st.dst.count * es},
-                     ops_[i]);
-              start_op(i);
-              break;
+        // Start each channel's next steps while their turn has come.
+        for (std::size_t qi = 0; qi < pl.queues.size(); ++qi) {
+          const auto& queue = pl.queues[qi];
+          for (auto& h = heads_[qi]; h < queue.size(); ++h) {
+            const std::size_t i = queue[h];
+            const step& st = s.steps[i];
+            if (st.kind == step_kind::recv_reduce || !deps_done(s, i)) break;
+            current = i;
+            switch (st.kind) {
+              case step_kind::copy:
+                if (st.src.count != 0) std::memmove(bytes(st.dst), bytes(st.src), st.src.count * es);
+                state_[i] = finished;
+                ++done;
+                break;
+              case step_kind::send:
+                t.send(st.peer, call.env, {bytes(st.src), st.src.count * es}, ops_[i]);
+                start_op(i);
+                break;
+              case step_kind::recv:
+                t.recv(st.peer, call.env, {bytes(st.dst), st.dst.count * es}, ops_[i]);
+                start_op(i);
+                break;
+              case step_kind::recv_reduce: break;
+            }
+            progressed = true;
+          }
+        }
+        // A receive-and-reduce lands in a staging slot, so it is posted on its channel
+        // turn without waiting for its dependencies, which gate only the reduction
+        // (waiting could deadlock a rendezvous transport: two partners that each must
+        // finish a send before posting the receive the other's send needs). Slots go in
+        // step order, across channels, so a later step never holds the slot that an
+        // earlier one, which it may depend on, needs.
+        while (!free_slots_.empty()) {
+          std::size_t best = n;
+          std::size_t best_q = 0;
+          for (std::size_t qi = pl.queues.size() / 2; qi + 1 < pl.queues.size(); ++qi) {
+            const auto& queue = pl.queues[qi];
+            if (heads_[qi] == queue.size()) continue;
+            const std::size_t i = queue[heads_[qi]];
+            if (s.steps[i].kind == step_kind::recv_reduce && i < best) {
+              best = i;
+              best_q = qi;
             }
           }
+          if (best == n) break;
+          const step& st = s.steps[best];
+          current = best;
+          slot_of_[best] = free_slots_.back();
+          free_slots_.pop_back();
+          t.recv(st.peer, call.env, {staging_.get() + slot_of_[best] * slot_bytes, st.dst.count * es},
+                 ops_[best]);
+          start_op(best);
+          ++heads_[best_q];
           progressed = true;
         }
         // Complete what has arrived; reduce staged data as it comes.
@@ -142,12 +175,12 @@ class host_executor {
             free_slots_.push_back(slot_of_[i]);
           }
           state_[i] = finished;
+          ++done;
           inflight_[k] = inflight_.back();
           inflight_.pop_back();
           progressed = true;
         }
-        while (first < n && state_[first] == finished) ++first;
-        if (first == n || progressed) continue;
+        if (done == n || progressed) continue;
         const auto now = std::chrono::steady_clock::now();
         if (now >= deadline) {
           current = oldest_waiting(s);
@@ -251,6 +284,7 @@ class host_executor {
   std::size_t scratch_cap_ = 0;
   std::vector<std::size_t> inflight_;
   std::vector<std::size_t> free_slots_;
+  std::vector<std::size_t> heads_;
 };
 
 }  // namespace collx

@@ -6,8 +6,10 @@
 // so one verifier proves them, one cost model prices them, one executor runs them.
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -161,15 +163,31 @@ class schedule_builder {
     bool write;
   };
 
+  // Earlier accesses of one buffer by offset. Only those starting within max_len
+  // before a region can reach into it, so a lookup touches a window, not the whole
+  // history: building stays fast for schedules of tens of thousands of steps.
+  struct history {
+    std::multimap<std::size_t, access> by_offset;
+    std::size_t max_len = 0;
+
+    template <class F>
+    void overlapping(const region& r, F&& f) {
+      const std::size_t lo = r.offset > max_len ? r.offset - max_len : 0;
+      for (auto it = by_offset.lower_bound(lo); it != by_offset.end() && it->first < r.end(); ++it) {
+        if (overlaps(it->second.r, r)) f(it);
+      }
+    }
+  };
+
   std::uint32_t add(step st) {
     const auto index = static_cast<std::uint32_t>(s_.steps.size());
     const bool has_src = st.kind != step_kind::recv;
     const bool has_dst = st.kind != step_kind::send;
     st.dep_begin = static_cast<std::uint32_t>(s_.deps.size());
     auto depend = [&](const region& r, bool write) {
-      for (const auto& a : accesses_) {
-        if ((a.write || write) && overlaps(a.r, r)) s_.deps.push_back(a.step);
-      }
+      history_[static_cast<std::size_t>(r.buf)].overlapping(r, [&](auto it) {
+        if (it->second.write || write) s_.deps.push_back(it->second.step);
+      });
     };
     if (has_src) depend(st.src, false);
     if (has_dst) depend(st.dst, true);
@@ -177,14 +195,30 @@ class schedule_builder {
     std::sort(first, s_.deps.end());
     s_.deps.erase(std::unique(first, s_.deps.end()), s_.deps.end());
     st.dep_count = static_cast<std::uint32_t>(s_.deps.size() - st.dep_begin);
-    if (has_src && st.src.count != 0) accesses_.push_back({index, st.src, false});
-    if (has_dst && st.dst.count != 0) accesses_.push_back({index, st.dst, true});
+    if (has_src && st.src.count != 0) record({index, st.src, false});
+    if (has_dst && st.dst.count != 0) record({index, st.dst, true});
     s_.steps.push_back(st);
     return index;
   }
 
+  // A write that covers an earlier access makes it redundant: anything later that
+  // conflicts with the earlier access also conflicts with the write, which is ordered
+  // after it. Dropping it keeps the history as small as the buffer's live pieces.
+  void record(const access& a) {
+    auto& h = history_[static_cast<std::size_t>(a.r.buf)];
+    if (a.write) {
+      std::vector<std::multimap<std::size_t, access>::iterator> covered;
+      h.overlapping(a.r, [&](auto it) {
+        if (it->second.r.offset >= a.r.offset && it->second.r.end() <= a.r.end()) covered.push_back(it);
+      });
+      for (auto it : covered) h.by_offset.erase(it);
+    }
+    h.by_offset.emplace(a.r.offset, a);
+    h.max_len = std::max(h.max_len, a.r.count);
+  }
+
   schedule& s_;
-  std::vector<access> accesses_;
+  std::array<history, 3> history_;
 };
 
 // A readable listing of one rank's schedule, one step a line.
