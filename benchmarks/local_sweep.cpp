@@ -1,8 +1,8 @@
-// A stopgap benchmark until collx-bench lands: ring all-reduce of float32 sums over the
+// A stopgap benchmark until collx-bench lands: all-reduce of float32 sums over the
 // in-process transport, sizes from 8 B to 64 MiB, reported as nccl-tests reports them.
 // time: mean over iterations after warm-up, the maximum over ranks.
 // algbw = bytes / time; busbw = algbw * 2(p-1)/p for all-reduce.
-// Usage: local_sweep [ranks] [max_bytes]
+// Usage: local_sweep [ranks] [max_bytes] [algorithm: auto ring rd rabenseifner]
 
 #include <collx/collx.hpp>
 
@@ -17,11 +17,15 @@
 int main(int argc, char** argv) {
   const int p = argc > 1 ? std::atoi(argv[1]) : 2;
   const std::size_t max_bytes = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : (64u << 20);
-  if (p < 1 || max_bytes < 8) {
-    std::fprintf(stderr, "usage: local_sweep [ranks>=1] [max_bytes>=8]\n");
+  const auto algo = collx::parse_algorithm(argc > 3 ? argv[3] : "auto");
+  if (p < 1 || max_bytes < 8 || !algo || !collx::implements(*algo, collx::collective::all_reduce)) {
+    std::fprintf(stderr, "usage: local_sweep [ranks>=1] [max_bytes>=8] [auto|ring|rd|rabenseifner]\n");
     return 2;
   }
-  std::printf("# collx local_sweep: ring all_reduce, f32 sum, %d ranks as threads (local transport)\n", p);
+  collx::options opt;
+  opt.algo = *algo;
+  std::printf("# collx local_sweep: all_reduce (%s), f32 sum, %d ranks as threads (local transport)\n",
+              argc > 3 ? argv[3] : "auto", p);
   std::printf("# %10s %12s %6s %6s %10s %9s %9s %7s\n", "size", "count", "type", "redop", "time(us)", "algbw",
               "busbw", "#wrong");
   long long wrong_total = 0;
@@ -37,9 +41,9 @@ int main(int argc, char** argv) {
       threads.emplace_back([&, r] {
         collx::communicator comm(world.transport(r));
         std::vector<float> in(n, static_cast<float>(r + 1)), out(n);
-        for (int i = 0; i < warmup; ++i) comm.all_reduce(in, out, collx::reduce_op::sum);
+        for (int i = 0; i < warmup; ++i) comm.all_reduce(in, out, collx::reduce_op::sum, opt);
         const auto t0 = std::chrono::steady_clock::now();
-        for (int i = 0; i < iters; ++i) comm.all_reduce(in, out, collx::reduce_op::sum);
+        for (int i = 0; i < iters; ++i) comm.all_reduce(in, out, collx::reduce_op::sum, opt);
         const auto t1 = std::chrono::steady_clock::now();
         seconds[static_cast<std::size_t>(r)] = std::chrono::duration<double>(t1 - t0).count() / iters;
         const float want = static_cast<float>(p * (p + 1) / 2);
