@@ -1,0 +1,130 @@
+// collx-sim: what the alpha-beta-gamma model predicts for every algorithm of a
+// collective at any rank count, from the closed-form costs the automatic choice uses.
+//
+//   collx-sim --coll allreduce -p 65536 --bytes 256M --alpha 2us --beta 25GB/s --gamma 50GB/s [--json]
+//
+// bytes is the buffer size as nccl-tests counts it: the whole vector for all-reduce,
+// the whole gathered (or scattered) buffer for all-gather and reduce-scatter.
+// algbw = bytes / time; busbw = algbw * 2(p-1)/p for all-reduce, (p-1)/p otherwise.
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cli.hpp"
+
+namespace {
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: collx-sim --coll allreduce|allgather|reducescatter -p RANKS --bytes SIZE\n"
+               "                 [--alpha TIME] [--beta BANDWIDTH] [--gamma BANDWIDTH] [--json]\n"
+               "  SIZE like 256M, TIME like 2us, BANDWIDTH like 25GB/s\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace collx;
+  collective coll = collective::all_reduce;
+  int p = 0;
+  double bytes = -1;
+  cost_params m{2e-6, 1.0 / 25e9, 1.0 / 50e9};
+  bool json = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    const char* v = i + 1 < argc ? argv[i + 1] : "";
+    bool ok = true;
+    if (a == "--coll") {
+      auto c = cli::parse_collective(v);
+      ok = c.has_value();
+      if (ok) coll = *c;
+      ++i;
+    } else if (a == "-p") {
+      p = std::atoi(v);
+      ok = p >= 1;
+      ++i;
+    } else if (a == "--bytes") {
+      auto b = cli::parse_bytes(v);
+      ok = b.has_value();
+      if (ok) bytes = *b;
+      ++i;
+    } else if (a == "--alpha") {
+      auto t = cli::parse_seconds(v);
+      ok = t.has_value();
+      if (ok) m.alpha = *t;
+      ++i;
+    } else if (a == "--beta" || a == "--gamma") {
+      auto t = cli::parse_seconds_per_byte(v);
+      ok = t.has_value();
+      if (ok) (a == "--beta" ? m.beta : m.gamma) = *t;
+      ++i;
+    } else if (a == "--json") {
+      json = true;
+    } else {
+      ok = false;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "collx-sim: bad argument %s %s\n", argv[i - (a == "--json" ? 0 : 1)], v);
+      return usage();
+    }
+  }
+  if (p < 1 || bytes < 0) return usage();
+
+  // The API's count is per rank; the model takes bytes per rank the same way.
+  const double per_rank = coll == collective::all_reduce ? bytes : bytes / p;
+  const double factor = cli::busbw_factor(coll, p);
+  auto row = [&](algorithm a, double b) {
+    const double t = algorithms::predicted_seconds(a, coll, p, coll == collective::all_reduce ? b : b / p, m);
+    const double algbw = t > 0 ? b / t / 1e9 : 0;
+    return std::pair{t, algbw};
+  };
+
+  std::vector<algorithm> algos;
+  for (auto a : all_algorithms) {
+    if (implements(a, coll)) algos.push_back(a);
+  }
+  const algorithm pick = algorithms::choose(coll, p, per_rank, m);
+  if (json) {
+    std::printf(
+        "{\"collective\": \"%s\", \"ranks\": %d, \"bytes\": %.0f, \"alpha_s\": %g, \"beta_s_per_byte\": %g, "
+        "\"gamma_s_per_byte\": %g, \"choice\": \"%s\", \"algorithms\": [",
+        std::string(to_string(coll)).c_str(), p, bytes, m.alpha, m.beta, m.gamma,
+        std::string(to_string(pick)).c_str());
+    for (std::size_t k = 0; k < algos.size(); ++k) {
+      const auto [t, algbw] = row(algos[k], bytes);
+      std::printf("%s{\"algorithm\": \"%s\", \"time_us\": %.3f, \"algbw_gbps\": %.3f, \"busbw_gbps\": %.3f}",
+                  k ? ", " : "", std::string(to_string(algos[k])).c_str(), t * 1e6, algbw, algbw * factor);
+    }
+    std::printf("], \"winners\": [");
+    for (double b = 8;; b = std::min(b * 4, bytes)) {
+      const algorithm w = algorithms::choose(coll, p, coll == collective::all_reduce ? b : b / p, m);
+      std::printf("%s{\"bytes\": %.0f, \"algorithm\": \"%s\"}", b == 8 ? "" : ", ", b,
+                  std::string(to_string(w)).c_str());
+      if (b >= bytes) break;
+    }
+    std::printf("]}\n");
+    return 0;
+  }
+  std::printf(
+      "# collx-sim: %s, p = %d, %.0f bytes; alpha %.3g s, beta %.3g s/B (%.3g GB/s), gamma %.3g s/B\n",
+      std::string(to_string(coll)).c_str(), p, bytes, m.alpha, m.beta, 1e-9 / m.beta, m.gamma);
+  std::printf("# %-14s %14s %12s %12s\n", "algorithm", "time(us)", "algbw(GB/s)", "busbw(GB/s)");
+  for (auto a : algos) {
+    const auto [t, algbw] = row(a, bytes);
+    std::printf("  %-14s %14.2f %12.3f %12.3f%s\n", std::string(to_string(a)).c_str(), t * 1e6, algbw,
+                algbw * factor, a == pick ? "  <- auto" : "");
+  }
+  std::printf("# which algorithm wins where\n# %12s %-14s %14s\n", "bytes", "algorithm", "time(us)");
+  for (double b = 8;; b = std::min(b * 4, bytes)) {
+    const double pb = coll == collective::all_reduce ? b : b / p;
+    const algorithm w = algorithms::choose(coll, p, pb, m);
+    std::printf("  %12.0f %-14s %14.2f\n", b, std::string(to_string(w)).c_str(),
+                algorithms::predicted_seconds(w, coll, p, pb, m) * 1e6);
+    if (b >= bytes) break;
+  }
+  return 0;
+}
