@@ -4,8 +4,11 @@
 
 #include <bit>
 #include <cmath>
+#include <collx/calibrate.hpp>
 #include <collx/collx.hpp>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <limits>
 #include <thread>
 
@@ -144,4 +147,23 @@ TEST_CASE("COLLX_TIMEOUT overrides the default timeout, and malformed values are
   CHECK(collx::detail::timeout_from_env(7ms) == 7ms);
   ::unsetenv("COLLX_TIMEOUT");
   CHECK(collx::detail::timeout_from_env(7ms) == 7ms);
+}
+
+TEST_CASE("a calibrated model file is what the automatic choice uses; a bad one is ignored") {
+  const std::string path = "collx_test_model.txt";
+  REQUIRE(collx::write_model(path, {3e-6, 2e-10, 1e-10}));
+  ::setenv("COLLX_MODEL_FILE", path.c_str(), 1);
+  CHECK(collx::model_file_path() == path);
+  const collx::communicator_config cfg;
+  CHECK(cfg.model.alpha == doctest::Approx(3e-6));
+  CHECK(cfg.model.beta == doctest::Approx(2e-10));
+  CHECK(cfg.model.gamma == doctest::Approx(1e-10));
+  {
+    std::ofstream f(path);
+    f << "fast very fast\n";
+  }
+  CHECK_FALSE(collx::read_model(path).has_value());
+  CHECK(collx::communicator_config{}.model.alpha == collx::local_transport_model.alpha);
+  ::unsetenv("COLLX_MODEL_FILE");
+  std::remove(path.c_str());
 }

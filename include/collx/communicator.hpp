@@ -51,8 +51,9 @@ struct communicator_config {
   std::size_t segment_bytes = defaults::segment_bytes;
   // The algorithm for calls that do not name one; COLLX_ALGO overrides this default.
   algorithm algo = algorithms::algorithm_from_env(algorithm::automatic);
-  // What the automatic choice prices algorithms with.
-  cost_params model = local_transport_model;
+  // What the automatic choice prices algorithms with: what collx-calibrate measured
+  // (schedule/cost.hpp: model_file_path), else the defaults above.
+  cost_params model = read_model(model_file_path()).value_or(local_transport_model);
 };
 
 namespace detail {

@@ -11,7 +11,11 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
+#include <fstream>
+#include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "collx/schedule/schedule.hpp"
@@ -30,6 +34,30 @@ struct cost_estimate {
   std::size_t messages = 0;    // messages sent by the busiest rank
   std::size_t bytes_sent = 0;  // bytes sent by the busiest rank
 };
+
+// Where calibrated parameters live: $COLLX_MODEL_FILE, else
+// $XDG_CACHE_HOME/collx/local.model, else $HOME/.cache/collx/local.model.
+inline std::string model_file_path() {
+  if (const char* f = std::getenv("COLLX_MODEL_FILE"); f != nullptr && *f != '\0') return f;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x != nullptr && *x != '\0') {
+    return std::string(x) + "/collx/local.model";
+  }
+  if (const char* h = std::getenv("HOME"); h != nullptr && *h != '\0')
+    return std::string(h) + "/.cache/collx/local.model";
+  return {};
+}
+
+// Reads "alpha beta gamma" (seconds, seconds per byte, seconds per byte) as
+// collx-calibrate writes it; nullopt if the file is missing or the numbers are not sane.
+inline std::optional<cost_params> read_model(const std::string& path) {
+  if (path.empty()) return std::nullopt;
+  std::ifstream f(path);
+  cost_params m;
+  if (!(f >> m.alpha >> m.beta >> m.gamma)) return std::nullopt;
+  if (!(m.alpha >= 0 && m.alpha < 1 && m.beta > 0 && m.beta < 1 && m.gamma > 0 && m.gamma < 1))
+    return std::nullopt;
+  return m;
+}
 
 inline cost_estimate predict(std::span<const schedule> all, const cost_params& c, std::size_t elem_size) {
   const std::size_t p = all.size();
