@@ -2,7 +2,7 @@
 // in-process transport, sizes from 8 B to 64 MiB, reported as nccl-tests reports them.
 // time: mean over iterations after warm-up, the maximum over ranks.
 // algbw = bytes / time; busbw = algbw * 2(p-1)/p for all-reduce.
-// Usage: local_sweep [ranks] [max_bytes] [algorithm: auto ring rd rabenseifner]
+// Usage: local_sweep [ranks] [max_bytes] [algorithm: auto ring rd rabenseifner tree]
 
 #include <collx/collx.hpp>
 
@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
   const std::size_t max_bytes = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : (64u << 20);
   const auto algo = collx::parse_algorithm(argc > 3 ? argv[3] : "auto");
   if (p < 1 || max_bytes < 8 || !algo || !collx::implements(*algo, collx::collective::all_reduce)) {
-    std::fprintf(stderr, "usage: local_sweep [ranks>=1] [max_bytes>=8] [auto|ring|rd|rabenseifner]\n");
+    std::fprintf(stderr, "usage: local_sweep [ranks>=1] [max_bytes>=8] [auto|ring|rd|rabenseifner|tree]\n");
     return 2;
   }
   collx::options opt;

@@ -73,6 +73,9 @@ TEST_CASE("the verifier proves recursive halving reduce-scatter for p = 1..64") 
 TEST_CASE("the verifier proves Rabenseifner all-reduce for p = 1..64") {
   prove_all_p(algorithm::rabenseifner, collective::all_reduce);
 }
+TEST_CASE("the verifier proves double binary tree all-reduce for p = 1..64") {
+  prove_all_p(algorithm::tree, collective::all_reduce);
+}
 TEST_CASE("the verifier proves Bruck all-gather for p = 1..64") {
   prove_all_p(algorithm::bruck, collective::all_gather);
 }
@@ -284,4 +287,18 @@ TEST_CASE("algorithm names parse, and each algorithm says which collectives it i
   CHECK_FALSE(collx::implements(algorithm::rabenseifner, collective::reduce_scatter));
   CHECK_THROWS_AS(collx::algorithms::build(algorithm::bruck, {collective::all_reduce, 0, 4, 10, 10, false}),
                   collx::error);
+}
+
+TEST_CASE("double binary tree: a rank is an inner node of at most one of the two trees") {
+  for (int p = 2; p <= 64; ++p) {
+    std::vector<int> parents_of(static_cast<std::size_t>(p), 0);
+    for (int r = 0; r < p; ++r) {
+      const auto node = collx::algorithms::detail::double_tree_node(r, p);
+      int inner = 0;
+      for (const auto& t : node) inner += t.children[0] >= 0 ? 1 : 0;
+      CAPTURE(p);
+      CAPTURE(r);
+      CHECK(inner <= 1);
+    }
+  }
 }

@@ -99,10 +99,11 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
 }
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: collx-draw --coll allreduce|allgather|reducescatter --algo ring|rd|rabenseifner|bruck "
-               "-p RANKS\n"
-               "                  [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
+  std::fprintf(
+      stderr,
+      "usage: collx-draw --coll allreduce|allgather|reducescatter --algo ring|rd|rabenseifner|bruck|tree "
+      "-p RANKS\n"
+      "                  [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return 2;
 }
 

@@ -388,7 +388,7 @@ class communicator {
       invalid(name, "segment_bytes " + std::to_string(o.segment_bytes) + " is smaller than one " +
                         std::string(to_string(t)) + " element");
     }
-    if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::bruck)) {
+    if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::tree)) {
       invalid(name, "unknown algorithm " + std::to_string(static_cast<int>(o.algo)));
     }
     if (!implements(o.algo, coll)) {

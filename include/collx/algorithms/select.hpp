@@ -20,6 +20,7 @@
 #include "collx/algorithms/bruck.hpp"
 #include "collx/algorithms/recursive.hpp"
 #include "collx/algorithms/ring.hpp"
+#include "collx/algorithms/tree.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
 #include "collx/schedule/cost.hpp"
@@ -57,6 +58,11 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
       case algorithm::recursive_doubling: return L * (al + n * be + n * ga) + fold_cost;
       case algorithm::rabenseifner:
         return 2 * L * al + 2 * (P2 - 1) / P2 * n * be + (P2 - 1) / P2 * n * ga + fold_cost;
+      case algorithm::tree:
+        // Unsegmented, each level up receives and adds two halves, each level down sends
+        // two: depth L. Pipelining (which the executor does) hides most of the n terms.
+        if (p == 2) return 2 * al + n * be + n / 2 * ga;  // each tree is a single edge
+        return L * (4 * al + 2 * n * be + n * ga);
       default: break;
     }
   } else if (c == collective::reduce_scatter) {
@@ -109,7 +115,7 @@ inline algorithm algorithm_from_env(algorithm fallback) {
   if (v == nullptr || *v == '\0') return fallback;
   if (auto a = parse_algorithm(v)) return *a;
   throw error(errc::invalid_argument, "COLLX_ALGO", error::no_rank, error::no_rank,
-              std::string("unknown algorithm '") + v + "'; use auto, ring, rd, rabenseifner or bruck");
+              std::string("unknown algorithm '") + v + "'; use auto, ring, rd, rabenseifner, bruck or tree");
 }
 
 inline schedule build(algorithm a, const call_shape& c) {
@@ -131,6 +137,7 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::recursive_doubling: return recursive_doubling(c.coll, rp);
     case algorithm::rabenseifner: return rabenseifner(rp);
     case algorithm::bruck: return bruck(rp);
+    case algorithm::tree: return double_binary_tree(rp);
     case algorithm::automatic: break;
   }
   return {};

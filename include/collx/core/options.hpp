@@ -22,10 +22,10 @@ constexpr std::string_view to_string(collective c) noexcept {
 // The algorithms this build knows. automatic lets the library choose by the cost model.
 // recursive_doubling ("rd") is recursive doubling for all-reduce and all-gather and its
 // mirror, recursive halving, for reduce-scatter.
-enum class algorithm : std::uint8_t { automatic, ring, recursive_doubling, rabenseifner, bruck };
+enum class algorithm : std::uint8_t { automatic, ring, recursive_doubling, rabenseifner, bruck, tree };
 
 inline constexpr algorithm all_algorithms[] = {algorithm::ring, algorithm::recursive_doubling,
-                                               algorithm::rabenseifner, algorithm::bruck};
+                                               algorithm::rabenseifner, algorithm::bruck, algorithm::tree};
 
 constexpr std::string_view to_string(algorithm a) noexcept {
   switch (a) {
@@ -34,6 +34,7 @@ constexpr std::string_view to_string(algorithm a) noexcept {
     case algorithm::recursive_doubling: return "rd";
     case algorithm::rabenseifner: return "rabenseifner";
     case algorithm::bruck: return "bruck";
+    case algorithm::tree: return "tree";
   }
   return "?";
 }
@@ -53,7 +54,8 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::automatic:
     case algorithm::ring:
     case algorithm::recursive_doubling: return true;
-    case algorithm::rabenseifner: return c == collective::all_reduce;
+    case algorithm::rabenseifner:
+    case algorithm::tree: return c == collective::all_reduce;
     case algorithm::bruck: return c == collective::all_gather;
   }
   return false;
