@@ -22,7 +22,7 @@ namespace {
 
 // Ring, the bandwidth algorithm, over the full matrix; the others over the rank counts
 // that exercise their folding (non-powers of two) and odd counts.
-constexpr int ring_ranks[] = {1, 2, 3, 4, 5, 8};
+constexpr int ring_ranks[] = {1, 2, 3, 4, 5, 6, 8};
 constexpr std::size_t ring_counts[] = {0, 1, 7, 1000003};
 constexpr int other_ranks[] = {1, 2, 3, 5, 6, 8};
 constexpr std::size_t other_counts[] = {0, 1, 7, 1001};

@@ -302,3 +302,41 @@ TEST_CASE("double binary tree: a rank is an inner node of at most one of the two
     }
   }
 }
+
+TEST_CASE(
+    "the schedule replay equals Thakur et al.'s closed forms for ring, recursive doubling and Rabenseifner") {
+  // Thakur, Rabenseifner and Gropp 2005, section 4, for p a power of two (ring and
+  // recursive doubling for any p), n divisible by p, one message per step.
+  const collx::cost_params m{7e-6, 1.0 / 9e9, 1.0 / 3e9};
+  const std::size_t count = 725760;  // 3360 x 216: divisible by every p below
+  const double n = static_cast<double>(count) * 4;
+  for (int p : {2, 3, 4, 5, 6, 7, 8, 16, 32}) {
+    const double P = p;
+    const double lg = std::log2(P);
+    const bool pow2 = (p & (p - 1)) == 0;
+    auto replay = [&](algorithm a) {
+      return collx::predict(build_all(a, collective::all_reduce, p, count, std::size_t{1} << 40, false), m, 4)
+          .seconds;
+    };
+    CAPTURE(p);
+    const double ring = 2 * (P - 1) * m.alpha + 2 * (P - 1) / P * n * m.beta + (P - 1) / P * n * m.gamma;
+    CHECK(replay(algorithm::ring) == doctest::Approx(ring).epsilon(1e-9));
+    if (pow2) {
+      const double rd = lg * (m.alpha + n * m.beta + n * m.gamma);
+      CHECK(replay(algorithm::recursive_doubling) == doctest::Approx(rd).epsilon(1e-9));
+      const double rab = 2 * lg * m.alpha + 2 * (P - 1) / P * n * m.beta + (P - 1) / P * n * m.gamma;
+      CHECK(replay(algorithm::rabenseifner) == doctest::Approx(rab).epsilon(1e-9));
+    }
+  }
+}
+
+TEST_CASE(
+    "with the default model, p = 8: an 8-byte all-reduce takes a latency-optimal algorithm, 256 MiB a "
+    "bandwidth-optimal one") {
+  const auto& m = collx::local_transport_model;
+  // log2(p) steps: recursive doubling.
+  CHECK(collx::algorithms::choose(collective::all_reduce, 8, 8, m) == algorithm::recursive_doubling);
+  // 2n(p-1)/p bytes per rank: ring or Rabenseifner.
+  const auto big = collx::algorithms::choose(collective::all_reduce, 8, 256.0 * 1024 * 1024, m);
+  CHECK((big == algorithm::ring || big == algorithm::rabenseifner));
+}
