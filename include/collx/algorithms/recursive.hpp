@@ -79,6 +79,25 @@ struct recursive_params {
 
 namespace detail {
 
+// The doubling half, shared by Rabenseifner and the all-gather: at mask m, virtual rank
+// v swaps the blocks of its aligned group of m virtual ranks for its partner group's,
+// so each step doubles what it holds. elem(v) is where virtual rank v's blocks start.
+template <class Elem>
+void gather_doubling(schedule_builder& b, const fold& f, int v, Elem&& elem, std::size_t seg,
+                     std::uint32_t& phase) {
+  for (int mask = 1; mask < f.p2; mask <<= 1, ++phase) {
+    const int peer = f.real(v ^ mask);
+    const int mine = v & ~(mask - 1);
+    const int theirs = (v ^ mask) & ~(mask - 1);
+    for_segments(elem(mine), elem(mine + mask), seg, [&](std::size_t o, std::size_t k) {
+      b.send(peer, {buffer::output, o, k}, phase);
+    });
+    for_segments(elem(theirs), elem(theirs + mask), seg, [&](std::size_t o, std::size_t k) {
+      b.recv(peer, {buffer::output, o, k}, phase);
+    });
+  }
+}
+
 inline schedule start(collective c, algorithm a, const recursive_params& prm) {
   schedule s;
   s.coll = c;
@@ -159,17 +178,7 @@ inline schedule all_reduce_recursive(algorithm a, const recursive_params& prm) {
         lo = keep_lo;
         hi = keep_hi;
       }
-      for (int mask = 1; mask < f.p2; mask <<= 1, ++phase) {
-        const int peer = f.real(v ^ mask);
-        const int mine = v & ~(mask - 1);
-        const int theirs = (v ^ mask) & ~(mask - 1);
-        detail::for_segments(elem(mine), elem(mine + mask), seg, [&](std::size_t o, std::size_t k) {
-          b.send(peer, {buffer::output, o, k}, phase);
-        });
-        detail::for_segments(elem(theirs), elem(theirs + mask), seg, [&](std::size_t o, std::size_t k) {
-          b.recv(peer, {buffer::output, o, k}, phase);
-        });
-      }
+      detail::gather_doubling(b, f, v, elem, seg, phase);
     }
   } else {
     phase += a == algorithm::rabenseifner ? 2 * f.log2p2() : f.log2p2();  // sat out the main steps
@@ -311,17 +320,7 @@ inline schedule all_gather_doubling(const recursive_params& prm) {
   const int v = f.virt(r);
   if (v >= 0) {
     auto elem = [&](int vb) { return f.first_block(vb) * n; };
-    for (int mask = 1; mask < f.p2; mask <<= 1, ++phase) {
-      const int peer = f.real(v ^ mask);
-      const int mine = v & ~(mask - 1);
-      const int theirs = (v ^ mask) & ~(mask - 1);
-      detail::for_segments(elem(mine), elem(mine + mask), seg, [&](std::size_t o, std::size_t k) {
-        b.send(peer, {buffer::output, o, k}, phase);
-      });
-      detail::for_segments(elem(theirs), elem(theirs + mask), seg, [&](std::size_t o, std::size_t k) {
-        b.recv(peer, {buffer::output, o, k}, phase);
-      });
-    }
+    detail::gather_doubling(b, f, v, elem, seg, phase);
   } else {
     phase += f.log2p2();
   }
