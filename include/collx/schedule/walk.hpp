@@ -45,8 +45,9 @@ inline std::string step_name(int rank, std::size_t i, const step& st) {
          (st.peer >= 0 ? " peer " + std::to_string(st.peer) : std::string()) + ")";
 }
 
-// f(rank, index, matched) is called once per step; for a receive, matched is the
-// (sender, send step index) it consumes, otherwise {-1, 0}. f returns false to stop.
+// f(rank, index, sender, send_index) is called once per step; for a receive, sender
+// and send_index name the send it consumes, otherwise they are -1 and 0. f returns
+// false to stop the walk.
 template <class F>
 walk_outcome walk(std::span<const schedule> all, F&& f) {
   const auto p = all.size();
