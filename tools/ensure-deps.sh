@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs what `make test` and `make bench` need on Debian, or says exactly what to run.
+# Installs what `make test` (no argument) and `make bench` (argument: bench) need on
+# Debian, or says exactly what to run.
 # As root it uses apt-get; otherwise it prints the apt-get line and fails.
 set -eu
 missing=""
@@ -11,6 +12,10 @@ need cmake command -v cmake
 need g++ command -v g++
 need make command -v make
 need doctest-dev test -f /usr/include/doctest/doctest.h
+if [ "${1:-}" = bench ]; then
+  need libbenchmark-dev test -f /usr/include/benchmark/benchmark.h
+  need python3-matplotlib /usr/bin/python3 -c "import matplotlib"
+fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "collx: installing missing Debian packages:$missing" >&2
