@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 
 int main(int argc, char** argv) {
@@ -25,7 +26,13 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  const collx::cost_params m = collx::calibrate_local(runs);
+  collx::cost_params m;
+  try {
+    m = collx::calibrate_local(runs);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "collx-calibrate: %s\n", e.what());
+    return 1;
+  }
   std::printf("# collx-calibrate: in-process transport, medians of %d runs\n", runs);
   std::printf("alpha %.3f us per message\n", m.alpha * 1e6);
   std::printf("beta  %.3f GB/s per link (%.4g s/B)\n", 1e-9 / m.beta, m.beta);

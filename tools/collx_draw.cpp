@@ -30,10 +30,6 @@ struct message {
   bool reduce;
 };
 
-std::string reg(const region& r) {
-  return std::string(to_string(r.buf)) + "[" + std::to_string(r.offset) + "+" + std::to_string(r.count) + "]";
-}
-
 // Pairs the k-th send from a to b with the k-th receive on b from a, as transports do.
 std::vector<message> messages(const std::vector<schedule>& all) {
   std::map<std::pair<int, int>, std::vector<const step*>> sends, recvs;
@@ -92,7 +88,7 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
     const int k = stacked[{m.phase, m.from}]++;
     f << "<line x1='" << x1 << "' y1='" << y1 << "' x2='" << x2 << "' y2='" << y2 << "' stroke='" << color
       << "' stroke-width='1.5' marker-end='url(#a)'/>"
-      << "<text x='" << x1 << "' y='" << y1 - 4 - 11 * k << "' fill='" << color << "'>" << reg(m.dst)
+      << "<text x='" << x1 << "' y='" << y1 - 4 - 11 * k << "' fill='" << color << "'>" << to_string(m.dst)
       << "</text>\n";
   }
   f << "</svg>\n";
@@ -176,8 +172,8 @@ int main(int argc, char** argv) {
       phase = m.phase;
       std::printf("step %u\n", phase);
     }
-    std::printf("  %3d -> %-3d %-16s -> %-16s %s\n", m.from, m.to, reg(m.src).c_str(), reg(m.dst).c_str(),
-                m.reduce ? "reduce" : "copy");
+    std::printf("  %3d -> %-3d %-16s -> %-16s %s\n", m.from, m.to, to_string(m.src).c_str(),
+                to_string(m.dst).c_str(), m.reduce ? "reduce" : "copy");
   }
   if (steps) {
     for (const auto& s : all) std::printf("%s", to_text(s).c_str());

@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
       ++i;
     } else if (a == "-p") {
       p = std::atoi(v);
-      ok = p >= 1;
+      ok = p >= 1 && p <= (1 << 24);  // keeps the model's int arithmetic exact, far past any job
       ++i;
     } else if (a == "--bytes") {
       auto b = cli::parse_bytes(v);

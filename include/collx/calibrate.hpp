@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -49,22 +50,33 @@ double median_seconds(int runs, F&& f) {
 }
 
 // Runs f(comm) on 2 local ranks and returns rank 0's seconds per call over `iters`.
+// An error on either rank is rethrown here, after both threads have ended.
 template <class F>
 double time_local_pair(int iters, F&& f) {
   local_world world(2);
   double seconds = 0;
+  std::exception_ptr other_failed;
   std::thread other([&] {
-    communicator c(world.transport(1));
-    for (int i = 0; i < iters + 2; ++i) f(c);
+    try {
+      communicator c(world.transport(1));
+      for (int i = 0; i < iters + 2; ++i) f(c);
+    } catch (...) {
+      other_failed = std::current_exception();
+    }
   });
-  {
+  try {
     communicator c(world.transport(0));
     for (int i = 0; i < 2; ++i) f(c);  // warm-up: plans built, pages touched
     const auto t0 = std::chrono::steady_clock::now();
     for (int i = 0; i < iters; ++i) f(c);
     seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+  } catch (...) {
+    world.kill(0);  // release the other rank at once instead of after its timeout
+    other.join();
+    throw;
   }
   other.join();
+  if (other_failed) std::rethrow_exception(other_failed);
   return seconds;
 }
 

@@ -534,12 +534,8 @@ class communicator {
     const std::size_t es = size_of(c.type);
     const std::size_t seg_bytes = c.opt.segment_bytes != 0 ? c.opt.segment_bytes : s.cfg.segment_bytes;
     const std::size_t segment = std::max<std::size_t>(1, seg_bytes / es);
-    algorithm a = c.opt.algo != algorithm::automatic ? c.opt.algo : s.cfg.algo;
-    // A communicator-wide choice that does not implement this collective yields to the
-    // automatic one (bruck, say, set for all-gathers, when an all-reduce comes).
-    if (a == algorithm::automatic || !implements(a, c.coll)) {
-      a = algorithms::choose(c.coll, s.size, static_cast<double>(c.count * es), s.cfg.model);
-    }
+    const algorithm a = algorithms::resolve(c.opt.algo, s.cfg.algo, c.coll, s.size,
+                                            static_cast<double>(c.count * es), s.cfg.model);
     exec_call ec;
     ec.type = c.type;
     ec.op = c.op;

@@ -108,6 +108,16 @@ inline algorithm choose(collective c, int p, double bytes, const cost_params& m)
   return best;
 }
 
+// The algorithm a call runs: the call's own choice, else the communicator's (which
+// yields to the automatic one for a collective it does not implement: bruck, say, set
+// for all-gathers, when an all-reduce comes), else the model's. bytes is per rank.
+inline algorithm resolve(algorithm call, algorithm communicator_default, collective c, int p, double bytes,
+                         const cost_params& m) {
+  algorithm a = call != algorithm::automatic ? call : communicator_default;
+  if (a == algorithm::automatic || !implements(a, c)) a = choose(c, p, bytes, m);
+  return a;
+}
+
 // COLLX_ALGO, if set: the algorithm for every call that does not name one. An unknown
 // name is an error rather than a silent fallback.
 inline algorithm algorithm_from_env(algorithm fallback) {

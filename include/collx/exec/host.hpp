@@ -126,9 +126,11 @@ class host_executor {
         // A receive-and-reduce lands in a staging slot, so it is posted on its channel
         // turn without waiting for its dependencies, which gate only the reduction
         // (waiting could deadlock a rendezvous transport: two partners that each must
-        // finish a send before posting the receive the other's send needs). Slots go in
-        // step order, across channels, so a later step never holds the slot that an
-        // earlier one, which it may depend on, needs.
+        // finish a send before posting the receive the other's send needs). Among the
+        // channels' next steps, slots go to the earliest, so a later step does not take
+        // the slot an earlier one it may depend on needs (handing them out channel by
+        // channel deadlocked folded recursive doubling). A receive-and-reduce queued
+        // behind a plain receive that waits is not yet a candidate.
         while (!free_slots_.empty()) {
           std::size_t best = n;
           std::size_t best_q = 0;

@@ -42,6 +42,11 @@ struct region {
   friend bool operator==(const region&, const region&) = default;
 };
 
+// "out[4+2]": buffer, first element, count.
+inline std::string to_string(const region& r) {
+  return std::string(to_string(r.buf)) + "[" + std::to_string(r.offset) + "+" + std::to_string(r.count) + "]";
+}
+
 constexpr bool overlaps(const region& a, const region& b) noexcept {
   return a.buf == b.buf && a.count != 0 && b.count != 0 && a.offset < b.end() && b.offset < a.end();
 }
@@ -223,10 +228,6 @@ class schedule_builder {
 
 // A readable listing of one rank's schedule, one step a line.
 inline std::string to_text(const schedule& s) {
-  auto reg = [](const region& r) {
-    return std::string(to_string(r.buf)) + "[" + std::to_string(r.offset) + "+" + std::to_string(r.count) +
-           "]";
-  };
   std::string out = std::string(to_string(s.algo)) + " " + std::string(to_string(s.coll)) + " rank " +
                     std::to_string(s.rank) + "/" + std::to_string(s.ranks) + " count " +
                     std::to_string(s.count) + (s.in_place ? " in-place" : "") + "\n";
@@ -235,12 +236,12 @@ inline std::string to_text(const schedule& s) {
     out += "  #" + std::to_string(i) + " phase " + std::to_string(st.phase) + " " +
            std::string(to_string(st.kind));
     switch (st.kind) {
-      case step_kind::send: out += " " + reg(st.src) + " -> " + std::to_string(st.peer); break;
-      case step_kind::recv: out += " " + std::to_string(st.peer) + " -> " + reg(st.dst); break;
+      case step_kind::send: out += " " + to_string(st.src) + " -> " + std::to_string(st.peer); break;
+      case step_kind::recv: out += " " + std::to_string(st.peer) + " -> " + to_string(st.dst); break;
       case step_kind::recv_reduce:
-        out += " " + reg(st.src) + " op " + std::to_string(st.peer) + " -> " + reg(st.dst);
+        out += " " + to_string(st.src) + " op " + std::to_string(st.peer) + " -> " + to_string(st.dst);
         break;
-      case step_kind::copy: out += " " + reg(st.src) + " -> " + reg(st.dst); break;
+      case step_kind::copy: out += " " + to_string(st.src) + " -> " + to_string(st.dst); break;
     }
     if (st.dep_count != 0) {
       out += "  after";

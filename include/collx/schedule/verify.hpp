@@ -6,7 +6,10 @@
 // should, taken at the right index, and nothing else. It also proves that the schedule
 // is race-free (every pair of steps touching the same elements, one of them writing,
 // is ordered by dependencies), so that any order an executor picks gives that result;
-// that it never writes the caller's input; and that it cannot deadlock.
+// that it never writes the caller's input; and that it cannot deadlock when sends
+// complete on their own (eager delivery). A rendezvous transport, where a send ends
+// only once its receive is posted, can still deadlock a schedule this walk accepts;
+// every algorithm here is also run on the rendezvous in-process transport by the tests.
 //
 // Elements are handled as runs, not one by one: a run is a range whose elements share
 // their multiplicities and whose source indices rise with the position. A schedule over
