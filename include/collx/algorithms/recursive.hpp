@@ -98,6 +98,41 @@ void gather_doubling(schedule_builder& b, const fold& f, int v, Elem&& elem, std
   }
 }
 
+// The fold of a non-power-of-two p: each even rank of a pair sends its whole data (in
+// `from`, [0, total)) to its odd neighbour, which reduces it with its own into `into`.
+// Returns true on the odd rank, whose data now lives in `into`.
+inline bool fold_in(schedule_builder& b, const fold& f, int r, buffer from, buffer into, std::size_t total,
+                    std::size_t seg, std::uint32_t phase) {
+  if (!f.paired(r)) return false;
+  for_segments(0, total, seg, [&](std::size_t o, std::size_t k) {
+    if (r % 2 == 0) {
+      b.send(r + 1, {from, o, k}, phase);
+    } else {
+      b.recv_reduce(r - 1, {from, o, k}, {into, o, k}, phase);
+    }
+  });
+  return r % 2 == 1;
+}
+
+// The halving half: at mask = p2/2, ..., 2, 1, virtual rank v keeps the half of its
+// current range of virtual ranks [lo, hi) that holds v, and gives the other half to
+// its partner v XOR mask, who does the mirror. f(mask, peer, keep_lo, keep_hi, give_lo,
+// give_hi) emits one step; ranges are in virtual ranks.
+template <class F>
+void for_halving(const fold& f, int v, F&& step) {
+  int lo = 0;
+  int hi = f.p2;
+  for (int mask = f.p2 / 2; mask >= 1; mask >>= 1) {
+    const int mid = lo + mask;
+    const bool low = v < mid;
+    const int keep_lo = low ? lo : mid;
+    const int keep_hi = low ? mid : hi;
+    step(mask, f.real(v ^ mask), keep_lo, keep_hi, low ? mid : lo, low ? hi : mid);
+    lo = keep_lo;
+    hi = keep_hi;
+  }
+}
+
 inline schedule start(collective c, algorithm a, const recursive_params& prm) {
   schedule s;
   s.coll = c;
@@ -129,16 +164,7 @@ inline schedule all_reduce_recursive(algorithm a, const recursive_params& prm) {
   auto cur = [&] { return fresh ? in : buffer::output; };
   std::uint32_t phase = 0;
 
-  if (f.paired(r)) {
-    detail::for_segments(0, n, seg, [&](std::size_t o, std::size_t k) {
-      if (r % 2 == 0) {
-        b.send(r + 1, {in, o, k}, phase);
-      } else {
-        b.recv_reduce(r - 1, {in, o, k}, {buffer::output, o, k}, phase);
-      }
-    });
-    if (r % 2 == 1) fresh = false;
-  }
+  if (fold_in(b, f, r, in, buffer::output, n, seg, phase)) fresh = false;
   ++phase;
 
   const int v = f.virt(r);
@@ -156,28 +182,18 @@ inline schedule all_reduce_recursive(algorithm a, const recursive_params& prm) {
         fresh = false;
       }
     } else {  // Rabenseifner
-      int lo = 0;
-      int hi = f.p2;
-      for (int mask = f.p2 / 2; mask >= 1; mask >>= 1, ++phase) {
-        const int peer = f.real(v ^ mask);
-        const int mid = lo + mask;
-        const bool low = v < mid;
-        const int keep_lo = low ? lo : mid;
-        const int keep_hi = low ? mid : hi;
-        const int give_lo = low ? mid : lo;
-        const int give_hi = low ? hi : mid;
+      for_halving(f, v, [&](int, int peer, int keep_lo, int keep_hi, int give_lo, int give_hi) {
         const buffer from = cur();
         // Send what the partner keeps; receive and reduce what this rank keeps.
-        detail::for_segments(elem(give_lo), elem(give_hi), seg, [&](std::size_t o, std::size_t k) {
+        for_segments(elem(give_lo), elem(give_hi), seg, [&](std::size_t o, std::size_t k) {
           b.send(peer, {from, o, k}, phase);
         });
-        detail::for_segments(elem(keep_lo), elem(keep_hi), seg, [&](std::size_t o, std::size_t k) {
+        for_segments(elem(keep_lo), elem(keep_hi), seg, [&](std::size_t o, std::size_t k) {
           b.recv_reduce(peer, {from, o, k}, {buffer::output, o, k}, phase);
         });
         fresh = false;
-        lo = keep_lo;
-        hi = keep_hi;
-      }
+        ++phase;
+      });
       detail::gather_doubling(b, f, v, elem, seg, phase);
     }
   } else {
@@ -228,30 +244,12 @@ inline schedule reduce_scatter_halving(const recursive_params& prm) {
   bool fresh = true;
   auto cur = [&] { return fresh ? in : buffer::scratch; };
   std::uint32_t phase = 0;
-  if (f.paired(r)) {
-    detail::for_segments(0, up * n, seg, [&](std::size_t o, std::size_t k) {
-      if (r % 2 == 0) {
-        b.send(r + 1, {in, o, k}, phase);
-      } else {
-        b.recv_reduce(r - 1, {in, o, k}, {buffer::scratch, o, k}, phase);
-      }
-    });
-    if (r % 2 == 1) fresh = false;
-  }
+  if (detail::fold_in(b, f, r, in, buffer::scratch, up * n, seg, phase)) fresh = false;
   ++phase;
   const int v = f.virt(r);
   if (v >= 0) {
     auto elem = [&](int vb) { return f.first_block(vb) * n; };
-    int lo = 0;
-    int hi = f.p2;
-    for (int mask = f.p2 / 2; mask >= 1; mask >>= 1, ++phase) {
-      const int peer = f.real(v ^ mask);
-      const int mid = lo + mask;
-      const bool low = v < mid;
-      const int keep_lo = low ? lo : mid;
-      const int keep_hi = low ? mid : hi;
-      const int give_lo = low ? mid : lo;
-      const int give_hi = low ? hi : mid;
+    detail::for_halving(f, v, [&](int mask, int peer, int keep_lo, int keep_hi, int give_lo, int give_hi) {
       const buffer from = cur();
       // At the last step a rank keeps its own block (and, for a pair, its partner's):
       // both sides cut that step per block, so the own block lands whole in output.
@@ -272,9 +270,8 @@ inline schedule reduce_scatter_halving(const recursive_params& prm) {
         }
       });
       fresh = false;
-      lo = keep_lo;
-      hi = keep_hi;
-    }
+      ++phase;
+    });
   } else {
     phase += f.log2p2();
   }
