@@ -369,14 +369,21 @@ class communicator {
     return total / usize();
   }
 
+  // A failed communicator refuses every call.
+  static void check_healthy(detail::comm_state& s, std::string_view name) {
+    std::lock_guard lock(s.fail_m);
+    if (!s.failure.empty()) {
+      throw error(
+          errc::aborted, name, s.rank, error::no_rank,
+          "this communicator failed earlier (" + s.failure + "); create a new one over a new transport");
+    }
+  }
+
   // Everything that can be known locally is checked here, before any byte moves.
   detail::call check(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
                      const options& o) const {
     const std::string_view name = to_string(coll);
-    if (auto f = failure(); !f.empty()) {
-      throw error(errc::aborted, name, rank(), error::no_rank,
-                  "this communicator failed earlier (" + f + "); create a new one over a new transport");
-    }
+    check_healthy(*s_, name);
     if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid(name, "unknown element type");
     if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid(name, "unknown reduction");
     if (coll != collective::all_gather && !supports(t, op)) {
@@ -523,14 +530,7 @@ class communicator {
 
   static void execute(detail::comm_state& s, const detail::call& c) {
     const std::string_view name = to_string(c.coll);
-    {
-      std::lock_guard lock(s.fail_m);
-      if (!s.failure.empty()) {
-        throw error(
-            errc::aborted, name, s.rank, error::no_rank,
-            "this communicator failed earlier (" + s.failure + "); create a new one over a new transport");
-      }
-    }
+    check_healthy(s, name);  // again: a call queued before a failure must not run after it
     const std::size_t es = size_of(c.type);
     const std::size_t seg_bytes = c.opt.segment_bytes != 0 ? c.opt.segment_bytes : s.cfg.segment_bytes;
     const std::size_t segment = std::max<std::size_t>(1, seg_bytes / es);

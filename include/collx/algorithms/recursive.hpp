@@ -114,6 +114,20 @@ inline bool fold_in(schedule_builder& b, const fold& f, int r, buffer from, buff
   return r % 2 == 1;
 }
 
+// The fold undone: each odd rank of a pair sends `count` elements from `from` to its
+// even neighbour, which receives them into `to`.
+inline void fold_out(schedule_builder& b, const fold& f, int r, region from, region to, std::size_t seg,
+                     std::uint32_t phase) {
+  if (!f.paired(r)) return;
+  for_segments(0, from.count, seg, [&](std::size_t o, std::size_t k) {
+    if (r % 2 == 1) {
+      b.send(r - 1, {from.buf, from.offset + o, k}, phase);
+    } else {
+      b.recv(r + 1, {to.buf, to.offset + o, k}, phase);
+    }
+  });
+}
+
 // The halving half: at mask = p2/2, ..., 2, 1, virtual rank v keeps the half of its
 // current range of virtual ranks [lo, hi) that holds v, and gives the other half to
 // its partner v XOR mask, who does the mirror. f(mask, peer, keep_lo, keep_hi, give_lo,
@@ -200,21 +214,11 @@ inline schedule all_reduce_recursive(algorithm a, const recursive_params& prm) {
     phase += a == algorithm::rabenseifner ? 2 * f.log2p2() : f.log2p2();  // sat out the main steps
   }
 
-  if (f.paired(r)) {
-    detail::for_segments(0, n, seg, [&](std::size_t o, std::size_t k) {
-      if (r % 2 == 1) {
-        b.send(r - 1, {buffer::output, o, k}, phase);
-      } else {
-        b.recv(r + 1, {buffer::output, o, k}, phase);
-      }
-    });
-  }
+  fold_out(b, f, r, {buffer::output, 0, n}, {buffer::output, 0, n}, seg, phase);
   return s;
 }
 
 }  // namespace detail
-
-inline schedule recursive_doubling(collective c, const recursive_params& prm);
 
 inline schedule rabenseifner(const recursive_params& prm) {
   return detail::all_reduce_recursive(algorithm::rabenseifner, prm);
@@ -275,16 +279,9 @@ inline schedule reduce_scatter_halving(const recursive_params& prm) {
   } else {
     phase += f.log2p2();
   }
-  if (f.paired(r)) {
-    const std::size_t theirs = static_cast<std::size_t>(r - 1) * n;
-    detail::for_segments(0, n, seg, [&](std::size_t o, std::size_t k) {
-      if (r % 2 == 1) {
-        b.send(r - 1, {buffer::scratch, theirs + o, k}, phase);
-      } else {
-        b.recv(r + 1, {buffer::output, result + o, k}, phase);
-      }
-    });
-  }
+  // The odd rank holds its even partner's finished block in scratch.
+  const std::size_t theirs = static_cast<std::size_t>(r - r % 2) * n;
+  detail::fold_out(b, f, r, {buffer::scratch, theirs, n}, {buffer::output, result, n}, seg, phase);
   return s;
 }
 
@@ -321,18 +318,11 @@ inline schedule all_gather_doubling(const recursive_params& prm) {
   } else {
     phase += f.log2p2();
   }
-  if (f.paired(r)) {
-    // Everything but the even rank's own block goes back to it.
-    const std::size_t skip = static_cast<std::size_t>(r - r % 2) * n;
-    for (auto [lo, hi] : {std::pair{std::size_t{0}, skip}, std::pair{skip + n, up * n}}) {
-      detail::for_segments(lo, hi, seg, [&](std::size_t o, std::size_t k) {
-        if (r % 2 == 1) {
-          b.send(r - 1, {buffer::output, o, k}, phase);
-        } else {
-          b.recv(r + 1, {buffer::output, o, k}, phase);
-        }
-      });
-    }
+  // Everything but the even rank's own block goes back to it.
+  const std::size_t skip = static_cast<std::size_t>(r - r % 2) * n;
+  for (const region part :
+       {region{buffer::output, 0, skip}, region{buffer::output, skip + n, up * n - skip - n}}) {
+    detail::fold_out(b, f, r, part, part, seg, phase);
   }
   return s;
 }
