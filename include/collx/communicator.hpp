@@ -107,6 +107,9 @@ struct plan_key {
 };
 
 struct comm_state {
+  // What the transport was built with and must outlive it (the rendezvous store, whose
+  // server rank 0 keeps for the job's lifetime); declared first, so destroyed last.
+  std::shared_ptr<void> keep_alive;
   std::unique_ptr<comm_core> core;
   communicator_config cfg;
   int rank = 0;
@@ -159,7 +162,13 @@ concept async_pair =
 class communicator {
  public:
   template <transport T>
-  explicit communicator(T t, communicator_config cfg = {}) : s_(std::make_unique<detail::comm_state>()) {
+  explicit communicator(T t, communicator_config cfg = {}) : communicator(std::move(t), cfg, nullptr) {}
+
+  // keep_alive is held until the transport is gone: what the transport was built with.
+  template <transport T>
+  communicator(T t, communicator_config cfg, std::shared_ptr<void> keep_alive)
+      : s_(std::make_unique<detail::comm_state>()) {
+    s_->keep_alive = std::move(keep_alive);
     s_->core = std::make_unique<detail::comm_core_impl<T>>(std::move(t));
     s_->cfg = cfg;
     s_->rank = s_->core->rank();

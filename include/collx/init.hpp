@@ -1,0 +1,205 @@
+#pragma once
+
+// One call from the environment to a communicator, for processes started by a launcher:
+//
+//   auto comm = collx::init_from_env();
+//
+// Who am I: RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE (collx-run, torchrun), else
+// Open MPI's OMPI_COMM_WORLD_* (mpirun), else Slurm's SLURM_PROCID/SLURM_NTASKS (srun).
+// Where do we meet: MASTER_ADDR/MASTER_PORT (rank 0 serves a tcp_store there), else
+// COLLX_STORE_DIR or, on one host under mpirun/srun, a file store named after the job.
+// Which transport: COLLX_TRANSPORT=shm|tcp|auto; auto is shm when every rank is on
+// this host and tcp otherwise. (Under mpirun, collx/rendezvous/mpi.hpp offers the MPI
+// transport and bootstraps the store through MPI.)
+// With no launcher at all, the communicator has one rank.
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "collx/communicator.hpp"
+#include "collx/core/error.hpp"
+#include "collx/rendezvous/store.hpp"
+#include "collx/transport/local.hpp"
+#include "collx/transport/shm.hpp"
+#include "collx/transport/tcp.hpp"
+
+namespace collx {
+
+// What the launcher told this process.
+struct launch_info {
+  int rank = 0;
+  int size = 1;
+  int local_rank = 0;
+  int local_size = 1;       // ranks on this host, when the launcher says
+  std::string master_addr;  // empty: no tcp store
+  std::uint16_t master_port = 0;
+  std::string store_dir;  // the file store's directory, when no tcp store
+  std::string launcher;   // "collx-run/torchrun", "mpirun", "srun" or "none"
+};
+
+namespace detail {
+
+inline std::optional<long> env_int(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return std::nullopt;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  if (*end != '\0') {
+    throw error(errc::invalid_argument, "init", error::no_rank, error::no_rank,
+                std::string(name) + "='" + v + "' is not an integer");
+  }
+  return n;
+}
+
+inline std::string env_str(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+}  // namespace detail
+
+inline launch_info launch_from_env() {
+  using detail::env_int;
+  using detail::env_str;
+  launch_info li;
+  std::string job;  // names a file store when there is no MASTER_ADDR
+  if (auto r = env_int("RANK"), n = env_int("WORLD_SIZE"); r && n) {
+    li.rank = static_cast<int>(*r);
+    li.size = static_cast<int>(*n);
+    li.local_rank = static_cast<int>(env_int("LOCAL_RANK").value_or(-1));
+    li.local_size = static_cast<int>(env_int("LOCAL_WORLD_SIZE").value_or(-1));
+    li.launcher = "collx-run/torchrun";
+    job = env_str("COLLX_JOB_ID");
+  } else if (auto mr = env_int("OMPI_COMM_WORLD_RANK"), mn = env_int("OMPI_COMM_WORLD_SIZE"); mr && mn) {
+    li.rank = static_cast<int>(*mr);
+    li.size = static_cast<int>(*mn);
+    li.local_rank = static_cast<int>(env_int("OMPI_COMM_WORLD_LOCAL_RANK").value_or(-1));
+    li.local_size = static_cast<int>(env_int("OMPI_COMM_WORLD_LOCAL_SIZE").value_or(-1));
+    li.launcher = "mpirun";
+    job = "ompi-" + env_str("OMPI_MCA_ess_base_jobid");
+  } else if (auto sr = env_int("SLURM_PROCID"), sn = env_int("SLURM_NTASKS"); sr && sn) {
+    li.rank = static_cast<int>(*sr);
+    li.size = static_cast<int>(*sn);
+    li.local_rank = static_cast<int>(env_int("SLURM_LOCALID").value_or(-1));
+    li.local_size = -1;
+    li.launcher = "srun";
+    job = "slurm-" + env_str("SLURM_JOB_ID") + "." + env_str("SLURM_STEP_ID");
+  } else {
+    li.launcher = "none";
+    return li;
+  }
+  if (li.size < 1 || li.rank < 0 || li.rank >= li.size) {
+    throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+                "the launcher says rank " + std::to_string(li.rank) + " of " + std::to_string(li.size));
+  }
+  li.master_addr = env_str("MASTER_ADDR");
+  if (!li.master_addr.empty()) {
+    const auto port = env_int("MASTER_PORT");
+    if (!port || *port <= 0 || *port > 65535) {
+      throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+                  "MASTER_ADDR is set but MASTER_PORT is missing or not a port number");
+    }
+    li.master_port = static_cast<std::uint16_t>(*port);
+  } else {
+    li.store_dir = env_str("COLLX_STORE_DIR");
+    if (li.store_dir.empty() && job.size() > 6) {
+      li.store_dir = (std::filesystem::temp_directory_path() / ("collx-store-" + job)).string();
+    }
+    if (li.store_dir.empty()) {
+      throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+                  "no rendezvous: set MASTER_ADDR and MASTER_PORT (rank 0 serves the store there), or "
+                  "COLLX_STORE_DIR to a directory every rank can see");
+    }
+  }
+  return li;
+}
+
+// The store the launch info names, rank 0 serving it when it is a tcp_store.
+inline std::shared_ptr<store> store_from(const launch_info& li, std::chrono::milliseconds timeout) {
+  if (!li.master_addr.empty()) {
+    return std::make_shared<tcp_store>(li.master_addr, li.master_port, li.rank == 0, timeout);
+  }
+  return std::make_shared<file_store>(li.store_dir);
+}
+
+namespace detail {
+
+inline std::string this_host() {
+  char name[256] = {};
+  ::gethostname(name, sizeof name - 1);
+  return name;
+}
+
+// True when every rank runs on this host, by hostname through the store.
+inline bool all_on_this_host(collx::store& st, const launch_info& li, std::chrono::milliseconds timeout) {
+  if (li.local_size > 0) return li.local_size == li.size;
+  const std::string me = this_host();
+  st.set("collx/host/" + std::to_string(li.rank), me);
+  bool same = true;
+  for (int q = 0; q < li.size; ++q) same = same && st.get("collx/host/" + std::to_string(q), timeout) == me;
+  return same;
+}
+
+// A file store's directory goes once every rank is done with it.
+inline void retire_store(collx::store& st, const launch_info& li, std::chrono::milliseconds timeout) {
+  if (li.store_dir.empty()) return;
+  st.add("collx/init/left", 1);
+  if (li.rank != 0) return;
+  const auto deadline = clock::now() + timeout;
+  while (st.add("collx/init/left", 0) < li.size && clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(li.store_dir, ec);
+}
+
+}  // namespace detail
+
+// The communicator of the launched job. `transport`: "shm", "tcp", "auto" or empty
+// (COLLX_TRANSPORT, else auto).
+inline communicator init_from_env(communicator_config cfg = {}, std::string transport = {}) {
+  const launch_info li = launch_from_env();
+  if (transport.empty()) transport = detail::env_str("COLLX_TRANSPORT");
+  if (transport.empty()) transport = "auto";
+  if (transport != "auto" && transport != "shm" && transport != "tcp" && transport != "local") {
+    throw error(
+        errc::invalid_argument, "init", li.rank, error::no_rank,
+        "COLLX_TRANSPORT='" + transport +
+            "': init_from_env offers shm, tcp and auto (the MPI transport: collx/rendezvous/mpi.hpp)");
+  }
+  if (li.size == 1 && li.master_addr.empty()) {
+    local_world world(1);
+    return communicator(world.transport(0), cfg);
+  }
+  if (transport == "local") {
+    throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+                "the local transport runs ranks as threads of one process, not as processes");
+  }
+  std::shared_ptr<store> st = store_from(li, cfg.timeout);
+  if (transport == "auto") transport = detail::all_on_this_host(*st, li, cfg.timeout) ? "shm" : "tcp";
+  const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
+  if (transport == "shm") {
+    shm_options so;
+    so.timeout = cfg.timeout;
+    if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
+    if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
+    shm_transport t(*st, li.rank, li.size, so);
+    detail::retire_store(*st, li, cfg.timeout);
+    return communicator(std::move(t), cfg, st);
+  }
+  tcp_options to;
+  to.timeout = cfg.timeout;
+  tcp_transport t(*st, li.rank, li.size, host, to);
+  detail::retire_store(*st, li, cfg.timeout);
+  return communicator(std::move(t), cfg, st);
+}
+
+}  // namespace collx

@@ -1,0 +1,397 @@
+#pragma once
+
+// Rendezvous: the key-value store through which ranks find each other before any
+// transport exists (who listens where, which shared-memory segment is whose). Two
+// stores, one interface:
+//   tcp_store   served by rank 0 at MASTER_ADDR:MASTER_PORT, torchrun's env:// convention
+//   file_store  a directory every rank can see (one host, or a shared file system)
+// Under mpirun, rendezvous/mpi.hpp starts a tcp_store and tells the ranks where it is.
+//
+// get() waits for a key that another rank has yet to set, always up to a deadline.
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "collx/core/error.hpp"
+#include "collx/transport/socket.hpp"
+
+namespace collx {
+
+class store {
+ public:
+  virtual ~store() = default;
+  virtual void set(std::string_view key, std::string_view value) = 0;
+  // The value of `key`, waiting until some rank has set it; errc::timeout after `timeout`.
+  virtual std::string get(std::string_view key, std::chrono::milliseconds timeout) = 0;
+  // Adds delta to the integer at key (0 when unset) and returns the new value.
+  virtual std::int64_t add(std::string_view key, std::int64_t delta) = 0;
+
+  // Returns once `ranks` ranks have called barrier with this name.
+  void barrier(const std::string& name, int ranks, std::chrono::milliseconds timeout) {
+    const auto deadline = detail::clock::now() + timeout;
+    const std::string key = name + "/arrived";
+    if (add(key, 1) == ranks) set(name + "/open", "1");
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - detail::clock::now());
+    get(name + "/open", std::max(left, std::chrono::milliseconds(1)));
+  }
+};
+
+namespace detail {
+
+enum class store_cmd : std::uint8_t { set = 1, get = 2, add = 3 };
+
+// The server half of tcp_store: one thread, one poll() loop over all clients, so a
+// get that must wait parks its client instead of holding a thread.
+class store_server {
+ public:
+  explicit store_server(fd_t listener) : listen_(std::move(listener)) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) throw_sys(errc::transport, "pipe", errno);
+    wake_r_.reset(p[0]);
+    wake_w_.reset(p[1]);
+    set_nonblocking(listen_.get());
+    thread_ = std::thread([this] { loop(); });
+  }
+  store_server(const store_server&) = delete;
+  store_server& operator=(const store_server&) = delete;
+  ~store_server() {
+    stop_ = true;
+    const char c = 0;
+    [[maybe_unused]] auto n = ::write(wake_w_.get(), &c, 1);
+    thread_.join();
+  }
+
+ private:
+  struct client {
+    fd_t fd;
+    std::string in;
+    std::string out;
+    bool waiting = false;  // parked on a get
+    std::string wait_key;
+    clock::time_point wait_until;
+  };
+
+  void loop() {
+    std::vector<pollfd> fds;
+    while (!stop_) {
+      fds.clear();
+      fds.push_back({listen_.get(), POLLIN, 0});
+      fds.push_back({wake_r_.get(), POLLIN, 0});
+      int timeout = 1000;
+      for (auto& c : clients_) {
+        fds.push_back({c.fd.get(), static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
+        if (c.waiting) timeout = std::min(timeout, ms_until(c.wait_until));
+      }
+      if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) return;
+      if (fds[0].revents & POLLIN) accept_all();
+      std::size_t k = 2;
+      for (auto it = clients_.begin(); it != clients_.end(); ++k) {
+        const short ev = k < fds.size() ? fds[k].revents : 0;
+        if (!serve(*it, ev)) {
+          it = clients_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      // Answer parked gets whose key appeared or whose time ran out.
+      for (auto& c : clients_) {
+        if (!c.waiting) continue;
+        auto v = data_.find(c.wait_key);
+        if (v != data_.end()) {
+          reply_value(c, 0, v->second);
+        } else if (clock::now() >= c.wait_until) {
+          reply_value(c, 1, {});
+        }
+        if (!c.waiting) serve(c, 0);
+      }
+    }
+    // Rank 0 may leave right after a barrier that others are still being told about:
+    // what is owed to clients goes out before their connections close.
+    const auto until = clock::now() + std::chrono::seconds(1);
+    for (auto& c : clients_) {
+      if (c.out.empty()) continue;
+      try {
+        write_all(c.fd.get(), std::as_bytes(std::span(c.out.data(), c.out.size())), until, "a store client");
+      } catch (const error&) {
+      }
+    }
+  }
+
+  void accept_all() {
+    for (;;) {
+      const int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      if (fd < 0) return;
+      clients_.push_back({});
+      clients_.back().fd.reset(fd);
+    }
+  }
+
+  static void reply_value(client& c, std::uint8_t status, std::string_view v) {
+    c.waiting = false;
+    const std::uint64_t len = v.size();
+    c.out.push_back(static_cast<char>(status));
+    c.out.append(reinterpret_cast<const char*>(&len), sizeof len);
+    c.out.append(v);
+  }
+
+  // False when the client is gone.
+  bool serve(client& c, short ev) {
+    if (ev & (POLLIN | POLLHUP | POLLERR)) {
+      char buf[64 * 1024];
+      for (;;) {
+        const ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+          c.in.append(buf, static_cast<std::size_t>(n));
+          continue;
+        }
+        if (n == 0) return false;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+        return false;
+      }
+      while (!c.waiting && parse_one(c)) {
+      }
+    }
+    while (!c.out.empty()) {
+      const ssize_t n = ::send(c.fd.get(), c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        c.out.erase(0, static_cast<std::size_t>(n));
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) break;
+      return false;
+    }
+    return true;
+  }
+
+  // Requests: cmd u8, key length u32, key, then set: value length u64 + value;
+  // get: timeout ms u64; add: delta i64.
+  bool parse_one(client& c) {
+    constexpr std::size_t head = 1 + sizeof(std::uint32_t);
+    if (c.in.size() < head) return false;
+    std::uint32_t klen = 0;
+    std::memcpy(&klen, c.in.data() + 1, sizeof klen);
+    const std::size_t need = head + klen + 8;
+    if (c.in.size() < need) return false;
+    const auto cmd = static_cast<store_cmd>(c.in[0]);
+    std::string key = c.in.substr(head, klen);
+    std::uint64_t arg = 0;
+    std::memcpy(&arg, c.in.data() + head + klen, 8);
+    switch (cmd) {
+      case store_cmd::set: {
+        if (c.in.size() < need + arg) return false;
+        data_[key] = c.in.substr(need, arg);
+        c.in.erase(0, need + arg);
+        c.out.push_back(0);
+        return true;
+      }
+      case store_cmd::get: {
+        c.in.erase(0, need);
+        auto v = data_.find(key);
+        if (v != data_.end()) {
+          reply_value(c, 0, v->second);
+        } else {
+          c.waiting = true;
+          c.wait_key = std::move(key);
+          c.wait_until = clock::now() + std::chrono::milliseconds(arg);
+        }
+        return true;
+      }
+      case store_cmd::add: {
+        c.in.erase(0, need);
+        std::int64_t delta = 0;
+        std::memcpy(&delta, &arg, 8);
+        auto& v = data_[key];
+        std::int64_t cur = v.empty() ? 0 : std::stoll(v);
+        cur += delta;
+        v = std::to_string(cur);
+        c.out.append(reinterpret_cast<const char*>(&cur), sizeof cur);
+        return true;
+      }
+    }
+    return false;  // a malformed request: drop the client
+  }
+
+  fd_t listen_;
+  fd_t wake_r_;
+  fd_t wake_w_;
+  std::atomic<bool> stop_{false};
+  std::list<client> clients_;
+  std::map<std::string, std::string, std::less<>> data_;
+  std::thread thread_;
+};
+
+}  // namespace detail
+
+// torchrun's env:// store: rank 0 serves it at host:port, every rank (rank 0 too) is a
+// client. The server lives as long as rank 0's tcp_store, so rank 0 keeps it until the
+// job's communicators are gone.
+class tcp_store final : public store {
+ public:
+  tcp_store(const std::string& host, std::uint16_t port, bool serve, std::chrono::milliseconds timeout)
+      : who_("the store at " + host + ":" + std::to_string(port)), timeout_(timeout) {
+    if (serve)
+      server_ = std::make_unique<detail::store_server>(detail::listen_on(host, std::to_string(port)));
+    fd_ = detail::connect_to(host, std::to_string(port), detail::clock::now() + timeout);
+  }
+
+  void set(std::string_view key, std::string_view value) override {
+    request(detail::store_cmd::set, key, value.size());
+    detail::write_all(fd_.get(), std::as_bytes(std::span(value.data(), value.size())), deadline(), who_);
+    (void)detail::read_pod<std::uint8_t>(fd_.get(), deadline(), who_);
+  }
+
+  std::string get(std::string_view key, std::chrono::milliseconds timeout) override {
+    request(detail::store_cmd::get, key, static_cast<std::uint64_t>(timeout.count()));
+    const auto until = detail::clock::now() + timeout + timeout_;
+    const auto status = detail::read_pod<std::uint8_t>(fd_.get(), until, who_);
+    const auto len = detail::read_pod<std::uint64_t>(fd_.get(), until, who_);
+    std::string v(len, '\0');
+    detail::read_all(fd_.get(), std::as_writable_bytes(std::span(v.data(), v.size())), until, who_);
+    if (status != 0) {
+      throw error(errc::timeout, "rendezvous", error::no_rank, error::no_rank,
+                  "key '" + std::string(key) + "' did not appear in " + who_ + " within " +
+                      std::to_string(timeout.count()) + " ms: did every rank start?");
+    }
+    return v;
+  }
+
+  std::int64_t add(std::string_view key, std::int64_t delta) override {
+    std::uint64_t bits = 0;
+    std::memcpy(&bits, &delta, 8);
+    request(detail::store_cmd::add, key, bits);
+    return detail::read_pod<std::int64_t>(fd_.get(), deadline(), who_);
+  }
+
+ private:
+  detail::clock::time_point deadline() const { return detail::clock::now() + timeout_; }
+
+  void request(detail::store_cmd cmd, std::string_view key, std::uint64_t arg) {
+    std::string msg;
+    msg.push_back(static_cast<char>(cmd));
+    const auto klen = static_cast<std::uint32_t>(key.size());
+    msg.append(reinterpret_cast<const char*>(&klen), sizeof klen);
+    msg.append(key);
+    msg.append(reinterpret_cast<const char*>(&arg), sizeof arg);
+    try {
+      detail::write_all(fd_.get(), std::as_bytes(std::span(msg.data(), msg.size())), deadline(), who_);
+    } catch (const error& e) {
+      throw error(e.kind(), "rendezvous", error::no_rank, error::no_rank, e.detail());
+    }
+  }
+
+  std::string who_;
+  std::chrono::milliseconds timeout_;
+  std::unique_ptr<detail::store_server> server_;  // rank 0 only; declared before fd_: outlives it
+  detail::fd_t fd_;
+};
+
+// A store in a directory: a key is a file, written whole and renamed into place so a
+// reader never sees half a value; add() holds an flock on the key's lock file.
+class file_store final : public store {
+ public:
+  explicit file_store(std::string dir) : dir_(std::move(dir)) {
+    if (::mkdir(dir_.c_str(), 0700) != 0 && errno != EEXIST) {
+      detail::throw_sys(errc::invalid_argument, "cannot create the store directory '" + dir_ + "'", errno);
+    }
+  }
+
+  void set(std::string_view key, std::string_view value) override {
+    const std::string path = path_of(key);
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    write_file(tmp, value);
+    if (::rename(tmp.c_str(), path.c_str()) != 0) detail::throw_sys(errc::transport, "rename " + tmp, errno);
+  }
+
+  std::string get(std::string_view key, std::chrono::milliseconds timeout) override {
+    const auto deadline = detail::clock::now() + timeout;
+    auto pause = std::chrono::microseconds(100);
+    for (;;) {
+      if (auto v = read_file(path_of(key))) return *v;
+      if (detail::clock::now() >= deadline) {
+        throw error(errc::timeout, "rendezvous", error::no_rank, error::no_rank,
+                    "key '" + std::string(key) + "' did not appear in the file store " + dir_ + " within " +
+                        std::to_string(timeout.count()) + " ms: did every rank start?");
+      }
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(10000));
+    }
+  }
+
+  std::int64_t add(std::string_view key, std::int64_t delta) override {
+    const std::string path = path_of(key);
+    detail::fd_t lock(::open((path + ".lock").c_str(), O_CREAT | O_RDWR | O_CLOEXEC, 0600));
+    if (!lock || ::flock(lock.get(), LOCK_EX) != 0) detail::throw_sys(errc::transport, "lock " + path, errno);
+    const auto v = read_file(path);
+    const std::int64_t cur = (v && !v->empty() ? std::stoll(*v) : 0) + delta;
+    set(key, std::to_string(cur));
+    return cur;
+  }
+
+  const std::string& directory() const noexcept { return dir_; }
+
+ private:
+  // Keys may hold '/', file names may not.
+  std::string path_of(std::string_view key) const {
+    std::string p = dir_ + "/";
+    for (char c : key) {
+      if (std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.') {
+        p.push_back(c);
+      } else {
+        char hex[4];
+        std::snprintf(hex, sizeof hex, "%%%02X", static_cast<unsigned char>(c));
+        p += hex;
+      }
+    }
+    return p;
+  }
+
+  static void write_file(const std::string& path, std::string_view value) {
+    detail::fd_t fd(::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0600));
+    if (!fd) detail::throw_sys(errc::transport, "cannot write " + path, errno);
+    std::size_t done = 0;
+    while (done < value.size()) {
+      const ssize_t n = ::write(fd.get(), value.data() + done, value.size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) detail::throw_sys(errc::transport, "cannot write " + path, errno);
+      done += static_cast<std::size_t>(n);
+    }
+  }
+
+  static std::optional<std::string> read_file(const std::string& path) {
+    detail::fd_t fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd) return std::nullopt;
+    std::string v;
+    char buf[4096];
+    for (;;) {
+      const ssize_t n = ::read(fd.get(), buf, sizeof buf);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      v.append(buf, static_cast<std::size_t>(n));
+    }
+    return v;
+  }
+
+  std::string dir_;
+};
+
+}  // namespace collx

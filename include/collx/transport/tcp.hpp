@@ -1,0 +1,623 @@
+#pragma once
+
+// The TCP transport: ranks on any hosts, one full mesh of connections, several per
+// peer pair when asked (a large message is striped across them: on loopback and on
+// fast NICs one stream is bounded by one core's kernel copies, several are not).
+//
+// Everything is non-blocking and progressed from the caller's thread by one loop over
+// the active connections; epoll is only how an idle rank sleeps. Each message is a
+// fixed header (the envelope and the byte count) on the pair's first stream, then the
+// payload, striped. A receive reads the header first and refuses a message whose
+// envelope or size differs before a byte of it lands in the caller's memory; the other
+// stripes are read only after that check. Payloads go straight from the socket into
+// the destination: no staging copy in user space.
+//
+// A peer that dies shows as end of stream or a reset on its connections; a peer that
+// aborts first sends a frame with its reason, so its peers report the root cause.
+
+#include <sys/epoll.h>
+#include <sys/uio.h>
+
+#include <array>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <random>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "collx/config.hpp"
+#include "collx/core/error.hpp"
+#include "collx/rendezvous/store.hpp"
+#include "collx/transport/concept.hpp"
+#include "collx/transport/socket.hpp"
+
+namespace collx {
+
+struct tcp_options {
+  // Connections per peer pair; COLLX_SOCKETS_PER_PEER overrides. Two saturate loopback
+  // on the project's 2-core VM (docs/performance.md), one is what a 1-core rank wants.
+  int streams = 0;  // 0: the environment's value, else 2
+  // Messages below this size ride on one stream: striping a small message costs a
+  // wake-up per stream and saves nothing.
+  std::size_t stripe_min_bytes = 128 * 1024;
+  int socket_buffer_bytes = 4 << 20;
+  // Interface to listen on, as NCCL_SOCKET_IFNAME; empty: COLLX_SOCKET_IFNAME, else the
+  // one that routes to the store's host.
+  std::string ifname;
+  std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
+};
+
+namespace detail {
+
+inline constexpr std::uint32_t tcp_magic = 0x78636f6c;  // "locx"
+inline constexpr std::uint32_t tcp_hello_magic = 0x6f6c6c68;
+
+struct tcp_header {
+  std::uint32_t magic = tcp_magic;
+  std::uint32_t kind = 0;  // 0 data, 1 abort (size is then the reason's length)
+  std::uint64_t seq = 0;
+  std::uint64_t count = 0;
+  std::uint64_t segment = 0;
+  std::uint64_t size = 0;
+  std::uint32_t tag = 0;
+  std::uint8_t coll = 0, type = 0, op = 0, algo = 0;
+
+  static tcp_header of(const envelope& e, std::uint64_t bytes) {
+    tcp_header h;
+    h.seq = e.seq;
+    h.count = e.count;
+    h.segment = e.segment;
+    h.size = bytes;
+    h.tag = e.tag;
+    h.coll = static_cast<std::uint8_t>(e.coll);
+    h.type = static_cast<std::uint8_t>(e.type);
+    h.op = static_cast<std::uint8_t>(e.op);
+    h.algo = static_cast<std::uint8_t>(e.algo);
+    return h;
+  }
+  envelope env() const {
+    envelope e;
+    e.seq = seq;
+    e.count = count;
+    e.segment = segment;
+    e.tag = tag;
+    e.coll = static_cast<collective>(coll);
+    e.type = static_cast<dtype>(type);
+    e.op = static_cast<reduce_op>(op);
+    e.algo = static_cast<algorithm>(algo);
+    return e;
+  }
+};
+
+struct tcp_hello {
+  std::uint32_t magic = tcp_hello_magic;
+  std::int32_t rank = 0;
+  std::int32_t stream = 0;
+  std::uint32_t pad = 0;
+  std::uint64_t nonce = 0;  // the job's: a stray connection from another job is refused
+};
+
+struct tcp_op {
+  enum : int { idle, pending, done, failed };
+  int state = idle;
+  int peer = -1;
+  bool sending = false;
+  bool header_ok = false;
+  int parts_left = 0;
+  envelope expect;
+  std::byte* buf = nullptr;
+  std::size_t size = 0;
+  tcp_header hdr;
+  errc kind = errc::transport;
+  std::string message;
+};
+
+// A contiguous part of one message on one stream: [begin, end) of the op's bytes,
+// preceded by the header on the first stream.
+struct tcp_piece {
+  tcp_op* op;
+  std::size_t begin;
+  std::size_t end;
+  std::size_t done = 0;  // header bytes first (when `header`), then payload bytes
+  bool header = false;
+};
+
+struct tcp_stream {
+  fd_t fd;
+  std::deque<tcp_piece> sendq;
+  std::deque<tcp_piece> recvq;
+  std::uint32_t interest = 0;
+  bool eof = false;  // the peer shut its side; what it sent is still readable
+};
+
+struct tcp_peer {
+  std::vector<tcp_stream> streams;
+  bool failed = false;
+  errc kind = errc::peer_failure;
+  std::string why;
+};
+
+}  // namespace detail
+
+class tcp_transport {
+ public:
+  using op = detail::tcp_op;
+
+  tcp_transport() = default;
+
+  // Connects rank `rank` of `size` to every other rank, finding them through the
+  // store. `host_hint` is the store's host: the interface that reaches it is the one
+  // this rank listens on, unless tcp_options::ifname or COLLX_SOCKET_IFNAME names one.
+  tcp_transport(store& st, int rank, int size, const std::string& host_hint = "127.0.0.1",
+                tcp_options opt = {}, const std::string& prefix = "collx/tcp")
+      : rank_(rank), opt_(std::move(opt)) {
+    if (size < 1 || rank < 0 || rank >= size) {
+      throw error(errc::invalid_argument, "tcp_transport", rank, error::no_rank,
+                  "rank " + std::to_string(rank) + " of " + std::to_string(size));
+    }
+    if (opt_.streams <= 0) opt_.streams = streams_from_env();
+    if (opt_.streams > 64) {
+      throw error(errc::invalid_argument, "tcp_transport", rank, error::no_rank,
+                  "at most 64 streams per peer, asked for " + std::to_string(opt_.streams));
+    }
+    peers_.resize(static_cast<std::size_t>(size));
+    for (auto& p : peers_) p.streams.resize(static_cast<std::size_t>(opt_.streams));
+    connect_mesh(st, size, host_hint, prefix);
+  }
+
+  tcp_transport(tcp_transport&&) noexcept = default;
+  tcp_transport& operator=(tcp_transport&&) noexcept = default;
+  ~tcp_transport() = default;
+
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return static_cast<int>(peers_.size()); }
+  int streams() const noexcept { return opt_.streams; }
+
+  void send(int peer, const envelope& env, std::span<const std::byte> data, op& o) {
+    start(peer, o, true);
+    o.hdr = detail::tcp_header::of(env, data.size());
+    o.buf = const_cast<std::byte*>(data.data());  // only read: the op is a send
+    o.size = data.size();
+    queue(peer, o, &detail::tcp_stream::sendq);
+    // Eager first write: a small message is usually gone before the call returns.
+    for (int s = 0; s < opt_.streams; ++s) {
+      auto& st = stream(peer, s);
+      if (!st.sendq.empty() && st.sendq.front().op == &o) pump_send(peer, st);
+    }
+  }
+
+  void recv(int peer, const envelope& env, std::span<std::byte> data, op& o) {
+    start(peer, o, false);
+    o.expect = env;
+    o.buf = data.data();
+    o.size = data.size();
+    queue(peer, o, &detail::tcp_stream::recvq);
+    auto& st0 = stream(peer, 0);
+    if (st0.recvq.front().op == &o) pump_recv(peer, 0);
+  }
+
+  bool test(op& o) {
+    if (o.state == op::failed) throw error(o.kind, {}, rank_, o.peer, o.message);
+    return o.state == op::done;
+  }
+
+  void cancel(op& o) {
+    if (o.state != op::pending) return;
+    // A message half on the wire cannot be taken back: the pair's streams are out of
+    // step from here on, so the peer is written off (cancel follows a failure anyway).
+    auto& p = peer_of(o.peer);
+    bool started = false;
+    for (auto& st : p.streams) {
+      for (auto* q : {&st.sendq, &st.recvq}) {
+        for (auto it = q->begin(); it != q->end();) {
+          if (it->op == &o) {
+            started = started || it->done != 0;
+            it = q->erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
+    }
+    o.state = op::idle;
+    if (started) fail_peer(o.peer, errc::aborted, "an operation with this peer was cancelled midway");
+  }
+
+  void poll(std::chrono::nanoseconds d) {
+    if (progress()) return;
+    update_interest();
+    std::array<epoll_event, 64> ev{};
+    const auto ms = std::chrono::ceil<std::chrono::milliseconds>(d).count();
+    const int n = ::epoll_wait(epoll_.get(), ev.data(), static_cast<int>(ev.size()),
+                               static_cast<int>(std::clamp<long long>(ms, 0, 1 << 30)));
+    for (int i = 0; i < n; ++i) {
+      if (ev[static_cast<std::size_t>(i)].events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        const auto id = ev[static_cast<std::size_t>(i)].data.u64;
+        auto& st = stream(static_cast<int>(id >> 8), static_cast<int>(id & 0xff));
+        st.eof = true;
+      }
+    }
+    progress();
+  }
+
+  // This rank gives up: tell each peer why (where its first stream is between
+  // messages, so the frame cannot land inside a payload), then close everything.
+  void abort(errc kind, std::string_view why) {
+    if (aborted_) return;
+    aborted_ = true;
+    detail::tcp_header h;
+    h.kind = 1;
+    h.size = why.size();
+    for (int q = 0; q < size(); ++q) {
+      if (q == rank_) continue;
+      auto& p = peer_of(q);
+      auto& st = p.streams[0];
+      if (st.fd && st.sendq.empty() && !p.failed) {
+        std::array<iovec, 2> iov{iovec{&h, sizeof h}, iovec{const_cast<char*>(why.data()), why.size()}};
+        msghdr m{};
+        m.msg_iov = iov.data();
+        m.msg_iovlen = iov.size();
+        [[maybe_unused]] auto n = ::sendmsg(st.fd.get(), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+      }
+      fail_peer(q, kind, "this rank aborted: " + std::string(why), true);
+      for (auto& s : p.streams) {
+        if (s.fd) ::shutdown(s.fd.get(), SHUT_RDWR);
+        s.fd.reset();
+      }
+    }
+  }
+
+ private:
+  static int streams_from_env() {
+    if (const char* v = std::getenv("COLLX_SOCKETS_PER_PEER"); v != nullptr && *v != '\0') {
+      const int n = std::atoi(v);
+      if (n >= 1) return n;
+    }
+    return 2;
+  }
+
+  detail::tcp_peer& peer_of(int q) { return peers_[static_cast<std::size_t>(q)]; }
+  detail::tcp_stream& stream(int q, int s) { return peer_of(q).streams[static_cast<std::size_t>(s)]; }
+
+  void check_peer(int peer) const {
+    if (peer < 0 || peer >= size() || peer == rank_) {
+      throw error(errc::invalid_argument, {}, rank_, peer, "no such peer");
+    }
+  }
+
+  void start(int peer, op& o, bool sending) {
+    check_peer(peer);
+    auto& p = peer_of(peer);
+    if (p.failed) throw error(p.kind, {}, rank_, peer, p.why);
+    o.state = op::pending;
+    o.peer = peer;
+    o.sending = sending;
+    o.header_ok = sending;
+    o.message.clear();
+  }
+
+  // Stripe s of a message of `bytes` bytes: all on the first stream when small.
+  std::pair<std::size_t, std::size_t> stripe(std::size_t bytes, int s) const {
+    const auto n = static_cast<std::size_t>(opt_.streams);
+    if (n == 1 || bytes < opt_.stripe_min_bytes)
+      return s == 0 ? std::pair{std::size_t{0}, bytes} : std::pair{bytes, bytes};
+    const auto k = static_cast<std::size_t>(s);
+    return {bytes * k / n, bytes * (k + 1) / n};
+  }
+
+  void queue(int peer, op& o, std::deque<detail::tcp_piece> detail::tcp_stream::*q) {
+    o.parts_left = 0;
+    for (int s = 0; s < opt_.streams; ++s) {
+      const auto [b, e] = stripe(o.size, s);
+      if (s != 0 && b == e) continue;
+      (stream(peer, s).*q).push_back({&o, b, e, 0, s == 0});
+      ++o.parts_left;
+    }
+  }
+
+  void finish_part(op& o) {
+    if (--o.parts_left == 0 && o.state == op::pending) o.state = op::done;
+  }
+
+  // One pass over every stream with work; true when anything moved.
+  bool progress() {
+    bool moved = false;
+    for (int q = 0; q < size(); ++q) {
+      if (q == rank_) continue;
+      for (int s = 0; s < opt_.streams; ++s) {
+        auto& st = stream(q, s);
+        if (!st.sendq.empty()) moved = pump_send(q, st) || moved;
+        if (!st.recvq.empty()) moved = pump_recv(q, s) || moved;
+      }
+    }
+    return moved;
+  }
+
+  bool pump_send(int q, detail::tcp_stream& st) {
+    bool moved = false;
+    while (!st.sendq.empty()) {
+      auto& pc = st.sendq.front();
+      op& o = *pc.op;
+      const std::size_t hbytes = pc.header ? sizeof(detail::tcp_header) : 0;
+      const std::size_t total = hbytes + (pc.end - pc.begin);
+      std::array<iovec, 2> iov{};
+      int n = 0;
+      if (pc.done < hbytes) {
+        iov[0] = {reinterpret_cast<std::byte*>(&o.hdr) + pc.done, hbytes - pc.done};
+        n = 1;
+      }
+      const std::size_t pdone = pc.done > hbytes ? pc.done - hbytes : 0;
+      if (pc.end - pc.begin > pdone) {
+        iov[static_cast<std::size_t>(n++)] = {o.buf + pc.begin + pdone, pc.end - pc.begin - pdone};
+      }
+      if (n > 0) {
+        msghdr m{};
+        m.msg_iov = iov.data();
+        m.msg_iovlen = static_cast<std::size_t>(n);
+        const ssize_t w = ::sendmsg(st.fd.get(), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+          if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return moved;
+          fail_peer(q, errc::peer_failure, lost(q, "sending", errno));
+          return true;
+        }
+        pc.done += static_cast<std::size_t>(w);
+        moved = moved || w > 0;
+      }
+      if (pc.done < total) return moved;
+      st.sendq.pop_front();
+      finish_part(o);
+      moved = true;
+    }
+    return moved;
+  }
+
+  bool pump_recv(int q, int s) {
+    auto& st = stream(q, s);
+    bool moved = false;
+    while (!st.recvq.empty()) {
+      auto& pc = st.recvq.front();
+      op& o = *pc.op;
+      if (!o.header_ok && !pc.header) return moved;  // its header, on stream 0, is not checked yet
+      const std::size_t hbytes = pc.header ? sizeof(detail::tcp_header) : 0;
+      if (pc.done < hbytes) {
+        const ssize_t r = read_some(q, st, reinterpret_cast<std::byte*>(&o.hdr) + pc.done, hbytes - pc.done);
+        if (r <= 0) return moved || r < 0;
+        pc.done += static_cast<std::size_t>(r);
+        moved = true;
+        if (pc.done < hbytes) return moved;
+        if (!check_header(q, o)) return true;
+        // The other streams' stripes of this message may now be read.
+        if (opt_.streams > 1) {
+          for (int k = 1; k < opt_.streams; ++k) pump_recv(q, k);
+        }
+        if (st.recvq.empty() || &st.recvq.front() != &pc) return true;
+      }
+      const std::size_t len = pc.end - pc.begin;
+      const std::size_t pdone = pc.done - hbytes;
+      if (pdone < len) {
+        const ssize_t r = read_some(q, st, o.buf + pc.begin + pdone, len - pdone);
+        if (r <= 0) return moved || r < 0;
+        pc.done += static_cast<std::size_t>(r);
+        moved = true;
+        if (pc.done - hbytes < len) return moved;
+      }
+      st.recvq.pop_front();
+      finish_part(o);
+      moved = true;
+    }
+    return moved;
+  }
+
+  // >0 bytes read; 0 nothing yet; -1 the peer is gone (its ops have failed).
+  ssize_t read_some(int q, detail::tcp_stream& st, std::byte* dst, std::size_t len) {
+    for (;;) {
+      const ssize_t r = ::recv(st.fd.get(), dst, len, MSG_DONTWAIT);
+      if (r > 0) return r;
+      if (r == 0) {
+        fail_peer(q, errc::peer_failure,
+                  "peer " + std::to_string(q) +
+                      " closed its connection in the middle of a collective (it exited, was killed, or its "
+                      "host is gone)");
+        return -1;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+      fail_peer(q, errc::peer_failure, lost(q, "receiving", errno));
+      return -1;
+    }
+  }
+
+  std::string lost(int q, const char* what, int e) const {
+    return "lost the connection to peer " + std::to_string(q) + " while " + what + " (" +
+           detail::errno_text(e) + "): it exited, was killed, or its host is gone";
+  }
+
+  // The header of a receive has arrived: an abort frame, or a message that must match
+  // what this rank expects.
+  bool check_header(int q, op& o) {
+    const detail::tcp_header& h = o.hdr;
+    if (h.magic != detail::tcp_magic) {
+      fail_peer(q, errc::transport, "corrupt stream from peer " + std::to_string(q) + " (bad magic)");
+      return false;
+    }
+    if (h.kind == 1) {
+      std::string why(std::min<std::uint64_t>(h.size, 1 << 16), '\0');
+      try {
+        detail::read_all(stream(q, 0).fd.get(), std::as_writable_bytes(std::span(why.data(), why.size())),
+                         detail::clock::now() + std::chrono::seconds(1), "peer " + std::to_string(q));
+      } catch (const error&) {
+        why = "(reason lost)";
+      }
+      fail_peer(q, errc::peer_failure, "peer " + std::to_string(q) + " failed: " + why);
+      return false;
+    }
+    const envelope got = h.env();
+    std::string msg;
+    if (!(got == o.expect)) {
+      msg = "this rank called " + o.expect.describe() + " but peer " + std::to_string(q) + " called " +
+            got.describe();
+    } else if (h.size != o.size) {
+      msg = "peer " + std::to_string(q) + " sent " + std::to_string(h.size) +
+            " bytes where this rank expects " + std::to_string(o.size) + " for " + o.expect.describe();
+    }
+    if (!msg.empty()) {
+      // The payload behind the header is unread, so the stream is out of step: the
+      // communicator fails as a whole, as it does on any error.
+      o.state = op::failed;
+      o.kind = errc::mismatch;
+      o.message = msg;
+      fail_peer(q, errc::mismatch, msg);
+      return false;
+    }
+    o.header_ok = true;
+    return true;
+  }
+
+  // Every pending operation with peer q fails; later ones fail at once.
+  void fail_peer(int q, errc kind, const std::string& why, bool self = false) {
+    auto& p = peer_of(q);
+    if (!p.failed) {
+      p.failed = true;
+      p.kind = self ? errc::aborted : kind;
+      p.why = why;
+    }
+    for (auto& st : p.streams) {
+      for (auto* dq : {&st.sendq, &st.recvq}) {
+        for (auto& pc : *dq) {
+          if (pc.op->state != op::pending) continue;
+          pc.op->state = op::failed;
+          pc.op->kind = p.kind;
+          pc.op->message = p.why;
+        }
+        dq->clear();
+      }
+    }
+  }
+
+  void update_interest() {
+    for (int q = 0; q < size(); ++q) {
+      if (q == rank_) continue;
+      for (int s = 0; s < opt_.streams; ++s) {
+        auto& st = stream(q, s);
+        if (!st.fd) continue;
+        std::uint32_t want = st.eof ? 0u : static_cast<std::uint32_t>(EPOLLRDHUP);
+        if (!st.recvq.empty() && (s == 0 || st.recvq.front().op->header_ok)) want |= EPOLLIN;
+        if (!st.sendq.empty()) want |= EPOLLOUT;
+        if (want == st.interest) continue;
+        epoll_event ev{};
+        ev.events = want;
+        ev.data.u64 = (static_cast<std::uint64_t>(q) << 8) | static_cast<std::uint64_t>(s);
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, st.fd.get(), &ev);
+        st.interest = want;
+      }
+    }
+  }
+
+  void connect_mesh(store& st, int size, const std::string& host_hint, const std::string& prefix) {
+    const auto deadline = detail::clock::now() + opt_.timeout;
+    std::string ifname = opt_.ifname;
+    if (ifname.empty()) {
+      if (const char* v = std::getenv("COLLX_SOCKET_IFNAME")) ifname = v;
+    }
+    std::string host;
+    if (!ifname.empty()) {
+      host = detail::interface_address(ifname);
+      if (host.empty()) {
+        throw error(errc::invalid_argument, "tcp_transport", rank_, error::no_rank,
+                    "COLLX_SOCKET_IFNAME names '" + ifname + "', which has no usable address here");
+      }
+    } else {
+      host = detail::route_address(host_hint);
+      if (host.empty()) host = "127.0.0.1";
+    }
+    detail::fd_t listener = detail::listen_on(host, "0");
+    // The job's nonce: rank 0 draws it, everyone learns it with the endpoints.
+    if (rank_ == 0) {
+      std::random_device rd;
+      const std::uint64_t nonce = (static_cast<std::uint64_t>(rd()) << 32) | rd();
+      st.set(prefix + "/nonce", std::to_string(nonce));
+    }
+    nonce_ = std::stoull(st.get(prefix + "/nonce", opt_.timeout));
+    st.set(prefix + "/" + std::to_string(rank_), detail::local_endpoint(listener.get()));
+
+    // Higher ranks connect to lower ones; the kernel completes a connection before
+    // accept(), so connecting everything first and accepting after cannot deadlock.
+    for (int q = 0; q < rank_; ++q) {
+      const auto [h, port] = detail::split_endpoint(st.get(prefix + "/" + std::to_string(q), left(deadline)));
+      for (int s = 0; s < opt_.streams; ++s) {
+        detail::fd_t fd = detail::connect_to(h, port, deadline);
+        detail::tcp_hello hello;
+        hello.rank = rank_;
+        hello.stream = s;
+        hello.nonce = nonce_;
+        detail::write_pod(fd.get(), hello, deadline, "peer " + std::to_string(q));
+        stream(q, s).fd = std::move(fd);
+      }
+    }
+    int expected = (size - 1 - rank_) * opt_.streams;
+    while (expected > 0) {
+      pollfd pf{listener.get(), POLLIN, 0};
+      if (::poll(&pf, 1, detail::ms_until(deadline)) <= 0) {
+        throw error(errc::timeout, "tcp_transport", rank_, error::no_rank,
+                    "timed out waiting for " + std::to_string(expected) +
+                        " connections from higher ranks: did every rank start?");
+      }
+      detail::fd_t fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      if (!fd) continue;
+      detail::tcp_hello hello;
+      try {
+        hello = detail::read_pod<detail::tcp_hello>(fd.get(), deadline, "a connecting peer");
+      } catch (const error&) {
+        continue;
+      }
+      if (hello.magic != detail::tcp_hello_magic || hello.nonce != nonce_ || hello.rank <= rank_ ||
+          hello.rank >= size || hello.stream < 0 || hello.stream >= opt_.streams ||
+          stream(hello.rank, hello.stream).fd) {
+        continue;  // not one of ours: drop it
+      }
+      stream(hello.rank, hello.stream).fd = std::move(fd);
+      --expected;
+    }
+
+    epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    if (!epoll_) detail::throw_sys(errc::transport, "epoll_create1", errno);
+    for (int q = 0; q < size; ++q) {
+      if (q == rank_) continue;
+      for (int s = 0; s < opt_.streams; ++s) {
+        auto& sk = stream(q, s);
+        detail::set_nonblocking(sk.fd.get());
+        detail::tune_data_socket(sk.fd.get(), opt_.socket_buffer_bytes);
+        epoll_event ev{};
+        ev.events = EPOLLRDHUP;
+        ev.data.u64 = (static_cast<std::uint64_t>(q) << 8) | static_cast<std::uint64_t>(s);
+        if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, sk.fd.get(), &ev) != 0) {
+          detail::throw_sys(errc::transport, "epoll_ctl", errno);
+        }
+        sk.interest = EPOLLRDHUP;
+      }
+    }
+  }
+
+  static std::chrono::milliseconds left(detail::clock::time_point deadline) {
+    return std::max(std::chrono::milliseconds(1),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(deadline - detail::clock::now()));
+  }
+
+  int rank_ = 0;
+  tcp_options opt_;
+  std::vector<detail::tcp_peer> peers_;
+  detail::fd_t epoll_;
+  std::uint64_t nonce_ = 0;
+  bool aborted_ = false;
+};
+
+static_assert(transport<tcp_transport>);
+
+}  // namespace collx
