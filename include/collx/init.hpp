@@ -163,43 +163,45 @@ inline void retire_store(collx::store& st, const launch_info& li, std::chrono::m
 
 }  // namespace detail
 
+// A communicator over `transport` ("shm", "tcp" or "auto") for the launched job, met
+// through `st`. Several communicators (over different transports, say) may share one
+// store if each has its own key prefix.
+inline communicator make_communicator(const std::shared_ptr<store>& st, const launch_info& li,
+                                      std::string transport, communicator_config cfg = {},
+                                      const std::string& prefix = "collx") {
+  if (transport == "auto") transport = detail::all_on_this_host(*st, li, cfg.timeout) ? "shm" : "tcp";
+  if (transport == "shm") {
+    shm_options so;
+    so.timeout = cfg.timeout;
+    if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
+    if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
+    return communicator(shm_transport(*st, li.rank, li.size, so, prefix + "/shm"), cfg, st);
+  }
+  if (transport == "tcp") {
+    tcp_options to;
+    to.timeout = cfg.timeout;
+    const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
+    return communicator(tcp_transport(*st, li.rank, li.size, host, to, prefix + "/tcp"), cfg, st);
+  }
+  throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+              "transport '" + transport +
+                  "': processes use shm, tcp or auto (the MPI transport: collx/rendezvous/mpi.hpp)");
+}
+
 // The communicator of the launched job. `transport`: "shm", "tcp", "auto" or empty
 // (COLLX_TRANSPORT, else auto).
 inline communicator init_from_env(communicator_config cfg = {}, std::string transport = {}) {
   const launch_info li = launch_from_env();
   if (transport.empty()) transport = detail::env_str("COLLX_TRANSPORT");
   if (transport.empty()) transport = "auto";
-  if (transport != "auto" && transport != "shm" && transport != "tcp" && transport != "local") {
-    throw error(
-        errc::invalid_argument, "init", li.rank, error::no_rank,
-        "COLLX_TRANSPORT='" + transport +
-            "': init_from_env offers shm, tcp and auto (the MPI transport: collx/rendezvous/mpi.hpp)");
-  }
-  if (li.size == 1 && li.master_addr.empty()) {
+  if (li.size == 1 && li.master_addr.empty() && li.store_dir.empty()) {
     local_world world(1);
     return communicator(world.transport(0), cfg);
   }
-  if (transport == "local") {
-    throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
-                "the local transport runs ranks as threads of one process, not as processes");
-  }
   std::shared_ptr<store> st = store_from(li, cfg.timeout);
-  if (transport == "auto") transport = detail::all_on_this_host(*st, li, cfg.timeout) ? "shm" : "tcp";
-  const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
-  if (transport == "shm") {
-    shm_options so;
-    so.timeout = cfg.timeout;
-    if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
-    if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
-    shm_transport t(*st, li.rank, li.size, so);
-    detail::retire_store(*st, li, cfg.timeout);
-    return communicator(std::move(t), cfg, st);
-  }
-  tcp_options to;
-  to.timeout = cfg.timeout;
-  tcp_transport t(*st, li.rank, li.size, host, to);
+  communicator c = make_communicator(st, li, transport, cfg);
   detail::retire_store(*st, li, cfg.timeout);
-  return communicator(std::move(t), cfg, st);
+  return c;
 }
 
 }  // namespace collx
