@@ -63,7 +63,9 @@ enum class store_cmd : std::uint8_t { set = 1, get = 2, add = 3 };
 // get that must wait parks its client instead of holding a thread.
 class store_server {
  public:
-  explicit store_server(fd_t listener) : listen_(std::move(listener)) {
+  // `grace`: how long the server outlives its owner while other ranks' clients are still
+  // connected (they may be in the barrier that rank 0 has just left).
+  store_server(fd_t listener, std::chrono::milliseconds grace) : listen_(std::move(listener)), grace_(grace) {
     int p[2];
     if (::pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) throw_sys(errc::transport, "pipe", errno);
     wake_r_.reset(p[0]);
@@ -74,6 +76,7 @@ class store_server {
   store_server(const store_server&) = delete;
   store_server& operator=(const store_server&) = delete;
   ~store_server() {
+    stop_at_.store((clock::now() + grace_).time_since_epoch().count(), std::memory_order_release);
     stop_ = true;
     const char c = 0;
     [[maybe_unused]] auto n = ::write(wake_w_.get(), &c, 1);
@@ -92,17 +95,23 @@ class store_server {
 
   void loop() {
     std::vector<pollfd> fds;
-    while (!stop_) {
+    // Once the owner has gone, serve until every client has hung up or the grace ends.
+    while (!stop_ || (!clients_.empty() && clock::now().time_since_epoch().count() < stop_at_.load())) {
       fds.clear();
       fds.push_back({listen_.get(), POLLIN, 0});
       fds.push_back({wake_r_.get(), POLLIN, 0});
-      int timeout = 1000;
+      int timeout = stop_ ? 10 : 1000;
       for (auto& c : clients_) {
         fds.push_back({c.fd.get(), static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
         if (c.waiting) timeout = std::min(timeout, ms_until(c.wait_until));
       }
       if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) return;
       if (fds[0].revents & POLLIN) accept_all();
+      if (fds[1].revents & POLLIN) {
+        char drain[16];
+        while (::read(wake_r_.get(), drain, sizeof drain) > 0) {
+        }
+      }
       std::size_t k = 2;
       for (auto it = clients_.begin(); it != clients_.end(); ++k) {
         const short ev = k < fds.size() ? fds[k].revents : 0;
@@ -232,6 +241,8 @@ class store_server {
   }
 
   fd_t listen_;
+  std::chrono::milliseconds grace_;
+  std::atomic<clock::rep> stop_at_{0};
   fd_t wake_r_;
   fd_t wake_w_;
   std::atomic<bool> stop_{false};
@@ -250,7 +261,8 @@ class tcp_store final : public store {
   tcp_store(const std::string& host, std::uint16_t port, bool serve, std::chrono::milliseconds timeout)
       : who_("the store at " + host + ":" + std::to_string(port)), timeout_(timeout) {
     if (serve)
-      server_ = std::make_unique<detail::store_server>(detail::listen_on(host, std::to_string(port)));
+      server_ =
+          std::make_unique<detail::store_server>(detail::listen_on(host, std::to_string(port)), timeout);
     fd_ = detail::connect_to(host, std::to_string(port), detail::clock::now() + timeout);
   }
 
