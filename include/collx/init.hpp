@@ -84,14 +84,15 @@ inline launch_info launch_from_env() {
     li.local_rank = static_cast<int>(env_int("OMPI_COMM_WORLD_LOCAL_RANK").value_or(-1));
     li.local_size = static_cast<int>(env_int("OMPI_COMM_WORLD_LOCAL_SIZE").value_or(-1));
     li.launcher = "mpirun";
-    job = "ompi-" + env_str("OMPI_MCA_ess_base_jobid");
+    if (const auto id = env_str("OMPI_MCA_ess_base_jobid"); !id.empty()) job = "ompi-" + id;
   } else if (auto sr = env_int("SLURM_PROCID"), sn = env_int("SLURM_NTASKS"); sr && sn) {
     li.rank = static_cast<int>(*sr);
     li.size = static_cast<int>(*sn);
     li.local_rank = static_cast<int>(env_int("SLURM_LOCALID").value_or(-1));
     li.local_size = -1;
     li.launcher = "srun";
-    job = "slurm-" + env_str("SLURM_JOB_ID") + "." + env_str("SLURM_STEP_ID");
+    if (const auto id = env_str("SLURM_JOB_ID"); !id.empty())
+      job = "slurm-" + id + "." + env_str("SLURM_STEP_ID");
   } else {
     li.launcher = "none";
     return li;
@@ -110,7 +111,7 @@ inline launch_info launch_from_env() {
     li.master_port = static_cast<std::uint16_t>(*port);
   } else {
     li.store_dir = env_str("COLLX_STORE_DIR");
-    if (li.store_dir.empty() && job.size() > 6) {
+    if (li.store_dir.empty() && !job.empty()) {
       li.store_dir = (std::filesystem::temp_directory_path() / ("collx-store-" + job)).string();
     }
     if (li.store_dir.empty()) {

@@ -12,6 +12,9 @@
 // "OK <n> cases", "DETECTED <kind> after <ms> ms: <message>".
 
 #include <collx/init.hpp>
+#if COLLX_HAVE_MPI
+#include <collx/transport/mpi.hpp>
+#endif
 
 #include <chrono>
 #include <cmath>
@@ -19,6 +22,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -227,7 +231,15 @@ int main(int argc, char** argv) {
   try {
     communicator_config cfg;
     if (scenario != "collectives") cfg.timeout = std::chrono::seconds(20);
+#if COLLX_HAVE_MPI
+    // COLLX_TRANSPORT=mpi under mpirun: MPI point-to-point instead of shm or tcp.
+    std::optional<mpi_session> mpi;
+    const char* t = std::getenv("COLLX_TRANSPORT");
+    if (t != nullptr && std::string(t) == "mpi") mpi.emplace();
+    communicator comm = mpi ? communicator(mpi_transport(), cfg) : init_from_env(cfg);
+#else
     communicator comm = init_from_env(cfg);
+#endif
     if (scenario == "collectives") return collectives(comm);
     if (scenario == "kill") return kill_scenario(comm, argc > 2 ? std::atoi(argv[2]) : 1);
     if (scenario == "mismatch") return mismatch_scenario(comm);

@@ -1,0 +1,175 @@
+// The rendezvous stores, and the process transports driven from threads of one process
+// (each rank its own endpoint, exactly as in separate processes): the store's protocol,
+// its bounded waits, and the transports' envelope checks and failure paths.
+
+#include <doctest/doctest.h>
+
+#include <collx/init.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <future>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace collx;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::uint16_t free_port() {
+  auto fd = detail::listen_on("127.0.0.1", "0");
+  return static_cast<std::uint16_t>(
+      std::stoi(detail::split_endpoint(detail::local_endpoint(fd.get())).second));
+}
+
+std::string temp_dir() {
+  std::random_device rd;
+  return (std::filesystem::temp_directory_path() / ("collx-test-store-" + std::to_string(rd()))).string();
+}
+
+// Runs f(rank) on p threads, rethrowing the first failure.
+void on_ranks(int p, const std::function<void(int)>& f) {
+  std::vector<std::future<void>> done;
+  for (int r = 0; r < p; ++r) done.push_back(std::async(std::launch::async, f, r));
+  for (auto& d : done) d.get();
+}
+
+void exercise(const std::function<std::unique_ptr<store>(int)>& make, int p) {
+  on_ranks(p, [&](int r) {
+    auto st = make(r);
+    st->set("k/" + std::to_string(r),
+            std::string("value of ") + std::to_string(r) + std::string(1, '\0') + "!");
+    for (int q = 0; q < p; ++q) {
+      const auto v = st->get("k/" + std::to_string(q), 10s);
+      CHECK(v == std::string("value of ") + std::to_string(q) + std::string(1, '\0') + "!");
+    }
+    st->add("counter", r + 1);
+    st->barrier("b1", p, 10s);
+    CHECK(st->add("counter", 0) == p * (p + 1) / 2);
+    st->barrier("b2", p, 10s);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("tcp_store: set, get that waits, add and barrier across 5 clients") {
+  const auto port = free_port();
+  std::shared_ptr<store> server;
+  exercise(
+      [&](int r) -> std::unique_ptr<store> {
+        return std::make_unique<tcp_store>("127.0.0.1", port, r == 0, 10s);
+      },
+      5);
+}
+
+TEST_CASE("tcp_store over IPv6 loopback") {
+  const auto port = free_port();
+  tcp_store s("::1", port, true, 5s);
+  s.set("x", "y");
+  CHECK(s.get("x", 1s) == "y");
+}
+
+TEST_CASE("file_store: set, get that waits, add and barrier across 4 clients") {
+  const auto dir = temp_dir();
+  exercise([&](int) -> std::unique_ptr<store> { return std::make_unique<file_store>(dir); }, 4);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a key that never appears is a timeout error, not a hang") {
+  const auto port = free_port();
+  tcp_store s("127.0.0.1", port, true, 5s);
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    (void)s.get("never", 200ms);
+    FAIL("no error");
+  } catch (const error& e) {
+    CHECK(e.kind() == errc::timeout);
+    CHECK(std::string(e.what()).find("did every rank start") != std::string::npos);
+  }
+  CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+  const auto dir = temp_dir();
+  file_store f(dir);
+  CHECK_THROWS_AS((void)f.get("never", 100ms), error);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("a client whose server never starts fails within its timeout") {
+  const auto port = free_port();
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_AS(tcp_store("127.0.0.1", port, false, 300ms), error);
+  CHECK(std::chrono::steady_clock::now() - t0 < 3s);
+}
+
+namespace {
+
+template <class Make>
+void transport_roundtrip(int p, Make make) {
+  const auto port = free_port();
+  on_ranks(p, [&](int r) {
+    auto st = std::make_shared<tcp_store>("127.0.0.1", port, r == 0, 20s);
+    communicator c(make(*st, r, p), {}, st);
+    for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{100003}}) {
+      std::vector<double> v(n);
+      for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<double>(r + 1) * static_cast<double>(i % 5);
+      c.all_reduce(v, reduce_op::sum);
+      for (std::size_t i = 0; i < n; ++i) REQUIRE(v[i] == p * (p + 1) / 2.0 * static_cast<double>(i % 5));
+    }
+    // The store is shared by the ranks' threads' transports; everyone leaves together.
+    st->barrier("done", p, 20s);
+  });
+}
+
+}  // namespace
+
+TEST_CASE("tcp transport, one and three streams per peer, ranks as threads") {
+  for (int streams : {1, 3}) {
+    CAPTURE(streams);
+    transport_roundtrip(3, [streams](store& st, int r, int p) {
+      tcp_options o;
+      o.streams = streams;
+      o.stripe_min_bytes = 4096;
+      return tcp_transport(st, r, p, "127.0.0.1", o);
+    });
+  }
+}
+
+TEST_CASE("shm transport with small slots (messages span many), ranks as threads") {
+  static std::atomic<int> job{0};
+  const std::string id = "test-" + std::to_string(::getpid()) + "-" + std::to_string(job++);
+  transport_roundtrip(3, [&](store& st, int r, int p) {
+    shm_options o;
+    o.slot_bytes = 4096;
+    o.slots = 3;
+    o.job_id = id;
+    return shm_transport(st, r, p, o);
+  });
+  for (const auto& e : std::filesystem::directory_iterator("/dev/shm")) {
+    CHECK(e.path().filename().string().find("collx-" + id) == std::string::npos);
+  }
+}
+
+TEST_CASE("a bad launch environment is refused with a clear error") {
+  ::setenv("RANK", "3", 1);
+  ::setenv("WORLD_SIZE", "2", 1);
+  CHECK_THROWS_AS(launch_from_env(), error);
+  ::setenv("RANK", "0", 1);
+  ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+  ::setenv("MASTER_PORT", "notaport", 1);
+  CHECK_THROWS_AS(launch_from_env(), error);
+  ::unsetenv("MASTER_ADDR");
+  ::unsetenv("MASTER_PORT");
+  ::setenv("COLLX_JOB_ID", "", 1);
+  ::unsetenv("COLLX_STORE_DIR");
+  CHECK_THROWS_AS(launch_from_env(), error);  // no rendezvous named at all
+  ::unsetenv("RANK");
+  ::unsetenv("WORLD_SIZE");
+  ::unsetenv("COLLX_JOB_ID");
+  CHECK(launch_from_env().launcher == "none");
+}
