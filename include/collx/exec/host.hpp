@@ -148,8 +148,14 @@ class host_executor {
           current = best;
           slot_of_[best] = free_slots_.back();
           free_slots_.pop_back();
-          t.recv(st.peer, call.env, {staging_.get() + slot_of_[best] * slot_bytes, st.dst.count * es},
-                 ops_[best]);
+          if (viewed(t, st.dst.count * es)) {
+            // The slot is only a token here: it bounds the views held, as it bounds staging.
+            if constexpr (one_sided_transport<T>)
+              t.recv_view(st.peer, call.env, st.dst.count * es, ops_[best]);
+          } else {
+            t.recv(st.peer, call.env, {staging_.get() + slot_of_[best] * slot_bytes, st.dst.count * es},
+                   ops_[best]);
+          }
           start_op(best);
           ++heads_[best_q];
           progressed = true;
@@ -172,8 +178,15 @@ class host_executor {
               ++k;
               continue;
             }
-            reduce(call.type, call.op, bytes(st.dst), bytes(st.src),
-                   staging_.get() + slot_of_[i] * slot_bytes, st.dst.count);
+            if (viewed(t, st.dst.count * es)) {
+              if constexpr (one_sided_transport<T>) {
+                reduce(call.type, call.op, bytes(st.dst), bytes(st.src), t.view(ops_[i]), st.dst.count);
+                t.release(ops_[i]);
+              }
+            } else {
+              reduce(call.type, call.op, bytes(st.dst), bytes(st.src),
+                     staging_.get() + slot_of_[i] * slot_bytes, st.dst.count);
+            }
             free_slots_.push_back(slot_of_[i]);
           }
           state_[i] = finished;
@@ -213,6 +226,16 @@ class host_executor {
   }
 
   static constexpr std::size_t slots() noexcept { return defaults::staging_slots; }
+
+  // Whether a receive-and-reduce of `bytes` reduces out of a view of the transport's
+  // memory rather than out of a staging slot.
+  static bool viewed([[maybe_unused]] const T& t, [[maybe_unused]] std::size_t bytes) noexcept {
+    if constexpr (one_sided_transport<T>) {
+      return bytes <= t.max_view_bytes();
+    } else {
+      return false;
+    }
+  }
 
   void start_op(std::size_t i) {
     state_[i] = started;

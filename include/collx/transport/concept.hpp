@@ -73,4 +73,17 @@ concept transport = std::movable<T> && std::default_initializable<typename T::op
   t.abort(kind, why);
 };
 
+// The one-sided face of a transport that maps its peers' memory (shared memory, CUDA
+// IPC): a receive can complete with a view of the message where it already lies, so
+// the executor reduces straight out of it instead of copying it into a staging slot
+// first. The view stays valid until release(); views of at most max_view_bytes().
+template <class T>
+concept one_sided_transport = transport<T> &&
+    requires(T& t, const T& ct, int peer, const envelope& env, std::size_t bytes, typename T::op& o) {
+  t.recv_view(peer, env, bytes, o);
+  { ct.view(o) } -> std::same_as<const std::byte*>;
+  t.release(o);
+  { ct.max_view_bytes() } -> std::convertible_to<std::size_t>;
+};
+
 }  // namespace collx

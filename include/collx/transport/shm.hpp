@@ -58,6 +58,15 @@ struct shm_options {
   // Names the segments /collx-<job>-<rank>; empty: COLLX_JOB_ID, else a fresh random id.
   std::string job_id;
   std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
+  // How long an idle rank polls its rings before it sleeps on the futex; COLLX_SHM_SPIN_US
+  // overrides. A pipeline segment arrives every few tens of microseconds, and a futex
+  // wake-up costs about as much, so a rank that sleeps between segments loses half its time.
+  std::chrono::microseconds spin{spin_from_env()};
+
+  static long long spin_from_env() {
+    const char* v = std::getenv("COLLX_SHM_SPIN_US");
+    return v != nullptr && *v != '\0' ? std::atoll(v) : 200;
+  }
 };
 
 namespace detail {
@@ -243,9 +252,11 @@ class shm_transport {
     if (progress()) return;
     // Spin a little: a peer that is mid-copy usually publishes within microseconds,
     // far sooner than a futex round trip.
-    const auto spin_until = detail::clock::now() + std::chrono::microseconds(20);
-    while (detail::clock::now() < spin_until) {
+    const auto spin_until = detail::clock::now() + std::min<std::chrono::nanoseconds>(opt_.spin, d);
+    for (unsigned k = 1; detail::clock::now() < spin_until; ++k) {
       if (progress()) return;
+      // More ranks than cores: let the peer we wait for run.
+      if (k % 64 == 0) std::this_thread::yield();
     }
     auto& c = control(rank_);
     const std::uint32_t seen = c.doorbell.load();
