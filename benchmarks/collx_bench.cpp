@@ -15,7 +15,12 @@
 // process); the other transports and the baselines come with their issues, and a
 // baseline that cannot run is listed as skipped with the reason.
 
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <collx/collx.hpp>
+#include <collx/init.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -24,11 +29,19 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "../tools/cli.hpp"
+#include "baselines.hpp"
+#if COLLX_BENCH_HAVE_MPI
+#include <collx/transport/mpi.hpp>
+#endif
 
 namespace {
 
@@ -143,10 +156,29 @@ long long count_wrong(const std::byte* got, const std::byte* want, std::size_t n
   return w;
 }
 
-// One size, out of place or in place, on every rank (thread); rank 0 fills the row.
-row measure(const settings& s, std::vector<communicator>& comms, std::size_t bytes, bool in_place) {
-  const int p = s.np;
+std::vector<std::string> split(std::string_view list) {
+  std::vector<std::string> out;
+  for (std::size_t p0 = 0; p0 <= list.size();) {
+    const std::size_t q = std::min(list.find(',', p0), list.size());
+    if (q > p0) out.emplace_back(list.substr(p0, q - p0));
+    p0 = q + 1;
+  }
+  return out;
+}
+
+void barrier(communicator& c) {
+  std::int32_t x = 0;
+  c.all_reduce(std::span(&x, 1), reduce_op::sum);
+}
+
+// One size, out of place or in place: every rank runs this with its communicator and
+// gets the same row back. Time is the slowest rank's, wrong the sum over ranks, both
+// agreed through the communicator itself.
+row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place) {
+  const int p = c.size();
+  const int r = c.rank();
   const auto up = static_cast<std::size_t>(p);
+  const auto ur = static_cast<std::size_t>(r);
   const std::size_t es = size_of(s.type);
   const bool whole_in = s.coll == collective::reduce_scatter;
   const std::size_t count = s.coll == collective::all_reduce ? bytes / es : bytes / es / up;  // per rank
@@ -156,77 +188,71 @@ row measure(const settings& s, std::vector<communicator>& comms, std::size_t byt
   out.bytes = s.coll == collective::all_reduce ? count * es : count * es * up;
   out.count = s.coll == collective::all_reduce ? count : count * up;
   out.in_place = in_place;
-  std::vector<double> seconds(up);
-  std::atomic<long long> wrong{0};
-  std::barrier sync(p);
   options o;
   o.algo = s.algo;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < p; ++r) {
-    threads.emplace_back([&, r] {
-      communicator& c = comms[static_cast<std::size_t>(r)];
-      const auto ur = static_cast<std::size_t>(r);
-      const std::size_t in_n = whole_in ? count * up : count;
-      const std::size_t out_n = s.coll == collective::all_gather ? count * up : count;
-      const std::size_t buf_n = in_place ? std::max(in_n, out_n) : 0;
-      std::vector<std::byte> in(in_n * es), outb(out_n * es), inplace(buf_n * es);
-      // Each rank's contribution: the vector it reduces, or its block of the gather.
-      fill(s.type, s.op, r, 0, in.data(), in_n, p);
-      std::byte* send = in.data();
-      std::byte* recv = outb.data();
-      auto prepare = [&] {
-        if (!in_place) return;
-        const std::size_t at = s.coll == collective::all_gather ? ur * count * es : 0;
-        std::memcpy(inplace.data() + at, in.data(), in_n * es);
-      };
-      if (in_place) {
-        send = s.coll == collective::all_gather ? inplace.data() + ur * count * es : inplace.data();
-        recv = s.coll == collective::reduce_scatter ? inplace.data() + ur * count * es : inplace.data();
-      }
-      auto once = [&] {
-        switch (s.coll) {
-          case collective::all_reduce: c.all_reduce(send, recv, count, s.type, s.op, o); break;
-          case collective::all_gather: c.all_gather(send, recv, count, s.type, o); break;
-          case collective::reduce_scatter: c.reduce_scatter(send, recv, count, s.type, s.op, o); break;
-        }
-      };
-      prepare();
-      for (int i = 0; i < s.warmup; ++i) once();
-      sync.arrive_and_wait();
-      const auto t0 = std::chrono::steady_clock::now();
-      for (int i = 0; i < s.iters; ++i) once();
-      seconds[ur] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / s.iters;
-      if (!s.check) return;
-      // One more call on fresh inputs, checked. The result region is poisoned first, so
-      // an element the call fails to write is counted, not left over from the timed calls.
-      if (in_place) {
-        std::memset(inplace.data(), 0xff, inplace.size());
-      } else {
-        std::memset(outb.data(), 0xff, outb.size());
-      }
-      prepare();
-      once();
-      const std::byte* got = recv;
-      if (s.plant_error && r == 0 && out_n > 0) const_cast<std::byte*>(got)[0] ^= std::byte{0x41};
-      if (s.coll == collective::all_gather) {
-        for (int j = 0; j < p; ++j) {
-          std::vector<std::byte> want(count * es);
-          fill(s.type, s.op, j, 0, want.data(), count, p);
-          wrong += count_wrong(got + static_cast<std::size_t>(j) * count * es, want.data(), count, es);
-        }
-      } else {
-        const std::size_t first = s.coll == collective::reduce_scatter ? ur * count : 0;
-        const auto want = expected(s, first, count);
-        wrong += count_wrong(got, want.data(), count, es);
-      }
-    });
+  const std::size_t in_n = whole_in ? count * up : count;
+  const std::size_t out_n = s.coll == collective::all_gather ? count * up : count;
+  const std::size_t buf_n = in_place ? std::max(in_n, out_n) : 0;
+  std::vector<std::byte> in(in_n * es), outb(out_n * es), inplace(buf_n * es);
+  // Each rank's contribution: the vector it reduces, or its block of the gather.
+  fill(s.type, s.op, r, 0, in.data(), in_n, p);
+  std::byte* send = in.data();
+  std::byte* recv = outb.data();
+  auto prepare = [&] {
+    if (!in_place) return;
+    const std::size_t at = s.coll == collective::all_gather ? ur * count * es : 0;
+    std::memcpy(inplace.data() + at, in.data(), in_n * es);
+  };
+  if (in_place) {
+    send = s.coll == collective::all_gather ? inplace.data() + ur * count * es : inplace.data();
+    recv = s.coll == collective::reduce_scatter ? inplace.data() + ur * count * es : inplace.data();
   }
-  for (auto& t : threads) t.join();
-  const double t = *std::max_element(seconds.begin(), seconds.end());
+  auto once = [&] {
+    switch (s.coll) {
+      case collective::all_reduce: c.all_reduce(send, recv, count, s.type, s.op, o); break;
+      case collective::all_gather: c.all_gather(send, recv, count, s.type, o); break;
+      case collective::reduce_scatter: c.reduce_scatter(send, recv, count, s.type, s.op, o); break;
+    }
+  };
+  prepare();
+  for (int i = 0; i < s.warmup; ++i) once();
+  barrier(c);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < s.iters; ++i) once();
+  double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / s.iters;
+  c.all_reduce(std::span(&t, 1), reduce_op::max);
+  long long wrong = 0;
+  if (s.check) {
+    // One more call on fresh inputs, checked. The result region is poisoned first, so
+    // an element the call fails to write is counted, not left over from the timed calls.
+    if (in_place) {
+      std::memset(inplace.data(), 0xff, inplace.size());
+    } else {
+      std::memset(outb.data(), 0xff, outb.size());
+    }
+    prepare();
+    once();
+    const std::byte* got = recv;
+    if (s.plant_error && r == 0 && out_n > 0) const_cast<std::byte*>(got)[0] ^= std::byte{0x41};
+    if (s.coll == collective::all_gather) {
+      std::vector<std::byte> want(count * es);
+      for (int j = 0; j < p; ++j) {
+        fill(s.type, s.op, j, 0, want.data(), count, p);
+        wrong += count_wrong(got + static_cast<std::size_t>(j) * count * es, want.data(), count, es);
+      }
+    } else {
+      const std::size_t first = s.coll == collective::reduce_scatter ? ur * count : 0;
+      const auto want = expected(s, first, count);
+      wrong += count_wrong(got, want.data(), count, es);
+    }
+    std::int64_t w = wrong;
+    c.all_reduce(std::span(&w, 1), reduce_op::sum);
+    wrong = w;
+  }
   out.time_us = t * 1e6;
   out.algbw = t > 0 ? static_cast<double>(out.bytes) / t / 1e9 : 0;
   out.busbw = out.algbw * cli::busbw_factor(s.coll, p);
-  out.wrong = s.check ? wrong.load() : -1;
+  out.wrong = s.check ? wrong : -1;
   return out;
 }
 
@@ -238,6 +264,335 @@ int usage() {
       "                   [-o sum|prod|min|max|avg] [-d float|double|half|bfloat16|int8|uint8|int32|int64]\n"
       "                   [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]\n");
   return 2;
+}
+
+// One implementation measured at every size: collx over a transport, or a baseline.
+// run() is collective (every rank calls it) and returns the out-of-place and in-place
+// rows, or nothing with `why` set.
+struct contender {
+  std::string impl;       // "collx", "mpi", "gloo"
+  std::string transport;  // collx's transport; the baseline's own otherwise
+  std::function<std::optional<std::pair<row, row>>(std::size_t bytes, std::string& why)> run;
+};
+
+struct result_row {
+  std::string impl;
+  std::string transport;
+  std::string algorithm;
+  row r;
+};
+
+contender collx_contender(const settings& s, communicator& c, std::string transport) {
+  return {"collx", std::move(transport), [&s, &c](std::size_t bytes, std::string&) {
+            return std::optional(std::pair(measure(s, c, bytes, false), measure(s, c, bytes, true)));
+          }};
+}
+
+bench::baseline_data baseline_checks(const settings& s) {
+  bench::baseline_data d;
+  d.fill = [&s](void* buf, int rank, std::size_t n) {
+    fill(s.type, s.op, rank, 0, static_cast<std::byte*>(buf), n, s.np);
+  };
+  d.check = [&s](const void* result, int rank, std::size_t n) -> long long {
+    const auto* got = static_cast<const std::byte*>(result);
+    const std::size_t es = size_of(s.type);
+    if (s.coll == collective::all_gather) {
+      const std::size_t count = n / static_cast<std::size_t>(s.np);
+      std::vector<std::byte> want(count * es);
+      long long w = 0;
+      for (int j = 0; j < s.np; ++j) {
+        fill(s.type, s.op, j, 0, want.data(), count, s.np);
+        w += count_wrong(got + static_cast<std::size_t>(j) * count * es, want.data(), count, es);
+      }
+      return w;
+    }
+    const std::size_t first = s.coll == collective::reduce_scatter ? static_cast<std::size_t>(rank) * n : 0;
+    const auto want = expected(s, first, n);
+    return count_wrong(got, want.data(), n, es);
+  };
+  return d;
+}
+
+// A baseline as a contender: the same sizes, inputs and reference as collx.
+template <class Baseline>
+contender baseline_contender(const settings& s, std::string impl, std::string transport, Baseline& b) {
+  return {std::move(impl), std::move(transport),
+          [&s, &b, data = baseline_checks(s)](std::size_t bytes,
+                                              std::string& why) -> std::optional<std::pair<row, row>> {
+            const std::size_t es = size_of(s.type);
+            const auto up = static_cast<std::size_t>(s.np);
+            const std::size_t count = s.coll == collective::all_reduce ? bytes / es : bytes / es / up;
+            std::pair<row, row> out;
+            for (bool ip : {false, true}) {
+              bench::baseline_case bc;
+              bc.coll = s.coll;
+              bc.type = s.type;
+              bc.op = s.op;
+              bc.count = count;
+              bc.in_place = ip;
+              bc.iters = s.iters;
+              bc.warmup = s.warmup;
+              bc.check = s.check;
+              const auto res = b.run(bc, why, data);
+              if (!res) return std::nullopt;
+              row& x = ip ? out.second : out.first;
+              x.bytes = s.coll == collective::all_reduce ? count * es : count * es * up;
+              x.count = s.coll == collective::all_reduce ? count : count * up;
+              x.in_place = ip;
+              x.time_us = res->time_us;
+              const double t = res->time_us * 1e-6;
+              x.algbw = t > 0 ? static_cast<double>(x.bytes) / t / 1e9 : 0;
+              x.busbw = x.algbw * cli::busbw_factor(s.coll, s.np);
+              x.wrong = res->wrong;
+            }
+            return out;
+          }};
+}
+
+void print_header(const settings& s, const std::string& where) {
+  std::printf("# collx-bench %s: %s, algorithm %s, %d ranks (%s)\n", version_string,
+              std::string(to_string(s.coll)).c_str(), std::string(to_string(s.algo)).c_str(), s.np,
+              where.c_str());
+  std::printf("#  nIters %d  warmup %d  check %d  type %s  redop %s\n#\n", s.iters, s.warmup, s.check ? 1 : 0,
+              dtype_name(s.type), std::string(to_string(s.op)).c_str());
+  std::printf("# %62s %34s\n", "out-of-place", "in-place");
+  std::printf("# %10s %12s %8s %6s %6s %9s %7s %7s %6s %9s %7s %7s %6s  %-10s %s\n", "size", "count", "type",
+              "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong", "impl",
+              "collx/peer busbw");
+  std::printf("# %10s %12s %8s %6s %6s %9s %7s %7s %6s %9s %7s %7s %6s\n", "(B)", "(elements)", "", "", "",
+              "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
+}
+
+// The sweep: at each size every contender in turn, so that collx and its peers see the
+// same machine state. Rank 0 prints and writes the files; returns the exit status.
+int sweep(const settings& s, std::vector<contender>& who,
+          const std::vector<std::pair<std::string, std::string>>& skipped, bool print, int nodes) {
+  std::vector<result_row> rows;
+  long long wrong_total = 0;
+  double bus_sum = 0;
+  int bus_n = 0;
+  std::vector<std::string> failed(who.size());  // a baseline that could not run, and why
+  const std::size_t unit =
+      size_of(s.type) * (s.coll == collective::all_reduce ? 1 : static_cast<std::size_t>(s.np));
+  for (double b = s.min_bytes; b <= s.max_bytes * 1.000001; b *= s.factor) {
+    const auto bytes = static_cast<std::size_t>(b) / unit * unit;
+    std::vector<std::optional<std::pair<row, row>>> got(who.size());
+    for (std::size_t k = 0; k < who.size(); ++k) {
+      if (!failed[k].empty()) continue;
+      got[k] = who[k].run(bytes, failed[k]);
+      if (!got[k] && failed[k].empty()) failed[k] = "failed";
+    }
+    for (std::size_t k = 0; k < who.size(); ++k) {
+      if (!got[k]) continue;
+      const auto& [oop, ip] = *got[k];
+      const std::string label = who[k].impl == "collx" ? "collx/" + who[k].transport : who[k].impl;
+      std::string ratio;
+      if (who[k].impl != "collx") {
+        for (std::size_t j = 0; j < who.size(); ++j) {
+          if (who[j].impl != "collx" || !got[j] || oop.busbw <= 0) continue;
+          char buf[64];
+          std::snprintf(buf, sizeof buf, "%s%s %.2fx", ratio.empty() ? "" : "  ", who[j].transport.c_str(),
+                        got[j]->first.busbw / oop.busbw);
+          ratio += buf;
+        }
+      }
+      if (print) {
+        std::printf("  %10zu %12zu %8s %6s %6d %9.2f %7.2f %7.2f %6lld %9.2f %7.2f %7.2f %6lld  %-10s %s\n",
+                    oop.bytes, oop.count, dtype_name(s.type), std::string(to_string(s.op)).c_str(), -1,
+                    oop.time_us, oop.algbw, oop.busbw, oop.wrong, ip.time_us, ip.algbw, ip.busbw, ip.wrong,
+                    label.c_str(), ratio.c_str());
+      }
+      for (const row& x : {oop, ip}) {
+        const std::string algo = who[k].impl == "collx" ? std::string(to_string(x.algo))
+                                 : who[k].impl == "mpi" ? "MPI default"
+                                                        : "ring";
+        rows.push_back({who[k].impl, who[k].transport, algo, x});
+        wrong_total += std::max(0LL, x.wrong);
+        if (who[k].impl == "collx") {
+          bus_sum += x.busbw;
+          ++bus_n;
+        }
+      }
+    }
+    if (print) {
+      std::fflush(stdout);
+      std::fprintf(stderr, "collx-bench: %zu bytes done\n", bytes);
+    }
+  }
+  if (!print) return wrong_total == 0 ? 0 : 1;
+  for (const auto& [name, why] : skipped)
+    std::printf("# baseline %-5s: skipped (%s)\n", name.c_str(), why.c_str());
+  for (std::size_t k = 0; k < who.size(); ++k) {
+    if (!failed[k].empty())
+      std::printf("# baseline %-5s: skipped (%s)\n", who[k].impl.c_str(), failed[k].c_str());
+  }
+  std::printf("# Out of bounds values : %lld %s\n", wrong_total, wrong_total == 0 ? "OK" : "FAILED");
+  std::printf("# Avg bus bandwidth    : %g\n#\n", bus_n ? bus_sum / bus_n : 0.0);
+
+  if (!s.json.empty()) {
+    std::ofstream f(s.json);
+    f << "[\n";
+    for (std::size_t k = 0; k < rows.size(); ++k) {
+      const auto& [impl, transport, algo, x] = rows[k];
+      f << "  {\"impl\": \"" << impl << "\", \"collective\": \"" << to_string(s.coll)
+        << "\", \"algorithm\": \"" << algo << "\", \"transport\": \"" << transport
+        << "\", \"ranks\": " << s.np << ", \"nodes\": " << nodes << ", \"bytes\": " << x.bytes
+        << ", \"count\": " << x.count << ", \"dtype\": \"" << dtype_name(s.type) << "\", \"op\": \""
+        << to_string(s.op) << "\", \"in_place\": " << (x.in_place ? "true" : "false")
+        << ", \"time_us\": " << x.time_us << ", \"algbw_gbps\": " << x.algbw
+        << ", \"busbw_gbps\": " << x.busbw << ", \"wrong\": " << x.wrong << "}"
+        << (k + 1 < rows.size() ? ",\n" : "\n");
+    }
+    f << "]\n";
+  }
+  if (!s.csv.empty()) {
+    std::ofstream f(s.csv);
+    f << "impl,collective,algorithm,transport,ranks,nodes,bytes,count,dtype,op,in_place,time_us,algbw_gbps,"
+         "busbw_gbps,wrong\n";
+    for (const auto& [impl, transport, algo, x] : rows) {
+      f << impl << "," << to_string(s.coll) << "," << algo << "," << transport << "," << s.np << "," << nodes
+        << "," << x.bytes << "," << x.count << "," << dtype_name(s.type) << "," << to_string(s.op) << ","
+        << (x.in_place ? 1 : 0) << "," << x.time_us << "," << x.algbw << "," << x.busbw << "," << x.wrong
+        << "\n";
+    }
+  }
+  return wrong_total == 0 ? 0 : 1;
+}
+
+const char* nccl_why() { return "needs a GPU and the CUDA transport, which this build does not have yet"; }
+
+// --transport local: the ranks are threads of this process; there are no peers to
+// compare with, since MPI and Gloo need processes.
+int run_threads(settings s) {
+  local_world world(s.np);
+  std::vector<std::pair<std::string, std::string>> skipped;
+  for (const auto& peer : s.vs) {
+    skipped.emplace_back(
+        peer, peer == "nccl" ? nccl_why()
+              : peer == "mpi" || peer == "gloo"
+                  ? "runs beside collx's process transports: --transport shm,tcp (under mpirun for mpi)"
+                  : "unknown baseline");
+  }
+  std::vector<int> status(static_cast<std::size_t>(s.np));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < s.np; ++r) {
+    threads.emplace_back([&, r] {
+      communicator c(world.transport(r));
+      std::vector<contender> who{collx_contender(s, c, "local")};
+      if (r == 0) print_header(s, "threads of one process, 1 node");
+      status[static_cast<std::size_t>(r)] = sweep(s, who, skipped, r == 0, 1);
+    });
+  }
+  for (auto& t : threads) t.join();
+  return *std::max_element(status.begin(), status.end());
+}
+
+// Started by a launcher (collx-run, mpirun, torchrun): this process is one rank.
+int run_process(settings s, const launch_info& li, const std::vector<std::string>& transports) {
+  s.np = li.size;
+  std::vector<std::pair<std::string, std::string>> skipped;
+  std::unique_ptr<bench::mpi_baseline> mpi;
+  std::unique_ptr<bench::gloo_baseline> gloo;
+  std::vector<contender> who;
+  std::vector<communicator> comms;
+  comms.reserve(transports.size());
+  const bool want_mpi = std::find(transports.begin(), transports.end(), "mpi") != transports.end() ||
+                        std::find(s.vs.begin(), s.vs.end(), "mpi") != s.vs.end();
+#if COLLX_BENCH_HAVE_MPI
+  // MPI initialized for collx's MPI transport (threads serialized), then shared by the
+  // baseline; finalized when the process ends.
+  static std::optional<mpi_session> session;
+  if (li.launcher == "mpirun") session.emplace();
+#endif
+  if (want_mpi) mpi = std::make_unique<bench::mpi_baseline>();
+  const communicator_config cfg;
+  std::shared_ptr<collx::store> st;
+  for (const auto& t : transports) {
+    if (t == "mpi") {
+#if COLLX_BENCH_HAVE_MPI
+      if (!mpi->why_not().empty())
+        throw error(errc::unsupported, "collx-bench", li.rank, error::no_rank,
+                    "--transport mpi: " + mpi->why_not());
+      comms.emplace_back(mpi_transport(MPI_COMM_WORLD), cfg);
+#else
+      throw error(errc::unsupported, "collx-bench", li.rank, error::no_rank,
+                  "--transport mpi: built without MPI");
+#endif
+    } else {
+      if (!st) st = store_from(li, cfg.timeout);
+      comms.push_back(make_communicator(st, li, t, cfg, "collx-bench"));
+    }
+    who.push_back(collx_contender(s, comms.back(), t));
+  }
+  if (st) detail::retire_store(*st, li, cfg.timeout);
+  for (const auto& peer : s.vs) {
+    std::string why;
+    if (peer == "mpi") {
+      if (mpi->why_not().empty()) {
+        who.push_back(baseline_contender(s, "mpi", "mpi", *mpi));
+      } else {
+        skipped.emplace_back(peer, mpi->why_not());
+      }
+    } else if (peer == "gloo") {
+      gloo = bench::gloo_baseline::from_environment(why);
+      if (gloo) {
+        who.push_back(baseline_contender(s, "gloo", "tcp", *gloo));
+      } else {
+        skipped.emplace_back(peer, why);
+      }
+    } else {
+      skipped.emplace_back(peer, peer == "nccl" ? nccl_why() : "unknown baseline");
+    }
+  }
+  if (li.rank == 0) {
+    print_header(
+        s, li.launcher == "mpirun" ? "processes started by mpirun" : "processes started by " + li.launcher);
+  }
+  return sweep(s, who, skipped, li.rank == 0, 1);
+}
+
+// No launcher: start --np ranks of this very program, as collx-run would, and wait.
+int spawn_ranks(const settings& s, char** argv) {
+  const std::string port = [] {
+    detail::fd_t fd = detail::listen_on("127.0.0.1", "0");
+    return detail::split_endpoint(detail::local_endpoint(fd.get())).second;
+  }();
+  char job[40];
+  std::snprintf(job, sizeof job, "bench-%d-%08x", static_cast<int>(::getpid()), std::random_device{}());
+  std::vector<pid_t> kids;
+  for (int r = 0; r < s.np; ++r) {
+    const pid_t pid = ::fork();
+    if (pid < 0) throw error(errc::transport, "collx-bench", error::no_rank, error::no_rank, "fork failed");
+    if (pid == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      const std::string rank = std::to_string(r), size = std::to_string(s.np);
+      ::setenv("RANK", rank.c_str(), 1);
+      ::setenv("LOCAL_RANK", rank.c_str(), 1);
+      ::setenv("WORLD_SIZE", size.c_str(), 1);
+      ::setenv("LOCAL_WORLD_SIZE", size.c_str(), 1);
+      ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+      ::setenv("MASTER_PORT", port.c_str(), 1);
+      ::setenv("COLLX_JOB_ID", job, 1);
+      ::execv("/proc/self/exe", argv);
+      std::perror("collx-bench: exec");
+      ::_exit(127);
+    }
+    kids.push_back(pid);
+  }
+  int worst = 0;
+  for (std::size_t left = kids.size(); left > 0; --left) {
+    int st = 0;
+    const pid_t pid = ::wait(&st);
+    if (pid < 0) break;
+    const int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    if (code != 0 && worst == 0) {
+      worst = code;
+      for (pid_t k : kids) {
+        if (k != pid) ::kill(k, SIGTERM);
+      }
+    }
+  }
+  return worst;
 }
 
 }  // namespace
@@ -284,12 +639,7 @@ int main(int argc, char** argv) {
     } else if (a == "-d") {
       ok = parse_dtype(v, s.type);
     } else if (a == "--vs") {
-      std::string list(v);
-      for (std::size_t p0 = 0; p0 <= list.size();) {
-        const std::size_t q = std::min(list.find(',', p0), list.size());
-        if (q > p0) s.vs.push_back(list.substr(p0, q - p0));
-        p0 = q + 1;
-      }
+      s.vs = split(v);
     } else if (a == "--json") {
       s.json = std::string(v);
     } else if (a == "--csv") {
@@ -302,13 +652,7 @@ int main(int argc, char** argv) {
       return usage();
     }
   }
-  if (s.transport != "local") {
-    std::fprintf(stderr,
-                 "collx-bench: transport '%s' is not built yet; this build has the in-process transport "
-                 "('local') only\n",
-                 s.transport.c_str());
-    return 2;
-  }
+
   if ((s.type == dtype::f16 || s.type == dtype::bf16) && s.np > 256 && s.check) {
     std::fprintf(stderr, "collx-bench: past 256 ranks a 16-bit float sum is no longer exact: use -c 0\n");
     return 2;
@@ -323,80 +667,26 @@ int main(int argc, char** argv) {
                  std::string(to_string(s.coll)).c_str());
     return 2;
   }
-
-  local_world world(s.np);
-  std::vector<communicator> comms;
-  comms.reserve(static_cast<std::size_t>(s.np));
-  for (int r = 0; r < s.np; ++r) comms.emplace_back(world.transport(r));
-
-  std::printf("# collx-bench %s: %s, algorithm %s, transport %s, %d ranks (threads of one process), 1 node\n",
-              version_string, std::string(to_string(s.coll)).c_str(), std::string(to_string(s.algo)).c_str(),
-              s.transport.c_str(), s.np);
-  std::printf("#  nIters %d  warmup %d  check %d\n#\n", s.iters, s.warmup, s.check ? 1 : 0);
-  std::printf("# %62s %34s\n", "out-of-place", "in-place");
-  std::printf("# %10s %12s %8s %6s %6s %9s %7s %7s %6s %9s %7s %7s %6s\n", "size", "count", "type", "redop",
-              "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong");
-  std::printf("# %10s %12s %8s %6s %6s %9s %7s %7s %6s %9s %7s %7s %6s\n", "(B)", "(elements)", "", "", "",
-              "(us)", "(GB/s)", "(GB/s)", "", "(us)", "(GB/s)", "(GB/s)", "");
-  std::vector<row> rows;
-  long long wrong_total = 0;
-  double bus_sum = 0;
-  int bus_n = 0;
-  const std::size_t unit =
-      size_of(s.type) * (s.coll == collective::all_reduce ? 1 : static_cast<std::size_t>(s.np));
-  for (double b = s.min_bytes; b <= s.max_bytes * 1.000001; b *= s.factor) {
-    const auto bytes = static_cast<std::size_t>(b) / unit * unit;
-    const row oop = measure(s, comms, bytes, false);
-    const row ip = measure(s, comms, bytes, true);
-    std::printf("  %10zu %12zu %8s %6s %6d %9.2f %7.2f %7.2f %6lld %9.2f %7.2f %7.2f %6lld\n", oop.bytes,
-                oop.count, dtype_name(s.type), std::string(to_string(s.op)).c_str(), -1, oop.time_us,
-                oop.algbw, oop.busbw, oop.wrong, ip.time_us, ip.algbw, ip.busbw, ip.wrong);
-    std::fflush(stdout);
-    std::fprintf(stderr, "collx-bench: %zu bytes done\n", oop.bytes);
-    for (const row& x : {oop, ip}) {
-      rows.push_back(x);
-      wrong_total += std::max(0LL, x.wrong);
-      bus_sum += x.busbw;
-      ++bus_n;
+  const auto transports = split(s.transport);
+  bool local = false;
+  for (const auto& t : transports) {
+    if (t != "local" && t != "shm" && t != "tcp" && t != "mpi") {
+      std::fprintf(stderr, "collx-bench: unknown transport '%s' (local, shm, tcp, mpi)\n", t.c_str());
+      return 2;
     }
+    local = local || t == "local";
   }
-  for (const auto& peer : s.vs) {
-    const char* why = peer == "nccl"
-                          ? "needs a GPU and the CUDA transport, which this build does not have yet"
-                      : peer == "mpi"  ? "needs the MPI transport and a launch under mpirun, not built yet"
-                      : peer == "gloo" ? "needs the Gloo baseline over TCP, not built yet"
-                                       : "unknown baseline";
-    std::printf("# baseline %-5s: skipped (%s)\n", peer.c_str(), why);
+  if (local && transports.size() > 1) {
+    std::fprintf(stderr, "collx-bench: the local transport (ranks as threads) runs alone\n");
+    return 2;
   }
-  std::printf("# Out of bounds values : %lld %s\n", wrong_total, wrong_total == 0 ? "OK" : "FAILED");
-  std::printf("# Avg bus bandwidth    : %g\n#\n", bus_n ? bus_sum / bus_n : 0.0);
-
-  if (!s.json.empty()) {
-    std::ofstream f(s.json);
-    f << "[\n";
-    for (std::size_t k = 0; k < rows.size(); ++k) {
-      const row& x = rows[k];
-      f << "  {\"impl\": \"collx\", \"collective\": \"" << to_string(s.coll) << "\", \"algorithm\": \""
-        << to_string(x.algo) << "\", \"transport\": \"" << s.transport << "\", \"ranks\": " << s.np
-        << ", \"nodes\": 1, \"bytes\": " << x.bytes << ", \"count\": " << x.count << ", \"dtype\": \""
-        << dtype_name(s.type) << "\", \"op\": \"" << to_string(s.op)
-        << "\", \"in_place\": " << (x.in_place ? "true" : "false") << ", \"time_us\": " << x.time_us
-        << ", \"algbw_gbps\": " << x.algbw << ", \"busbw_gbps\": " << x.busbw << ", \"wrong\": " << x.wrong
-        << "}" << (k + 1 < rows.size() ? ",\n" : "\n");
-    }
-    f << "]\n";
+  try {
+    if (local) return run_threads(s);
+    const launch_info li = launch_from_env();
+    if (li.launcher == "none") return spawn_ranks(s, argv);
+    return run_process(s, li, transports);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "collx-bench: %s\n", e.what());
+    return 1;
   }
-  if (!s.csv.empty()) {
-    std::ofstream f(s.csv);
-    f << "impl,collective,algorithm,transport,ranks,nodes,bytes,count,dtype,op,in_place,time_us,algbw_gbps,"
-         "busbw_gbps,"
-         "wrong\n";
-    for (const row& x : rows) {
-      f << "collx," << to_string(s.coll) << "," << to_string(x.algo) << "," << s.transport << "," << s.np
-        << ",1," << x.bytes << "," << x.count << "," << dtype_name(s.type) << "," << to_string(s.op) << ","
-        << (x.in_place ? 1 : 0) << "," << x.time_us << "," << x.algbw << "," << x.busbw << "," << x.wrong
-        << "\n";
-    }
-  }
-  return wrong_total == 0 ? 0 : 1;
 }

@@ -12,9 +12,15 @@ need cmake command -v cmake
 need g++ command -v g++
 need make command -v make
 need doctest-dev test -f /usr/include/doctest/doctest.h
+# The multi-process tests run the mpi transport under mpirun; the baseline tests use
+# MPI and Gloo.
+need openmpi-bin command -v mpirun
+need libopenmpi-dev command -v mpicxx
+need libgloo-dev test -f /usr/include/gloo/allreduce_ring.h
 if [ "${1:-}" = bench ]; then
   need libbenchmark-dev test -f /usr/include/benchmark/benchmark.h
   need python3-matplotlib /usr/bin/python3 -c "import matplotlib"
+  need iperf3 command -v iperf3
 fi
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
