@@ -180,6 +180,8 @@ class shm_transport {
       throw error(errc::invalid_argument, "shm_transport", rank, error::no_rank,
                   "rank " + std::to_string(rank) + " of " + std::to_string(size));
     }
+    const long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
+    oversubscribed_ = cpus > 0 && size > cpus;
     if (opt_.slots < 2 || opt_.slot_bytes < 4096 || opt_.slot_bytes % 64 != 0) {
       throw error(errc::invalid_argument, "shm_transport", rank, error::no_rank,
                   "needs at least 2 slots of at least 4096 bytes, a multiple of 64");
@@ -253,10 +255,13 @@ class shm_transport {
     // Spin a little: a peer that is mid-copy usually publishes within microseconds,
     // far sooner than a futex round trip.
     const auto spin_until = detail::clock::now() + std::min<std::chrono::nanoseconds>(opt_.spin, d);
-    for (unsigned k = 1; detail::clock::now() < spin_until; ++k) {
+    for (unsigned k = 1;; ++k) {
       if (progress()) return;
-      // More ranks than cores: let the peer we wait for run.
-      if (k % 64 == 0) std::this_thread::yield();
+      if (k % 16 != 0) continue;
+      if (detail::clock::now() >= spin_until) break;
+      // More ranks than cores: let the peer we wait for run. (A yield is a system call,
+      // about a microsecond here, too dear when every rank has its own core.)
+      if (oversubscribed_) std::this_thread::yield();
     }
     auto& c = control(rank_);
     const std::uint32_t seen = c.doorbell.load();
@@ -285,7 +290,7 @@ class shm_transport {
     for (int q = 0; q < size_; ++q) {
       if (q == rank_) continue;
       fail_peer(q, kind, "this rank aborted: " + std::string(why), true);
-      ring_doorbell(q);
+      wake(q);
     }
   }
 
@@ -349,10 +354,20 @@ class shm_transport {
     if (q.size() == 1) pump_recv(peer);
   }
 
+  // After publishing a head or tail: wakes r if it sleeps. The fence pairs with the one
+  // r runs between announcing its sleep and looking at its rings one last time, so
+  // either r sees what was published or this sees r asleep. A rank that is awake is not
+  // touched: bumping its doorbell on every message would bounce a cache line between
+  // the cores each time.
   void ring_doorbell(int r) {
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (control(r).sleeping.load(std::memory_order_relaxed) != 0) wake(r);
+  }
+
+  void wake(int r) {
     auto& c = control(r);
     c.doorbell.fetch_add(1);
-    if (c.sleeping.load() != 0) detail::futex(&c.doorbell, FUTEX_WAKE, 1, nullptr);
+    detail::futex(&c.doorbell, FUTEX_WAKE, 1, nullptr);
   }
 
   bool progress() {
@@ -604,6 +619,7 @@ class shm_transport {
 
   int rank_ = 0;
   int size_ = 0;
+  bool oversubscribed_ = false;  // more ranks on this host than online CPUs
   shm_options opt_;
   std::vector<detail::shm_mapping> segs_;
   std::vector<peer_state> peers_;
