@@ -23,11 +23,10 @@ build: configure
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
-# The default sweep: all-reduce, f32 sum, 8 B to 64 MiB, 2 ranks. Today over the
-# in-process transport only; the baselines say why they are skipped.
+# The default sweep: all-reduce, f32 sum, 8 B to 64 MiB, 2 ranks, collx over shm and
+# tcp beside Open MPI and Gloo in the same run, the loopback limit (iperf3), the plot.
 bench: bench-deps build
-	$(BUILD)/collx-bench --np 2 -b 8 -e 64M -f 2 --vs mpi,gloo --json $(BUILD)/bench.json --csv $(BUILD)/bench.csv
-	/usr/bin/python3 benchmarks/plot $(BUILD)/bench.json $(BUILD)/bench
+	sh tools/bench.sh $(BUILD)
 
 format:
 	clang-format -i $$(git ls-files '*.hpp' '*.cpp')

@@ -1,8 +1,8 @@
 // collx-bench: the nccl-tests-style harness.
 //
-//   collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto] [--transport local]
-//               [--np N] [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
-//               [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
+//   collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]
+//               [--transport local|shm,tcp,mpi] [--np N] [-b 8] [-e 64M] [-f 2] [-n 20]
+//               [-w 5] [-c 1] [-o sum] [-d float] [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
 //
 // Options mean what they mean in nccl-tests. size is nccl-tests' size: the whole buffer
 // of all-reduce, the whole gathered (all-gather) or scattered (reduce-scatter) buffer.
@@ -11,9 +11,12 @@
 // With -c 1 every rank checks its result against a serial reduction of the inputs it
 // can compute for every rank; #wrong counts the elements that differ.
 //
-// Today the harness runs the in-process transport only (ranks as threads of this
-// process); the other transports and the baselines come with their issues, and a
-// baseline that cannot run is listed as skipped with the reason.
+// Ranks: --transport local runs them as threads of this process. Every other transport
+// runs them as processes: those of a launcher (collx-run, mpirun, srun, torchrun-style
+// environment), or, with none, --np N processes forked from this one. Several process
+// transports (--transport shm,tcp) and the baselines (--vs) are measured size by size
+// in the same run, so that their figures share the machine's state. A baseline that
+// cannot run is listed as skipped with the reason.
 
 #include <signal.h>
 #include <sys/prctl.h>
@@ -259,8 +262,9 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
 int usage() {
   std::fprintf(
       stderr,
-      "usage: collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto] [--transport local]\n"
-      "                   [--np N] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP] [-c 0|1]\n"
+      "usage: collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]\n"
+      "                   [--transport local|shm,tcp,mpi] [--np N] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] "
+      "[-w WARMUP] [-c 0|1]\n"
       "                   [-o sum|prod|min|max|avg] [-d float|double|half|bfloat16|int8|uint8|int32|int64]\n"
       "                   [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]\n");
   return 2;
