@@ -13,7 +13,7 @@
 
 #include <collx/init.hpp>
 #if COLLX_HAVE_MPI
-#include <collx/transport/mpi.hpp>
+#include <collx/init_mpi.hpp>
 #endif
 
 #include <chrono>
@@ -232,11 +232,14 @@ int main(int argc, char** argv) {
     communicator_config cfg;
     if (scenario != "collectives") cfg.timeout = std::chrono::seconds(20);
 #if COLLX_HAVE_MPI
-    // COLLX_TRANSPORT=mpi under mpirun: MPI point-to-point instead of shm or tcp.
+    // Under mpirun with COLLX_INIT=mpi (or COLLX_TRANSPORT=mpi): met through MPI
+    // (init_from_mpi); otherwise through the launcher's environment (init_from_env).
     std::optional<mpi_session> mpi;
     const char* t = std::getenv("COLLX_TRANSPORT");
-    if (t != nullptr && std::string(t) == "mpi") mpi.emplace();
-    communicator comm = mpi ? communicator(mpi_transport(), cfg) : init_from_env(cfg);
+    const char* how = std::getenv("COLLX_INIT");
+    if ((t != nullptr && std::string(t) == "mpi") || (how != nullptr && std::string(how) == "mpi"))
+      mpi.emplace();
+    communicator comm = mpi ? init_from_mpi(MPI_COMM_WORLD, cfg) : init_from_env(cfg);
 #else
     communicator comm = init_from_env(cfg);
 #endif

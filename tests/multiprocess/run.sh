@@ -1,11 +1,15 @@
 #!/bin/sh
 # One multi-process test: run.sh LAUNCHER WORKER TRANSPORT NP SCENARIO
 #   LAUNCHER  path to collx-run, or "mpirun:PATH" to launch with Open MPI's mpirun
-#   SCENARIO  collectives | kill | mismatch   (see mp_worker.cpp)
+#   SCENARIO  collectives | kill | mismatch   (see mp_worker.cpp), optionally -mpi-init
 # Checks what every rank reported, that nothing hung, and that no shared-memory
 # segment of the job is left in /dev/shm.
 set -u
 launcher=$1 worker=$2 transport=$3 np=$4 scenario=$5
+# SCENARIO-mpi-init: the ranks meet through MPI (init_from_mpi) instead of the environment.
+COLLX_INIT=env
+case $scenario in *-mpi-init) scenario=${scenario%-mpi-init} COLLX_INIT=mpi ;; esac
+export COLLX_INIT
 job="t$$-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -15,7 +19,7 @@ case $launcher in
   mpirun:*)
     export OMPI_MCA_mpi_yield_when_idle=1
     timeout 240 "${launcher#mpirun:}" --allow-run-as-root --oversubscribe -np "$np" \
-      -x COLLX_TRANSPORT -x COLLX_JOB_ID -x OMPI_MCA_mpi_yield_when_idle "$worker" "$scenario" 1 >"$out" 2>&1
+      -x COLLX_TRANSPORT -x COLLX_JOB_ID -x COLLX_INIT -x OMPI_MCA_mpi_yield_when_idle "$worker" "$scenario" 1 >"$out" 2>&1
     ;;
   *)
     timeout 240 "$launcher" -n "$np" -- "$worker" "$scenario" 1 >"$out" 2>&1

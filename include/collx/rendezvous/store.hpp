@@ -5,7 +5,7 @@
 // stores, one interface:
 //   tcp_store   served by rank 0 at MASTER_ADDR:MASTER_PORT, torchrun's env:// convention
 //   file_store  a directory every rank can see (one host, or a shared file system)
-// Under mpirun, rendezvous/mpi.hpp starts a tcp_store and tells the ranks where it is.
+// Under mpirun, init_mpi.hpp (init_from_mpi) starts a tcp_store and tells the ranks where it is.
 //
 // get() waits for a key that another rank has yet to set, always up to a deadline.
 
@@ -258,13 +258,24 @@ class store_server {
 // job's communicators are gone.
 class tcp_store final : public store {
  public:
+  // serve: this process runs the server, listening on host:port; port 0 takes a free
+  // one (port() says which), and an empty host listens on every interface.
   tcp_store(const std::string& host, std::uint16_t port, bool serve, std::chrono::milliseconds timeout)
-      : who_("the store at " + host + ":" + std::to_string(port)), timeout_(timeout) {
-    if (serve)
-      server_ =
-          std::make_unique<detail::store_server>(detail::listen_on(host, std::to_string(port)), timeout);
-    fd_ = detail::connect_to(host, std::to_string(port), detail::clock::now() + timeout);
+      : port_(port), timeout_(timeout) {
+    if (serve) {
+      auto listener = detail::listen_on(host, std::to_string(port));
+      if (port == 0) {
+        port_ = static_cast<std::uint16_t>(
+            std::stoi(detail::split_endpoint(detail::local_endpoint(listener.get())).second));
+      }
+      server_ = std::make_unique<detail::store_server>(std::move(listener), timeout);
+    }
+    const std::string to = host.empty() ? std::string("127.0.0.1") : host;
+    who_ = "the store at " + to + ":" + std::to_string(port_);
+    fd_ = detail::connect_to(to, std::to_string(port_), detail::clock::now() + timeout);
   }
+
+  std::uint16_t port() const { return port_; }
 
   void set(std::string_view key, std::string_view value) override {
     request(detail::store_cmd::set, key, value.size());
@@ -311,6 +322,7 @@ class tcp_store final : public store {
     }
   }
 
+  std::uint16_t port_;
   std::string who_;
   std::chrono::milliseconds timeout_;
   std::unique_ptr<detail::store_server> server_;  // rank 0 only; declared before fd_: outlives it
