@@ -48,7 +48,8 @@ inline constexpr cost_params local_transport_model{13e-6, 0.1e-9, 0.1e-9};
 struct communicator_config {
   // Bound on every call; COLLX_TIMEOUT (seconds) overrides this default.
   std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
-  std::size_t segment_bytes = defaults::segment_bytes;
+  // Pipeline segment; COLLX_SEGMENT_BYTES overrides this default.
+  std::size_t segment_bytes = detail::segment_from_env(defaults::segment_bytes);
   // The algorithm for calls that do not name one; COLLX_ALGO overrides this default.
   algorithm algo = algorithms::algorithm_from_env(algorithm::automatic);
   // What the automatic choice prices algorithms with: what collx-calibrate measured

@@ -36,5 +36,16 @@ inline std::chrono::milliseconds timeout_from_env(std::chrono::milliseconds fall
   return std::chrono::milliseconds(static_cast<long long>(seconds * 1000.0 + 0.5));
 }
 
+// COLLX_SEGMENT_BYTES (as NCCL_BUFFSIZE) overrides the default pipeline segment; a
+// malformed or tiny value is ignored.
+inline std::size_t segment_from_env(std::size_t fallback) {
+  const char* v = std::getenv("COLLX_SEGMENT_BYTES");
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const unsigned long long b = std::strtoull(v, &end, 10);
+  if (end == v || *end != '\0' || b < 4096 || b > (1ull << 34)) return fallback;
+  return static_cast<std::size_t>(b);
+}
+
 }  // namespace detail
 }  // namespace collx
