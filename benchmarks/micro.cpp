@@ -2,12 +2,15 @@
 //   reduce/<type>/<op>: the host reduction loop, bytes = two operands read + one written
 //   memcpy: the copy it is compared with, bytes = one read + one written
 //   build/ring/<p>: building one rank's ring all-reduce schedule for p ranks
-//   local_pingpong/<bytes>: a message there and back over the in-process transport
+//   {local,shm,tcp}_pingpong/<bytes>: a message there and back between two ranks (threads
+//   of this process, each with its own endpoint) over the in-process, shared-memory and
+//   TCP transports; bytes/s counts both directions
 //
 //   build/benchmarks/collx-micro [--benchmark_filter=reduce]
 
 #include <benchmark/benchmark.h>
 #include <collx/collx.hpp>
+#include <collx/init.hpp>
 
 #include <cstring>
 #include <thread>
@@ -55,42 +58,73 @@ void bm_build_ring(benchmark::State& state) {
   state.counters["ranks"] = p;
 }
 
-// Rank 1 echoes every message until it gets an empty one.
-void bm_local_pingpong(benchmark::State& state) {
+// A message there and back between two ranks, each a thread with its own endpoint of
+// transport T (made by make(rank)); rank 1 echoes every message until it gets one that
+// starts with 0xff. The process transports meet through a tcp_store on a free port,
+// exactly as separate processes would.
+template <class T, class Make>
+void pingpong(benchmark::State& state, Make make) {
   const auto bytes = static_cast<std::size_t>(state.range(0));
-  local_world world(2);
   envelope env;
   env.count = bytes;
+  const auto wait = [](T& t, typename T::op& o) {
+    while (!t.test(o)) t.poll(std::chrono::milliseconds(10));
+  };
   std::thread echo([&] {
-    local_transport t = world.transport(1);
-    std::vector<std::byte> buf(bytes);
-    local_transport::op r;
-    local_transport::op s;
+    T t = make(1);
+    std::vector<std::byte> buf(std::max<std::size_t>(bytes, 1));
+    typename T::op r;
+    typename T::op s;
     for (;;) {
-      env.count = bytes;
-      t.recv(0, env, buf, r);
-      while (!t.test(r)) t.poll(std::chrono::milliseconds(10));
-      if (buf.empty() || buf[0] == std::byte{0xff}) break;
-      t.send(0, env, buf, s);
-      while (!t.test(s)) t.poll(std::chrono::milliseconds(10));
+      t.recv(0, env, std::span(buf.data(), bytes), r);
+      wait(t, r);
+      if (bytes == 0 || buf[0] == std::byte{0xff}) break;
+      t.send(0, env, std::span(buf.data(), bytes), s);
+      wait(t, s);
     }
   });
-  local_transport t = world.transport(0);
+  T t = make(0);
   std::vector<std::byte> out(bytes, std::byte{1}), in(bytes);
-  local_transport::op s;
-  local_transport::op r;
+  typename T::op s;
+  typename T::op r;
   for (auto _ : state) {
     t.send(1, env, out, s);
     t.recv(1, env, in, r);
-    while (!t.test(r)) t.poll(std::chrono::milliseconds(10));
-    while (!t.test(s)) t.poll(std::chrono::milliseconds(10));
+    wait(t, r);
+    wait(t, s);
   }
-  out[0] = std::byte{0xff};
+  if (bytes != 0) out[0] = std::byte{0xff};
   t.send(1, env, out, s);
-  while (!t.test(s)) t.poll(std::chrono::milliseconds(10));
+  wait(t, s);
   echo.join();
   state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) *
                           static_cast<std::int64_t>(2 * bytes));
+}
+
+void bm_local_pingpong(benchmark::State& state) {
+  local_world world(2);
+  pingpong<local_transport>(state, [&](int r) { return world.transport(r); });
+}
+
+template <class T, class Make>
+void process_pingpong(benchmark::State& state, Make make) {
+  using namespace std::chrono_literals;
+  tcp_store server("127.0.0.1", 0, true, 30s);
+  const auto port = server.port();
+  pingpong<T>(state, [&](int r) {
+    if (r == 0) return make(static_cast<store&>(server), 0);
+    tcp_store client("127.0.0.1", port, false, 30s);
+    return make(static_cast<store&>(client), 1);
+  });
+}
+
+void bm_shm_pingpong(benchmark::State& state) {
+  process_pingpong<shm_transport>(state, [](store& st, int r) { return shm_transport(st, r, 2); });
+}
+
+void bm_tcp_pingpong(benchmark::State& state) {
+  process_pingpong<tcp_transport>(state,
+                                  [](store& st, int r) { return tcp_transport(st, r, 2, "127.0.0.1"); });
 }
 
 constexpr std::int64_t small = 64 << 10;  // in cache
@@ -116,12 +150,11 @@ int main(int argc, char** argv) {
       ->Arg(512)
       ->Arg(4096)
       ->Unit(benchmark::kMicrosecond);
-  benchmark::RegisterBenchmark("local_pingpong", bm_local_pingpong)
-      ->Arg(8)
-      ->Arg(4096)
-      ->Arg(1 << 20)
-      ->Arg(16 << 20)
-      ->UseRealTime();
+  for (auto [name, fn] :
+       {std::pair{"local_pingpong", &bm_local_pingpong}, std::pair{"shm_pingpong", &bm_shm_pingpong},
+        std::pair{"tcp_pingpong", &bm_tcp_pingpong}}) {
+    benchmark::RegisterBenchmark(name, fn)->Arg(8)->Arg(4096)->Arg(1 << 20)->Arg(16 << 20)->UseRealTime();
+  }
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
