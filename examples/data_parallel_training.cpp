@@ -5,11 +5,16 @@
 // At the end the program checks that every rank holds bitwise-identical weights and
 // that the accuracy passed a threshold, and fails otherwise.
 //
-//   data_parallel_training [ranks] [epochs]
+//   build/collx-run -n 3 build/examples/data_parallel_training [epochs]   (processes)
+//   build/examples/data_parallel_training [ranks] [epochs]                (threads)
 //
-// Ranks are threads of this process over the in-process transport.
+// Under a launcher (collx-run, mpirun, srun, torchrun-style environment) each process
+// is one rank and the communicator comes from init_from_env(); the final check gathers
+// every rank's weights to every rank. Without one, the ranks are threads of this process
+// over the in-process transport.
 
 #include <collx/collx.hpp>
+#include <collx/init.hpp>
 
 #include <cmath>
 #include <cstdio>
@@ -100,9 +105,88 @@ int step(const std::vector<float>& w, const float* x, int y, std::vector<float>&
   return pred;
 }
 
+struct outcome {
+  std::vector<float> weights;
+  double accuracy = 0;
+};
+
+// One rank's training run.
+outcome train(collx::communicator& comm, int epochs) {
+  const int r = comm.rank();
+  const dataset data = make_shard(r, samples_per_rank);
+  // The same initial weights on every rank: drawn from one seed (a real job would
+  // broadcast rank 0's).
+  std::vector<float> w(layout::size);
+  std::mt19937 init(42);
+  std::normal_distribution<float> dist(0.0f, 0.3f);
+  for (float& v : w) v = dist(init);
+  std::vector<float> grad(layout::size);
+  double accuracy = 0;
+  for (int epoch = 0; epoch < epochs; ++epoch) {
+    double loss_proxy = 0;
+    for (int start = 0; start < samples_per_rank; start += batch) {
+      std::fill(grad.begin(), grad.end(), 0.0f);
+      for (int i = start; i < start + batch; ++i) {
+        const int pred = step(w, &data.x[static_cast<std::size_t>(i * features)],
+                              data.y[static_cast<std::size_t>(i)], grad, 1.0f / batch);
+        loss_proxy += pred != data.y[static_cast<std::size_t>(i)];
+      }
+      comm.all_reduce(grad, collx::reduce_op::avg);  // the bucket: every gradient at once
+      for (std::size_t k = 0; k < w.size(); ++k) w[k] -= learning_rate * grad[k];
+    }
+    // Accuracy over all shards: a sum of per-rank counts.
+    std::vector<std::int64_t> counts{0, samples_per_rank};
+    for (int i = 0; i < samples_per_rank; ++i) {
+      counts[0] += step(w, &data.x[static_cast<std::size_t>(i * features)], 0, grad, 0.0f) ==
+                   data.y[static_cast<std::size_t>(i)];
+    }
+    comm.all_reduce(counts, collx::reduce_op::sum);
+    accuracy = static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
+    if (comm.rank() == 0) {
+      std::printf("epoch %d: training error rate on rank 0's shard %.3f, accuracy over all shards %.3f\n",
+                  epoch + 1, loss_proxy / samples_per_rank, accuracy);
+    }
+  }
+  return {std::move(w), accuracy};
+}
+
+int report(const std::vector<std::vector<float>>& weights, double accuracy) {
+  bool identical = true;
+  for (std::size_t r = 1; r < weights.size(); ++r) {
+    identical =
+        identical && std::memcmp(weights[r].data(), weights[0].data(), layout::size * sizeof(float)) == 0;
+  }
+  std::printf("weights bitwise identical on all %zu ranks: %s\n", weights.size(), identical ? "yes" : "NO");
+  std::printf("final accuracy %.3f (threshold %.2f): %s\n", accuracy, accuracy_threshold,
+              accuracy >= accuracy_threshold ? "passed" : "FAILED");
+  return identical && accuracy >= accuracy_threshold ? 0 : 1;
+}
+
+// One rank per process: every rank gathers every rank's weights and checks them.
+int run_process(int epochs) {
+  collx::communicator comm = collx::init_from_env();
+  const outcome o = train(comm, epochs);
+  std::vector<float> all(layout::size * static_cast<std::size_t>(comm.size()));
+  comm.all_gather(o.weights, all);
+  std::vector<std::vector<float>> weights;
+  for (int r = 0; r < comm.size(); ++r) {
+    const auto at = all.begin() + static_cast<std::ptrdiff_t>(layout::size * static_cast<std::size_t>(r));
+    weights.emplace_back(at, at + static_cast<std::ptrdiff_t>(layout::size));
+  }
+  return report(weights, o.accuracy);  // on every rank: each one fails the job if it sees a difference
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (collx::launch_from_env().launcher != "none") {
+    const int epochs = argc > 1 ? std::atoi(argv[1]) : 5;
+    if (epochs < 1) {
+      std::fprintf(stderr, "usage: collx-run -n N data_parallel_training [epochs>=1]\n");
+      return 2;
+    }
+    return run_process(epochs);
+  }
   const int p = argc > 1 ? std::atoi(argv[1]) : 3;
   const int epochs = argc > 2 ? std::atoi(argv[2]) : 5;
   if (p < 1 || epochs < 1) {
@@ -110,57 +194,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   collx::local_world world(p);
-  std::vector<std::vector<float>> final_weights(static_cast<std::size_t>(p));
-  std::vector<double> final_accuracy(static_cast<std::size_t>(p));
+  std::vector<outcome> out(static_cast<std::size_t>(p));
   std::vector<std::thread> ranks;
   for (int r = 0; r < p; ++r) {
     ranks.emplace_back([&, r] {
       collx::communicator comm(world.transport(r));
-      const dataset data = make_shard(r, samples_per_rank);
-      // The same initial weights on every rank: drawn from one seed (a real job would
-      // broadcast rank 0's).
-      std::vector<float> w(layout::size);
-      std::mt19937 init(42);
-      std::normal_distribution<float> dist(0.0f, 0.3f);
-      for (float& v : w) v = dist(init);
-      std::vector<float> grad(layout::size);
-      for (int epoch = 0; epoch < epochs; ++epoch) {
-        double loss_proxy = 0;
-        for (int start = 0; start < samples_per_rank; start += batch) {
-          std::fill(grad.begin(), grad.end(), 0.0f);
-          for (int i = start; i < start + batch; ++i) {
-            const int pred = step(w, &data.x[static_cast<std::size_t>(i * features)],
-                                  data.y[static_cast<std::size_t>(i)], grad, 1.0f / batch);
-            loss_proxy += pred != data.y[static_cast<std::size_t>(i)];
-          }
-          comm.all_reduce(grad, collx::reduce_op::avg);  // the bucket: every gradient at once
-          for (std::size_t k = 0; k < w.size(); ++k) w[k] -= learning_rate * grad[k];
-        }
-        // Accuracy over all shards: a sum of per-rank counts.
-        std::vector<std::int64_t> counts{0, samples_per_rank};
-        for (int i = 0; i < samples_per_rank; ++i) {
-          counts[0] += step(w, &data.x[static_cast<std::size_t>(i * features)], 0, grad, 0.0f) ==
-                       data.y[static_cast<std::size_t>(i)];
-        }
-        comm.all_reduce(counts, collx::reduce_op::sum);
-        const double accuracy = static_cast<double>(counts[0]) / static_cast<double>(counts[1]);
-        if (comm.rank() == 0) {
-          std::printf("epoch %d: training error rate on rank 0's shard %.3f, accuracy over all shards %.3f\n",
-                      epoch + 1, loss_proxy / samples_per_rank, accuracy);
-        }
-        final_accuracy[static_cast<std::size_t>(r)] = accuracy;
-      }
-      final_weights[static_cast<std::size_t>(r)] = w;
+      out[static_cast<std::size_t>(r)] = train(comm, epochs);
     });
   }
   for (auto& t : ranks) t.join();
-  bool identical = true;
-  for (int r = 1; r < p; ++r) {
-    identical = identical && std::memcmp(final_weights[static_cast<std::size_t>(r)].data(),
-                                         final_weights[0].data(), layout::size * sizeof(float)) == 0;
-  }
-  std::printf("weights bitwise identical on all %d ranks: %s\n", p, identical ? "yes" : "NO");
-  std::printf("final accuracy %.3f (threshold %.2f): %s\n", final_accuracy[0], accuracy_threshold,
-              final_accuracy[0] >= accuracy_threshold ? "passed" : "FAILED");
-  return identical && final_accuracy[0] >= accuracy_threshold ? 0 : 1;
+  std::vector<std::vector<float>> weights;
+  for (auto& o : out) weights.push_back(o.weights);
+  return report(weights, out[0].accuracy);
 }

@@ -1,30 +1,25 @@
-// The smallest complete collx program: four ranks, as threads of this process over the
-// in-process transport, sum a vector. Each rank contributes rank+1, so every element
-// ends as 1+2+3+4 = 10 on every rank.
+// The smallest complete collx program: every rank contributes rank+1 and all-reduces, so
+// every element ends as 1+2+...+p on every rank.
+//
+//   build/collx-run -n 4 build/examples/hello_allreduce
+//
+// init_from_env() reads what the launcher set (collx-run or torchrun-style RANK,
+// WORLD_SIZE, MASTER_ADDR, MASTER_PORT; mpirun; srun) and picks the transport: shared
+// memory on one host, tcp across hosts (COLLX_TRANSPORT overrides). With no launcher it
+// runs as a single rank.
 
-#include <collx/collx.hpp>
+#include <collx/init.hpp>
 
 #include <cstdio>
-#include <thread>
 #include <vector>
 
 int main() {
-  constexpr int ranks = 4;
-  collx::local_world world(ranks);
-  std::vector<std::thread> threads;
-  std::vector<int> ok(ranks, 0);
-  for (int r = 0; r < ranks; ++r) {
-    threads.emplace_back([&world, &ok, r] {
-      collx::communicator comm(world.transport(r));
-      std::vector<float> grads(1000, static_cast<float>(comm.rank() + 1));
-      comm.all_reduce(grads, collx::reduce_op::sum);  // in place
-      ok[static_cast<std::size_t>(r)] = grads.front() == 10.0f && grads.back() == 10.0f;
-      std::printf("rank %d of %d: grads[0] = %g\n", comm.rank(), comm.size(), static_cast<double>(grads[0]));
-    });
-  }
-  for (auto& t : threads) t.join();
-  for (int v : ok) {
-    if (v == 0) return 1;
-  }
-  return 0;
+  collx::communicator comm = collx::init_from_env();
+  const int p = comm.size();
+  std::vector<float> grads(1000, static_cast<float>(comm.rank() + 1));
+  comm.all_reduce(grads, collx::reduce_op::sum);  // in place
+  const float want = static_cast<float>(p * (p + 1) / 2);
+  std::printf("rank %d of %d: grads[0] = %g (want %g)\n", comm.rank(), p, static_cast<double>(grads[0]),
+              static_cast<double>(want));
+  return grads.front() == want && grads.back() == want ? 0 : 1;
 }
