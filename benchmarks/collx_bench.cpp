@@ -71,6 +71,7 @@ struct settings {
 
 struct row {
   algorithm algo = algorithm::ring;  // what ran: auto resolved, as the communicator resolves it
+  std::string peer_algo;             // a baseline's: what the library says it ran
   std::size_t bytes = 0;
   std::size_t count = 0;
   bool in_place = false;
@@ -348,6 +349,7 @@ contender baseline_contender(const settings& s, std::string impl, std::string tr
               x.algbw = t > 0 ? static_cast<double>(x.bytes) / t / 1e9 : 0;
               x.busbw = x.algbw * cli::busbw_factor(s.coll, s.np);
               x.wrong = res->wrong;
+              x.peer_algo = res->algorithm;
             }
             return out;
           }};
@@ -407,9 +409,7 @@ int sweep(const settings& s, std::vector<contender>& who,
                     label.c_str(), ratio.c_str());
       }
       for (const row& x : {oop, ip}) {
-        const std::string algo = who[k].impl == "collx" ? std::string(to_string(x.algo))
-                                 : who[k].impl == "mpi" ? "MPI default"
-                                                        : "ring";
+        const std::string algo = who[k].impl == "collx" ? std::string(to_string(x.algo)) : x.peer_algo;
         rows.push_back({who[k].impl, who[k].transport, algo, x});
         wrong_total += std::max(0LL, x.wrong);
         if (who[k].impl == "collx") {
