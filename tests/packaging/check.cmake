@@ -17,7 +17,7 @@ set(consumer ${CMAKE_CURRENT_LIST_DIR}/consumer)
 if(MODE STREQUAL "find_package")
   run(${CMAKE_COMMAND} -S ${COLLX_SOURCE} -B ${WORK}/collx-build -G ${GENERATOR}
       -DCMAKE_CXX_COMPILER=${CXX} -DCOLLX_BUILD_TESTS=OFF -DCOLLX_BUILD_EXAMPLES=OFF
-      -DCOLLX_BUILD_BENCHMARKS=OFF -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
+      -DCOLLX_BUILD_BENCHMARKS=OFF -DCOLLX_BUILD_TOOLS=OFF -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
   run(${CMAKE_COMMAND} --install ${WORK}/collx-build)
   run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK}/consumer-build -G ${GENERATOR}
       -DCMAKE_CXX_COMPILER=${CXX} -DCMAKE_PREFIX_PATH=${WORK}/prefix -DCOLLX_VIA=find_package)
@@ -29,5 +29,12 @@ run(${CMAKE_COMMAND} --build ${WORK}/consumer-build)
 run(${WORK}/consumer-build/consumer)
 if(NOT last_output MATCHES "consumer: all_reduce ok")
   message(FATAL_ERROR "the consumer ran but did not report success:\n${last_output}")
+endif()
+# The same package builds a program of processes; collx-run (this build's) starts 3.
+if(COLLX_RUN)
+  run(${COLLX_RUN} -n 3 --timeout 60 -- ${WORK}/consumer-build/consumer_processes)
+  if(NOT last_output MATCHES "processes all_reduce ok \\(rank 2 of 3\\)")
+    message(FATAL_ERROR "the process consumer did not report success:\n${last_output}")
+  endif()
 endif()
 message(STATUS "${MODE}: ${last_output}")
