@@ -9,11 +9,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <future>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -195,4 +197,117 @@ TEST_CASE("a bad launch environment is refused with a clear error") {
   ::unsetenv("WORLD_SIZE");
   ::unsetenv("COLLX_JOB_ID");
   CHECK(launch_from_env().launcher == "none");
+}
+
+namespace {
+
+// A raw connection, as a stranger would make it.
+detail::fd_t raw_connect(std::uint16_t port) {
+  return detail::connect_to("127.0.0.1", std::to_string(port), detail::clock::now() + 2s);
+}
+
+void raw_send(const detail::fd_t& fd, const std::string& bytes) {
+  detail::write_all(fd.get(), std::as_bytes(std::span(bytes.data(), bytes.size())), detail::clock::now() + 2s,
+                    "the store");
+}
+
+// True when the server hung up on this connection (end of stream or reset).
+bool hung_up(const detail::fd_t& fd) {
+  try {
+    (void)detail::read_pod<std::uint8_t>(fd.get(), detail::clock::now() + 3s, "the store");
+    return false;
+  } catch (const error& e) {
+    return e.kind() == errc::peer_failure;
+  }
+}
+
+std::string store_hello(const std::string& token) {
+  std::string h(8, '\0');
+  const std::uint32_t magic = detail::store_hello_magic;
+  const auto len = static_cast<std::uint32_t>(token.size());
+  std::memcpy(h.data(), &magic, 4);
+  std::memcpy(h.data() + 4, &len, 4);
+  return h + token;
+}
+
+std::string store_request(std::uint8_t cmd, std::uint32_t klen, std::uint64_t arg) {
+  std::string r(1, static_cast<char>(cmd));
+  r.append(reinterpret_cast<const char*>(&klen), 4);
+  r.append(std::string(std::min<std::uint32_t>(klen, 16), 'k'));
+  r.append(reinterpret_cast<const char*>(&arg), 8);
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("the store refuses strangers, garbage and oversized requests, and serves its job on") {
+  tcp_store server("127.0.0.1", 0, true, 5s, "job-secret");
+  const auto port = server.port();
+  SUBCASE("a client with another token, or none, is refused with a hint") {
+    tcp_store wrong("127.0.0.1", port, false, 2s, "a-guess");
+    try {
+      wrong.set("k", "v");
+      FAIL("a client with the wrong token was served");
+    } catch (const error& e) {
+      CHECK(std::string(e.what()).find("COLLX_AUTH_TOKEN") != std::string::npos);
+    }
+    tcp_store none("127.0.0.1", port, false, 2s, "");
+    CHECK_THROWS_AS((void)none.get("k", 100ms), error);
+  }
+  SUBCASE("garbage instead of a hello") {
+    auto fd = raw_connect(port);
+    raw_send(fd, std::string(64, 'x'));
+    CHECK(hung_up(fd));
+  }
+  SUBCASE("a hello that claims a huge token") {
+    auto fd = raw_connect(port);
+    std::string h = store_hello("");
+    const std::uint32_t huge = 1u << 31;
+    std::memcpy(h.data() + 4, &huge, 4);
+    raw_send(fd, h);
+    CHECK(hung_up(fd));
+  }
+  SUBCASE("a known client that sends a huge key, a huge value or an unknown command") {
+    for (const auto& req : {store_request(1, 1u << 30, 1), store_request(1, 4, std::uint64_t{1} << 40),
+                            store_request(9, 4, 0)}) {
+      auto fd = raw_connect(port);
+      raw_send(fd, store_hello("job-secret") + req);
+      CHECK(hung_up(fd));
+    }
+  }
+  // Whatever came before, the job's own clients are served.
+  tcp_store good("127.0.0.1", port, false, 2s, "job-secret");
+  good.set("k", "v");
+  CHECK(server.get("k", 1s) == "v");
+  CHECK(good.add("n", 2) == 2);
+}
+
+TEST_CASE("strangers at a rank's tcp listener do not stop the job") {
+  auto server = std::make_shared<tcp_store>("127.0.0.1", 0, true, 20s);
+  const auto port = server->port();
+  std::promise<void> knocked;
+  auto knocked_f = knocked.get_future().share();
+  std::vector<detail::fd_t> strangers;
+  std::thread knock([&] {
+    tcp_store peek("127.0.0.1", port, false, 20s);
+    const auto [h, p] = detail::split_endpoint(peek.get("collx/tcp/0", 10s));
+    strangers.push_back(detail::connect_to(h, p, detail::clock::now() + 2s));  // says nothing
+    strangers.push_back(detail::connect_to(h, p, detail::clock::now() + 2s));
+    const std::string junk(64, 'x');
+    detail::write_all(strangers.back().get(), std::as_bytes(std::span(junk.data(), junk.size())),
+                      detail::clock::now() + 2s, "rank 0");
+    knocked.set_value();
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  on_ranks(2, [&](int r) {
+    if (r == 1) knocked_f.wait();  // rank 0 meets the strangers first
+    auto st = r == 0 ? server : std::make_shared<tcp_store>("127.0.0.1", port, false, 20s);
+    communicator c(tcp_transport(*st, r, 2), {}, st);
+    std::vector<float> v(1001, static_cast<float>(r + 1));
+    c.all_reduce(v, reduce_op::sum);
+    CHECK(v[1000] == 3.0f);
+    st->barrier("done", 2, 20s);
+  });
+  knock.join();
+  CHECK(std::chrono::steady_clock::now() - t0 < 15s);
 }

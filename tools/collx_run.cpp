@@ -3,7 +3,8 @@
 //   collx-run -n N [--timeout SECONDS] [--] prog args...
 //
 // Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR,
-// MASTER_PORT, COLLX_JOB_ID and COLLX_LAUNCHER. Every line a rank prints is prefixed with
+// MASTER_PORT, COLLX_JOB_ID, COLLX_LAUNCHER and COLLX_AUTH_TOKEN (a fresh random one unless
+// set: the rendezvous store admits only clients that know it). Every line a rank prints is prefixed with
 // "[rank] ". The first rank to fail stops the job: the others get SIGTERM, then SIGKILL.
 // Exit code: 0 when every rank exits 0; 1 when a rank exits non-zero, 128+signal when one is
 // killed by a signal (or the launcher is); 124 after --timeout; 2 for bad usage.
@@ -212,6 +213,14 @@ class launcher {
     ::setenv("MASTER_PORT", port.c_str(), 1);
     ::setenv("COLLX_JOB_ID", job_id_.c_str(), 1);
     ::setenv("COLLX_LAUNCHER", "collx-run", 1);
+    // The job's secret: the store admits only clients that know it. Drawn here unless
+    // the caller chose one.
+    if (const char* t = std::getenv("COLLX_AUTH_TOKEN"); t == nullptr || *t == '\0') {
+      std::random_device rd;
+      char token[33];
+      std::snprintf(token, sizeof token, "%08x%08x%08x%08x", rd(), rd(), rd(), rd());
+      ::setenv("COLLX_AUTH_TOKEN", token, 1);
+    }
     return 0;
   }
 

@@ -8,6 +8,12 @@
 // Under mpirun, init_mpi.hpp (init_from_mpi) starts a tcp_store and tells the ranks where it is.
 //
 // get() waits for a key that another rank has yet to set, always up to a deadline.
+//
+// Access: a tcp_store client opens with a hello carrying the job's token
+// (COLLX_AUTH_TOKEN, which collx-run draws for each job; empty when unset). The server
+// drops, and logs on stderr, a connection whose hello is missing, malformed or carries
+// another token, and any request that is malformed or larger than its bounds (keys of
+// 4 KiB, values of 64 MiB), so a stranger can neither join nor exhaust its memory.
 
 #include <fcntl.h>
 #include <poll.h>
@@ -59,13 +65,31 @@ namespace detail {
 
 enum class store_cmd : std::uint8_t { set = 1, get = 2, add = 3 };
 
+inline constexpr std::uint32_t store_hello_magic = 0x54534c43;  // "CLST"
+inline constexpr std::size_t store_max_token = 256;
+inline constexpr std::size_t store_max_key = 4096;
+inline constexpr std::size_t store_max_value = std::size_t{64} << 20;
+
+inline std::string auth_token_from_env() {
+  const char* v = std::getenv("COLLX_AUTH_TOKEN");
+  return v == nullptr ? std::string() : std::string(v);
+}
+
+// Compares without stopping at the first difference, so timing says nothing of the token.
+inline bool same_token(std::string_view a, std::string_view b) {
+  unsigned diff = a.size() == b.size() ? 0u : 1u;
+  for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned>(a[i] ^ (i < b.size() ? b[i] : 0));
+  return diff == 0;
+}
+
 // The server half of tcp_store: one thread, one poll() loop over all clients, so a
 // get that must wait parks its client instead of holding a thread.
 class store_server {
  public:
   // `grace`: how long the server outlives its owner while other ranks' clients are still
   // connected (they may be in the barrier that rank 0 has just left).
-  store_server(fd_t listener, std::chrono::milliseconds grace) : listen_(std::move(listener)), grace_(grace) {
+  store_server(fd_t listener, std::chrono::milliseconds grace, std::string token)
+      : listen_(std::move(listener)), grace_(grace), token_(std::move(token)) {
     int p[2];
     if (::pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) throw_sys(errc::transport, "pipe", errno);
     wake_r_.reset(p[0]);
@@ -86,6 +110,8 @@ class store_server {
  private:
   struct client {
     fd_t fd;
+    std::string from;    // the peer's address, for the log
+    bool hello = false;  // its hello has been checked
     std::string in;
     std::string out;
     bool waiting = false;  // parked on a get
@@ -147,10 +173,14 @@ class store_server {
 
   void accept_all() {
     for (;;) {
-      const int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+      sockaddr_storage sa{};
+      socklen_t len = sizeof sa;
+      const int fd =
+          ::accept4(listen_.get(), reinterpret_cast<sockaddr*>(&sa), &len, SOCK_CLOEXEC | SOCK_NONBLOCK);
       if (fd < 0) return;
       clients_.push_back({});
       clients_.back().fd.reset(fd);
+      clients_.back().from = endpoint_text(reinterpret_cast<const sockaddr*>(&sa));
     }
   }
 
@@ -177,7 +207,11 @@ class store_server {
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         return false;
       }
-      while (!c.waiting && parse_one(c)) {
+      for (;;) {
+        if (c.waiting) break;
+        const parsed r = c.hello ? parse_one(c) : parse_hello(c);
+        if (r == parsed::bad) return false;
+        if (r == parsed::need_more) break;
       }
     }
     while (!c.out.empty()) {
@@ -192,26 +226,57 @@ class store_server {
     return true;
   }
 
+  enum class parsed { done, need_more, bad };
+
+  // Drops a client, saying why on stderr: the job's operator sees who knocked.
+  parsed refuse(const client& c, const std::string& why) {
+    std::fprintf(stderr, "collx: the store refused %s: %s\n", c.from.c_str(), why.c_str());
+    return parsed::bad;
+  }
+
+  // The hello: magic u32, token length u32, token.
+  parsed parse_hello(client& c) {
+    constexpr std::size_t head = 2 * sizeof(std::uint32_t);
+    if (c.in.size() < head) return parsed::need_more;
+    std::uint32_t magic = 0;
+    std::uint32_t len = 0;
+    std::memcpy(&magic, c.in.data(), sizeof magic);
+    std::memcpy(&len, c.in.data() + 4, sizeof len);
+    if (magic != store_hello_magic || len > store_max_token) return refuse(c, "not a collx store client");
+    if (c.in.size() < head + len) return parsed::need_more;
+    if (!same_token(std::string_view(c.in).substr(head, len), token_)) {
+      return refuse(c, "wrong job token (COLLX_AUTH_TOKEN)");
+    }
+    c.in.erase(0, head + len);
+    c.hello = true;
+    return parsed::done;
+  }
+
   // Requests: cmd u8, key length u32, key, then set: value length u64 + value;
   // get: timeout ms u64; add: delta i64.
-  bool parse_one(client& c) {
+  parsed parse_one(client& c) {
     constexpr std::size_t head = 1 + sizeof(std::uint32_t);
-    if (c.in.size() < head) return false;
+    if (c.in.size() < head) return parsed::need_more;
     std::uint32_t klen = 0;
     std::memcpy(&klen, c.in.data() + 1, sizeof klen);
-    const std::size_t need = head + klen + 8;
-    if (c.in.size() < need) return false;
     const auto cmd = static_cast<store_cmd>(c.in[0]);
+    if (cmd != store_cmd::set && cmd != store_cmd::get && cmd != store_cmd::add) {
+      return refuse(c, "malformed request (command " + std::to_string(static_cast<int>(c.in[0])) + ")");
+    }
+    if (klen > store_max_key) return refuse(c, "a key of " + std::to_string(klen) + " bytes");
+    const std::size_t need = head + klen + 8;
+    if (c.in.size() < need) return parsed::need_more;
     std::string key = c.in.substr(head, klen);
     std::uint64_t arg = 0;
     std::memcpy(&arg, c.in.data() + head + klen, 8);
     switch (cmd) {
       case store_cmd::set: {
-        if (c.in.size() < need + arg) return false;
+        if (arg > store_max_value) return refuse(c, "a value of " + std::to_string(arg) + " bytes");
+        if (c.in.size() < need + arg) return parsed::need_more;
         data_[key] = c.in.substr(need, arg);
         c.in.erase(0, need + arg);
         c.out.push_back(0);
-        return true;
+        return parsed::done;
       }
       case store_cmd::get: {
         c.in.erase(0, need);
@@ -221,27 +286,33 @@ class store_server {
         } else {
           c.waiting = true;
           c.wait_key = std::move(key);
-          c.wait_until = clock::now() + std::chrono::milliseconds(arg);
+          c.wait_until = clock::now() + std::chrono::milliseconds(std::min<std::uint64_t>(arg, 1ull << 40));
         }
-        return true;
+        return parsed::done;
       }
       case store_cmd::add: {
         c.in.erase(0, need);
         std::int64_t delta = 0;
         std::memcpy(&delta, &arg, 8);
         auto& v = data_[key];
-        std::int64_t cur = v.empty() ? 0 : std::stoll(v);
-        cur += delta;
+        std::int64_t cur = 0;
+        if (!v.empty()) {
+          char* end = nullptr;
+          cur = std::strtoll(v.c_str(), &end, 10);
+          if (*end != '\0') return refuse(c, "add on key '" + key + "', which does not hold a number");
+        }
+        cur = static_cast<std::int64_t>(static_cast<std::uint64_t>(cur) + static_cast<std::uint64_t>(delta));
         v = std::to_string(cur);
         c.out.append(reinterpret_cast<const char*>(&cur), sizeof cur);
-        return true;
+        return parsed::done;
       }
     }
-    return false;  // a malformed request: drop the client
+    return parsed::bad;
   }
 
   fd_t listen_;
   std::chrono::milliseconds grace_;
+  std::string token_;
   std::atomic<clock::rep> stop_at_{0};
   fd_t wake_r_;
   fd_t wake_w_;
@@ -260,7 +331,9 @@ class tcp_store final : public store {
  public:
   // serve: this process runs the server, listening on host:port; port 0 takes a free
   // one (port() says which), and an empty host listens on every interface.
-  tcp_store(const std::string& host, std::uint16_t port, bool serve, std::chrono::milliseconds timeout)
+  // token: the job's secret, COLLX_AUTH_TOKEN by default; client and server must agree.
+  tcp_store(const std::string& host, std::uint16_t port, bool serve, std::chrono::milliseconds timeout,
+            const std::string& token = detail::auth_token_from_env())
       : port_(port), timeout_(timeout) {
     if (serve) {
       auto listener = detail::listen_on(host, std::to_string(port));
@@ -268,28 +341,45 @@ class tcp_store final : public store {
         port_ = static_cast<std::uint16_t>(
             std::stoi(detail::split_endpoint(detail::local_endpoint(listener.get())).second));
       }
-      server_ = std::make_unique<detail::store_server>(std::move(listener), timeout);
+      server_ = std::make_unique<detail::store_server>(std::move(listener), timeout, token);
     }
     const std::string to = host.empty() ? std::string("127.0.0.1") : host;
     who_ = "the store at " + to + ":" + std::to_string(port_);
     fd_ = detail::connect_to(to, std::to_string(port_), detail::clock::now() + timeout);
+    std::string hello(8, '\0');
+    const std::uint32_t magic = detail::store_hello_magic;
+    const auto len = static_cast<std::uint32_t>(std::min(token.size(), detail::store_max_token));
+    std::memcpy(hello.data(), &magic, 4);
+    std::memcpy(hello.data() + 4, &len, 4);
+    hello.append(token, 0, len);
+    detail::write_all(fd_.get(), std::as_bytes(std::span(hello.data(), hello.size())), deadline(), who_);
   }
 
   std::uint16_t port() const { return port_; }
 
   void set(std::string_view key, std::string_view value) override {
-    request(detail::store_cmd::set, key, value.size());
-    detail::write_all(fd_.get(), std::as_bytes(std::span(value.data(), value.size())), deadline(), who_);
-    (void)detail::read_pod<std::uint8_t>(fd_.get(), deadline(), who_);
+    guarded([&] {
+      request(detail::store_cmd::set, key, value.size());
+      detail::write_all(fd_.get(), std::as_bytes(std::span(value.data(), value.size())), deadline(), who_);
+      (void)detail::read_pod<std::uint8_t>(fd_.get(), deadline(), who_);
+    });
   }
 
   std::string get(std::string_view key, std::chrono::milliseconds timeout) override {
-    request(detail::store_cmd::get, key, static_cast<std::uint64_t>(timeout.count()));
-    const auto until = detail::clock::now() + timeout + timeout_;
-    const auto status = detail::read_pod<std::uint8_t>(fd_.get(), until, who_);
-    const auto len = detail::read_pod<std::uint64_t>(fd_.get(), until, who_);
-    std::string v(len, '\0');
-    detail::read_all(fd_.get(), std::as_writable_bytes(std::span(v.data(), v.size())), until, who_);
+    std::uint8_t status = 0;
+    std::string v;
+    guarded([&] {
+      request(detail::store_cmd::get, key, static_cast<std::uint64_t>(timeout.count()));
+      const auto until = detail::clock::now() + timeout + timeout_;
+      status = detail::read_pod<std::uint8_t>(fd_.get(), until, who_);
+      const auto len = detail::read_pod<std::uint64_t>(fd_.get(), until, who_);
+      if (len > detail::store_max_value) {
+        throw error(errc::transport, "rendezvous", error::no_rank, error::no_rank,
+                    who_ + " answered with a value of " + std::to_string(len) + " bytes: not a collx store?");
+      }
+      v.assign(len, '\0');
+      detail::read_all(fd_.get(), std::as_writable_bytes(std::span(v.data(), v.size())), until, who_);
+    });
     if (status != 0) {
       throw error(errc::timeout, "rendezvous", error::no_rank, error::no_rank,
                   "key '" + std::string(key) + "' did not appear in " + who_ + " within " +
@@ -301,25 +391,47 @@ class tcp_store final : public store {
   std::int64_t add(std::string_view key, std::int64_t delta) override {
     std::uint64_t bits = 0;
     std::memcpy(&bits, &delta, 8);
-    request(detail::store_cmd::add, key, bits);
-    return detail::read_pod<std::int64_t>(fd_.get(), deadline(), who_);
+    std::int64_t v = 0;
+    guarded([&] {
+      request(detail::store_cmd::add, key, bits);
+      v = detail::read_pod<std::int64_t>(fd_.get(), deadline(), who_);
+    });
+    return v;
   }
 
  private:
   detail::clock::time_point deadline() const { return detail::clock::now() + timeout_; }
 
+  // Errors of the exchange, as rendezvous errors; a store that hangs up says the likely why.
+  template <class F>
+  void guarded(F&& f) {
+    try {
+      f();
+    } catch (const error& e) {
+      std::string why = e.detail();
+      if (e.kind() == errc::peer_failure) {
+        why +=
+            " (the store hangs up on a request too large, or on a client whose COLLX_AUTH_TOKEN differs from "
+            "rank 0's: its log says which)";
+      }
+      throw error(e.kind(), "rendezvous", error::no_rank, error::no_rank, why);
+    }
+  }
+
   void request(detail::store_cmd cmd, std::string_view key, std::uint64_t arg) {
+    if (key.size() > detail::store_max_key ||
+        (cmd == detail::store_cmd::set && arg > detail::store_max_value)) {
+      throw error(errc::invalid_argument, "rendezvous", error::no_rank, error::no_rank,
+                  "a store key holds at most " + std::to_string(detail::store_max_key) +
+                      " bytes and a value " + std::to_string(detail::store_max_value));
+    }
     std::string msg;
     msg.push_back(static_cast<char>(cmd));
     const auto klen = static_cast<std::uint32_t>(key.size());
     msg.append(reinterpret_cast<const char*>(&klen), sizeof klen);
     msg.append(key);
     msg.append(reinterpret_cast<const char*>(&arg), sizeof arg);
-    try {
-      detail::write_all(fd_.get(), std::as_bytes(std::span(msg.data(), msg.size())), deadline(), who_);
-    } catch (const error& e) {
-      throw error(e.kind(), "rendezvous", error::no_rank, error::no_rank, e.detail());
-    }
+    detail::write_all(fd_.get(), std::as_bytes(std::span(msg.data(), msg.size())), deadline(), who_);
   }
 
   std::uint16_t port_;

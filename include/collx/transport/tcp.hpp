@@ -18,10 +18,12 @@
 #include <sys/epoll.h>
 #include <sys/uio.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -569,18 +571,32 @@ class tcp_transport {
                     "timed out waiting for " + std::to_string(expected) +
                         " connections from higher ranks: did every rank start?");
       }
-      detail::fd_t fd(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+      sockaddr_storage sa{};
+      socklen_t salen = sizeof sa;
+      detail::fd_t fd(::accept4(listener.get(), reinterpret_cast<sockaddr*>(&sa), &salen, SOCK_CLOEXEC));
       if (!fd) continue;
+      const std::string from = detail::endpoint_text(reinterpret_cast<const sockaddr*>(&sa));
+      auto drop = [&](const char* why) {
+        std::fprintf(stderr, "collx: tcp_transport rank %d refused a connection from %s: %s\n", rank_,
+                     from.c_str(), why);
+      };
+      // A peer sends its hello at once; a stranger gets a short window, not the timeout.
+      const auto hello_by = std::min(deadline, detail::clock::now() + std::chrono::seconds(2));
       detail::tcp_hello hello;
       try {
-        hello = detail::read_pod<detail::tcp_hello>(fd.get(), deadline, "a connecting peer");
+        hello = detail::read_pod<detail::tcp_hello>(fd.get(), hello_by, "a connecting peer");
       } catch (const error&) {
+        drop("no hello");
         continue;
       }
-      if (hello.magic != detail::tcp_hello_magic || hello.nonce != nonce_ || hello.rank <= rank_ ||
-          hello.rank >= size || hello.stream < 0 || hello.stream >= opt_.streams ||
+      if (hello.magic != detail::tcp_hello_magic || hello.nonce != nonce_) {
+        drop("not a rank of this job");
+        continue;
+      }
+      if (hello.rank <= rank_ || hello.rank >= size || hello.stream < 0 || hello.stream >= opt_.streams ||
           stream(hello.rank, hello.stream).fd) {
-        continue;  // not one of ours: drop it
+        drop("a rank or stream that is not expected here");
+        continue;
       }
       stream(hello.rank, hello.stream).fd = std::move(fd);
       --expected;
