@@ -4,7 +4,7 @@ BUILD ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps bench-deps configure build test bench format clean
+.PHONY: all deps bench-deps configure build test test-sanitize bench format clean
 
 all: build
 
@@ -22,6 +22,10 @@ build: configure
 
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# ASan + UBSan over the core, failure, rendezvous and multi-process (shm, tcp) tests.
+test-sanitize: deps
+	sh tools/sanitize.sh
 
 # The default sweep: all-reduce, f32 sum, 8 B to 64 MiB, 2 ranks, collx over shm and
 # tcp beside Open MPI and Gloo in the same run, the loopback limit (iperf3), the plot.
