@@ -17,6 +17,8 @@ need doctest-dev test -f /usr/include/doctest/doctest.h
 need openmpi-bin command -v mpirun
 need libopenmpi-dev command -v mpicxx
 need libgloo-dev test -f /usr/include/gloo/allreduce_ring.h
+# The emulated-cluster tests make network namespaces, veth links and tc limits.
+need iproute2 command -v ip
 if [ "${1:-}" = bench ]; then
   need libbenchmark-dev test -f /usr/include/benchmark/benchmark.h
   need python3-matplotlib /usr/bin/python3 -c "import matplotlib"

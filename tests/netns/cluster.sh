@@ -1,0 +1,106 @@
+#!/bin/sh
+# An emulated cluster on this machine: H network namespaces ("hosts") joined through a
+# bridge by veth links, each host's link limited with tc (tbf to RATE; netem DELAY when
+# the kernel has netem), then R ranks per host of a program, with torchrun's
+# environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR = host 0).
+# Everything it made is removed when it ends, however it ends. Exits 77 (skipped) when
+# namespaces are refused (no root, no CAP_NET_ADMIN).
+#
+#   cluster.sh HOSTS RANKS_PER_HOST RATE DELAY -- prog args...
+#   e.g. cluster.sh 2 2 1gbit 100us -- build/tests/multiprocess/mp_worker collectives 1
+#
+# Each rank's output goes to stdout prefixed with "[rank] "; the exit status is 0 when
+# every rank exits 0, 124 when the job outlives COLLX_CLUSTER_TIMEOUT (default 240 s).
+set -u
+hosts=$1 per=$2 rate=$3 delay=$4
+shift 4
+[ "${1:-}" = "--" ] && shift
+id=$(( $$ % 250 ))
+pre="cx$id"
+net="10.231.$id"
+tmp=$(mktemp -d)
+
+cleanup() {
+  for p in $(cat "$tmp/pids" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
+  h=0
+  while [ "$h" -lt "$hosts" ]; do
+    ip netns del "$pre-h$h" 2>/dev/null
+    ip link del "$pre-v$h" 2>/dev/null
+    h=$((h + 1))
+  done
+  ip link del "$pre-br" 2>/dev/null
+  rm -rf "$tmp"
+}
+trap cleanup EXIT INT TERM
+
+if ! ip netns add "$pre-h0" 2>"$tmp/err"; then
+  echo "SKIPPED: network namespaces are refused here: $(cat "$tmp/err")"
+  exit 77
+fi
+ip link add "$pre-br" type bridge || exit 1
+ip link set "$pre-br" up || exit 1
+netem=yes
+shape() { # shape NAMESPACE DEVICE: netem delay and rate, else tbf rate alone
+  if [ -n "$1" ]; then set -- "tc -n $1" "$2"; else set -- tc "$2"; fi
+  # shellcheck disable=SC2086
+  if [ "$delay" != 0 ] && [ "$netem" = yes ] &&
+    $1 qdisc add dev "$2" root netem delay "$delay" rate "$rate" 2>/dev/null; then
+    return 0
+  fi
+  netem=no
+  # shellcheck disable=SC2086
+  $1 qdisc replace dev "$2" root tbf rate "$rate" burst 256kb latency 50ms
+}
+h=0
+while [ "$h" -lt "$hosts" ]; do
+  ns="$pre-h$h"
+  [ "$h" -eq 0 ] || ip netns add "$ns" || exit 1
+  ip link add "$pre-v$h" type veth peer name eth0 netns "$ns" || exit 1
+  ip link set "$pre-v$h" master "$pre-br" up || exit 1
+  ip -n "$ns" link set lo up
+  ip -n "$ns" addr add "$net.$((h + 1))/24" dev eth0 || exit 1
+  ip -n "$ns" link set eth0 up || exit 1
+  # Both directions of the host's link: its egress inside the namespace, its ingress as
+  # the bridge side's egress.
+  shape "$ns" eth0 || exit 1
+  shape "" "$pre-v$h" || exit 1
+  h=$((h + 1))
+done
+if [ "$delay" != 0 ] && [ "$netem" = no ]; then
+  echo "# cluster: this kernel has no netem: links limited to $rate by tbf, without the $delay delay"
+fi
+echo "# cluster: $hosts hosts x $per ranks, $net.0/24, links $rate"
+
+world=$((hosts * per))
+port=$((29000 + id))
+r=0
+h=0
+: >"$tmp/pids"
+while [ "$h" -lt "$hosts" ]; do
+  l=0
+  while [ "$l" -lt "$per" ]; do
+    ip netns exec "$pre-h$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=$per \
+      GROUP_RANK=$h MASTER_ADDR="$net.1" MASTER_PORT=$port COLLX_JOB_ID="$pre-$$" \
+      COLLX_AUTH_TOKEN="$pre-$$-token" "$@" >"$tmp/out.$r" 2>&1 &
+    echo $! >>"$tmp/pids"
+    r=$((r + 1))
+    l=$((l + 1))
+  done
+  h=$((h + 1))
+done
+limit=${COLLX_CLUSTER_TIMEOUT:-240}
+status=0
+start=$(date +%s)
+for p in $(cat "$tmp/pids"); do
+  while kill -0 "$p" 2>/dev/null; do
+    if [ $(($(date +%s) - start)) -ge "$limit" ]; then status=124; break 2; fi
+    sleep 0.1
+  done
+  wait "$p" || status=1
+done
+r=0
+while [ "$r" -lt "$world" ]; do
+  sed "s/^/[$r] /" "$tmp/out.$r"
+  r=$((r + 1))
+done
+exit $status
