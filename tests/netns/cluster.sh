@@ -80,7 +80,7 @@ while [ "$h" -lt "$hosts" ]; do
   l=0
   while [ "$l" -lt "$per" ]; do
     ip netns exec "$pre-h$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=$per \
-      GROUP_RANK=$h MASTER_ADDR="$net.1" MASTER_PORT=$port COLLX_JOB_ID="$pre-$$" \
+      GROUP_RANK=$h COLLX_NODE_ID="host$h" MASTER_ADDR="$net.1" MASTER_PORT=$port COLLX_JOB_ID="$pre-$$" \
       COLLX_AUTH_TOKEN="$pre-$$-token" "$@" >"$tmp/out.$r" 2>&1 &
     echo $! >>"$tmp/pids"
     r=$((r + 1))

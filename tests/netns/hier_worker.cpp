@@ -1,0 +1,139 @@
+// One rank of the hierarchical tests, started on emulated hosts by cluster.sh (or by
+// collx-run with COLLX_NODE_ID set per rank).
+//   hier_worker check          every hierarchical collective against a serial reference
+//   hier_worker bench BYTES    f32 sum all-reduce of BYTES, flat ring over tcp against
+//                              hierarchical, measured and predicted (rank 0 prints)
+// Prints "OK <n> cases" when every check held; exits non-zero otherwise.
+
+#include <collx/topology.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace collx;
+
+double input(int r, std::size_t i) {
+  return static_cast<double>(static_cast<int>((r * 7 + i * 13) % 17) - 8);
+}
+
+double ref(reduce_op op, int p, std::size_t i) {
+  double acc = input(0, i);
+  for (int r = 1; r < p; ++r) {
+    const double v = input(r, i);
+    if (op == reduce_op::sum || op == reduce_op::avg) acc += v;
+    if (op == reduce_op::max) acc = std::max(acc, v);
+    if (op == reduce_op::min) acc = std::min(acc, v);
+  }
+  return op == reduce_op::avg ? acc / p : acc;
+}
+
+int cases = 0;
+int failures = 0;
+
+void expect(bool ok, const char* what, std::size_t n, std::size_t i) {
+  ++cases;
+  if (!ok) {
+    ++failures;
+    if (failures < 10) std::printf("WRONG %s n=%zu at %zu\n", what, n, i);
+  }
+}
+
+template <class T>
+void check_all(hierarchical& h) {
+  const int p = h.size();
+  const int me = h.rank();
+  for (std::size_t n :
+       {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}, std::size_t{300007}}) {
+    for (reduce_op op : {reduce_op::sum, reduce_op::max, reduce_op::avg}) {
+      if (op == reduce_op::avg && !std::is_floating_point_v<T>) continue;
+      for (hier_way way : {hier_way::hierarchical, hier_way::flat}) {
+        std::vector<T> v(n);
+        for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<T>(input(me, i));
+        h.all_reduce(std::span<T>(v), op, way);
+        bool ok = true;
+        std::size_t bad = 0;
+        for (std::size_t i = 0; i < n && ok; ++i) {
+          ok = std::fabs(static_cast<double>(v[i]) - ref(op, p, i)) <= (op == reduce_op::avg ? 1e-5 : 0.0);
+          bad = i;
+        }
+        expect(ok, way == hier_way::flat ? "all_reduce flat" : "all_reduce hierarchical", n, bad);
+      }
+    }
+  }
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}}) {
+    const auto up = static_cast<std::size_t>(p);
+    std::vector<T> in(n), out(n * up);
+    for (std::size_t i = 0; i < n; ++i) in[i] = static_cast<T>(input(me, i));
+    h.all_gather(std::span<const T>(in), std::span<T>(out));
+    bool ok = true;
+    for (std::size_t q = 0; q < up && ok; ++q) {
+      for (std::size_t i = 0; i < n && ok; ++i)
+        ok = out[q * n + i] == static_cast<T>(input(static_cast<int>(q), i));
+    }
+    expect(ok, "all_gather", n, 0);
+    for (reduce_op op : {reduce_op::sum, reduce_op::max}) {
+      std::vector<T> whole(n * up), mine(n);
+      for (std::size_t i = 0; i < n * up; ++i) whole[i] = static_cast<T>(input(me, i));
+      h.reduce_scatter(std::span<const T>(whole), std::span<T>(mine), op);
+      bool good = true;
+      for (std::size_t i = 0; i < n && good; ++i) {
+        good = static_cast<double>(mine[i]) == ref(op, p, static_cast<std::size_t>(me) * n + i);
+      }
+      expect(good, "reduce_scatter", n, 0);
+    }
+  }
+}
+
+int bench(hierarchical& h, std::size_t bytes) {
+  std::vector<float> v(bytes / sizeof(float), 1.0f);
+  double t[2] = {0, 0};
+  const hier_way ways[2] = {hier_way::flat, hier_way::hierarchical};
+  constexpr int iters = 3;
+  for (int w = 0; w < 2; ++w) {
+    h.all_reduce(std::span<float>(v), reduce_op::sum, ways[w]);  // warm-up
+    std::vector<float> one(1, 0.0f);
+    h.world().all_reduce(one, reduce_op::sum);  // line up
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < iters; ++i) h.all_reduce(std::span<float>(v), reduce_op::sum, ways[w]);
+    double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / iters;
+    h.world().all_reduce(std::span<double>(&s, 1), reduce_op::max);
+    t[w] = s;
+  }
+  if (h.rank() == 0) {
+    const double b = static_cast<double>(bytes);
+    const double pf = h.predict(hier_way::flat, b);
+    const double ph = h.predict(hier_way::hierarchical, b);
+    std::printf("all-reduce f32 sum, %zu bytes, %d nodes x %d ranks\n", bytes, h.layout().nodes,
+                h.layout().per_node);
+    std::printf("  flat ring over tcp : %8.1f ms measured, %8.1f ms predicted\n", t[0] * 1e3, pf * 1e3);
+    std::printf("  hierarchical       : %8.1f ms measured, %8.1f ms predicted\n", t[1] * 1e3, ph * 1e3);
+    std::printf("  speed-up           : %8.2fx measured, %8.2fx predicted (measured/predicted %.2f)\n",
+                t[0] / t[1], pf / ph, (t[0] / t[1]) / (pf / ph));
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string what = argc > 1 ? argv[1] : "check";
+  try {
+    hierarchical h = hierarchical::from_env();
+    if (what == "bench") return bench(h, argc > 2 ? std::strtoull(argv[2], nullptr, 10) : (64u << 20));
+    check_all<float>(h);
+    check_all<double>(h);
+    check_all<std::int32_t>(h);
+    std::printf("%s %d cases (rank %d: node %d, local %d)\n", failures == 0 ? "OK" : "FAILED", cases,
+                h.rank(), h.layout().node, h.layout().local);
+    return failures == 0 ? 0 : 1;
+  } catch (const std::exception& e) {
+    std::printf("ERROR %s\n", e.what());
+    return 1;
+  }
+}
