@@ -24,7 +24,13 @@
 // then intra-node all-gather, then the blocks put in global rank order. Reduce-scatter:
 // the reverse (blocks ordered by local index, intra reduce-scatter, inter reduce-scatter).
 //
-// The cost of either way, with separate intra- and inter-node parameters (the L
+// Leader variant, for small messages: intra-node all-reduce, inter-node all-reduce among
+// the nodes' first ranks (local index 0) only, then the leader's result handed to its
+// node (an intra-node all-gather of which each rank keeps block 0: collx has no
+// broadcast yet). Fewer inter-node messages per node than the sharded way (one group,
+// not L).
+//
+// The cost of each way, with separate intra- and inter-node parameters (the L
 // inter-node groups share the node's link, so inter-node beta counts L times), is
 // predict(); choose() picks the cheaper for a size, and the collectives use it unless
 // told (hier_way::flat or hier_way::hierarchical).
@@ -92,7 +98,7 @@ struct node_layout {
   }
 };
 
-enum class hier_way { automatic, flat, hierarchical };
+enum class hier_way { automatic, flat, hierarchical, leader };
 
 struct hierarchical_options {
   // The model's parameters inside a node (shared memory) and on one node's link to the
@@ -166,6 +172,14 @@ class hierarchical {
       // A flat ring's busiest edges cross nodes when there are several.
       return ring(collective::all_reduce, P, bytes, N > 1 ? ho_.inter : ho_.intra);
     }
+    auto best = [](collective c, int p, double b, const cost_params& m) {
+      return algorithms::predicted_seconds(algorithms::choose(c, p, b, m), c, p, b, m);
+    };
+    if (way == hier_way::leader) {
+      return best(collective::all_reduce, L, bytes, ho_.intra) +
+             best(collective::all_reduce, N, bytes, ho_.inter) +
+             best(collective::all_gather, L, bytes * L, ho_.intra);
+    }
     cost_params shared = ho_.inter;
     shared.beta *= L;  // the L groups share the node's link
     return ring(collective::reduce_scatter, L, bytes, ho_.intra) +
@@ -176,8 +190,11 @@ class hierarchical {
   hier_way choose(double bytes) const {
     if (ho_.way != hier_way::automatic) return ho_.way;
     if (t_.nodes == 1 || t_.per_node == 1) return hier_way::flat;
-    return predict(hier_way::hierarchical, bytes) < predict(hier_way::flat, bytes) ? hier_way::hierarchical
-                                                                                   : hier_way::flat;
+    hier_way w = hier_way::flat;
+    for (hier_way c : {hier_way::hierarchical, hier_way::leader}) {
+      if (predict(c, bytes) < predict(w, bytes)) w = c;
+    }
+    return w;
   }
 
   template <class T>
@@ -190,6 +207,14 @@ class hierarchical {
       return;
     }
     const std::size_t L = static_cast<std::size_t>(t_.per_node);
+    if (way == hier_way::leader) {
+      node_.all_reduce(data, op);
+      if (t_.local == 0) across_.all_reduce(data, op);  // only the leaders' group
+      std::vector<T> all(data.size() * L);
+      node_.all_gather(std::span<const T>(data.data(), data.size()), std::span<T>(all));
+      std::copy_n(all.begin(), data.size(), data.begin());  // the leader's block
+      return;
+    }
     const std::size_t shard = data.size() / L;
     const std::size_t whole = shard * L;
     if (shard > 0) {

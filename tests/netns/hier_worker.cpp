@@ -52,7 +52,7 @@ void check_all(hierarchical& h) {
        {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}, std::size_t{300007}}) {
     for (reduce_op op : {reduce_op::sum, reduce_op::max, reduce_op::avg}) {
       if (op == reduce_op::avg && !std::is_floating_point_v<T>) continue;
-      for (hier_way way : {hier_way::hierarchical, hier_way::flat}) {
+      for (hier_way way : {hier_way::hierarchical, hier_way::leader, hier_way::flat, hier_way::automatic}) {
         std::vector<T> v(n);
         for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<T>(input(me, i));
         h.all_reduce(std::span<T>(v), op, way);
@@ -62,7 +62,7 @@ void check_all(hierarchical& h) {
           ok = std::fabs(static_cast<double>(v[i]) - ref(op, p, i)) <= (op == reduce_op::avg ? 1e-5 : 0.0);
           bad = i;
         }
-        expect(ok, way == hier_way::flat ? "all_reduce flat" : "all_reduce hierarchical", n, bad);
+        expect(ok, "all_reduce", n, bad);
       }
     }
   }
@@ -91,11 +91,12 @@ void check_all(hierarchical& h) {
 }
 
 int bench(hierarchical& h, std::size_t bytes) {
-  std::vector<float> v(bytes / sizeof(float), 1.0f);
-  double t[2] = {0, 0};
-  const hier_way ways[2] = {hier_way::flat, hier_way::hierarchical};
-  constexpr int iters = 3;
-  for (int w = 0; w < 2; ++w) {
+  std::vector<float> v(std::max<std::size_t>(bytes / sizeof(float), 1), 1.0f);
+  const hier_way ways[3] = {hier_way::flat, hier_way::hierarchical, hier_way::leader};
+  const char* names[3] = {"flat ring over tcp", "hierarchical", "leader"};
+  double t[3] = {0, 0, 0};
+  const int iters = bytes >= (1u << 20) ? 3 : 200;
+  for (int w = 0; w < 3; ++w) {
     h.all_reduce(std::span<float>(v), reduce_op::sum, ways[w]);  // warm-up
     std::vector<float> one(1, 0.0f);
     h.world().all_reduce(one, reduce_op::sum);  // line up
@@ -106,15 +107,19 @@ int bench(hierarchical& h, std::size_t bytes) {
     t[w] = s;
   }
   if (h.rank() == 0) {
-    const double b = static_cast<double>(bytes);
+    const double b = static_cast<double>(v.size() * sizeof(float));
+    std::printf("all-reduce f32 sum, %zu bytes, %d nodes x %d ranks, %d calls each\n",
+                v.size() * sizeof(float), h.layout().nodes, h.layout().per_node, iters);
+    for (int w = 0; w < 3; ++w) {
+      std::printf("  %-19s: %10.3f ms measured, %10.3f ms predicted\n", names[w], t[w] * 1e3,
+                  h.predict(ways[w], b) * 1e3);
+    }
     const double pf = h.predict(hier_way::flat, b);
     const double ph = h.predict(hier_way::hierarchical, b);
-    std::printf("all-reduce f32 sum, %zu bytes, %d nodes x %d ranks\n", bytes, h.layout().nodes,
-                h.layout().per_node);
-    std::printf("  flat ring over tcp : %8.1f ms measured, %8.1f ms predicted\n", t[0] * 1e3, pf * 1e3);
-    std::printf("  hierarchical       : %8.1f ms measured, %8.1f ms predicted\n", t[1] * 1e3, ph * 1e3);
-    std::printf("  speed-up           : %8.2fx measured, %8.2fx predicted (measured/predicted %.2f)\n",
-                t[0] / t[1], pf / ph, (t[0] / t[1]) / (pf / ph));
+    std::printf(
+        "  hierarchical over flat: %.2fx measured, %.2fx predicted (measured/predicted %.2f); auto picks "
+        "%s\n",
+        t[0] / t[1], pf / ph, (t[0] / t[1]) / (pf / ph), names[static_cast<int>(h.choose(b)) - 1]);
   }
   return 0;
 }
