@@ -3,6 +3,8 @@
 
 #include <doctest/doctest.h>
 
+#include "expect.hpp"
+
 #include <chrono>
 #include <string>
 #include <thread>
@@ -17,16 +19,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-template <class F>
-collx::error expect_error(F&& f) {
-  try {
-    f();
-  } catch (const collx::error& e) {
-    return e;
-  }
-  FAIL("expected a collx::error");
-  throw std::logic_error("unreachable");
-}
+using test::expect_error;
 
 bool contains(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
 

@@ -10,6 +10,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include "../expect.hpp"
+
 #include <sys/mman.h>
 #include <algorithm>
 #include <chrono>
@@ -96,16 +98,7 @@ void wait_all(collx::mpi_transport& t, const std::vector<op_t*>& ops, std::chron
   }
 }
 
-template <class F>
-collx::error expect_error(F&& f) {
-  try {
-    f();
-  } catch (const collx::error& e) {
-    return e;
-  }
-  FAIL("expected a collx::error");
-  throw std::logic_error("unreachable");
-}
+using test::expect_error;
 
 // ---- inputs and the serial reference ----
 

@@ -12,6 +12,8 @@
 // "OK <n> cases", "DETECTED <kind> after <ms> ms: <message>".
 
 #include <collx/init.hpp>
+
+#include "../reference.hpp"
 #if COLLX_HAVE_MPI
 #include <collx/init_mpi.hpp>
 #endif
@@ -32,25 +34,8 @@ namespace {
 using namespace collx;
 using clk = std::chrono::steady_clock;
 
-// Element i of rank r's input: small integers, so that sums stay exact in every type.
-double input(int r, std::size_t i) {
-  return static_cast<double>(static_cast<int>((r * 7 + i * 13) % 17) - 8);
-}
-
-double ref_reduce(reduce_op op, int p, std::size_t i) {
-  double acc = input(0, i);
-  for (int r = 1; r < p; ++r) {
-    const double v = input(r, i);
-    switch (op) {
-      case reduce_op::sum:
-      case reduce_op::avg: acc += v; break;
-      case reduce_op::prod: acc *= v; break;
-      case reduce_op::min: acc = std::min(acc, v); break;
-      case reduce_op::max: acc = std::max(acc, v); break;
-    }
-  }
-  return op == reduce_op::avg ? acc / p : acc;
-}
+using test::input;
+using test::ref_reduce;
 
 // Conversions that also serve the 16-bit storage types.
 template <class T>

@@ -7,6 +7,8 @@
 
 #include <collx/topology.hpp>
 
+#include "../reference.hpp"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -18,20 +20,8 @@ namespace {
 
 using namespace collx;
 
-double input(int r, std::size_t i) {
-  return static_cast<double>(static_cast<int>((r * 7 + i * 13) % 17) - 8);
-}
-
-double ref(reduce_op op, int p, std::size_t i) {
-  double acc = input(0, i);
-  for (int r = 1; r < p; ++r) {
-    const double v = input(r, i);
-    if (op == reduce_op::sum || op == reduce_op::avg) acc += v;
-    if (op == reduce_op::max) acc = std::max(acc, v);
-    if (op == reduce_op::min) acc = std::min(acc, v);
-  }
-  return op == reduce_op::avg ? acc / p : acc;
-}
+using test::input;
+using test::ref_reduce;
 
 int cases = 0;
 int failures = 0;
@@ -59,7 +49,8 @@ void check_all(hierarchical& h) {
         bool ok = true;
         std::size_t bad = 0;
         for (std::size_t i = 0; i < n && ok; ++i) {
-          ok = std::fabs(static_cast<double>(v[i]) - ref(op, p, i)) <= (op == reduce_op::avg ? 1e-5 : 0.0);
+          ok = std::fabs(static_cast<double>(v[i]) - ref_reduce(op, p, i)) <=
+               (op == reduce_op::avg ? 1e-5 : 0.0);
           bad = i;
         }
         expect(ok, "all_reduce", n, bad);
@@ -83,7 +74,7 @@ void check_all(hierarchical& h) {
       h.reduce_scatter(std::span<const T>(whole), std::span<T>(mine), op);
       bool good = true;
       for (std::size_t i = 0; i < n && good; ++i) {
-        good = static_cast<double>(mine[i]) == ref(op, p, static_cast<std::size_t>(me) * n + i);
+        good = static_cast<double>(mine[i]) == ref_reduce(op, p, static_cast<std::size_t>(me) * n + i);
       }
       expect(good, "reduce_scatter", n, 0);
     }
