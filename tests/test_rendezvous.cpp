@@ -311,3 +311,34 @@ TEST_CASE("strangers at a rank's tcp listener do not stop the job") {
   knock.join();
   CHECK(std::chrono::steady_clock::now() - t0 < 15s);
 }
+
+TEST_CASE("the store survives 600 mutated and random requests, then serves its job") {
+  tcp_store server("127.0.0.1", 0, true, 5s, "job-secret");
+  const auto port = server.port();
+  std::mt19937 gen(20261130);
+  auto byte = [&] { return static_cast<char>(gen() & 0xff); };
+  const std::string valid[] = {store_request(1, 4, 3) + "abc", store_request(2, 4, 10),
+                               store_request(3, 4, 1)};
+  for (int i = 0; i < 600; ++i) {
+    auto fd = raw_connect(port);
+    std::string msg = (i % 3 == 0) ? std::string() : store_hello("job-secret");
+    if (i % 2 == 0) {
+      std::string r = valid[static_cast<std::size_t>(gen() % 3)];
+      for (int k = 0, flips = 1 + static_cast<int>(gen() % 4); k < flips; ++k) r[gen() % r.size()] = byte();
+      if (gen() % 4 == 0) r.resize(gen() % r.size());  // truncated
+      msg += r;
+    } else {
+      const std::size_t from = msg.size();
+      msg.resize(from + 1 + gen() % 64);
+      for (std::size_t k = from; k < msg.size(); ++k) msg[k] = byte();
+    }
+    try {
+      raw_send(fd, msg);
+    } catch (const error&) {
+      // the server may already have hung up: that is a refusal, which is fine
+    }
+  }
+  tcp_store good("127.0.0.1", port, false, 2s, "job-secret");
+  good.set("after", "the storm");
+  CHECK(good.get("after", 1s) == "the storm");
+}

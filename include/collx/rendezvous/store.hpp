@@ -194,26 +194,27 @@ class store_server {
 
   // False when the client is gone.
   bool serve(client& c, short ev) {
+    bool eof = false;
     if (ev & (POLLIN | POLLHUP | POLLERR)) {
       char buf[64 * 1024];
       for (;;) {
         const ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
         if (n > 0) {
           c.in.append(buf, static_cast<std::size_t>(n));
+          // Parse as it comes, so a flood is refused before it piles up.
+          if (!parse_all(c)) return false;
           continue;
         }
-        if (n == 0) return false;
+        if (n == 0) {
+          eof = true;  // what came before the end is still parsed (and refused, if bad)
+          break;
+        }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) break;
         return false;
       }
-      for (;;) {
-        if (c.waiting) break;
-        const parsed r = c.hello ? parse_one(c) : parse_hello(c);
-        if (r == parsed::bad) return false;
-        if (r == parsed::need_more) break;
-      }
     }
+    if (!parse_all(c) || eof) return false;
     while (!c.out.empty()) {
       const ssize_t n = ::send(c.fd.get(), c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       if (n > 0) {
@@ -227,6 +228,16 @@ class store_server {
   }
 
   enum class parsed { done, need_more, bad };
+
+  // Handles every whole request buffered, up to a parked get; false: drop the client.
+  bool parse_all(client& c) {
+    while (!c.waiting) {
+      const parsed r = c.hello ? parse_one(c) : parse_hello(c);
+      if (r == parsed::bad) return false;
+      if (r == parsed::need_more) break;
+    }
+    return true;
+  }
 
   // Drops a client, saying why on stderr: the job's operator sees who knocked.
   parsed refuse(const client& c, const std::string& why) {
