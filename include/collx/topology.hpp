@@ -115,6 +115,10 @@ class hierarchical {
   // node over shm, and one tcp communicator per local index across nodes.
   static hierarchical from_env(communicator_config cfg = {}, hierarchical_options ho = {}) {
     const launch_info li = launch_from_env();
+    if (li.launcher == "none") {
+      throw error(errc::invalid_argument, "topology", error::no_rank, error::no_rank,
+                  "no launcher: start the ranks with collx-run, mpirun, srun or torchrun's environment");
+    }
     std::shared_ptr<store> st = store_from(li, cfg.timeout);
     hierarchical h = make(st, li, cfg, ho);
     detail::retire_store(*st, li, cfg.timeout);
