@@ -160,6 +160,24 @@ long long count_wrong(const std::byte* got, const std::byte* want, std::size_t n
   return w;
 }
 
+// Elements of rank `rank`'s result that differ from the reference; count is per rank (a
+// block of all-gather and reduce-scatter, the whole buffer of all-reduce).
+long long wrong_elements(const settings& s, const std::byte* got, int rank, std::size_t count) {
+  const std::size_t es = size_of(s.type);
+  if (s.coll == collective::all_gather) {
+    std::vector<std::byte> want(count * es);
+    long long w = 0;
+    for (int j = 0; j < s.np; ++j) {
+      fill(s.type, s.op, j, 0, want.data(), count, s.np);
+      w += count_wrong(got + static_cast<std::size_t>(j) * count * es, want.data(), count, es);
+    }
+    return w;
+  }
+  const std::size_t first = s.coll == collective::reduce_scatter ? static_cast<std::size_t>(rank) * count : 0;
+  const auto want = expected(s, first, count);
+  return count_wrong(got, want.data(), count, es);
+}
+
 std::vector<std::string> split(std::string_view list) {
   std::vector<std::string> out;
   for (std::size_t p0 = 0; p0 <= list.size();) {
@@ -238,17 +256,7 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
     once();
     const std::byte* got = recv;
     if (s.plant_error && r == 0 && out_n > 0) const_cast<std::byte*>(got)[0] ^= std::byte{0x41};
-    if (s.coll == collective::all_gather) {
-      std::vector<std::byte> want(count * es);
-      for (int j = 0; j < p; ++j) {
-        fill(s.type, s.op, j, 0, want.data(), count, p);
-        wrong += count_wrong(got + static_cast<std::size_t>(j) * count * es, want.data(), count, es);
-      }
-    } else {
-      const std::size_t first = s.coll == collective::reduce_scatter ? ur * count : 0;
-      const auto want = expected(s, first, count);
-      wrong += count_wrong(got, want.data(), count, es);
-    }
+    wrong += wrong_elements(s, got, r, count);
     std::int64_t w = wrong;
     c.all_reduce(std::span(&w, 1), reduce_op::sum);
     wrong = w;
@@ -299,21 +307,9 @@ bench::baseline_data baseline_checks(const settings& s) {
     fill(s.type, s.op, rank, 0, static_cast<std::byte*>(buf), n, s.np);
   };
   d.check = [&s](const void* result, int rank, std::size_t n) -> long long {
-    const auto* got = static_cast<const std::byte*>(result);
-    const std::size_t es = size_of(s.type);
-    if (s.coll == collective::all_gather) {
-      const std::size_t count = n / static_cast<std::size_t>(s.np);
-      std::vector<std::byte> want(count * es);
-      long long w = 0;
-      for (int j = 0; j < s.np; ++j) {
-        fill(s.type, s.op, j, 0, want.data(), count, s.np);
-        w += count_wrong(got + static_cast<std::size_t>(j) * count * es, want.data(), count, es);
-      }
-      return w;
-    }
-    const std::size_t first = s.coll == collective::reduce_scatter ? static_cast<std::size_t>(rank) * n : 0;
-    const auto want = expected(s, first, n);
-    return count_wrong(got, want.data(), n, es);
+    // n: the result's elements, which for all-gather are every rank's block.
+    const std::size_t count = s.coll == collective::all_gather ? n / static_cast<std::size_t>(s.np) : n;
+    return wrong_elements(s, static_cast<const std::byte*>(result), rank, count);
   };
   return d;
 }

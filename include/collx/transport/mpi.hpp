@@ -678,6 +678,13 @@ class mpi_state {
     fail(o, k, std::move(msg), true);
   }
 
+  // An operation still under way with a peer known to have failed ends with its failure.
+  bool fail_if_peer_failed(mpi_op& o) {
+    if (!peers_[static_cast<std::size_t>(o.peer)].failed) return false;
+    fail_for_peer(o);
+    return true;
+  }
+
   // Moves o along; true if anything changed, for this operation or another.
   bool advance(mpi_op& o) {
     switch (o.state) {
@@ -694,11 +701,7 @@ class mpi_state {
           finish(o);
           return true;
         }
-        if (peers_[static_cast<std::size_t>(o.peer)].failed) {
-          fail_for_peer(o);
-          return true;
-        }
-        return false;
+        return fail_if_peer_failed(o);
       }
       case mpi_op::header: return advance_peer(o.peer);
       case mpi_op::data: {
@@ -711,11 +714,7 @@ class mpi_state {
           finish(o);
           return true;
         }
-        if (peers_[static_cast<std::size_t>(o.peer)].failed) {
-          fail_for_peer(o);
-          return true;
-        }
-        return false;
+        return fail_if_peer_failed(o);
       }
       default: return false;
     }
