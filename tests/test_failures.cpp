@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include <collx/transport/faulty.hpp>
+
 #include "common.hpp"
 
 using collx::dtype;
@@ -343,4 +345,93 @@ TEST_CASE("kill and set_delay check their rank") {
   collx::local_world world(2);
   CHECK_THROWS_AS(world.kill(2), collx::error);
   CHECK_THROWS_AS(world.set_delay(-1, 1ms), collx::error);
+}
+
+TEST_CASE("fault plans: COLLX_FAULT's syntax, and a malformed plan is an invalid_argument error") {
+  const auto plan =
+      collx::fault_plan::parse(" reset:rank=1,after=40 ; delay:time=200us,jitter=1ms;stall:for=2s ");
+  REQUIRE(plan.faults.size() == 3);
+  CHECK(plan.faults[0].what == collx::fault::kind::reset);
+  CHECK(plan.faults[0].rank == 1);
+  CHECK(plan.faults[0].after == 40);
+  CHECK(plan.faults[1].rank == -1);
+  CHECK(plan.faults[1].time == 200us);
+  CHECK(plan.faults[1].jitter == 1ms);
+  CHECK(plan.faults[2].stall_for == 2s);
+  CHECK(collx::fault_plan::parse("").empty());
+  for (const char* bad : {"explode", "kill:rank", "kill:rank=x", "delay:time=5", "delay:time=5h",
+                          "kill:when=3", "delay:time=99999999999999999999s"}) {
+    CAPTURE(bad);
+    const auto e = expect_error([&] { collx::fault_plan::parse(bad); });
+    CHECK(e.kind() == errc::invalid_argument);
+    CHECK(contains(e.what(), "COLLX_FAULT"));
+  }
+  // A rank the world lacks, or a connection fault on a transport without connections.
+  collx::local_world world(2);
+  auto e = expect_error([&] { collx::faulty(world.transport(0), collx::fault_plan::parse("kill:rank=2")); });
+  CHECK(contains(e.what(), "rank 2 of 2"));
+  e = expect_error([&] { collx::faulty(world.transport(0), collx::fault_plan::parse("drop")); });
+  CHECK(contains(e.what(), "no connections"));
+}
+
+TEST_CASE("faulty<T>: delayed and jittered messages keep their order, and every result is right") {
+  collx::local_world world(3);
+  const auto plan = collx::fault_plan::parse("delay:time=20us,jitter=300us; slow:rank=2,time=2ms");
+  std::vector<std::exception_ptr> errors(3);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        collx::communicator c(collx::faulty(world.transport(r), plan));
+        for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{1001}, std::size_t{40000}}) {
+          for (auto a :
+               {collx::algorithm::ring, collx::algorithm::tree, collx::algorithm::recursive_doubling}) {
+            std::vector<double> v(n);
+            for (std::size_t i = 0; i < n; ++i)
+              v[i] = static_cast<double>(r * 1000 + static_cast<int>(i % 977));
+            collx::options o;
+            o.algo = a;
+            o.segment_bytes = 4096;  // many messages per peer, so order matters
+            c.all_reduce(v, reduce_op::sum, o);
+            std::size_t wrong = 0;
+            for (std::size_t i = 0; i < n; ++i)
+              wrong += v[i] == 3000.0 + 3.0 * static_cast<double>(i % 977) ? 0 : 1;
+            REQUIRE(wrong == 0);
+          }
+        }
+      } catch (...) {
+        errors[static_cast<std::size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  test::expect_ok(errors);
+}
+
+TEST_CASE("faulty<T>: a rank that aborts mid-collective gives every other rank an error naming it") {
+  collx::local_world world(3);
+  const auto plan = collx::fault_plan::parse("abort:rank=1,after=5");
+  std::vector<std::exception_ptr> errors(3);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 3; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        collx::communicator_config cfg;
+        cfg.timeout = 10s;
+        collx::communicator c(collx::faulty(world.transport(r), plan), cfg);
+        std::vector<float> v(100000, 1.0f);
+        collx::options o;
+        o.segment_bytes = 4096;
+        for (int i = 0; i < 10; ++i) c.all_reduce(v, reduce_op::sum, o);
+      } catch (...) {
+        errors[static_cast<std::size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < 3; ++r) {
+    const auto e = test::as_error(errors[static_cast<std::size_t>(r)]);
+    REQUIRE(e);
+    if (r != 1) CHECK((e->peer() == 1 || contains(e->what(), "rank 1 aborted")));
+  }
 }

@@ -27,6 +27,7 @@
 #include "collx/communicator.hpp"
 #include "collx/core/error.hpp"
 #include "collx/rendezvous/store.hpp"
+#include "collx/transport/faulty.hpp"
 #include "collx/transport/local.hpp"
 #include "collx/transport/shm.hpp"
 #include "collx/transport/tcp.hpp"
@@ -164,6 +165,20 @@ inline void retire_store(collx::store& st, const launch_info& li, std::chrono::m
 
 }  // namespace detail
 
+namespace detail {
+
+// The communicator over t; when COLLX_FAULT names a fault plan, over faulty<T>(t) so
+// that the plan's faults strike (collx/transport/faulty.hpp).
+template <transport T>
+communicator communicator_over(T t, const communicator_config& cfg, std::shared_ptr<void> keep_alive) {
+  if (auto plan = fault_plan::from_env()) {
+    return communicator(faulty<T>(std::move(t), std::move(*plan)), cfg, std::move(keep_alive));
+  }
+  return communicator(std::move(t), cfg, std::move(keep_alive));
+}
+
+}  // namespace detail
+
 // A communicator over `transport` ("shm", "tcp" or "auto") for the launched job, met
 // through `st`. Several communicators (over different transports, say) may share one
 // store if each has its own key prefix.
@@ -176,13 +191,14 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
     so.timeout = cfg.timeout;
     if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
     if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
-    return communicator(shm_transport(*st, li.rank, li.size, so, prefix + "/shm"), cfg, st);
+    return detail::communicator_over(shm_transport(*st, li.rank, li.size, so, prefix + "/shm"), cfg, st);
   }
   if (transport == "tcp") {
     tcp_options to;
     to.timeout = cfg.timeout;
     const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
-    return communicator(tcp_transport(*st, li.rank, li.size, host, to, prefix + "/tcp"), cfg, st);
+    return detail::communicator_over(tcp_transport(*st, li.rank, li.size, host, to, prefix + "/tcp"), cfg,
+                                     st);
   }
   throw error(
       errc::invalid_argument, "init", li.rank, error::no_rank,

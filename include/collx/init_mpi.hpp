@@ -37,7 +37,7 @@ inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_c
     throw error(errc::invalid_argument, "init", error::no_rank, error::no_rank,
                 "MPI is not initialized: create a collx::mpi_session (or call MPI_Init_thread) first");
   }
-  if (transport == "mpi") return communicator(mpi_transport(comm), cfg);
+  if (transport == "mpi") return detail::communicator_over(mpi_transport(comm), cfg, nullptr);
   launch_info li;
   li.launcher = "mpi";
   MPI_Comm_rank(comm, &li.rank);

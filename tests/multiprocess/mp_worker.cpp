@@ -7,9 +7,20 @@
 //   mp_worker kill VICTIM   a few good calls, then VICTIM SIGKILLs itself; every other
 //                           rank must get a collx::error (not hang) and says so
 //   mp_worker mismatch      rank 0 calls a different count: every rank gets an error
+//   mp_worker fault VICTIM  mixed collectives while COLLX_FAULT strikes rank VICTIM (or
+//                           nobody: delays and slow ranks must leave every result right);
+//                           each rank that fails says when and whom it blamed, checks
+//                           that the failed communicator refuses the next call and that
+//                           its file descriptors are back, then (when the victim lives)
+//                           builds a new communicator and checks its results
+//   mp_worker abort VICTIM  VICTIM calls abort() while the others are blocked in a call
+//   mp_worker soak CALLS    CALLS random collectives (sizes, algorithms, types, in place
+//                           or not) over a shm and a tcp communicator at random, each
+//                           result checked; COLLX_SOAK_SEED picks the sequence
 //
 // Exit status 0 when the scenario held on this rank. Output lines a test script checks:
-// "OK <n> cases", "DETECTED <kind> after <ms> ms: <message>".
+// "OK <n> cases", "DETECTED <kind> after <ms> ms: <message>", and for faults "BLAMES
+// <0|1>", "REFUSED", "FDS <before> <after>", "REBUILT OK <n> cases".
 
 #include <collx/init.hpp>
 
@@ -24,8 +35,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <optional>
+#include <random>
 #include <string>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -177,6 +191,18 @@ int report(const error& e, clk::time_point t0) {
   return 0;
 }
 
+// Calls on until the victim's failure reaches this rank.
+int kill_or_abort_wait(communicator& comm, std::vector<float>& v) {
+  const auto t0 = clk::now();
+  try {
+    for (int i = 0; i < 1000; ++i) comm.all_reduce(v, reduce_op::sum);
+  } catch (const error& e) {
+    return report(e, t0);
+  }
+  std::printf("NOT DETECTED\n");
+  return 1;
+}
+
 int kill_scenario(communicator& comm, int victim) {
   // collx-run stops the other ranks when one dies; they must live long enough to show
   // that they noticed by themselves.
@@ -187,14 +213,7 @@ int kill_scenario(communicator& comm, int victim) {
     std::fflush(stdout);
     std::raise(SIGKILL);
   }
-  const auto t0 = clk::now();
-  try {
-    for (int i = 0; i < 1000; ++i) comm.all_reduce(v, reduce_op::sum);
-  } catch (const error& e) {
-    return report(e, t0);
-  }
-  std::printf("NOT DETECTED\n");
-  return 1;
+  return kill_or_abort_wait(comm, v);
 }
 
 int mismatch_scenario(communicator& comm) {
@@ -209,6 +228,160 @@ int mismatch_scenario(communicator& comm) {
   return 1;
 }
 
+// One random collective, the same on every rank (they draw from one seed).
+void random_case(communicator& comm, std::mt19937_64& rng) {
+  constexpr collective colls[] = {collective::all_reduce, collective::reduce_scatter, collective::all_gather};
+  const collective c = colls[rng() % 3];
+  std::vector<algorithm> algos{algorithm::automatic};
+  for (algorithm a : all_algorithms) {
+    if (implements(a, c)) algos.push_back(a);
+  }
+  const algorithm a = algos[rng() % algos.size()];
+  // Sizes spread over decades: mostly small, some past a shm slot and a tcp stripe.
+  const int decade = static_cast<int>(rng() % 6);
+  std::size_t n = rng() % 10;
+  for (int d = 0; d < decade; ++d) n = n * 10 + rng() % 10;
+  const bool in_place = rng() % 2 == 0;
+  switch (rng() % 4) {
+    case 0: one_case<float>(comm, c, a, n, in_place, reduce_op::sum); break;
+    case 1: one_case<std::int32_t>(comm, c, a, n, in_place, reduce_op::max); break;
+    case 2:
+      one_case<double>(comm, c, a, n, in_place,
+                       c == collective::all_gather ? reduce_op::sum : reduce_op::avg);
+      break;
+    default: one_case<bfloat16>(comm, c, a, std::min<std::size_t>(n, 4099), in_place, reduce_op::sum); break;
+  }
+}
+
+// A communicator of the job over `transport`, met through `st` under `prefix`; "mpi"
+// (under mpirun) is met through MPI instead.
+communicator make(const std::shared_ptr<store>& st, const launch_info& li, const std::string& transport,
+                  const communicator_config& cfg, const std::string& prefix) {
+#if COLLX_HAVE_MPI
+  if (transport == "mpi") return init_from_mpi(MPI_COMM_WORLD, cfg, "mpi");
+#endif
+  return make_communicator(st, li, transport, cfg, prefix);
+}
+
+int open_fds() {
+  int n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// Mixed collectives while COLLX_FAULT strikes `victim` (-1: a fault nobody dies of).
+int fault_scenario(const communicator_config& cfg, int victim) {
+  std::signal(SIGTERM, SIG_IGN);  // a killed victim makes collx-run stop the others
+  const launch_info li = launch_from_env();
+  std::string transport = detail::env_str("COLLX_TRANSPORT");
+  const std::shared_ptr<store> st = store_from(li, cfg.timeout);
+  st->barrier("fault/connected", li.size, cfg.timeout);  // every store connection is made
+  const int fds_before = open_fds();
+  std::mt19937_64 rng(7);
+  std::optional<error> failure;
+  long long ms = 0;
+  {
+    communicator comm = make(st, li, transport, cfg, "gen1");
+    for (int i = 0; i < 60 && !failure; ++i) {
+      const auto t0 = clk::now();
+      try {
+        random_case(comm, rng);
+      } catch (const error& e) {
+        failure = e;
+        ms = std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count();
+      }
+    }
+    if (!failure) {
+      if (failures != 0) return 1;
+      std::printf("OK %d cases\n", cases);
+      return 0;
+    }
+    const error& e = *failure;
+    std::printf("DETECTED %s after %lld ms: %s\n", e.code().message().c_str(), ms, e.what());
+    if (li.rank != victim) {
+      // Whom it blames: the victim, as the peer it waited for or in the reason a
+      // neighbour passed on.
+      const bool blames = e.peer() == victim ||
+                          std::string(e.what()).find("peer " + std::to_string(victim)) != std::string::npos;
+      std::printf("BLAMES %d\n", blames ? 1 : 0);
+    }
+    if (li.rank != victim && ms > cfg.timeout.count() + 2000)
+      std::printf("LATE: %lld ms against a %lld ms timeout\n", ms,
+                  static_cast<long long>(cfg.timeout.count()));
+    try {
+      std::vector<float> v(3, 1.0f);
+      comm.all_reduce(v, reduce_op::sum);
+      std::printf("NOT REFUSED: a failed communicator ran another call\n");
+    } catch (const error& again) {
+      if (again.kind() == errc::aborted)
+        std::printf("REFUSED\n");
+      else
+        std::printf("NOT REFUSED: %s\n", again.what());
+    }
+  }
+  const int fds_after = open_fds();
+  std::printf("FDS %d %d\n", fds_before, fds_after);
+  std::fflush(stdout);
+  // A communicator is rebuilt by making a new one: the victim lives unless it was killed.
+  const char* plan = std::getenv("COLLX_FAULT");
+  if (plan != nullptr && std::string(plan).starts_with("kill")) return 0;
+  // MPI may still read a failed call's send buffer whenever a late peer matches the
+  // message (Open MPI cannot cancel a send): only the end of the process is safe.
+  if (transport == "mpi") {
+    std::printf("NOT REBUILT (mpi)\n");
+    return 0;
+  }
+  ::unsetenv("COLLX_FAULT");
+  failures = 0;
+  cases = 0;
+  communicator again = make(st, li, transport, cfg, "gen2");
+  rng.seed(8);  // the ranks stopped at different points of the first sequence
+  for (int i = 0; i < 20; ++i) random_case(again, rng);
+  if (failures != 0) return 1;
+  std::printf("REBUILT OK %d cases\n", cases);
+  return 0;
+}
+
+// VICTIM aborts while every other rank is blocked in a call it never joins.
+int abort_scenario(communicator& comm, int victim) {
+  std::vector<float> v(1 << 16, 1.0f);
+  comm.all_reduce(v, reduce_op::sum);
+  if (comm.rank() == victim) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    comm.abort("the victim gave up on purpose");
+    std::printf("ABORTED\n");
+    return 0;
+  }
+  return kill_or_abort_wait(comm, v);
+}
+
+// CALLS random collectives over communicators of one job (shm and tcp; and mpi under
+// mpirun with COLLX_INIT=mpi), each call on one of them at random.
+int soak_scenario(const communicator_config& cfg, long calls, bool with_mpi) {
+  const launch_info li = launch_from_env();
+  const std::shared_ptr<store> st = store_from(li, cfg.timeout);
+  std::vector<std::string> names{"shm", "tcp"};
+  if (with_mpi) names.emplace_back("mpi");
+  std::vector<communicator> comms;
+  for (const auto& n : names) comms.push_back(make(st, li, n, cfg, "soak-" + n));
+  const char* seed = std::getenv("COLLX_SOAK_SEED");
+  std::mt19937_64 rng(seed != nullptr ? std::strtoull(seed, nullptr, 10) : 1);
+  const auto t0 = clk::now();
+  std::vector<long> on(names.size());
+  for (long i = 0; i < calls && failures <= 10; ++i) {
+    const std::size_t k = rng() % comms.size();
+    ++on[k];
+    random_case(comms[k], rng);
+  }
+  if (failures != 0) return 1;
+  const auto secs = std::chrono::duration<double>(clk::now() - t0).count();
+  std::string split;
+  for (std::size_t k = 0; k < names.size(); ++k)
+    split += (k ? ", " : "") + std::to_string(on[k]) + " over " + names[k];
+  std::printf("OK %d cases (%s; %.1f s)\n", cases, split.c_str(), secs);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -216,6 +389,7 @@ int main(int argc, char** argv) {
   try {
     communicator_config cfg;
     if (scenario != "collectives") cfg.timeout = std::chrono::seconds(20);
+    const int victim = argc > 2 ? std::atoi(argv[2]) : 1;
 #if COLLX_HAVE_MPI
     // Under mpirun with COLLX_INIT=mpi (or COLLX_TRANSPORT=mpi): met through MPI
     // (init_from_mpi); otherwise through the launcher's environment (init_from_env).
@@ -224,12 +398,23 @@ int main(int argc, char** argv) {
     const char* how = std::getenv("COLLX_INIT");
     if ((t != nullptr && std::string(t) == "mpi") || (how != nullptr && std::string(how) == "mpi"))
       mpi.emplace();
+    const bool with_mpi = mpi.has_value();
+#else
+    const bool with_mpi = false;
+#endif
+    if (scenario == "fault") {
+      cfg.timeout = std::chrono::seconds(4);
+      return fault_scenario(cfg, victim);
+    }
+    if (scenario == "soak") return soak_scenario(cfg, argc > 2 ? std::atol(argv[2]) : 1000, with_mpi);
+#if COLLX_HAVE_MPI
     communicator comm = mpi ? init_from_mpi(MPI_COMM_WORLD, cfg) : init_from_env(cfg);
 #else
     communicator comm = init_from_env(cfg);
 #endif
     if (scenario == "collectives") return collectives(comm);
-    if (scenario == "kill") return kill_scenario(comm, argc > 2 ? std::atoi(argv[2]) : 1);
+    if (scenario == "kill") return kill_scenario(comm, victim);
+    if (scenario == "abort") return abort_scenario(comm, victim);
     if (scenario == "mismatch") return mismatch_scenario(comm);
     std::fprintf(stderr, "unknown scenario '%s'\n", scenario.c_str());
     return 2;

@@ -1,14 +1,19 @@
 #!/bin/sh
-# One multi-process test: run.sh LAUNCHER WORKER TRANSPORT NP SCENARIO
+# One multi-process test: run.sh LAUNCHER WORKER TRANSPORT NP SCENARIO [ARG]
 #   LAUNCHER  path to collx-run, or "mpirun:PATH" to launch with Open MPI's mpirun
-#   SCENARIO  collectives | kill | mismatch   (see mp_worker.cpp), optionally -mpi-init
+#   SCENARIO  collectives | kill | mismatch | abort | fault | soak  (see mp_worker.cpp),
+#             optionally -mpi-init
+#   ARG       the scenario's argument: the victim rank (default 1), or soak's call count
+#   COLLX_FAULT (environment)  fault: the fault plan (collx/transport/faulty.hpp)
 # Checks what every rank reported, that nothing hung, and that no shared-memory
 # segment of the job is left in /dev/shm.
 set -u
-launcher=$1 worker=$2 transport=$3 np=$4 scenario=$5
+launcher=$1 worker=$2 transport=$3 np=$4 scenario=$5 arg=${6:-1}
 # SCENARIO-mpi-init: the ranks meet through MPI (init_from_mpi) instead of the environment.
 COLLX_INIT=env
 case $scenario in *-mpi-init) scenario=${scenario%-mpi-init} COLLX_INIT=mpi ;; esac
+# soak-N: N random collectives.
+case $scenario in soak-*) arg=${scenario#soak-} scenario=soak ;; esac
 export COLLX_INIT
 job="t$$-$(od -An -N4 -tx4 /dev/urandom | tr -d ' ')"
 out=$(mktemp)
@@ -18,11 +23,13 @@ export COLLX_TRANSPORT="$transport" COLLX_JOB_ID="$job"
 case $launcher in
   mpirun:*)
     export OMPI_MCA_mpi_yield_when_idle=1
-    timeout 240 "${launcher#mpirun:}" --allow-run-as-root --oversubscribe -np "$np" \
-      -x COLLX_TRANSPORT -x COLLX_JOB_ID -x COLLX_INIT -x OMPI_MCA_mpi_yield_when_idle "$worker" "$scenario" 1 >"$out" 2>&1
+    set -- -x COLLX_TRANSPORT -x COLLX_JOB_ID -x COLLX_INIT -x OMPI_MCA_mpi_yield_when_idle
+    [ -n "${COLLX_FAULT:-}" ] && set -- "$@" -x COLLX_FAULT
+    timeout 240 "${launcher#mpirun:}" --allow-run-as-root --oversubscribe -np "$np" "$@" \
+      "$worker" "$scenario" "$arg" >"$out" 2>&1
     ;;
   *)
-    timeout 240 "$launcher" -n "$np" -- "$worker" "$scenario" 1 >"$out" 2>&1
+    timeout 240 "$launcher" -n "$np" -- "$worker" "$scenario" "$arg" >"$out" 2>&1
     ;;
 esac
 rc=$?
@@ -30,10 +37,11 @@ elapsed=$(($(date +%s) - start))
 cat "$out"
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$rc" -ne 124 ] || fail "the job hung (killed by timeout after ${elapsed}s)"
-ok=$(grep -c 'OK [0-9]* cases' "$out")
+ok=$(grep -c '] OK [0-9]* cases\|^OK [0-9]* cases' "$out")
 detected=$(grep -c 'DETECTED' "$out")
+count() { grep -c "$1" "$out"; }
 case $scenario in
-  collectives)
+  collectives | soak)
     [ "$rc" -eq 0 ] || fail "exit status $rc"
     [ "$ok" -eq "$np" ] || fail "$ok of $np ranks reported OK"
     ;;
@@ -48,8 +56,52 @@ case $scenario in
   mismatch)
     [ "$detected" -eq "$np" ] || fail "$detected of $np ranks detected the mismatch"
     ;;
+  abort)
+    [ "$rc" -eq 0 ] || fail "exit status $rc"
+    [ "$detected" -eq $((np - 1)) ] || fail "$detected of $((np - 1)) blocked ranks were released by the abort"
+    [ "$(count 'ABORTED')" -eq 1 ] || fail "the victim did not abort"
+    ;;
+  fault)
+    # Delays and slow ranks: every result right. Other faults: every rank fails (the
+    # victim too, unless killed) within its timeout, blames the victim, refuses the
+    # next call, gives its descriptors back, and (unless killed) builds a new
+    # communicator whose results are right.
+    case ${COLLX_FAULT:-} in
+      delay* | slow*)
+        [ "$rc" -eq 0 ] || fail "exit status $rc"
+        [ "$ok" -eq "$np" ] || fail "$ok of $np ranks reported OK"
+        ;;
+      *)
+        live=$np
+        case $COLLX_FAULT in kill*) live=$((np - 1)) ;; esac
+        [ "$detected" -eq "$live" ] || fail "$detected of $live ranks detected the fault"
+        blamed=$(count 'BLAMES 1')
+        case $COLLX_FAULT in
+          # A stalled rank is alive: the ranks that wait on it name it; one that waits
+          # on one of those may name that one when its own timeout comes first.
+          stall*) [ "$blamed" -ge 1 ] || fail "no rank blamed the stalled rank" ;;
+          *) [ "$(count 'BLAMES 0')" -eq 0 ] || fail "a rank blamed another rank than the victim" ;;
+        esac
+        [ "$(count 'LATE')" -eq 0 ] || fail "a rank detected the fault later than its timeout"
+        [ "$(count '] REFUSED\|^REFUSED')" -eq "$live" ] || fail "a failed communicator did not refuse the next call"
+        [ "$(grep -c 'FDS' "$out")" -eq "$live" ] || fail "a rank did not count its descriptors"
+        # (Rank 0 serves the store: a killed rank's store connection closes, so fewer is fine.)
+        grep 'FDS' "$out" | awk '$NF > $(NF-1) { bad = 1 } END { exit bad }' || fail "file descriptors leaked"
+        case $COLLX_FAULT in
+          kill*) ;;
+          *)
+            [ "$rc" -eq 0 ] || fail "exit status $rc"
+            case $transport in
+              mpi) ;;  # see mp_worker.cpp: after a failure only the end of an MPI process is safe
+              *) [ "$(count 'REBUILT OK')" -eq "$np" ] || fail "not every rank rebuilt a working communicator" ;;
+            esac
+            ;;
+        esac
+        ;;
+    esac
+    ;;
 esac
 grep -q 'NOT DETECTED' "$out" && fail "a rank did not detect the failure"
 left=$(ls /dev/shm | grep -c "^collx-$job-")
 [ "$left" -eq 0 ] || fail "$left shared-memory segments of the job left in /dev/shm"
-echo "PASS ($scenario over $transport, $np ranks, ${elapsed}s)"
+echo "PASS ($scenario${COLLX_FAULT:+ $COLLX_FAULT} over $transport, $np ranks, ${elapsed}s)"

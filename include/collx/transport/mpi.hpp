@@ -33,9 +33,12 @@
 //   receive already matched to a message completes regardless. cancel() waits a short,
 //   bounded time for such an operation, then frees its request, so after a failed call
 //   a transfer already under way may still read the caller's send buffer or write the
-//   receive buffer. That takes a peer that had already matched the message when the
-//   call failed; to be certain, keep a failed call's buffers until the communicator is
-//   destroyed.
+//   receive buffer, even after the communicator is destroyed: a peer that was alive but
+//   stalled matches the message whenever it runs again. The fault-injection tests
+//   showed it (a stalled rank woke, and its peer's Open MPI read a freed send buffer).
+//   So after a failed call over MPI, keep that call's buffers for the rest of the
+//   process, or end the process (the usual MPI answer to a failure); the shm and tcp
+//   transports have no such limit.
 //
 // Threads: a communicator runs its blocking calls on the caller's thread and its _async
 // calls on one worker thread, never two at once, so MPI_THREAD_SERIALIZED is enough for

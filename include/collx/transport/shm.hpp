@@ -294,6 +294,18 @@ class shm_transport {
     }
   }
 
+  // Fault injection (collx/transport/faulty.hpp): this rank lets go of its liveness
+  // lock, so that its peers find it gone though the process lives on: the shared
+  // memory analogue of a dropped connection. Its own operations fail too.
+  void inject_disconnect(bool /*reset*/) {
+    if (segs_.empty()) return;
+    ::flock(segs_[static_cast<std::size_t>(rank_)].fd, LOCK_UN);
+    for (int q = 0; q < size_; ++q) {
+      if (q != rank_)
+        fail_peer(q, errc::transport, "this rank let go of its shared memory by fault injection");
+    }
+  }
+
  private:
   struct peer_state {
     std::deque<op*> sendq;

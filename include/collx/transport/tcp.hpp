@@ -250,7 +250,8 @@ class tcp_transport {
   }
 
   // This rank gives up: tell each peer why (where its first stream is between
-  // messages, so the frame cannot land inside a payload), then close everything.
+  // messages, so the frame cannot land inside a payload: nothing queued, or the next
+  // message not begun), then close everything.
   void abort(errc kind, std::string_view why) {
     if (aborted_) return;
     aborted_ = true;
@@ -261,7 +262,7 @@ class tcp_transport {
       if (q == rank_) continue;
       auto& p = peer_of(q);
       auto& st = p.streams[0];
-      if (st.fd && st.sendq.empty() && !p.failed) {
+      if (st.fd && (st.sendq.empty() || st.sendq.front().done == 0) && !p.failed) {
         std::array<iovec, 2> iov{iovec{&h, sizeof h}, iovec{const_cast<char*>(why.data()), why.size()}};
         msghdr m{};
         m.msg_iov = iov.data();
@@ -273,6 +274,31 @@ class tcp_transport {
         if (s.fd) ::shutdown(s.fd.get(), SHUT_RDWR);
         s.fd.reset();
       }
+    }
+  }
+
+  // Fault injection (collx/transport/faulty.hpp): close every connection without a
+  // word, as a crashed host or a broken network would; `reset` sends an RST (a zero
+  // linger), otherwise a FIN. This rank's own pending and later operations fail too.
+  void inject_disconnect(bool reset) {
+    for (int q = 0; q < size(); ++q) {
+      if (q == rank_) continue;
+      auto& p = peer_of(q);
+      for (auto& s : p.streams) {
+        if (!s.fd) continue;
+        if (reset) {
+          const linger l{1, 0};
+          ::setsockopt(s.fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        } else {
+          ::shutdown(s.fd.get(), SHUT_RDWR);
+        }
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, s.fd.get(), nullptr);
+        s.interest = 0;
+        s.fd.reset();
+      }
+      fail_peer(q, errc::transport,
+                std::string("this rank's connections were ") + (reset ? "reset" : "dropped") +
+                    " by fault injection");
     }
   }
 
@@ -366,7 +392,10 @@ class tcp_transport {
         const ssize_t w = ::sendmsg(st.fd.get(), &m, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0) {
           if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return moved;
-          fail_peer(q, errc::peer_failure, lost(q, "sending", errno));
+          const int e = errno;
+          // A peer that aborted may have said why before it closed: that is the root
+          // cause, not the broken pipe.
+          if (!salvage_abort_reason(q)) fail_peer(q, errc::peer_failure, lost(q, "sending", e));
           return true;
         }
         pc.done += static_cast<std::size_t>(w);
@@ -434,6 +463,35 @@ class tcp_transport {
       fail_peer(q, errc::peer_failure, lost(q, "receiving", errno));
       return -1;
     }
+  }
+
+  // After a failed send to q: when q's first stream is between messages, read what q
+  // sent before it went (messages no receive was posted for yet, skipped) looking for
+  // an abort frame, and fail q with the reason in it. True when it found one.
+  bool salvage_abort_reason(int q) {
+    auto& st = stream(q, 0);
+    if (!st.fd || (!st.recvq.empty() && st.recvq.front().done != 0)) return false;
+    std::vector<std::byte> skip(1 << 16);
+    for (int messages = 0; messages < 64; ++messages) {
+      detail::tcp_header h;
+      if (::recv(st.fd.get(), &h, sizeof h, MSG_DONTWAIT) != static_cast<ssize_t>(sizeof h)) return false;
+      if (h.magic != detail::tcp_magic) return false;
+      if (h.kind == 1) {
+        std::string why(std::min<std::uint64_t>(h.size, 1 << 16), '\0');
+        const ssize_t r = ::recv(st.fd.get(), why.data(), why.size(), MSG_DONTWAIT);
+        why.resize(r > 0 ? static_cast<std::size_t>(r) : 0);
+        fail_peer(q, errc::peer_failure,
+                  "peer " + std::to_string(q) + " failed: " + (why.empty() ? "(reason lost)" : why));
+        return true;
+      }
+      // A data message: its first stripe rides on this stream.
+      for (std::size_t left = stripe(h.size, 0).second; left > 0;) {
+        const ssize_t r = ::recv(st.fd.get(), skip.data(), std::min(left, skip.size()), MSG_DONTWAIT);
+        if (r <= 0) return false;
+        left -= static_cast<std::size_t>(r);
+      }
+    }
+    return false;
   }
 
   std::string lost(int q, const char* what, int e) const {
