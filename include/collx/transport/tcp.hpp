@@ -102,7 +102,7 @@ struct tcp_hello {
   std::uint32_t magic = tcp_hello_magic;
   std::int32_t rank = 0;
   std::int32_t stream = 0;
-  std::uint32_t pad = 0;
+  std::uint32_t pad = 0;    // must be zero: a hello is exactly what connect_mesh sends
   std::uint64_t nonce = 0;  // the job's: a stray connection from another job is refused
 };
 
@@ -126,7 +126,7 @@ inline tcp_hello_parsed parse_tcp_hello(std::span<const std::byte> in, std::uint
   std::memcpy(&r.hello, in.data(), sizeof r.hello);
   r.status = parse_status::bad;
   const tcp_hello& h = r.hello;
-  if (h.magic != tcp_hello_magic || h.nonce != nonce) {
+  if (h.magic != tcp_hello_magic || h.nonce != nonce || h.pad != 0) {
     r.why = "not a rank of this job";
   } else if (h.rank <= rank || h.rank >= size || h.stream < 0 || h.stream >= streams) {
     r.why = "a rank or stream that is not expected here";
@@ -156,6 +156,11 @@ inline tcp_header_parsed parse_tcp_header(std::span<const std::byte> in, const e
   r.status = parse_status::bad;
   if (h.magic != tcp_magic) {
     r.message = "corrupt stream from peer " + std::to_string(q) + " (bad magic)";
+    return r;
+  }
+  if (h.kind > 1) {
+    r.message =
+        "corrupt stream from peer " + std::to_string(q) + " (frame kind " + std::to_string(h.kind) + ")";
     return r;
   }
   if (h.kind == 1) {
