@@ -88,6 +88,8 @@ inline bool same_token(std::string_view a, std::string_view b) {
 // get: timeout ms u64; add: delta i64. Integers are in the host's byte order.
 inline constexpr std::size_t store_hello_head = 2 * sizeof(std::uint32_t);
 inline constexpr std::size_t store_request_head = 1 + sizeof(std::uint32_t);
+// The longest request: a set of the longest key and value.
+inline constexpr std::size_t store_max_request = store_request_head + store_max_key + 8 + store_max_value;
 
 // One request as it lies in the client's buffer: key and value are views into it.
 struct store_request {
@@ -315,6 +317,10 @@ class store_server {
           c.in.append(buf, static_cast<std::size_t>(n));
           // Parse as it comes, so a flood is refused before it piles up.
           if (!parse_all(c)) return false;
+          // What is left is less than one request, unless the client sends on while its
+          // get waits: a real client never does, so a flood is dropped, not buffered.
+          if (c.in.size() > store_max_request)
+            return refuse(c, "more than a request sent while its get waits");
           continue;
         }
         if (n == 0) {
