@@ -275,6 +275,13 @@ TEST_CASE("the store refuses strangers, garbage and oversized requests, and serv
       CHECK(hung_up(fd));
     }
   }
+  SUBCASE("add on a key that holds no number, or a number and more") {
+    for (const auto& v : {std::string("x"), std::string("12\0x", 4), std::string("99999999999999999999")}) {
+      tcp_store job("127.0.0.1", port, false, 2s, "job-secret");
+      job.set("not-a-number", v);
+      CHECK_THROWS_AS((void)job.add("not-a-number", 1), error);
+    }
+  }
   // Whatever came before, the job's own clients are served.
   tcp_store good("127.0.0.1", port, false, 2s, "job-secret");
   good.set("k", "v");

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -187,9 +188,10 @@ inline std::string encode_store_request(store_cmd cmd, std::string_view key, std
 inline std::optional<std::int64_t> store_add(std::string& v, std::int64_t delta) {
   std::int64_t cur = 0;
   if (!v.empty()) {
-    char* end = nullptr;
-    cur = std::strtoll(v.c_str(), &end, 10);
-    if (*end != '\0') return std::nullopt;
+    // The whole value must be the number: strtoll stopped at an embedded NUL and took
+    // "12\0x" for 12, and saturated on overflow.
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), cur);
+    if (ec != std::errc() || end != v.data() + v.size()) return std::nullopt;
   }
   cur = static_cast<std::int64_t>(static_cast<std::uint64_t>(cur) + static_cast<std::uint64_t>(delta));
   v = std::to_string(cur);
