@@ -275,11 +275,35 @@ TEST_CASE("the store refuses strangers, garbage and oversized requests, and serv
       CHECK(hung_up(fd));
     }
   }
+  SUBCASE("add on a key that holds no number, or a number and more") {
+    for (const auto& v : {std::string("x"), std::string("12\0x", 4), std::string("99999999999999999999")}) {
+      tcp_store job("127.0.0.1", port, false, 2s, "job-secret");
+      job.set("not-a-number", v);
+      CHECK_THROWS_AS((void)job.add("not-a-number", 1), error);
+    }
+  }
   // Whatever came before, the job's own clients are served.
   tcp_store good("127.0.0.1", port, false, 2s, "job-secret");
   good.set("k", "v");
   CHECK(server.get("k", 1s) == "v");
   CHECK(good.add("n", 2) == 2);
+}
+
+TEST_CASE("a client that floods the store while its get waits is dropped, not buffered without bound") {
+  tcp_store server("127.0.0.1", 0, true, 5s, "job-secret");
+  auto fd = raw_connect(server.port());
+  raw_send(fd, store_hello("job-secret") + store_request(2, 4, 60000));  // a get that waits a minute
+  const std::string flood(1 << 20, 'x');
+  try {
+    for (std::size_t sent = 0; sent <= detail::store_max_value + (8u << 20); sent += flood.size())
+      raw_send(fd, flood);
+  } catch (const error&) {
+    // the server hung up midway: what the test wants
+  }
+  CHECK(hung_up(fd));
+  tcp_store good("127.0.0.1", server.port(), false, 2s, "job-secret");
+  good.set("k", "v");
+  CHECK(good.get("k", 1s) == "v");
 }
 
 TEST_CASE("strangers at a rank's tcp listener do not stop the job") {

@@ -17,6 +17,10 @@ need doctest-dev test -f /usr/include/doctest/doctest.h
 need openmpi-bin command -v mpirun
 need libopenmpi-dev command -v mpicxx
 need libgloo-dev test -f /usr/include/gloo/allreduce_ring.h
+# The libFuzzer test builds the fuzz targets with clang++ -fsanitize=fuzzer; libFuzzer
+# itself (libclang_rt.fuzzer) is in libclang-rt-dev, not in clang.
+need clang command -v clang++
+need libclang-rt-dev sh -c 'ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a'
 # The emulated-cluster tests make network namespaces, veth links and tc limits.
 need iproute2 command -v ip
 if [ "${1:-}" = bench ]; then

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -80,6 +81,121 @@ inline bool same_token(std::string_view a, std::string_view b) {
   unsigned diff = a.size() == b.size() ? 0u : 1u;
   for (std::size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned>(a[i] ^ (i < b.size() ? b[i] : 0));
   return diff == 0;
+}
+
+// The store's wire protocol, apart from sockets so that a fuzzer can drive it from a
+// byte buffer. A client opens with a hello: magic u32, token length u32, token. Then
+// requests: cmd u8, key length u32, key, then set: value length u64 + value;
+// get: timeout ms u64; add: delta i64. Integers are in the host's byte order.
+inline constexpr std::size_t store_hello_head = 2 * sizeof(std::uint32_t);
+inline constexpr std::size_t store_request_head = 1 + sizeof(std::uint32_t);
+// The longest request: a set of the longest key and value.
+inline constexpr std::size_t store_max_request = store_request_head + store_max_key + 8 + store_max_value;
+
+// One request as it lies in the client's buffer: key and value are views into it.
+struct store_request {
+  store_cmd cmd = store_cmd::get;
+  std::string_view key;
+  std::uint64_t arg = 0;   // set: the value's length; get: the timeout in ms; add: the delta's bits
+  std::string_view value;  // set only
+};
+
+struct store_parsed {
+  parse_status status = parse_status::need_more;
+  std::size_t used = 0;  // done: the message's length, to drop from the buffer
+  std::string why;       // bad: what the server logs
+  store_request request;
+};
+
+inline store_parsed store_refusal(std::string why) {
+  store_parsed r;
+  r.status = parse_status::bad;
+  r.why = std::move(why);
+  return r;
+}
+
+// The hello at the front of `in`, checked against the job's token.
+inline store_parsed parse_store_hello(std::string_view in, std::string_view token) {
+  if (in.size() < store_hello_head) return {};
+  std::uint32_t magic = 0;
+  std::uint32_t len = 0;
+  std::memcpy(&magic, in.data(), sizeof magic);
+  std::memcpy(&len, in.data() + 4, sizeof len);
+  if (magic != store_hello_magic || len > store_max_token) return store_refusal("not a collx store client");
+  if (in.size() < store_hello_head + len) return {};
+  if (!same_token(in.substr(store_hello_head, len), token)) {
+    return store_refusal("wrong job token (COLLX_AUTH_TOKEN)");
+  }
+  store_parsed r;
+  r.status = parse_status::done;
+  r.used = store_hello_head + len;
+  return r;
+}
+
+// The request at the front of `in`. Bounds are checked as soon as the length fields
+// are in, so a huge length is refused before its bytes are waited for.
+inline store_parsed parse_store_request(std::string_view in) {
+  if (in.size() < store_request_head) return {};
+  std::uint32_t klen = 0;
+  std::memcpy(&klen, in.data() + 1, sizeof klen);
+  const auto cmd = static_cast<store_cmd>(in[0]);
+  if (cmd != store_cmd::set && cmd != store_cmd::get && cmd != store_cmd::add) {
+    return store_refusal("malformed request (command " + std::to_string(static_cast<int>(in[0])) + ")");
+  }
+  if (klen > store_max_key) return store_refusal("a key of " + std::to_string(klen) + " bytes");
+  const std::size_t need = store_request_head + klen + 8;
+  if (in.size() < need) return {};
+  store_parsed r;
+  r.request.cmd = cmd;
+  r.request.key = in.substr(store_request_head, klen);
+  std::memcpy(&r.request.arg, in.data() + store_request_head + klen, 8);
+  r.used = need;
+  if (cmd == store_cmd::set) {
+    if (r.request.arg > store_max_value)
+      return store_refusal("a value of " + std::to_string(r.request.arg) + " bytes");
+    if (in.size() - need < r.request.arg) return {};
+    r.request.value = in.substr(need, r.request.arg);
+    r.used += r.request.arg;
+  }
+  r.status = parse_status::done;
+  return r;
+}
+
+// What a client sends: the hello (a token over store_max_token is cut), and a request's
+// head (a set's value follows it).
+inline std::string encode_store_hello(std::string_view token) {
+  token = token.substr(0, std::min(token.size(), store_max_token));
+  const std::uint32_t magic = store_hello_magic;
+  const auto len = static_cast<std::uint32_t>(token.size());
+  std::string m(store_hello_head, '\0');
+  std::memcpy(m.data(), &magic, 4);
+  std::memcpy(m.data() + 4, &len, 4);
+  m.append(token);
+  return m;
+}
+
+inline std::string encode_store_request(store_cmd cmd, std::string_view key, std::uint64_t arg) {
+  std::string m(1, static_cast<char>(cmd));
+  const auto klen = static_cast<std::uint32_t>(key.size());
+  m.append(reinterpret_cast<const char*>(&klen), sizeof klen);
+  m.append(key);
+  m.append(reinterpret_cast<const char*>(&arg), sizeof arg);
+  return m;
+}
+
+// add: the integer held at a key (empty: 0) plus delta, wrapping; stored back as text.
+// Nothing when the key holds something other than a number.
+inline std::optional<std::int64_t> store_add(std::string& v, std::int64_t delta) {
+  std::int64_t cur = 0;
+  if (!v.empty()) {
+    // The whole value must be the number: strtoll stopped at an embedded NUL and took
+    // "12\0x" for 12, and saturated on overflow.
+    const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), cur);
+    if (ec != std::errc() || end != v.data() + v.size()) return std::nullopt;
+  }
+  cur = static_cast<std::int64_t>(static_cast<std::uint64_t>(cur) + static_cast<std::uint64_t>(delta));
+  v = std::to_string(cur);
+  return cur;
 }
 
 // The server half of tcp_store: one thread, one poll() loop over all clients, so a
@@ -203,6 +319,10 @@ class store_server {
           c.in.append(buf, static_cast<std::size_t>(n));
           // Parse as it comes, so a flood is refused before it piles up.
           if (!parse_all(c)) return false;
+          // What is left is less than one request, unless the client sends on while its
+          // get waits: a real client never does, so a flood is dropped, not buffered.
+          if (c.in.size() > store_max_request)
+            return refuse(c, "more than a request sent while its get waits");
           continue;
         }
         if (n == 0) {
@@ -227,98 +347,56 @@ class store_server {
     return true;
   }
 
-  enum class parsed { done, need_more, bad };
-
   // Handles every whole request buffered, up to a parked get; false: drop the client.
   bool parse_all(client& c) {
     while (!c.waiting) {
-      const parsed r = c.hello ? parse_one(c) : parse_hello(c);
-      if (r == parsed::bad) return false;
-      if (r == parsed::need_more) break;
+      const store_parsed r = c.hello ? parse_store_request(c.in) : parse_store_hello(c.in, token_);
+      if (r.status == parse_status::bad) return refuse(c, r.why);
+      if (r.status == parse_status::need_more) break;
+      if (!c.hello) {
+        c.hello = true;
+      } else if (!execute(c, r.request)) {
+        return false;
+      }
+      c.in.erase(0, r.used);  // after execute: the request's views point into c.in
     }
     return true;
   }
 
   // Drops a client, saying why on stderr: the job's operator sees who knocked.
-  parsed refuse(const client& c, const std::string& why) {
+  static bool refuse(const client& c, const std::string& why) {
     std::fprintf(stderr, "collx: the store refused %s: %s\n", c.from.c_str(), why.c_str());
-    return parsed::bad;
+    return false;
   }
 
-  // The hello: magic u32, token length u32, token.
-  parsed parse_hello(client& c) {
-    constexpr std::size_t head = 2 * sizeof(std::uint32_t);
-    if (c.in.size() < head) return parsed::need_more;
-    std::uint32_t magic = 0;
-    std::uint32_t len = 0;
-    std::memcpy(&magic, c.in.data(), sizeof magic);
-    std::memcpy(&len, c.in.data() + 4, sizeof len);
-    if (magic != store_hello_magic || len > store_max_token) return refuse(c, "not a collx store client");
-    if (c.in.size() < head + len) return parsed::need_more;
-    if (!same_token(std::string_view(c.in).substr(head, len), token_)) {
-      return refuse(c, "wrong job token (COLLX_AUTH_TOKEN)");
-    }
-    c.in.erase(0, head + len);
-    c.hello = true;
-    return parsed::done;
-  }
-
-  // Requests: cmd u8, key length u32, key, then set: value length u64 + value;
-  // get: timeout ms u64; add: delta i64.
-  parsed parse_one(client& c) {
-    constexpr std::size_t head = 1 + sizeof(std::uint32_t);
-    if (c.in.size() < head) return parsed::need_more;
-    std::uint32_t klen = 0;
-    std::memcpy(&klen, c.in.data() + 1, sizeof klen);
-    const auto cmd = static_cast<store_cmd>(c.in[0]);
-    if (cmd != store_cmd::set && cmd != store_cmd::get && cmd != store_cmd::add) {
-      return refuse(c, "malformed request (command " + std::to_string(static_cast<int>(c.in[0])) + ")");
-    }
-    if (klen > store_max_key) return refuse(c, "a key of " + std::to_string(klen) + " bytes");
-    const std::size_t need = head + klen + 8;
-    if (c.in.size() < need) return parsed::need_more;
-    std::string key = c.in.substr(head, klen);
-    std::uint64_t arg = 0;
-    std::memcpy(&arg, c.in.data() + head + klen, 8);
-    switch (cmd) {
-      case store_cmd::set: {
-        if (arg > store_max_value) return refuse(c, "a value of " + std::to_string(arg) + " bytes");
-        if (c.in.size() < need + arg) return parsed::need_more;
-        data_[key] = c.in.substr(need, arg);
-        c.in.erase(0, need + arg);
+  bool execute(client& c, const store_request& r) {
+    switch (r.cmd) {
+      case store_cmd::set:
+        data_[std::string(r.key)] = std::string(r.value);
         c.out.push_back(0);
-        return parsed::done;
-      }
+        return true;
       case store_cmd::get: {
-        c.in.erase(0, need);
-        auto v = data_.find(key);
+        auto v = data_.find(r.key);
         if (v != data_.end()) {
           reply_value(c, 0, v->second);
         } else {
           c.waiting = true;
-          c.wait_key = std::move(key);
-          c.wait_until = clock::now() + std::chrono::milliseconds(std::min<std::uint64_t>(arg, 1ull << 40));
+          c.wait_key = std::string(r.key);
+          c.wait_until = clock::now() + std::chrono::milliseconds(std::min<std::uint64_t>(r.arg, 1ull << 40));
         }
-        return parsed::done;
+        return true;
       }
       case store_cmd::add: {
-        c.in.erase(0, need);
         std::int64_t delta = 0;
-        std::memcpy(&delta, &arg, 8);
-        auto& v = data_[key];
-        std::int64_t cur = 0;
-        if (!v.empty()) {
-          char* end = nullptr;
-          cur = std::strtoll(v.c_str(), &end, 10);
-          if (*end != '\0') return refuse(c, "add on key '" + key + "', which does not hold a number");
-        }
-        cur = static_cast<std::int64_t>(static_cast<std::uint64_t>(cur) + static_cast<std::uint64_t>(delta));
-        v = std::to_string(cur);
-        c.out.append(reinterpret_cast<const char*>(&cur), sizeof cur);
-        return parsed::done;
+        std::memcpy(&delta, &r.arg, 8);
+        auto& v = data_[std::string(r.key)];
+        const auto cur = store_add(v, delta);
+        if (!cur) return refuse(c, "add on key '" + std::string(r.key) + "', which does not hold a number");
+        c.out.append(reinterpret_cast<const char*>(&*cur), sizeof *cur);
+        return true;
       }
     }
-    return parsed::bad;
+    return false;
   }
 
   fd_t listen_;
@@ -357,12 +435,7 @@ class tcp_store final : public store {
     const std::string to = host.empty() ? std::string("127.0.0.1") : host;
     who_ = "the store at " + to + ":" + std::to_string(port_);
     fd_ = detail::connect_to(to, std::to_string(port_), detail::clock::now() + timeout);
-    std::string hello(8, '\0');
-    const std::uint32_t magic = detail::store_hello_magic;
-    const auto len = static_cast<std::uint32_t>(std::min(token.size(), detail::store_max_token));
-    std::memcpy(hello.data(), &magic, 4);
-    std::memcpy(hello.data() + 4, &len, 4);
-    hello.append(token, 0, len);
+    const std::string hello = detail::encode_store_hello(token);
     detail::write_all(fd_.get(), std::as_bytes(std::span(hello.data(), hello.size())), deadline(), who_);
   }
 
@@ -436,12 +509,7 @@ class tcp_store final : public store {
                   "a store key holds at most " + std::to_string(detail::store_max_key) +
                       " bytes and a value " + std::to_string(detail::store_max_value));
     }
-    std::string msg;
-    msg.push_back(static_cast<char>(cmd));
-    const auto klen = static_cast<std::uint32_t>(key.size());
-    msg.append(reinterpret_cast<const char*>(&klen), sizeof klen);
-    msg.append(key);
-    msg.append(reinterpret_cast<const char*>(&arg), sizeof arg);
+    const std::string msg = detail::encode_store_request(cmd, key, arg);
     detail::write_all(fd_.get(), std::as_bytes(std::span(msg.data(), msg.size())), deadline(), who_);
   }
 

@@ -56,6 +56,10 @@ class fd_t {
   int fd_ = -1;
 };
 
+// What a wire parser makes of the bytes it has so far: one whole message (done), not
+// enough bytes to judge yet (need_more: nothing is consumed), or a message to refuse.
+enum class parse_status { done, need_more, bad };
+
 inline std::string errno_text(int e) { return std::string(std::strerror(e)); }
 
 [[noreturn]] inline void throw_sys(errc kind, std::string_view what, int e) {

@@ -102,9 +102,87 @@ struct tcp_hello {
   std::uint32_t magic = tcp_hello_magic;
   std::int32_t rank = 0;
   std::int32_t stream = 0;
-  std::uint32_t pad = 0;
+  std::uint32_t pad = 0;    // must be zero: a hello is exactly what connect_mesh sends
   std::uint64_t nonce = 0;  // the job's: a stray connection from another job is refused
 };
+
+// The frames a rank reads, apart from sockets so that a fuzzer can drive them from a
+// byte buffer. Both are fixed-size; fewer bytes than a frame are need_more.
+inline constexpr std::size_t tcp_max_reason = 1 << 16;  // of an abort frame, the part that is read
+
+struct tcp_hello_parsed {
+  parse_status status = parse_status::need_more;
+  const char* why = nullptr;  // bad: what the listener logs
+  tcp_hello hello;
+};
+
+// The hello of a connection accepted by rank `rank` of `size`, with `streams` per peer:
+// only a higher rank of this job (its nonce) connects here. Whether that rank's stream
+// is already connected is the caller's to check.
+inline tcp_hello_parsed parse_tcp_hello(std::span<const std::byte> in, std::uint64_t nonce, int rank,
+                                        int size, int streams) {
+  tcp_hello_parsed r;
+  if (in.size() < sizeof(tcp_hello)) return r;
+  std::memcpy(&r.hello, in.data(), sizeof r.hello);
+  r.status = parse_status::bad;
+  const tcp_hello& h = r.hello;
+  if (h.magic != tcp_hello_magic || h.nonce != nonce || h.pad != 0) {
+    r.why = "not a rank of this job";
+  } else if (h.rank <= rank || h.rank >= size || h.stream < 0 || h.stream >= streams) {
+    r.why = "a rank or stream that is not expected here";
+  } else {
+    r.status = parse_status::done;
+  }
+  return r;
+}
+
+struct tcp_header_parsed {
+  parse_status status = parse_status::need_more;
+  bool abort = false;            // done: an abort frame, whose reason follows
+  std::size_t reason_bytes = 0;  // abort: how much of the reason to read (at most tcp_max_reason)
+  errc kind = errc::transport;   // bad: the error peer q's operations fail with
+  std::string message;           // bad: and its text
+  tcp_header header;
+};
+
+// The header at the front of a receive from peer q: an abort frame, or a message that
+// must match what this rank expects (envelope and byte count).
+inline tcp_header_parsed parse_tcp_header(std::span<const std::byte> in, const envelope& expect,
+                                          std::size_t expect_size, int q) {
+  tcp_header_parsed r;
+  if (in.size() < sizeof(tcp_header)) return r;
+  std::memcpy(&r.header, in.data(), sizeof r.header);
+  const tcp_header& h = r.header;
+  r.status = parse_status::bad;
+  if (h.magic != tcp_magic) {
+    r.message = "corrupt stream from peer " + std::to_string(q) + " (bad magic)";
+    return r;
+  }
+  if (h.kind > 1) {
+    r.message =
+        "corrupt stream from peer " + std::to_string(q) + " (frame kind " + std::to_string(h.kind) + ")";
+    return r;
+  }
+  if (h.kind == 1) {
+    r.status = parse_status::done;
+    r.abort = true;
+    r.reason_bytes = static_cast<std::size_t>(std::min<std::uint64_t>(h.size, tcp_max_reason));
+    return r;
+  }
+  const envelope got = h.env();
+  if (!(got == expect)) {
+    r.kind = errc::mismatch;
+    r.message = "this rank called " + expect.describe() + " but peer " + std::to_string(q) + " called " +
+                got.describe();
+  } else if (h.size != expect_size) {
+    r.kind = errc::mismatch;
+    r.message = "peer " + std::to_string(q) + " sent " + std::to_string(h.size) +
+                " bytes where this rank expects " + std::to_string(expect_size) + " for " + expect.describe();
+  } else {
+    r.status = parse_status::done;
+  }
+  return r;
+}
 
 struct tcp_op {
   enum : int { idle, pending, done, failed };
@@ -502,13 +580,9 @@ class tcp_transport {
   // The header of a receive has arrived: an abort frame, or a message that must match
   // what this rank expects.
   bool check_header(int q, op& o) {
-    const detail::tcp_header& h = o.hdr;
-    if (h.magic != detail::tcp_magic) {
-      fail_peer(q, errc::transport, "corrupt stream from peer " + std::to_string(q) + " (bad magic)");
-      return false;
-    }
-    if (h.kind == 1) {
-      std::string why(std::min<std::uint64_t>(h.size, 1 << 16), '\0');
+    const auto r = detail::parse_tcp_header(std::as_bytes(std::span(&o.hdr, 1)), o.expect, o.size, q);
+    if (r.status == detail::parse_status::done && r.abort) {
+      std::string why(r.reason_bytes, '\0');
       try {
         detail::read_all(stream(q, 0).fd.get(), std::as_writable_bytes(std::span(why.data(), why.size())),
                          detail::clock::now() + std::chrono::seconds(1), "peer " + std::to_string(q));
@@ -518,22 +592,15 @@ class tcp_transport {
       fail_peer(q, errc::peer_failure, "peer " + std::to_string(q) + " failed: " + why);
       return false;
     }
-    const envelope got = h.env();
-    std::string msg;
-    if (!(got == o.expect)) {
-      msg = "this rank called " + o.expect.describe() + " but peer " + std::to_string(q) + " called " +
-            got.describe();
-    } else if (h.size != o.size) {
-      msg = "peer " + std::to_string(q) + " sent " + std::to_string(h.size) +
-            " bytes where this rank expects " + std::to_string(o.size) + " for " + o.expect.describe();
-    }
-    if (!msg.empty()) {
-      // The payload behind the header is unread, so the stream is out of step: the
-      // communicator fails as a whole, as it does on any error.
-      o.state = op::failed;
-      o.kind = errc::mismatch;
-      o.message = msg;
-      fail_peer(q, errc::mismatch, msg);
+    if (r.status != detail::parse_status::done) {
+      if (r.kind == errc::mismatch) {
+        // The payload behind the header is unread, so the stream is out of step: the
+        // communicator fails as a whole, as it does on any error.
+        o.state = op::failed;
+        o.kind = r.kind;
+        o.message = r.message;
+      }
+      fail_peer(q, r.kind, r.message);
       return false;
     }
     o.header_ok = true;
@@ -640,19 +707,20 @@ class tcp_transport {
       };
       // A peer sends its hello at once; a stranger gets a short window, not the timeout.
       const auto hello_by = std::min(deadline, detail::clock::now() + std::chrono::seconds(2));
-      detail::tcp_hello hello;
+      std::array<std::byte, sizeof(detail::tcp_hello)> bytes{};
       try {
-        hello = detail::read_pod<detail::tcp_hello>(fd.get(), hello_by, "a connecting peer");
+        detail::read_all(fd.get(), bytes, hello_by, "a connecting peer");
       } catch (const error&) {
         drop("no hello");
         continue;
       }
-      if (hello.magic != detail::tcp_hello_magic || hello.nonce != nonce_) {
-        drop("not a rank of this job");
+      const auto r = detail::parse_tcp_hello(bytes, nonce_, rank_, size, opt_.streams);
+      if (r.status != detail::parse_status::done) {
+        drop(r.why != nullptr ? r.why : "no hello");
         continue;
       }
-      if (hello.rank <= rank_ || hello.rank >= size || hello.stream < 0 || hello.stream >= opt_.streams ||
-          stream(hello.rank, hello.stream).fd) {
+      const detail::tcp_hello& hello = r.hello;
+      if (stream(hello.rank, hello.stream).fd) {
         drop("a rank or stream that is not expected here");
         continue;
       }
