@@ -1,5 +1,7 @@
 // The shared-memory transport with its ranks as threads of one process, so that a
-// thread sanitizer build sees every rank's side of the transport and the executor:
+// ThreadSanitizer build (make test-tsan) sees every rank's transport state, executor and
+// communicator in one process (not the rings' ordering between ranks: each rank maps the
+// segments at its own addresses):
 // all_reduce, reduce_scatter and all_gather with every algorithm that implements them,
 // in place and out of place, against the serial reference of the multi-process tests.
 
@@ -10,11 +12,9 @@
 #include <collx/transport/shm.hpp>
 
 #include <unistd.h>
-#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <filesystem>
-#include <functional>
 #include <future>
 #include <memory>
 #include <random>
@@ -33,9 +33,10 @@ struct shm_case {
   std::size_t slots;
 };
 
-// Default slots (an executor segment fits one, so the executor reduces out of views);
-// and the smallest legal ring, 2 slots of 4 KiB, where a message spans many chunks, the
-// sender waits on the receiver for every other one, and views are never used.
+// Default slots (an executor segment fits one, so the executor always reduces out of
+// views); and the smallest legal ring, 2 slots of 4 KiB, where a large message spans many
+// chunks, the sender waits on the receiver for every other one, and only segments of
+// at most 4 KiB are reduced out of views.
 const shm_case cases[] = {{shm_options{}.slot_bytes, shm_options{}.slots}, {4096, 2}};
 
 // The counts: empty, one element, odd, a few KiB, and more than one default slot.
