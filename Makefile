@@ -4,7 +4,7 @@ BUILD ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: all deps bench-deps configure build test test-sanitize bench format clean
+.PHONY: all deps bench-deps configure build test test-sanitize test-tsan bench format clean
 
 all: build
 
@@ -23,9 +23,14 @@ build: configure
 test: build
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
 
-# ASan + UBSan over the core, failure, rendezvous and multi-process (shm, tcp) tests.
+# ASan + UBSan over the core, failure, rendezvous, shm and multi-process (shm, tcp) tests.
 test-sanitize: deps
-	sh tools/sanitize.sh
+	sh tools/sanitize.sh address
+
+# TSan over the local transport (core, failure and part of the collective tests) and the
+# shm transport with its ranks as threads.
+test-tsan: deps
+	sh tools/sanitize.sh thread
 
 # The default sweep: all-reduce, f32 sum, 8 B to 64 MiB, 2 ranks, collx over shm and
 # tcp beside Open MPI and Gloo in the same run, the loopback limit (iperf3), the plot.

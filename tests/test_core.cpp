@@ -149,7 +149,7 @@ TEST_CASE("COLLX_TIMEOUT overrides the default timeout, and malformed values are
   CHECK(collx::detail::timeout_from_env(7ms) == 7ms);
 }
 
-TEST_CASE("a calibrated model file is what the automatic choice uses; a bad one is ignored") {
+TEST_CASE("a calibrated model file is what the automatic choice uses, and a bad one is ignored") {
   const std::string path = "collx_test_model.txt";
   REQUIRE(collx::write_model(path, {3e-6, 2e-10, 1e-10}));
   ::setenv("COLLX_MODEL_FILE", path.c_str(), 1);
