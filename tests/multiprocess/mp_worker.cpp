@@ -175,8 +175,9 @@ int collectives(communicator& comm) {
       }
     }
   }
-  // The automatic choice too, and a bf16 sum.
+  // The automatic choice too, a call past tcp's striping limit (16 MiB), and a bf16 sum.
   one_case<float>(comm, collective::all_reduce, algorithm::automatic, 1 << 20, false, reduce_op::sum);
+  one_case<float>(comm, collective::all_reduce, algorithm::ring, (1 << 22) + 3, true, reduce_op::sum);
   one_case<bfloat16>(comm, collective::all_reduce, algorithm::automatic, 4099, true, reduce_op::sum);
   if (failures != 0) return 1;
   std::printf("OK %d cases\n", cases);

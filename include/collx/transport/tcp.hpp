@@ -49,6 +49,11 @@ struct tcp_options {
   // Messages below this size ride on one stream: striping a small message costs a
   // wake-up per stream and saves nothing.
   std::size_t stripe_min_bytes = 128 * 1024;
+  // Nor are the messages of a call of this many bytes per rank or more: there the copies
+  // are bound by memory, not by one core, and one stream per pair measured faster on
+  // the 2-core VM (2.0-2.3 GB/s against 1.4-1.6 at 32-64 MiB; docs/performance.md).
+  // 0: no limit.
+  std::size_t stripe_max_call_bytes = 16 << 20;
   int socket_buffer_bytes = 4 << 20;
   // Interface to listen on, as NCCL_SOCKET_IFNAME; empty: COLLX_SOCKET_IFNAME, else the
   // one that routes to the store's host.
@@ -409,10 +414,14 @@ class tcp_transport {
     o.message.clear();
   }
 
-  // Stripe s of a message of `bytes` bytes: all on the first stream when small.
-  std::pair<std::size_t, std::size_t> stripe(std::size_t bytes, int s) const {
+  // Stripe s of a message of `bytes` bytes in the call `env`: all on the first stream
+  // when the message is small or the call large (tcp_options). Both ends decide alike:
+  // they hold the same envelope.
+  std::pair<std::size_t, std::size_t> stripe(std::size_t bytes, const envelope& env, int s) const {
     const auto n = static_cast<std::size_t>(opt_.streams);
-    if (n == 1 || bytes < opt_.stripe_min_bytes)
+    const std::uint64_t call = env.count * size_of(env.type);
+    if (n == 1 || bytes < opt_.stripe_min_bytes ||
+        (opt_.stripe_max_call_bytes != 0 && call >= opt_.stripe_max_call_bytes))
       return s == 0 ? std::pair{std::size_t{0}, bytes} : std::pair{bytes, bytes};
     const auto k = static_cast<std::size_t>(s);
     return {bytes * k / n, bytes * (k + 1) / n};
@@ -421,7 +430,7 @@ class tcp_transport {
   void queue(int peer, op& o, std::deque<detail::tcp_piece> detail::tcp_stream::*q) {
     o.parts_left = 0;
     for (int s = 0; s < opt_.streams; ++s) {
-      const auto [b, e] = stripe(o.size, s);
+      const auto [b, e] = stripe(o.size, o.sending ? o.hdr.env() : o.expect, s);
       if (s != 0 && b == e) continue;
       (stream(peer, s).*q).push_back({&o, b, e, 0, s == 0});
       ++o.parts_left;
@@ -563,7 +572,7 @@ class tcp_transport {
         return true;
       }
       // A data message: its first stripe rides on this stream.
-      for (std::size_t left = stripe(h.size, 0).second; left > 0;) {
+      for (std::size_t left = stripe(h.size, h.env(), 0).second; left > 0;) {
         const ssize_t r = ::recv(st.fd.get(), skip.data(), std::min(left, skip.size()), MSG_DONTWAIT);
         if (r <= 0) return false;
         left -= static_cast<std::size_t>(r);
