@@ -10,9 +10,9 @@
 // MASTER_ADDR, shared directory or launcher environment is needed on any number of
 // hosts; the ranks then build the shm or tcp transport through that store, as
 // init_from_env does ("auto": shm when MPI says every rank shares this node, else tcp).
-// The address rank 0 announces: 127.0.0.1 on one node, else COLLX_SOCKET_IFNAME's
-// address, else rank 0's host name (which the other hosts must resolve to an address
-// that reaches it).
+// The address rank 0 listens on and announces (that one only, not every interface):
+// 127.0.0.1 on one node, else COLLX_SOCKET_IFNAME's address, else the address this host
+// reaches another rank's host from (by its name, gathered through MPI).
 // Include it on its own and link collx::mpi.
 
 #include <collx/init.hpp>
@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace collx {
 
@@ -48,6 +49,15 @@ inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_c
   MPI_Comm_size(node, &li.local_size);
   MPI_Comm_free(&node);
 
+  // Every rank's host name, so that rank 0 can listen on the interface that reaches
+  // the other hosts, not on every interface.
+  constexpr int name_bytes = 256;
+  std::array<char, name_bytes> mine{};
+  std::snprintf(mine.data(), mine.size(), "%s", detail::this_host().c_str());
+  std::vector<char> hosts(
+      li.rank == 0 ? static_cast<std::size_t>(name_bytes) * static_cast<std::size_t>(li.size) : 0);
+  MPI_Gather(mine.data(), name_bytes, MPI_CHAR, hosts.data(), name_bytes, MPI_CHAR, 0, comm);
+
   // Rank 0's answer: "host:port", or "!" and why it could not serve.
   std::array<char, 512> said{};
   std::shared_ptr<tcp_store> st;
@@ -57,12 +67,27 @@ inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_c
       std::string listen = host;
       if (li.local_size != li.size) {
         const std::string ifname = detail::env_str("COLLX_SOCKET_IFNAME");
-        host = ifname.empty() ? detail::this_host() : detail::interface_address(ifname);
-        if (host.empty()) {
-          throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
-                      "COLLX_SOCKET_IFNAME=" + ifname + " names no interface with an address");
+        if (!ifname.empty()) {
+          host = detail::interface_address(ifname);
+          if (host.empty()) {
+            throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+                        "COLLX_SOCKET_IFNAME=" + ifname + " names no interface with an address");
+          }
+        } else {
+          // The address this host reaches another rank's host from.
+          host.clear();
+          for (int q = 1; q < li.size && host.empty(); ++q) {
+            const std::string other(&hosts[static_cast<std::size_t>(q) * name_bytes]);
+            if (other != mine.data()) host = detail::route_address(other);
+          }
+          if (host.empty()) {
+            throw error(
+                errc::invalid_argument, "init", li.rank, error::no_rank,
+                "no route from this host to the other ranks' hosts by name: set COLLX_SOCKET_IFNAME to "
+                "the interface the ranks share");
+          }
         }
-        listen = ifname.empty() ? std::string() : host;
+        listen = host;
       }
       st = std::make_shared<tcp_store>(listen, 0, true, cfg.timeout);
       const bool v6 = host.find(':') != std::string::npos;
