@@ -53,7 +53,8 @@ struct communicator_config {
   // The algorithm for calls that do not name one; COLLX_ALGO overrides this default.
   algorithm algo = algorithms::algorithm_from_env(algorithm::automatic);
   // What the automatic choice prices algorithms with: what collx-calibrate measured
-  // (schedule/cost.hpp: model_file_path), else the defaults above.
+  // (schedule/cost.hpp: model_file_path), else the defaults above. Ranks must agree on
+  // it; make_communicator, init_from_env and init_from_mpi give every rank rank 0's.
   cost_params model = read_model(model_file_path()).value_or(local_transport_model);
 };
 

@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <memory>
@@ -167,6 +168,25 @@ inline void retire_store(collx::store& st, const launch_info& li, std::chrono::m
 
 namespace detail {
 
+// Rank 0's cost model, for every rank: the automatic choice must agree across ranks, and
+// each host reads its own COLLX_MODEL_FILE (or calibrated cache), which may differ.
+inline cost_params agree_model(collx::store& st, const launch_info& li, const communicator_config& cfg,
+                               const std::string& prefix) {
+  const std::string key = prefix + "/model";
+  if (li.rank == 0) {
+    char text[128];
+    std::snprintf(text, sizeof text, "%a %a %a", cfg.model.alpha, cfg.model.beta, cfg.model.gamma);
+    st.set(key, text);
+    return cfg.model;
+  }
+  const std::string text = st.get(key, cfg.timeout);
+  cost_params m;
+  if (std::sscanf(text.c_str(), "%la %la %la", &m.alpha, &m.beta, &m.gamma) != 3) {
+    throw error(errc::transport, "init", li.rank, 0, "rank 0's cost model came malformed: '" + text + "'");
+  }
+  return m;
+}
+
 // The communicator over t; when COLLX_FAULT names a fault plan, over faulty<T>(t) so
 // that the plan's faults strike (collx/transport/faulty.hpp).
 template <transport T>
@@ -186,6 +206,7 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
                                       std::string transport, communicator_config cfg = {},
                                       const std::string& prefix = "collx") {
   if (transport == "auto") transport = detail::all_on_this_host(*st, li, cfg.timeout) ? "shm" : "tcp";
+  cfg.model = detail::agree_model(*st, li, cfg, prefix);
   if (transport == "shm") {
     shm_options so;
     so.timeout = cfg.timeout;

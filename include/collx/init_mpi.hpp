@@ -38,7 +38,13 @@ inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_c
     throw error(errc::invalid_argument, "init", error::no_rank, error::no_rank,
                 "MPI is not initialized: create a collx::mpi_session (or call MPI_Init_thread) first");
   }
-  if (transport == "mpi") return detail::communicator_over(mpi_transport(comm), cfg, nullptr);
+  if (transport == "mpi") {
+    // Rank 0's cost model for every rank, as make_communicator does through its store.
+    double m[3] = {cfg.model.alpha, cfg.model.beta, cfg.model.gamma};
+    MPI_Bcast(m, 3, MPI_DOUBLE, 0, comm);
+    cfg.model = {m[0], m[1], m[2]};
+    return detail::communicator_over(mpi_transport(comm), cfg, nullptr);
+  }
   launch_info li;
   li.launcher = "mpi";
   MPI_Comm_rank(comm, &li.rank);

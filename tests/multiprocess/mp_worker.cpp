@@ -14,6 +14,7 @@
 //                           its file descriptors are back, then (when the victim lives)
 //                           builds a new communicator and checks its results
 //   mp_worker abort VICTIM  VICTIM calls abort() while the others are blocked in a call
+//   mp_worker models        each rank with its own cost model: the automatic choice agrees
 //   mp_worker soak CALLS    CALLS random collectives (sizes, algorithms, types, in place
 //                           or not) over a shm and a tcp communicator at random, each
 //                           result checked; COLLX_SOAK_SEED picks the sequence
@@ -356,6 +357,30 @@ int abort_scenario(communicator& comm, int victim) {
   return kill_or_abort_wait(comm, v);
 }
 
+// Each rank reads a different cost model (as hosts with different calibrations would);
+// the automatic choice must still agree, because every rank takes rank 0's.
+int models_scenario(communicator_config cfg, const std::string& transport) {
+  const launch_info li = launch_from_env();
+  const std::shared_ptr<store> st = store_from(li, cfg.timeout);
+  const cost_params rank0{1e-3, 1e-12, 1e-12};  // latency is everything: few messages
+  const cost_params others{1e-9, 1e-9, 1e-9};   // bandwidth is everything: ring-like
+  cfg.model = li.rank == 0 ? rank0 : others;
+  communicator comm = make(st, li, transport, cfg, "models");
+  int differ = 0;
+  const std::size_t counts[] = {1, 1001, 300007, 1 << 20};
+  for (collective c : {collective::all_reduce, collective::reduce_scatter, collective::all_gather}) {
+    for (std::size_t n : counts) {
+      const double bytes = static_cast<double>(n * sizeof(float));
+      differ += algorithms::choose(c, comm.size(), bytes, rank0) !=
+                algorithms::choose(c, comm.size(), bytes, others);
+      one_case<float>(comm, c, algorithm::automatic, n, false, reduce_op::sum);
+    }
+  }
+  if (failures != 0) return 1;
+  std::printf("OK %d cases (the two models choose differently in %d of them)\n", cases, differ);
+  return differ > 0 ? 0 : 1;
+}
+
 // CALLS random collectives over communicators of one job (shm and tcp; and mpi under
 // mpirun with COLLX_INIT=mpi), each call on one of them at random.
 int soak_scenario(const communicator_config& cfg, long calls, bool with_mpi) {
@@ -407,6 +432,7 @@ int main(int argc, char** argv) {
       cfg.timeout = std::chrono::seconds(4);
       return fault_scenario(cfg, victim);
     }
+    if (scenario == "models") return models_scenario(cfg, detail::env_str("COLLX_TRANSPORT"));
     if (scenario == "soak") return soak_scenario(cfg, argc > 2 ? std::atol(argv[2]) : 1000, with_mpi);
 #if COLLX_HAVE_MPI
     communicator comm = mpi ? init_from_mpi(MPI_COMM_WORLD, cfg) : init_from_env(cfg);

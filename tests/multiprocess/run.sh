@@ -1,7 +1,7 @@
 #!/bin/sh
 # One multi-process test: run.sh LAUNCHER WORKER TRANSPORT NP SCENARIO [ARG]
 #   LAUNCHER  path to collx-run, or "mpirun:PATH" to launch with Open MPI's mpirun
-#   SCENARIO  collectives | kill | mismatch | abort | fault | soak  (see mp_worker.cpp),
+#   SCENARIO  collectives | kill | mismatch | abort | fault | soak | models (mp_worker.cpp),
 #             optionally -mpi-init
 #   ARG       the scenario's argument: the victim rank (default 1), or soak's call count
 #   COLLX_FAULT (environment)  fault: the fault plan (collx/transport/faulty.hpp)
@@ -41,7 +41,7 @@ ok=$(grep -c '] OK [0-9]* cases\|^OK [0-9]* cases' "$out")
 detected=$(grep -c 'DETECTED' "$out")
 count() { grep -c "$1" "$out"; }
 case $scenario in
-  collectives | soak)
+  collectives | soak | models)
     [ "$rc" -eq 0 ] || fail "exit status $rc"
     [ "$ok" -eq "$np" ] || fail "$ok of $np ranks reported OK"
     ;;
