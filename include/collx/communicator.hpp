@@ -125,6 +125,9 @@ struct comm_state {
   std::mutex fail_m;
   std::string failure;  // set once, on the first failed call
 
+  // Set by explain_timeouts(): who a timed-out wait was really stuck on, and the story.
+  std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)> explain;
+
   std::mutex qm;
   std::condition_variable qcv;
   std::deque<call> queue;
@@ -319,6 +322,17 @@ class communicator {
   void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
                       const options& o = {}) {
     run_now(collective::reduce_scatter, in, out, count, t, op, o);
+  }
+
+  // A rank that times out waiting for a peer cannot tell a stalled peer from one that is
+  // itself waiting. With an explainer (make_communicator installs one that compares
+  // notes through the rendezvous store), the last tenth of each call's timeout, at most
+  // 2 s, is kept for it: the timed-out rank asks whom its peer was waiting for, and so on
+  // down the chain, and its error names the rank at the end, the one that made no
+  // progress. `explain(waited_for, grace)` returns that rank and the words to add.
+  void explain_timeouts(
+      std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)> explain) {
+    s_->explain = std::move(explain);
   }
 
   // Gives up: this rank's calls in flight and its peers' calls that wait on it end with
@@ -552,10 +566,23 @@ class communicator {
     ec.op = c.op;
     ec.env = {c.seq, c.count, segment, c.opt.tag, c.coll, c.type, c.op, a};
     ec.timeout = c.opt.timeout.count() != 0 ? c.opt.timeout : s.cfg.timeout;
+    std::chrono::milliseconds grace{0};
+    if (s.explain && ec.timeout < std::chrono::hours(24 * 365)) {
+      grace = std::min<std::chrono::milliseconds>(ec.timeout / 10, std::chrono::seconds(2));
+      ec.timeout -= grace;
+    }
     try {
       const auto p = plan_for(s, c, a, segment);
       s.core->run(*p, {c.in, c.out, nullptr}, ec);
     } catch (const error& e) {
+      if (e.kind() == errc::timeout && grace.count() > 0 && e.peer() >= 0 && e.peer() < s.size) {
+        const auto [culprit, story] = s.explain(e.peer(), grace);
+        if (culprit != e.peer()) {
+          const error x(errc::timeout, e.collective(), e.rank(), culprit, e.detail() + story);
+          fail(s, x.kind(), x.what());
+          throw x;
+        }
+      }
       fail(s, e.kind(), e.what());
       throw;
     } catch (const std::exception& e) {

@@ -187,6 +187,36 @@ inline cost_params agree_model(collx::store& st, const launch_info& li, const co
   return m;
 }
 
+// Lets c's timed-out ranks compare notes through st (communicator::explain_timeouts):
+// each writes whom it waited for under `key`, then follows the others' notes, polling
+// (a blocking get that timed out would leave the store's connection out of step).
+inline void explain_timeouts(communicator& c, std::shared_ptr<collx::store> st, std::string key) {
+  c.explain_timeouts([st = std::move(st), key = std::move(key), me = c.rank(), p = c.size()](
+                         int peer, std::chrono::milliseconds grace) -> std::pair<int, std::string> {
+    try {
+      st->add(key + std::to_string(me), peer + 1);
+      const auto until = clock::now() + grace;
+      int at = peer;
+      std::string story;
+      for (int hops = 0; hops < p; ++hops) {
+        std::int64_t next = 0;
+        while ((next = st->add(key + std::to_string(at), 0)) == 0 && clock::now() < until) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        }
+        if (next <= 0 || next > p) break;  // `at` waits for nobody: the stuck one
+        const int after = static_cast<int>(next - 1);
+        story += "; peer " + std::to_string(at) + " was itself waiting for peer " + std::to_string(after);
+        at = after;
+        if (at == me) return {peer, ""};  // a cycle through this rank: no one to single out
+      }
+      if (at == peer) return {peer, ""};
+      return {at, story + ", which made no progress: peer " + std::to_string(at) + " is stuck"};
+    } catch (const std::exception&) {
+      return {peer, ""};
+    }
+  });
+}
+
 // The communicator over t; when COLLX_FAULT names a fault plan, over faulty<T>(t) so
 // that the plan's faults strike (collx/transport/faulty.hpp).
 template <transport T>
@@ -207,19 +237,24 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
                                       const std::string& prefix = "collx") {
   if (transport == "auto") transport = detail::all_on_this_host(*st, li, cfg.timeout) ? "shm" : "tcp";
   cfg.model = detail::agree_model(*st, li, cfg, prefix);
+  auto explained = [&](communicator c) {
+    detail::explain_timeouts(c, st, prefix + "/" + transport + "/stuck/");
+    return c;
+  };
   if (transport == "shm") {
     shm_options so;
     so.timeout = cfg.timeout;
     if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
     if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
-    return detail::communicator_over(shm_transport(*st, li.rank, li.size, so, prefix + "/shm"), cfg, st);
+    return explained(
+        detail::communicator_over(shm_transport(*st, li.rank, li.size, so, prefix + "/shm"), cfg, st));
   }
   if (transport == "tcp") {
     tcp_options to;
     to.timeout = cfg.timeout;
     const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
-    return detail::communicator_over(tcp_transport(*st, li.rank, li.size, host, to, prefix + "/tcp"), cfg,
-                                     st);
+    return explained(
+        detail::communicator_over(tcp_transport(*st, li.rank, li.size, host, to, prefix + "/tcp"), cfg, st));
   }
   throw error(
       errc::invalid_argument, "init", li.rank, error::no_rank,
