@@ -359,8 +359,9 @@ TEST_CASE("fault plans: COLLX_FAULT's syntax, and a malformed plan is an invalid
   CHECK(plan.faults[1].jitter == 1ms);
   CHECK(plan.faults[2].stall_for == 2s);
   CHECK(collx::fault_plan::parse("").empty());
-  for (const char* bad : {"explode", "kill:rank", "kill:rank=x", "delay:time=5", "delay:time=5h",
-                          "kill:when=3", "delay:time=99999999999999999999s"}) {
+  for (const char* bad :
+       {"explode", "kill:rank", "kill:rank=x", "delay:time=5", "delay:time=5h", "kill:when=3",
+        "delay:time=99999999999999999999s", "stall:time=5s", "delay:after=10", "kill:rank=4294967295"}) {
     CAPTURE(bad);
     const auto e = expect_error([&] { collx::fault_plan::parse(bad); });
     CHECK(e.kind() == errc::invalid_argument);

@@ -325,11 +325,13 @@ class communicator {
   }
 
   // A rank that times out waiting for a peer cannot tell a stalled peer from one that is
-  // itself waiting. With an explainer (make_communicator installs one that compares
-  // notes through the rendezvous store), the last tenth of each call's timeout, at most
+  // itself waiting. With an explainer (one that compares notes through the rendezvous
+  // store, say), the last tenth of each call's timeout, at most
   // 2 s, is kept for it: the timed-out rank asks whom its peer was waiting for, and so on
   // down the chain, and its error names the rank at the end, the one that made no
-  // progress. `explain(waited_for, grace)` returns that rank and the words to add.
+  // progress. `explain(waited_for, grace)` returns that rank and the words to add. Set
+  // it before the first call (it is read without a lock). make_communicator installs one
+  // when the job meets through a tcp store.
   void explain_timeouts(
       std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)> explain) {
     s_->explain = std::move(explain);

@@ -22,8 +22,10 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <random>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "collx/communicator.hpp"
 #include "collx/core/error.hpp"
@@ -168,49 +170,70 @@ inline void retire_store(collx::store& st, const launch_info& li, std::chrono::m
 
 namespace detail {
 
-// Rank 0's cost model, for every rank: the automatic choice must agree across ranks, and
-// each host reads its own COLLX_MODEL_FILE (or calibrated cache), which may differ.
-inline cost_params agree_model(collx::store& st, const launch_info& li, const communicator_config& cfg,
-                               const std::string& prefix) {
-  const std::string key = prefix + "/model";
+// What every rank of a new communicator takes from rank 0 through the store: the cost
+// model (the automatic choice must agree, and each host reads its own COLLX_MODEL_FILE
+// or calibrated cache, which may differ) and an id for the communicator's notes.
+struct agreed {
+  cost_params model;
+  std::string id;
+};
+
+inline agreed agree(collx::store& st, const launch_info& li, const communicator_config& cfg,
+                    const std::string& prefix) {
+  const std::string key = prefix + "/agreed";
+  agreed a;
   if (li.rank == 0) {
-    char text[128];
-    std::snprintf(text, sizeof text, "%a %a %a", cfg.model.alpha, cfg.model.beta, cfg.model.gamma);
+    std::random_device rd;
+    char text[160];
+    std::snprintf(text, sizeof text, "%a %a %a %08x%08x", cfg.model.alpha, cfg.model.beta, cfg.model.gamma,
+                  rd(), rd());
     st.set(key, text);
-    return cfg.model;
+    a.model = cfg.model;
+    a.id = std::string(text).substr(std::string(text).rfind(' ') + 1);
+    return a;
   }
   const std::string text = st.get(key, cfg.timeout);
-  cost_params m;
-  if (std::sscanf(text.c_str(), "%la %la %la", &m.alpha, &m.beta, &m.gamma) != 3) {
-    throw error(errc::transport, "init", li.rank, 0, "rank 0's cost model came malformed: '" + text + "'");
+  char id[32] = {};
+  if (std::sscanf(text.c_str(), "%la %la %la %31s", &a.model.alpha, &a.model.beta, &a.model.gamma, id) != 4) {
+    throw error(errc::transport, "init", li.rank, 0, "rank 0's settings came malformed: '" + text + "'");
   }
-  return m;
+  a.id = id;
+  return a;
 }
 
 // Lets c's timed-out ranks compare notes through st (communicator::explain_timeouts):
-// each writes whom it waited for under `key`, then follows the others' notes, polling
-// (a blocking get that timed out would leave the store's connection out of step).
+// each notes whom it waited for under `key`, then follows the others' notes until a
+// rank that noted nothing within the grace.
 inline void explain_timeouts(communicator& c, std::shared_ptr<collx::store> st, std::string key) {
   c.explain_timeouts([st = std::move(st), key = std::move(key), me = c.rank(), p = c.size()](
                          int peer, std::chrono::milliseconds grace) -> std::pair<int, std::string> {
     try {
-      st->add(key + std::to_string(me), peer + 1);
       const auto until = clock::now() + grace;
+      st->set(key + std::to_string(me), std::to_string(peer));
+      std::vector<bool> seen(static_cast<std::size_t>(p));
+      seen[static_cast<std::size_t>(me)] = true;
       int at = peer;
       std::string story;
-      for (int hops = 0; hops < p; ++hops) {
-        std::int64_t next = 0;
-        while ((next = st->add(key + std::to_string(at), 0)) == 0 && clock::now() < until) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      for (;;) {
+        if (seen[static_cast<std::size_t>(at)]) return {peer, ""};  // a cycle: no one to single out
+        seen[static_cast<std::size_t>(at)] = true;
+        const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now());
+        if (left.count() <= 0) break;
+        std::string next;
+        try {
+          next = st->get(key + std::to_string(at), left);
+        } catch (const error& e) {
+          if (e.kind() == errc::timeout) break;  // `at` noted nothing: it is the one stuck
+          throw;
         }
-        if (next <= 0 || next > p) break;  // `at` waits for nobody: the stuck one
-        const int after = static_cast<int>(next - 1);
+        const int after = std::atoi(next.c_str());
+        if (after < 0 || after >= p || std::to_string(after) != next) return {peer, ""};
         story += "; peer " + std::to_string(at) + " was itself waiting for peer " + std::to_string(after);
         at = after;
-        if (at == me) return {peer, ""};  // a cycle through this rank: no one to single out
       }
       if (at == peer) return {peer, ""};
-      return {at, story + ", which made no progress: peer " + std::to_string(at) + " is stuck"};
+      return {at, story + ", which noted no wait of its own within " + std::to_string(grace.count()) +
+                      " ms: peer " + std::to_string(at) + " is the one stuck"};
     } catch (const std::exception&) {
       return {peer, ""};
     }
@@ -236,9 +259,11 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
                                       std::string transport, communicator_config cfg = {},
                                       const std::string& prefix = "collx") {
   if (transport == "auto") transport = detail::all_on_this_host(*st, li, cfg.timeout) ? "shm" : "tcp";
-  cfg.model = detail::agree_model(*st, li, cfg, prefix);
+  const detail::agreed agreed = detail::agree(*st, li, cfg, prefix);
+  cfg.model = agreed.model;
+  // (A file store is retired once init_from_env is done with it: no notes there.)
   auto explained = [&](communicator c) {
-    detail::explain_timeouts(c, st, prefix + "/" + transport + "/stuck/");
+    if (li.store_dir.empty()) detail::explain_timeouts(c, st, prefix + "/stuck/" + agreed.id + "/");
     return c;
   };
   if (transport == "shm") {

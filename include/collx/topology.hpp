@@ -135,7 +135,7 @@ class hierarchical {
       job = "h" + st->get("collx/topology/job", cfg.timeout);
     }
     const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
-    cfg.model = detail::agree_model(*st, li, cfg, "collx/hier");  // one automatic choice
+    cfg.model = detail::agree(*st, li, cfg, "collx/hier").model;  // one automatic choice
     communicator world(tcp_transport(*st, li.rank, li.size, host, tcp_options{}, "collx/hier/world"), cfg,
                        st);
     shm_options so;

@@ -352,6 +352,10 @@ int abort_scenario(communicator& comm, int victim) {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     comm.abort("the victim gave up on purpose");
     std::printf("ABORTED\n");
+    std::fflush(stdout);
+    // Alive until the others have reported: they must learn of the abort from the abort,
+    // not from this process ending.
+    std::this_thread::sleep_for(std::chrono::seconds(3));
     return 0;
   }
   return kill_or_abort_wait(comm, v);

@@ -32,6 +32,7 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -487,11 +488,16 @@ class tcp_store final : public store {
   detail::clock::time_point deadline() const { return detail::clock::now() + timeout_; }
 
   // Errors of the exchange, as rendezvous errors; a store that hangs up says the likely why.
+  // One exchange at a time (communicators may share a store across threads), and one
+  // that failed partway closes the connection: a reply still owed would put every later
+  // exchange out of step.
   template <class F>
   void guarded(F&& f) {
+    std::lock_guard lock(m_);
     try {
       f();
     } catch (const error& e) {
+      if (e.kind() != errc::invalid_argument) fd_.reset();  // refused before a byte went: still in step
       std::string why = e.detail();
       if (e.kind() == errc::peer_failure) {
         why +=
@@ -503,6 +509,11 @@ class tcp_store final : public store {
   }
 
   void request(detail::store_cmd cmd, std::string_view key, std::uint64_t arg) {
+    if (!fd_) {
+      throw error(
+          errc::transport, "rendezvous", error::no_rank, error::no_rank,
+          "an earlier exchange with " + who_ + " failed partway, so this client closed its connection");
+    }
     if (key.size() > detail::store_max_key ||
         (cmd == detail::store_cmd::set && arg > detail::store_max_value)) {
       throw error(errc::invalid_argument, "rendezvous", error::no_rank, error::no_rank,
@@ -518,6 +529,7 @@ class tcp_store final : public store {
   std::chrono::milliseconds timeout_;
   std::unique_ptr<detail::store_server> server_;  // rank 0 only; declared before fd_: outlives it
   detail::fd_t fd_;
+  std::mutex m_;
 };
 
 // A store in a directory: a key is a file, written whole and renamed into place so a

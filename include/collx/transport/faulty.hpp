@@ -86,8 +86,17 @@ struct fault_plan {
           if (eq == std::string_view::npos) bad(text, "'" + std::string(kv) + "' is not key=value");
           const std::string_view key = trim(kv.substr(0, eq));
           const std::string_view value = trim(kv.substr(eq + 1));
+          if (!applies(f.what, key)) {
+            bad(text, "'" + std::string(key) + "' does not apply to " + std::string(name));
+          }
           if (key == "rank") {
-            f.rank = value == "*" ? -1 : static_cast<int>(number(value, text));
+            if (value == "*") {
+              f.rank = -1;
+            } else {
+              const std::uint64_t r = number(value, text);
+              if (r > 1'000'000) bad(text, "rank " + std::string(value) + " is out of range");
+              f.rank = static_cast<int>(r);
+            }
           } else if (key == "after") {
             f.after = number(value, text);
           } else if (key == "time") {
@@ -133,6 +142,16 @@ struct fault_plan {
       if (at == std::string_view::npos) return out;
       s.remove_prefix(at + 1);
     }
+  }
+  // Which settings each kind takes; any other is refused rather than ignored.
+  static bool applies(fault::kind k, std::string_view key) {
+    using f = fault::kind;
+    if (key == "rank") return true;
+    if (key == "after") return k != f::delay && k != f::slow;
+    if (key == "time") return k == f::delay || k == f::slow;
+    if (key == "jitter") return k == f::delay;
+    if (key == "for") return k == f::stall;
+    return true;  // unknown keys are refused below, with their own message
   }
   static fault::kind kind_of(std::string_view name, std::string_view text) {
     using k = fault::kind;
@@ -214,6 +233,7 @@ class faulty {
     strike();
     ++sends_;
     o.held = false;
+    o.failed = nullptr;
     const auto delay = send_delay();
     if (peer < 0 || peer >= size() || (delay.count() == 0 && held_[static_cast<std::size_t>(peer)].empty())) {
       t_.send(peer, env, data, o.inner);
@@ -222,7 +242,6 @@ class faulty {
     // Held back; what goes to one peer stays in order.
     auto& q = held_[static_cast<std::size_t>(peer)];
     o.held = true;
-    o.failed = nullptr;
     o.peer = peer;
     o.env = env;
     o.data = data;
@@ -234,6 +253,7 @@ class faulty {
   void recv(int peer, const envelope& env, std::span<std::byte> data, op& o) {
     before(env);
     o.held = false;
+    o.failed = nullptr;
     t_.recv(peer, env, data, o.inner);
   }
 
@@ -269,6 +289,7 @@ class faulty {
   void recv_view(int peer, const envelope& env, std::size_t bytes, op& o) requires one_sided_transport<T> {
     before(env);
     o.held = false;
+    o.failed = nullptr;
     t_.recv_view(peer, env, bytes, o.inner);
   }
   const std::byte* view(const op& o) const requires one_sided_transport<T> { return t_.view(o.inner); }

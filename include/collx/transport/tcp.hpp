@@ -49,7 +49,8 @@ struct tcp_options {
   // Messages below this size ride on one stream: striping a small message costs a
   // wake-up per stream and saves nothing.
   std::size_t stripe_min_bytes = 128 * 1024;
-  // Nor are the messages of a call of this many bytes per rank or more: there the copies
+  // Nor are the messages of a call of this many bytes per rank (envelope count times the
+  // element size: for reduce-scatter, the block each rank gets) or more: there the copies
   // are bound by memory, not by one core, and one stream per pair measured faster on
   // the 2-core VM (2.0-2.3 GB/s against 1.4-1.6 at 32-64 MiB; docs/performance.md).
   // 0: no limit.
@@ -562,9 +563,9 @@ class tcp_transport {
     for (int messages = 0; messages < 64; ++messages) {
       detail::tcp_header h;
       if (::recv(st.fd.get(), &h, sizeof h, MSG_DONTWAIT) != static_cast<ssize_t>(sizeof h)) return false;
-      if (h.magic != detail::tcp_magic) return false;
+      if (h.magic != detail::tcp_magic || h.kind > 1) return false;  // corrupt: nothing to learn
       if (h.kind == 1) {
-        std::string why(std::min<std::uint64_t>(h.size, 1 << 16), '\0');
+        std::string why(std::min<std::uint64_t>(h.size, detail::tcp_max_reason), '\0');
         const ssize_t r = ::recv(st.fd.get(), why.data(), why.size(), MSG_DONTWAIT);
         why.resize(r > 0 ? static_cast<std::size_t>(r) : 0);
         fail_peer(q, errc::peer_failure,
@@ -681,6 +682,16 @@ class tcp_transport {
       st.set(prefix + "/nonce", std::to_string(nonce));
     }
     nonce_ = std::stoull(st.get(prefix + "/nonce", opt_.timeout));
+    // Both ends of a pair decide alike how to stripe a message only if their options
+    // agree: rank 0's are the job's, and a rank with others refuses to start.
+    const std::string stripes = std::to_string(opt_.streams) + " " + std::to_string(opt_.stripe_min_bytes) +
+                                " " + std::to_string(opt_.stripe_max_call_bytes);
+    if (rank_ == 0) st.set(prefix + "/stripes", stripes);
+    if (const std::string job = st.get(prefix + "/stripes", opt_.timeout); job != stripes) {
+      throw error(errc::invalid_argument, "tcp_transport", rank_, 0,
+                  "this rank's streams, stripe_min_bytes and stripe_max_call_bytes are " + stripes +
+                      ", rank 0's are " + job + " (COLLX_SOCKETS_PER_PEER and tcp_options must agree)");
+    }
     st.set(prefix + "/" + std::to_string(rank_), detail::local_endpoint(listener.get()));
 
     // Higher ranks connect to lower ones; the kernel completes a connection before
