@@ -81,20 +81,20 @@ struct pool_allocator {
 template <class T>
 using pvector = std::vector<T, pool_allocator<T>>;
 
-// Runs f(comm) on p threads and returns each rank's exception (null if it returned).
-// If the ranks are not all back within `bound`, the process ends: a hang is a failure.
-inline std::vector<std::exception_ptr> run_ranks(collx::local_world& world,
-                                                 const std::function<void(collx::communicator&)>& f,
-                                                 collx::communicator_config cfg = {},
-                                                 std::chrono::seconds bound = 120s) {
-  const int p = world.size();
+// Runs f(make(r)) for ranks r = 0..p-1, each on its own thread, and returns each rank's
+// exception (null if it returned). If the ranks are not all back within `bound`, the
+// process ends: a hang is a failure.
+inline std::vector<std::exception_ptr> run_ranks_over(int p,
+                                                      const std::function<collx::communicator(int)>& make,
+                                                      const std::function<void(collx::communicator&)>& f,
+                                                      std::chrono::seconds bound = 120s) {
   std::vector<std::exception_ptr> errors(static_cast<std::size_t>(p));
   std::atomic<int> finished{0};
   std::vector<std::thread> threads;
   for (int r = 0; r < p; ++r) {
     threads.emplace_back([&, r] {
       try {
-        collx::communicator comm(world.transport(r), cfg);
+        collx::communicator comm = make(r);
         f(comm);
       } catch (...) {
         errors[static_cast<std::size_t>(r)] = std::current_exception();
@@ -114,6 +114,15 @@ inline std::vector<std::exception_ptr> run_ranks(collx::local_world& world,
   }
   for (auto& t : threads) t.join();
   return errors;
+}
+
+// run_ranks_over the world's transports.
+inline std::vector<std::exception_ptr> run_ranks(collx::local_world& world,
+                                                 const std::function<void(collx::communicator&)>& f,
+                                                 collx::communicator_config cfg = {},
+                                                 std::chrono::seconds bound = 120s) {
+  return run_ranks_over(
+      world.size(), [&](int r) { return collx::communicator(world.transport(r), cfg); }, f, bound);
 }
 
 inline std::vector<std::exception_ptr> run_ranks(int p, const std::function<void(collx::communicator&)>& f,

@@ -378,12 +378,10 @@ TEST_CASE("fault plans: COLLX_FAULT's syntax, and a malformed plan is an invalid
 TEST_CASE("faulty<T>: delayed and jittered messages keep their order, and every result is right") {
   collx::local_world world(3);
   const auto plan = collx::fault_plan::parse("delay:time=20us,jitter=300us; slow:rank=2,time=2ms");
-  std::vector<std::exception_ptr> errors(3);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 3; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        collx::communicator c(collx::faulty(world.transport(r), plan));
+  test::expect_ok(test::run_ranks_over(
+      3, [&](int r) { return collx::communicator(collx::faulty(world.transport(r), plan)); },
+      [](collx::communicator& c) {
+        const int r = c.rank();
         for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{1001}, std::size_t{40000}}) {
           for (auto a :
                {collx::algorithm::ring, collx::algorithm::tree, collx::algorithm::recursive_doubling}) {
@@ -400,36 +398,22 @@ TEST_CASE("faulty<T>: delayed and jittered messages keep their order, and every 
             REQUIRE(wrong == 0);
           }
         }
-      } catch (...) {
-        errors[static_cast<std::size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  test::expect_ok(errors);
+      }));
 }
 
 TEST_CASE("faulty<T>: a rank that aborts mid-collective gives every other rank an error naming it") {
   collx::local_world world(3);
   const auto plan = collx::fault_plan::parse("abort:rank=1,after=5");
-  std::vector<std::exception_ptr> errors(3);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 3; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        collx::communicator_config cfg;
-        cfg.timeout = 10s;
-        collx::communicator c(collx::faulty(world.transport(r), plan), cfg);
+  collx::communicator_config cfg;
+  cfg.timeout = 10s;
+  const auto errors = test::run_ranks_over(
+      3, [&](int r) { return collx::communicator(collx::faulty(world.transport(r), plan), cfg); },
+      [](collx::communicator& c) {
         std::vector<float> v(100000, 1.0f);
         collx::options o;
         o.segment_bytes = 4096;
         for (int i = 0; i < 10; ++i) c.all_reduce(v, reduce_op::sum, o);
-      } catch (...) {
-        errors[static_cast<std::size_t>(r)] = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
+      });
   for (int r = 0; r < 3; ++r) {
     const auto e = test::as_error(errors[static_cast<std::size_t>(r)]);
     REQUIRE(e);

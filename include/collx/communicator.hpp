@@ -45,6 +45,11 @@ namespace collx {
 // They decide only which algorithm runs; collx-calibrate will measure them per machine.
 inline constexpr cost_params local_transport_model{13e-6, 0.1e-9, 0.1e-9};
 
+// Given the peer a timed-out wait was for and the grace kept for asking around: the rank
+// really stuck, and the words to add to the error (communicator::explain_timeouts).
+using timeout_explainer =
+    std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)>;
+
 struct communicator_config {
   // Bound on every call; COLLX_TIMEOUT (seconds) overrides this default.
   std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
@@ -125,8 +130,7 @@ struct comm_state {
   std::mutex fail_m;
   std::string failure;  // set once, on the first failed call
 
-  // Set by explain_timeouts(): who a timed-out wait was really stuck on, and the story.
-  std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)> explain;
+  timeout_explainer explain;  // set by explain_timeouts()
 
   std::mutex qm;
   std::condition_variable qcv;
@@ -326,16 +330,12 @@ class communicator {
 
   // A rank that times out waiting for a peer cannot tell a stalled peer from one that is
   // itself waiting. With an explainer (one that compares notes through the rendezvous
-  // store, say), the last tenth of each call's timeout, at most
-  // 2 s, is kept for it: the timed-out rank asks whom its peer was waiting for, and so on
-  // down the chain, and its error names the rank at the end, the one that made no
-  // progress. `explain(waited_for, grace)` returns that rank and the words to add. Set
-  // it before the first call (it is read without a lock). make_communicator installs one
-  // when the job meets through a tcp store.
-  void explain_timeouts(
-      std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)> explain) {
-    s_->explain = std::move(explain);
-  }
+  // store, say), the last tenth of each call's timeout, at most 2 s, is kept for it: the
+  // timed-out rank asks whom its peer was waiting for, and so on down the chain, and its
+  // error names the rank at the end, the one that made no progress. Set it before the
+  // first call (it is read without a lock). make_communicator installs one when the job
+  // meets through a tcp store.
+  void explain_timeouts(timeout_explainer explain) { s_->explain = std::move(explain); }
 
   // Gives up: this rank's calls in flight and its peers' calls that wait on it end with
   // collx::error; every later call on this communicator fails. May be called from any thread.

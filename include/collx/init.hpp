@@ -181,19 +181,17 @@ struct agreed {
 inline agreed agree(collx::store& st, const launch_info& li, const communicator_config& cfg,
                     const std::string& prefix) {
   const std::string key = prefix + "/agreed";
-  agreed a;
+  char id[32] = {};
   if (li.rank == 0) {
     std::random_device rd;
+    std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
     char text[160];
-    std::snprintf(text, sizeof text, "%a %a %a %08x%08x", cfg.model.alpha, cfg.model.beta, cfg.model.gamma,
-                  rd(), rd());
+    std::snprintf(text, sizeof text, "%a %a %a %s", cfg.model.alpha, cfg.model.beta, cfg.model.gamma, id);
     st.set(key, text);
-    a.model = cfg.model;
-    a.id = std::string(text).substr(std::string(text).rfind(' ') + 1);
-    return a;
+    return {cfg.model, id};
   }
+  agreed a;
   const std::string text = st.get(key, cfg.timeout);
-  char id[32] = {};
   if (std::sscanf(text.c_str(), "%la %la %la %31s", &a.model.alpha, &a.model.beta, &a.model.gamma, id) != 4) {
     throw error(errc::transport, "init", li.rank, 0, "rank 0's settings came malformed: '" + text + "'");
   }

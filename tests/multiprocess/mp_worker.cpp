@@ -185,10 +185,13 @@ int collectives(communicator& comm) {
   return 0;
 }
 
-int report(const error& e, clk::time_point t0) {
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count();
-  std::printf("DETECTED %s after %lld ms: %s\n", e.code().message().c_str(), static_cast<long long>(ms),
-              e.what());
+long long ms_since(clk::time_point t0) {
+  return static_cast<long long>(
+      std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count());
+}
+
+int report(const error& e, long long ms) {
+  std::printf("DETECTED %s after %lld ms: %s\n", e.code().message().c_str(), ms, e.what());
   std::fflush(stdout);
   return 0;
 }
@@ -199,7 +202,7 @@ int kill_or_abort_wait(communicator& comm, std::vector<float>& v) {
   try {
     for (int i = 0; i < 1000; ++i) comm.all_reduce(v, reduce_op::sum);
   } catch (const error& e) {
-    return report(e, t0);
+    return report(e, ms_since(t0));
   }
   std::printf("NOT DETECTED\n");
   return 1;
@@ -224,7 +227,7 @@ int mismatch_scenario(communicator& comm) {
   try {
     comm.all_reduce(v, reduce_op::sum);
   } catch (const error& e) {
-    return report(e, t0);
+    return report(e, ms_since(t0));
   }
   std::printf("NOT DETECTED\n");
   return 1;
@@ -290,7 +293,7 @@ int fault_scenario(const communicator_config& cfg, int victim) {
         random_case(comm, rng);
       } catch (const error& e) {
         failure = e;
-        ms = std::chrono::duration_cast<std::chrono::milliseconds>(clk::now() - t0).count();
+        ms = ms_since(t0);
       }
     }
     if (!failure) {
@@ -299,7 +302,7 @@ int fault_scenario(const communicator_config& cfg, int victim) {
       return 0;
     }
     const error& e = *failure;
-    std::printf("DETECTED %s after %lld ms: %s\n", e.code().message().c_str(), ms, e.what());
+    report(e, ms);
     if (li.rank != victim) {
       // Whom it blames: the victim, as the peer it waited for or in the reason a
       // neighbour passed on.

@@ -41,9 +41,9 @@ elapsed=$(($(date +%s) - start))
 cat "$out"
 fail() { echo "FAIL: $*"; exit 1; }
 [ "$rc" -ne 124 ] || fail "the job hung (killed by timeout after ${elapsed}s)"
-ok=$(grep -c '] OK [0-9]* cases\|^OK [0-9]* cases' "$out")
-detected=$(grep -c 'DETECTED' "$out")
 count() { grep -c "$1" "$out"; }
+ok=$(count '] OK [0-9]* cases\|^OK [0-9]* cases')
+detected=$(count 'DETECTED')
 case $scenario in
   collectives | soak | models)
     [ "$rc" -eq 0 ] || fail "exit status $rc"
@@ -85,7 +85,7 @@ case $scenario in
         [ "$(count 'BLAMES 0')" -eq 0 ] || fail "a rank blamed another rank than the victim"
         [ "$(count 'LATE')" -eq 0 ] || fail "a rank detected the fault later than its timeout"
         [ "$(count '] REFUSED\|^REFUSED')" -eq "$live" ] || fail "a failed communicator did not refuse the next call"
-        [ "$(grep -c 'FDS' "$out")" -eq "$live" ] || fail "a rank did not count its descriptors"
+        [ "$(count 'FDS')" -eq "$live" ] || fail "a rank did not count its descriptors"
         # (Rank 0 serves the store: a killed rank's store connection closes, so fewer is fine.)
         grep 'FDS' "$out" | awk '$NF > $(NF-1) { bad = 1 } END { exit bad }' || fail "file descriptors leaked"
         case $COLLX_FAULT in

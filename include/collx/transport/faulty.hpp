@@ -226,7 +226,6 @@ class faulty {
 
   int rank() const { return static_cast<int>(t_.rank()); }
   int size() const { return static_cast<int>(t_.size()); }
-  T& inner() noexcept { return t_; }
 
   void send(int peer, const envelope& env, std::span<const std::byte> data, op& o) {
     before(env);

@@ -561,22 +561,27 @@ class tcp_transport {
     if (!st.fd || (!st.recvq.empty() && st.recvq.front().done != 0)) return false;
     std::vector<std::byte> skip(1 << 16);
     for (int messages = 0; messages < 64; ++messages) {
+      std::array<std::byte, sizeof(detail::tcp_header)> bytes{};
+      if (::recv(st.fd.get(), bytes.data(), bytes.size(), MSG_DONTWAIT) != static_cast<ssize_t>(bytes.size()))
+        return false;
+      // Classified as a receive would, expecting whatever data message it is.
       detail::tcp_header h;
-      if (::recv(st.fd.get(), &h, sizeof h, MSG_DONTWAIT) != static_cast<ssize_t>(sizeof h)) return false;
-      if (h.magic != detail::tcp_magic || h.kind > 1) return false;  // corrupt: nothing to learn
-      if (h.kind == 1) {
-        std::string why(std::min<std::uint64_t>(h.size, detail::tcp_max_reason), '\0');
-        const ssize_t r = ::recv(st.fd.get(), why.data(), why.size(), MSG_DONTWAIT);
-        why.resize(r > 0 ? static_cast<std::size_t>(r) : 0);
+      std::memcpy(&h, bytes.data(), sizeof h);
+      const auto r = detail::parse_tcp_header(bytes, h.env(), h.size, q);
+      if (r.status != detail::parse_status::done) return false;  // corrupt: nothing to learn
+      if (r.abort) {
+        std::string why(r.reason_bytes, '\0');
+        const ssize_t n = ::recv(st.fd.get(), why.data(), why.size(), MSG_DONTWAIT);
+        why.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
         fail_peer(q, errc::peer_failure,
                   "peer " + std::to_string(q) + " failed: " + (why.empty() ? "(reason lost)" : why));
         return true;
       }
       // A data message: its first stripe rides on this stream.
       for (std::size_t left = stripe(h.size, h.env(), 0).second; left > 0;) {
-        const ssize_t r = ::recv(st.fd.get(), skip.data(), std::min(left, skip.size()), MSG_DONTWAIT);
-        if (r <= 0) return false;
-        left -= static_cast<std::size_t>(r);
+        const ssize_t n = ::recv(st.fd.get(), skip.data(), std::min(left, skip.size()), MSG_DONTWAIT);
+        if (n <= 0) return false;
+        left -= static_cast<std::size_t>(n);
       }
     }
     return false;
