@@ -4,10 +4,14 @@
 // a small integer, so sums, products of few ranks, minima and maxima stay exact in every
 // element type, and any rank can compute every other rank's input.
 
+#include <collx/core/options.hpp>
 #include <collx/core/reduce.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
+#include <type_traits>
+#include <vector>
 
 namespace test {
 
@@ -29,5 +33,93 @@ inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
   }
   return op == collx::reduce_op::avg ? acc / p : acc;
 }
+
+// Conversions that also serve the 16-bit storage types.
+template <class T>
+T from_d(double v) {
+  if constexpr (std::is_integral_v<T>) {
+    return static_cast<T>(v);
+  } else {
+    return T(static_cast<float>(v));
+  }
+}
+template <class T>
+double to_d(T v) {
+  if constexpr (std::is_integral_v<T> || std::is_same_v<T, double>) {
+    return static_cast<double>(v);
+  } else {
+    return static_cast<double>(static_cast<float>(v));
+  }
+}
+
+template <class T>
+bool close_enough(T got, double want, collx::reduce_op op) {
+  const double g = to_d(got);
+  if (op == collx::reduce_op::avg) return std::fabs(g - want) <= 1e-5 * (1 + std::fabs(want));
+  return g == want;
+}
+
+// One rank's buffers for one call, filled with its inputs (the in-place forms too), and
+// the check of its result against the serial reference.
+template <class T>
+struct case_buffers {
+  collx::collective coll;
+  int p, me;
+  std::size_t n;
+  bool in_place;
+  std::vector<T> in, out;
+  std::size_t first = 0;  // this rank's result block in out
+  std::size_t len = 0;
+
+  case_buffers(collx::collective c, int ranks, int rank, std::size_t count, bool inplace)
+      : coll(c), p(ranks), me(rank), n(count), in_place(inplace) {
+    const auto up = static_cast<std::size_t>(p);
+    const std::size_t in_len = c == collx::collective::reduce_scatter ? n * up : n;
+    const std::size_t out_len = c == collx::collective::all_gather ? n * up : n;
+    len = out_len;
+    if (in_place) {
+      out.assign(std::max(in_len, out_len), from_d<T>(99));
+      const std::size_t at = c == collx::collective::all_gather ? static_cast<std::size_t>(me) * n : 0;
+      for (std::size_t i = 0; i < in_len; ++i) out[at + i] = from_d<T>(input(me, i));
+      if (c == collx::collective::reduce_scatter) first = static_cast<std::size_t>(me) * n;
+    } else {
+      in.resize(in_len);
+      for (std::size_t i = 0; i < in_len; ++i) in[i] = from_d<T>(input(me, i));
+      out.assign(out_len, from_d<T>(99));
+    }
+  }
+
+  const T* in_ptr() const {
+    return in_place ? (coll == collx::collective::all_gather ? out.data() + static_cast<std::size_t>(me) * n
+                                                             : out.data())
+                    : in.data();
+  }
+  T* out_ptr() { return out.data(); }
+
+  double want(collx::reduce_op op, std::size_t i) const {
+    switch (coll) {
+      case collx::collective::all_reduce: return ref_reduce(op, p, i);
+      case collx::collective::reduce_scatter: return ref_reduce(op, p, static_cast<std::size_t>(me) * n + i);
+      case collx::collective::all_gather: return input(static_cast<int>(i / n), i % n);
+    }
+    return 0;
+  }
+
+  // Elements of the result that differ from the reference; in-place reduce-scatter must
+  // also leave the other blocks as they were.
+  long long wrong(collx::reduce_op op) const {
+    long long bad = 0;
+    for (std::size_t i = 0; i < len; ++i) {
+      if (!close_enough(out[first + i], want(op, i), op)) ++bad;
+    }
+    if (coll == collx::collective::reduce_scatter && in_place) {
+      for (std::size_t i = 0; i < out.size(); ++i) {
+        if (i >= first && i < first + n) continue;
+        if (to_d(out[i]) != input(me, i)) ++bad;
+      }
+    }
+    return bad;
+  }
+};
 
 }  // namespace test

@@ -1,0 +1,269 @@
+// The peer-memory executor (exec/peer.hpp) on host threads: the same code the CUDA
+// executor runs in its kernels, here with one thread per rank and lane, checked against
+// the serial reference for every algorithm, collective, rank count from 1 to 9, odd and
+// empty counts, in place and not, with slots small enough that messages span many
+// pieces and senders run out of room.
+
+#include <doctest/doctest.h>
+
+#include <collx/algorithms/select.hpp>
+#include <collx/exec/peer.hpp>
+
+#include <algorithm>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "reference.hpp"
+
+using namespace collx;
+
+namespace {
+
+// Mailboxes for every (receiver, lane), in host memory.
+struct host_world {
+  peer::world_view w;
+  std::vector<std::uint64_t> mem;  // 8-byte aligned
+  std::vector<peer::mailbox> boxes;
+  std::uint64_t abort_word = 0;
+  std::vector<std::uint64_t> waiting;
+
+  host_world(int ranks, int lanes, std::uint32_t slots, std::uint64_t slot_bytes) {
+    w.ranks = ranks;
+    w.lanes = lanes;
+    w.slots = slots;
+    w.slot_bytes = slot_bytes;
+    const std::size_t each = (peer::mailbox_bytes(w) + 15) / 16 * 16;
+    const auto n = static_cast<std::size_t>(ranks * lanes);
+    mem.assign(each * n / 8 + 2, 0);
+    auto* base = reinterpret_cast<std::byte*>(mem.data());
+    for (std::size_t i = 0; i < n; ++i) boxes.push_back(peer::mailbox_at(base + i * each, w));
+    w.boxes = boxes.data();
+    w.abort_word = &abort_word;
+    waiting.assign(static_cast<std::size_t>(ranks * lanes), 0);
+    w.waiting = waiting.data();
+  }
+};
+
+struct shape {
+  collective coll;
+  algorithm algo;
+  int p;
+  std::size_t count;
+  bool in_place;
+  int lanes = 1;
+  std::size_t segment = 1 << 20;  // elements
+};
+
+std::string describe(const shape& s, std::string_view type, reduce_op op) {
+  return std::string(to_string(s.coll)) + " " + std::string(to_string(s.algo)) + " p=" + std::to_string(s.p) +
+         " count=" + std::to_string(s.count) + (s.in_place ? " in-place" : "") +
+         " lanes=" + std::to_string(s.lanes) + " " + std::string(type) + " " + std::string(to_string(op));
+}
+
+// The segment a call runs with: the shape's, cut so that a message fits in the slots.
+template <class T>
+std::size_t segment_for(const host_world& hw, const shape& s) {
+  return std::max<std::size_t>(1, std::min<std::size_t>(s.segment, hw.w.slots * hw.w.slot_bytes / sizeof(T)));
+}
+
+// One rank's part of a call: each lane's program over its slice, lane after lane.
+template <class T, reduce_op Op>
+std::vector<peer::status> run_rank(host_world& hw, const shape& s, int r, test::case_buffers<T>& b,
+                                   std::uint64_t sig, std::uint64_t timeout_ns) {
+  const int lanes = s.coll == collective::all_reduce ? s.lanes : 1;
+  std::vector<peer::status> st(static_cast<std::size_t>(lanes));
+  for (int j = 0; j < lanes; ++j) {
+    std::uint64_t lo = 0, n = s.count;
+    if (lanes > 1) peer::lane_slice(s.count, sizeof(T), lanes, j, lo, n);
+    const schedule sched = algorithms::build(s.algo, {s.coll, r, s.p, n, segment_for<T>(hw, s), s.in_place});
+    REQUIRE(peer::max_message(sched) <= hw.w.slots * hw.w.slot_bytes / sizeof(T));
+    const peer::program_image img = peer::compile(sched);
+    std::vector<T> scratch(sched.scratch_count + 1);
+    peer::lane_call c;
+    c.prog = img.view_at(img.bytes.data());
+    c.rank = r;
+    c.lane = j;
+    c.in = s.in_place ? nullptr : reinterpret_cast<const std::byte*>(b.in.data() + lo);
+    c.out = reinterpret_cast<std::byte*>(b.out.data() + lo);
+    c.scratch = reinterpret_cast<std::byte*>(scratch.data());
+    c.sig = sig;
+    c.timeout_ns = timeout_ns;
+    c.st = &st[static_cast<std::size_t>(j)];
+    peer::host_context ctx;
+    peer::run_lane<T, Op>(ctx, c, hw.w);
+    if (st[static_cast<std::size_t>(j)].code != peer::outcome::ok) break;
+  }
+  if (Op == reduce_op::avg && s.coll != collective::all_gather) {
+    finish_avg(dtype_v<T>, b.out.data() + b.first, b.n, s.p);
+  }
+  return st;
+}
+
+template <class T, reduce_op Op>
+void check_case(const shape& s, std::uint32_t slots, std::uint64_t slot_bytes) {
+  host_world hw(s.p, s.lanes, slots, slot_bytes);
+  std::vector<test::case_buffers<T>> bufs;
+  for (int r = 0; r < s.p; ++r) bufs.emplace_back(s.coll, s.p, r, s.count, s.in_place);
+  std::vector<std::vector<peer::status>> st(static_cast<std::size_t>(s.p));
+  // Two calls back to back: the mailbox counters carry on from the first.
+  for (std::uint64_t call = 0; call < 2; ++call) {
+    if (call == 1) {
+      bufs.clear();
+      for (int r = 0; r < s.p; ++r) bufs.emplace_back(s.coll, s.p, r, s.count, s.in_place);
+    }
+    const envelope env{call, s.count, s.segment, 0, s.coll, dtype_v<T>, Op, s.algo};
+    std::vector<std::thread> threads;
+    for (int r = 0; r < s.p; ++r) {
+      threads.emplace_back([&, r] {
+        st[static_cast<std::size_t>(r)] = run_rank<T, Op>(hw, s, r, bufs[static_cast<std::size_t>(r)],
+                                                          peer::signature(env), 20'000'000'000ull);
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (int r = 0; r < s.p; ++r) {
+      for (const auto& x : st[static_cast<std::size_t>(r)]) {
+        INFO(describe(s, to_string(dtype_v<T>), Op), " rank ", r, " peer ", x.peer, " step ", x.step);
+        REQUIRE(x.code == peer::outcome::ok);
+      }
+      INFO(describe(s, to_string(dtype_v<T>), Op), " rank ", r, " call ", call);
+      CHECK(bufs[static_cast<std::size_t>(r)].wrong(Op) == 0);
+    }
+  }
+}
+
+template <class F>
+void for_shapes(F&& f) {
+  for (auto coll : {collective::all_reduce, collective::all_gather, collective::reduce_scatter}) {
+    for (auto algo : all_algorithms) {
+      if (!implements(algo, coll)) continue;
+      for (int p : {1, 2, 3, 4, 5, 8, 9}) {
+        for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}}) {
+          for (bool in_place : {false, true}) f(shape{coll, algo, p, count, in_place});
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("peer executor: every algorithm and collective, p 1-9, odd and empty counts, tiny slots") {
+  // 24-byte slots, two of them: a 1001-element f32 message is 167 pieces, and senders
+  // keep running out of room.
+  for_shapes([](const shape& s) { check_case<float, reduce_op::sum>(s, 2, 24); });
+}
+
+TEST_CASE("peer executor: pipeline segments and larger slots") {
+  for_shapes([](shape s) {
+    s.segment = 100;
+    check_case<std::int32_t, reduce_op::max>(s, 4, 4096);
+  });
+}
+
+TEST_CASE("peer executor: every element type and reduction") {
+  for (auto algo : {algorithm::ring, algorithm::recursive_doubling, algorithm::tree}) {
+    for (int p : {2, 3, 4}) {
+      const shape s{collective::all_reduce, algo, p, 333, false};
+      check_case<std::int8_t, reduce_op::sum>(s, 3, 40);
+      check_case<std::int8_t, reduce_op::min>(s, 3, 40);
+      check_case<std::int32_t, reduce_op::prod>(s, 3, 40);
+      check_case<std::int64_t, reduce_op::max>(s, 3, 40);
+      check_case<half, reduce_op::sum>(s, 3, 40);
+      check_case<bfloat16, reduce_op::max>(s, 3, 40);
+      check_case<float, reduce_op::avg>(s, 3, 40);
+      check_case<double, reduce_op::prod>(s, 3, 40);
+    }
+  }
+}
+
+TEST_CASE("peer executor: all-reduce split over lanes, each its own all-reduce") {
+  for (int lanes : {2, 3, 4}) {
+    for (auto algo : {algorithm::ring, algorithm::rabenseifner, algorithm::tree}) {
+      for (int p : {2, 3, 5}) {
+        for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{100}, std::size_t{5003}}) {
+          shape s{collective::all_reduce, algo, p, count, count % 2 == 1, lanes};
+          check_case<float, reduce_op::sum>(s, 2, 512);
+        }
+      }
+    }
+  }
+  // The slices: whole 256-byte units, in order, covering the buffer.
+  for (std::uint64_t count : {0ull, 1ull, 63ull, 64ull, 1000ull, 123457ull}) {
+    std::uint64_t next = 0;
+    for (int j = 0; j < 3; ++j) {
+      std::uint64_t lo = 0, n = 0;
+      peer::lane_slice(count, 4, 3, j, lo, n);
+      CHECK(lo == next);
+      CHECK((lo % 64 == 0 || lo == count));
+      next = lo + n;
+    }
+    CHECK(next == count);
+  }
+}
+
+TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on every rank") {
+  // Rank 2 of 3 does not take part. Ring all-reduce: rank 0 waits for 2, rank 1 for 0.
+  // Both stop within their bound; whichever times out first follows the chain of waits
+  // to rank 2 and names it, and raises the abort word, which stops the other.
+  for (int round = 0; round < 5; ++round) {
+    host_world hw(3, 1, 2, 64);
+    const shape s{collective::all_reduce, algorithm::ring, 3, 100, false};
+    std::vector<test::case_buffers<float>> bufs;
+    for (int r = 0; r < 3; ++r) bufs.emplace_back(s.coll, 3, r, s.count, false);
+    const envelope env{0, s.count, s.segment, 0, s.coll, dtype::f32, reduce_op::sum, s.algo};
+    std::vector<std::vector<peer::status>> st(2);
+    std::vector<std::thread> threads;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < 2; ++r) {
+      threads.emplace_back([&, r] {
+        st[static_cast<std::size_t>(r)] = run_rank<float, reduce_op::sum>(
+            hw, s, r, bufs[static_cast<std::size_t>(r)], peer::signature(env), 200'000'000ull);
+      });
+    }
+    for (auto& t : threads) t.join();
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+    int timeouts = 0;
+    for (int r = 0; r < 2; ++r) {
+      const auto& x = st[static_cast<std::size_t>(r)][0];
+      INFO("rank ", r, " code ", static_cast<int>(x.code), " peer ", x.peer, " waited for ", x.waited_for);
+      if (x.code == peer::outcome::timeout) {
+        ++timeouts;
+        CHECK(x.peer == 2);
+        CHECK(x.waited_for == (r == 0 ? 2 : 0));
+        CHECK(hw.abort_word == static_cast<std::uint64_t>(r) + 1);
+      } else {
+        CHECK(x.code == peer::outcome::peer_failed);
+      }
+    }
+    CHECK(timeouts >= 1);
+  }
+}
+
+TEST_CASE("peer executor: ranks that make different calls find out at the first piece") {
+  // Rank 1 calls with another count: every receive from it sees a foreign signature.
+  host_world hw(2, 1, 2, 64);
+  std::vector<peer::status> st0, st1;
+  const shape a{collective::all_reduce, algorithm::ring, 2, 100, false};
+  const shape b{collective::all_reduce, algorithm::ring, 2, 101, false};
+  test::case_buffers<float> b0(a.coll, 2, 0, a.count, false), b1(b.coll, 2, 1, b.count, false);
+  const envelope ea{0, a.count, a.segment, 0, a.coll, dtype::f32, reduce_op::sum, a.algo};
+  const envelope eb{0, b.count, b.segment, 0, b.coll, dtype::f32, reduce_op::sum, b.algo};
+  std::thread t0(
+      [&] { st0 = run_rank<float, reduce_op::sum>(hw, a, 0, b0, peer::signature(ea), 5'000'000'000ull); });
+  std::thread t1(
+      [&] { st1 = run_rank<float, reduce_op::sum>(hw, b, 1, b1, peer::signature(eb), 5'000'000'000ull); });
+  t0.join();
+  t1.join();
+  const bool saw = st0[0].code == peer::outcome::mismatch || st1[0].code == peer::outcome::mismatch;
+  CHECK(saw);
+  if (st0[0].code == peer::outcome::mismatch) {
+    CHECK(st0[0].peer == 1);
+    CHECK(st0[0].expected == peer::signature(ea));
+    CHECK(st0[0].got == peer::signature(eb));
+  }
+  CHECK(st0[0].code != peer::outcome::ok);
+  CHECK(st1[0].code != peer::outcome::ok);
+}
