@@ -1,0 +1,370 @@
+#pragma once
+
+// Reduction kernels on device memory, so that a GPU rank reduces where its data lives
+// instead of staging through the host. nvcc only.
+//
+// Cost: dst = a op b moves 3n bytes for n-byte operands (two reads, one write) where a
+// copy moves 2n, so the kernels are bound by memory bandwidth, never by arithmetic, and
+// at equal bandwidth a reduction takes 1.5x a cudaMemcpy of the same buffer. They are
+// written for that bound: 16-byte loads, several in flight per thread. The bandwidth
+// they reach is benchmarks/cuda_kernels.cu's to measure (collx-cuda-kernels); no number
+// here came from a GPU, as the machine this was written on had none.
+//
+// The results match the host's (core/reduce.hpp) bit for bit on NaN-free data: signed
+// integers wrap; f16 and bf16 are computed natively, rounding once, as the host's float
+// detour does (float's 24-bit significand holds 2p+2 bits of an f16 or bf16 one, so
+// rounding to float and then to the narrow type cannot double-round; bf16 products that
+// fall below float's normal range are the exception); min and max take the host's rule,
+// so that a NaN in b is ignored and one in a kept. A NaN produced by arithmetic may carry
+// another payload than the host's.
+//
+// Kernels run on the current device, which must own dst, a and b.
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "collx/core/dtype.hpp"
+#include "collx/core/error.hpp"
+#include "collx/core/reduce.hpp"
+
+namespace collx::cuda {
+
+// Throws collx::error (errc::transport: collx has no CUDA code of its own) naming the
+// failed call and CUDA's reason.
+inline void check(cudaError_t e, std::string_view what) {
+  if (e == cudaSuccess) return;
+  std::string msg(what);
+  msg.append(": ").append(cudaGetErrorString(e));
+  throw error(errc::transport, "cuda", error::no_rank, error::no_rank, msg);
+}
+
+namespace detail {
+
+// One block is 512 threads and two are resident per SM (__launch_bounds__ holds the
+// registers to that): 1024 threads x 4 vectors x 16 bytes x 2 operands = 128 KiB in
+// flight per SM, several times what HBM's latency-bandwidth product asks for.
+inline constexpr unsigned block_threads = 512;
+inline constexpr unsigned blocks_per_sm = 2;
+inline constexpr unsigned unroll = 4;
+
+// ---- element arithmetic --------------------------------------------------------------
+
+template <class T, reduce_op Op>
+__device__ __forceinline__ T apply(T a, T b) {
+  if constexpr (std::is_same_v<T, collx::half>) {
+    const __half x = __ushort_as_half(a.bits);
+    const __half y = __ushort_as_half(b.bits);
+    if constexpr (Op == reduce_op::min) {
+      return __hlt(y, x) ? b : a;
+    } else if constexpr (Op == reduce_op::max) {
+      return __hlt(x, y) ? b : a;
+    } else {
+      collx::half r;
+      r.bits = __half_as_ushort(Op == reduce_op::prod ? __hmul(x, y) : __hadd(x, y));
+      return r;
+    }
+  } else if constexpr (std::is_same_v<T, collx::bfloat16>) {
+    const __nv_bfloat16 x = __ushort_as_bfloat16(a.bits);
+    const __nv_bfloat16 y = __ushort_as_bfloat16(b.bits);
+    if constexpr (Op == reduce_op::min) {
+      return __hlt(y, x) ? b : a;
+    } else if constexpr (Op == reduce_op::max) {
+      return __hlt(x, y) ? b : a;
+    } else {
+      collx::bfloat16 r;
+      r.bits = __bfloat16_as_ushort(Op == reduce_op::prod ? __hmul(x, y) : __hadd(x, y));
+      return r;
+    }
+  } else if constexpr (Op == reduce_op::min) {
+    return b < a ? b : a;
+  } else if constexpr (Op == reduce_op::max) {
+    return a < b ? b : a;
+  } else {
+    // Signed integers compute in the unsigned type of their width, as on the host.
+    using C = typename collx::detail::compute<T>::type;
+    const C x = static_cast<C>(a);
+    const C y = static_cast<C>(b);
+    if constexpr (Op == reduce_op::prod) {
+      return static_cast<T>(static_cast<C>(x * y));
+    } else {  // sum and avg
+      return static_cast<T>(static_cast<C>(x + y));
+    }
+  }
+}
+
+// ---- 16-byte vectors -----------------------------------------------------------------
+
+__device__ __forceinline__ __half2 as_half2(unsigned w) {
+  // The lower address is the low 16 bits; __halves2half2 puts its first argument there.
+  return __halves2half2(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu)),
+                        __ushort_as_half(static_cast<unsigned short>(w >> 16)));
+}
+__device__ __forceinline__ unsigned bits_of(__half2 h) {
+  return static_cast<unsigned>(__half_as_ushort(__low2half(h))) |
+         (static_cast<unsigned>(__half_as_ushort(__high2half(h))) << 16);
+}
+__device__ __forceinline__ __nv_bfloat162 as_bfloat162(unsigned w) {
+  return __halves2bfloat162(__ushort_as_bfloat16(static_cast<unsigned short>(w & 0xffffu)),
+                            __ushort_as_bfloat16(static_cast<unsigned short>(w >> 16)));
+}
+__device__ __forceinline__ unsigned bits_of(__nv_bfloat162 h) {
+  return static_cast<unsigned>(__bfloat16_as_ushort(__low2bfloat16(h))) |
+         (static_cast<unsigned>(__bfloat16_as_ushort(__high2bfloat16(h))) << 16);
+}
+
+template <reduce_op Op>
+__device__ __forceinline__ unsigned pair_op(unsigned x, unsigned y, collx::half) {
+  return bits_of(Op == reduce_op::prod ? __hmul2(as_half2(x), as_half2(y))
+                                       : __hadd2(as_half2(x), as_half2(y)));
+}
+template <reduce_op Op>
+__device__ __forceinline__ unsigned pair_op(unsigned x, unsigned y, collx::bfloat16) {
+  return bits_of(Op == reduce_op::prod ? __hmul2(as_bfloat162(x), as_bfloat162(y))
+                                       : __hadd2(as_bfloat162(x), as_bfloat162(y)));
+}
+
+// The 16/sizeof(T) lanes of two vectors, combined lane by lane.
+template <class T, reduce_op Op>
+__device__ __forceinline__ uint4 apply16(uint4 x, uint4 y) {
+  constexpr bool narrow_float = std::is_same_v<T, collx::half> || std::is_same_v<T, collx::bfloat16>;
+  if constexpr (narrow_float && (Op == reduce_op::sum || Op == reduce_op::avg || Op == reduce_op::prod)) {
+    return make_uint4(pair_op<Op>(x.x, y.x, T{}), pair_op<Op>(x.y, y.y, T{}), pair_op<Op>(x.z, y.z, T{}),
+                      pair_op<Op>(x.w, y.w, T{}));
+  } else {
+    constexpr unsigned lanes = 16 / sizeof(T);
+    T ex[lanes];
+    T ey[lanes];
+    memcpy(ex, &x, 16);  // register moves once compiled: the arrays never reach memory
+    memcpy(ey, &y, 16);
+#pragma unroll
+    for (unsigned k = 0; k < lanes; ++k) ex[k] = apply<T, Op>(ex[k], ey[k]);
+    uint4 r;
+    memcpy(&r, ex, 16);
+    return r;
+  }
+}
+
+// How many leading elements of the three arrays to treat one by one before all three
+// are 16-byte aligned; n (all of them) when they are misaligned differently.
+template <class T>
+__device__ __forceinline__ std::size_t aligned_head(const void* p, const void* q, const void* r,
+                                                    std::size_t n) {
+  const auto mis = reinterpret_cast<std::uintptr_t>(p) % 16;
+  if (reinterpret_cast<std::uintptr_t>(q) % 16 != mis || reinterpret_cast<std::uintptr_t>(r) % 16 != mis ||
+      mis % sizeof(T) != 0) {
+    return n;
+  }
+  const std::size_t head = mis == 0 ? 0 : (16 - mis) / sizeof(T);
+  return head < n ? head : n;
+}
+
+// dst[i] = a[i] op b[i] for i in [0, n), shared by threads tid = 0..nthreads-1. dst may
+// be a or b (each element is read and written by the same thread, reads first), but may
+// not overlap either partially.
+template <class T, reduce_op Op>
+__device__ void reduce_range(T* dst, const T* a, const T* b, std::size_t n, unsigned tid, unsigned nthreads) {
+  const std::size_t head = aligned_head<T>(dst, a, b, n);
+  for (std::size_t i = tid; i < head; i += nthreads) dst[i] = apply<T, Op>(a[i], b[i]);
+
+  constexpr std::size_t lanes = 16 / sizeof(T);
+  const std::size_t vectors = (n - head) / lanes;
+  auto* vd = reinterpret_cast<uint4*>(dst + head);
+  const auto* va = reinterpret_cast<const uint4*>(a + head);
+  const auto* vb = reinterpret_cast<const uint4*>(b + head);
+  std::size_t v = tid;
+  // Thread tid takes vectors tid, tid + nthreads, ...: neighbouring threads touch
+  // neighbouring vectors (coalesced), and each loads `unroll` of each operand at once.
+  for (; v + (unroll - 1) * std::size_t{nthreads} < vectors; v += unroll * std::size_t{nthreads}) {
+    uint4 x[unroll];
+    uint4 y[unroll];
+#pragma unroll
+    for (unsigned k = 0; k < unroll; ++k) {
+      x[k] = va[v + k * std::size_t{nthreads}];
+      y[k] = vb[v + k * std::size_t{nthreads}];
+    }
+#pragma unroll
+    for (unsigned k = 0; k < unroll; ++k) vd[v + k * std::size_t{nthreads}] = apply16<T, Op>(x[k], y[k]);
+  }
+  for (; v < vectors; v += nthreads) vd[v] = apply16<T, Op>(va[v], vb[v]);
+
+  for (std::size_t i = head + vectors * lanes + tid; i < n; i += nthreads) dst[i] = apply<T, Op>(a[i], b[i]);
+}
+
+// A plain copy, the same way: the baseline reduce_range is measured against. dst and
+// src must not overlap.
+__device__ inline void copy_range(std::byte* dst, const std::byte* src, std::size_t bytes, unsigned tid,
+                                  unsigned nthreads) {
+  const std::size_t head = aligned_head<std::byte>(dst, src, src, bytes);
+  for (std::size_t i = tid; i < head; i += nthreads) dst[i] = src[i];
+
+  const std::size_t vectors = (bytes - head) / 16;
+  auto* vd = reinterpret_cast<uint4*>(dst + head);
+  const auto* vs = reinterpret_cast<const uint4*>(src + head);
+  std::size_t v = tid;
+  for (; v + (unroll - 1) * std::size_t{nthreads} < vectors; v += unroll * std::size_t{nthreads}) {
+    uint4 x[unroll];
+#pragma unroll
+    for (unsigned k = 0; k < unroll; ++k) x[k] = vs[v + k * std::size_t{nthreads}];
+#pragma unroll
+    for (unsigned k = 0; k < unroll; ++k) vd[v + k * std::size_t{nthreads}] = x[k];
+  }
+  for (; v < vectors; v += nthreads) vd[v] = vs[v];
+
+  for (std::size_t i = head + vectors * 16 + tid; i < bytes; i += nthreads) dst[i] = src[i];
+}
+
+// avg's last step, d[i] /= divisor, as the host's finish_avg does it: in the type itself
+// for float and double, through float for f16 and bf16; nothing for integers.
+template <class T>
+__device__ void divide_range(T* d, std::size_t n, int divisor, unsigned tid, unsigned nthreads) {
+  if constexpr (std::is_floating_point_v<T>) {
+    const T div = static_cast<T>(divisor);
+    for (std::size_t i = tid; i < n; i += nthreads) d[i] /= div;
+  } else if constexpr (std::is_same_v<T, collx::half>) {
+    const float div = static_cast<float>(divisor);
+    for (std::size_t i = tid; i < n; i += nthreads) {
+      d[i].bits = __half_as_ushort(__float2half_rn(__half2float(__ushort_as_half(d[i].bits)) / div));
+    }
+  } else if constexpr (std::is_same_v<T, collx::bfloat16>) {
+    const float div = static_cast<float>(divisor);
+    for (std::size_t i = tid; i < n; i += nthreads) {
+      d[i].bits =
+          __bfloat16_as_ushort(__float2bfloat16_rn(__bfloat162float(__ushort_as_bfloat16(d[i].bits)) / div));
+    }
+  }
+}
+
+// ---- kernels -------------------------------------------------------------------------
+
+// Block c takes chunks c, c + gridDim.x, ...; reduce() sizes the grid so that usually
+// each block has one.
+template <class T, reduce_op Op>
+__global__ void __launch_bounds__(block_threads, blocks_per_sm)
+    reduce_kernel(T* dst, const T* a, const T* b, std::size_t n, std::size_t chunk) {
+  for (std::size_t begin = blockIdx.x * chunk; begin < n; begin += std::size_t{gridDim.x} * chunk) {
+    const std::size_t len = n - begin < chunk ? n - begin : chunk;
+    reduce_range<T, Op>(dst + begin, a + begin, b + begin, len, threadIdx.x, blockDim.x);
+  }
+}
+
+__global__ void __launch_bounds__(block_threads, blocks_per_sm)
+    copy_kernel(std::byte* dst, const std::byte* src, std::size_t bytes, std::size_t chunk) {
+  for (std::size_t begin = blockIdx.x * chunk; begin < bytes; begin += std::size_t{gridDim.x} * chunk) {
+    const std::size_t len = bytes - begin < chunk ? bytes - begin : chunk;
+    copy_range(dst + begin, src + begin, len, threadIdx.x, blockDim.x);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(block_threads, blocks_per_sm)
+    divide_kernel(T* d, std::size_t n, int divisor) {
+  divide_range<T>(d, n, divisor, blockIdx.x * blockDim.x + threadIdx.x, gridDim.x * blockDim.x);
+}
+
+// ---- launching -----------------------------------------------------------------------
+
+// The current device's multiprocessor count, asked once per device.
+inline int sm_count() {
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  constexpr int cached = 64;
+  static std::atomic<int> counts[cached] = {};
+  if (device >= 0 && device < cached) {
+    if (const int c = counts[device].load(std::memory_order_relaxed); c > 0) return c;
+  }
+  int c = 0;
+  check(cudaDeviceGetAttribute(&c, cudaDevAttrMultiProcessorCount, device),
+        "cudaDeviceGetAttribute(multiprocessors)");
+  if (c < 1) c = 1;
+  if (device >= 0 && device < cached) counts[device].store(c, std::memory_order_relaxed);
+  return c;
+}
+
+struct launch_shape {
+  unsigned blocks;
+  std::size_t chunk;  // elements per block
+};
+
+// Chunks of whole 16-byte vectors (so that every chunk starts at the same misalignment
+// as the first), at least one vector per thread, one per resident block where n allows.
+inline launch_shape shape_for(std::size_t n, std::size_t elem_size) {
+  const std::size_t lanes = 16 / elem_size;
+  const std::size_t max_blocks = static_cast<std::size_t>(sm_count()) * blocks_per_sm;
+  std::size_t chunk = (n + max_blocks - 1) / max_blocks;
+  chunk = (chunk + lanes - 1) / lanes * lanes;
+  const std::size_t min_chunk = std::size_t{block_threads} * lanes;
+  if (chunk < min_chunk) chunk = min_chunk;
+  return {static_cast<unsigned>((n + chunk - 1) / chunk), chunk};
+}
+
+template <class T, reduce_op Op>
+void launch_reduce(void* dst, const void* a, const void* b, std::size_t n, cudaStream_t stream) {
+  const launch_shape s = shape_for(n, sizeof(T));
+  reduce_kernel<T, Op><<<s.blocks, block_threads, 0, stream>>>(static_cast<T*>(dst), static_cast<const T*>(a),
+                                                               static_cast<const T*>(b), n, s.chunk);
+  check(cudaGetLastError(), "reduce kernel launch");
+}
+
+template <class T>
+void launch_reduce_typed(reduce_op op, void* dst, const void* a, const void* b, std::size_t n,
+                         cudaStream_t stream) {
+  switch (op) {
+    case reduce_op::sum:
+    case reduce_op::avg: launch_reduce<T, reduce_op::sum>(dst, a, b, n, stream); return;
+    case reduce_op::prod: launch_reduce<T, reduce_op::prod>(dst, a, b, n, stream); return;
+    case reduce_op::min: launch_reduce<T, reduce_op::min>(dst, a, b, n, stream); return;
+    case reduce_op::max: launch_reduce<T, reduce_op::max>(dst, a, b, n, stream); return;
+  }
+}
+
+}  // namespace detail
+
+// dst[i] = a[i] op b[i] for n elements of type t in device memory, queued on stream (no
+// synchronization). dst may be a or b, never a partial overlap. avg reduces as sum
+// (finish_avg divides at the end) and is refused for integer types.
+inline void reduce(dtype t, reduce_op op, void* dst, const void* a, const void* b, std::size_t n,
+                   cudaStream_t stream) {
+  if (!supports(t, op)) {
+    throw error(errc::invalid_argument, "cuda reduce", error::no_rank, error::no_rank,
+                std::string(to_string(op)) + " is for floating types only, not " + std::string(to_string(t)));
+  }
+  if (n == 0) return;
+  collx::detail::visit_dtype(
+      t, [&](auto tag) { detail::launch_reduce_typed<decltype(tag)>(op, dst, a, b, n, stream); });
+}
+
+// data[i] /= divisor for the floating types, queued on stream; nothing for integers (as
+// on the host, where reduce already refused avg for them).
+inline void finish_avg(dtype t, void* data, std::size_t n, int divisor, cudaStream_t stream) {
+  if (n == 0 || !is_floating(t)) return;
+  collx::detail::visit_dtype(t, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_integral_v<T>) {
+      const detail::launch_shape s = detail::shape_for(n, sizeof(T));
+      detail::divide_kernel<T>
+          <<<s.blocks, detail::block_threads, 0, stream>>>(static_cast<T*>(data), n, divisor);
+      check(cudaGetLastError(), "finish_avg kernel launch");
+    }
+  });
+}
+
+// A copy kernel of bytes from src to dst (not overlapping), queued on stream: what
+// reduce's bandwidth is compared with beside cudaMemcpyAsync.
+inline void copy(void* dst, const void* src, std::size_t bytes, cudaStream_t stream) {
+  if (bytes == 0) return;
+  const detail::launch_shape s = detail::shape_for(bytes, 1);
+  detail::copy_kernel<<<s.blocks, detail::block_threads, 0, stream>>>(
+      static_cast<std::byte*>(dst), static_cast<const std::byte*>(src), bytes, s.chunk);
+  check(cudaGetLastError(), "copy kernel launch");
+}
+
+}  // namespace collx::cuda
