@@ -280,8 +280,12 @@ struct action {
 // Runs one lane. Ctx is where it runs (host_context below, or the CUDA executor's):
 // leader(), barrier(), the atomics, the clock, and the cooperative copy and reduce.
 // T is the element's storage type, Op the reduction (avg reduces as sum).
+// Returns whether the lane finished (false: it stopped, and its status says why).
+#if defined(__CUDACC__)
+#pragma nv_exec_check_disable
+#endif
 template <class T, reduce_op Op, class Ctx>
-COLLX_HD void run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
+COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
   constexpr std::uint64_t es = sizeof(T);
   const program_view& pg = c.prog;
   const auto S = static_cast<std::uint64_t>(w.slots);
@@ -332,7 +336,6 @@ COLLX_HD void run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
   };
   auto fail = [&](outcome why, int peer, std::uint32_t stp, std::uint64_t expected, std::uint64_t got) {
     status& s = *c.st;
-    s.code = why;
     s.waited_for = peer;
     s.peer = why == outcome::timeout ? stuck_rank(peer) : peer;
     s.step = stp;
@@ -340,6 +343,8 @@ COLLX_HD void run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
     s.expected = expected;
     s.got = got;
     s.waited_ns = ctx.now_ns() - start;
+    ctx.fence();  // the code last: whoever sees it sees the rest
+    s.code = why;
     // The first failure poisons the world: everyone else stops at its next wait.
     if (why != outcome::peer_failed) ctx.cas(w.abort_word, 0, static_cast<std::uint64_t>(c.rank) + 1);
     action a;
@@ -452,7 +457,7 @@ COLLX_HD void run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
     if (ctx.leader()) ctx.shared_action() = decide();
     ctx.barrier();
     const action a = ctx.shared_action();
-    if (a.what == action::done || a.what == action::stop) break;
+    if (a.what == action::done || a.what == action::stop) return a.what == action::done;
     if (a.what == action::copy) {
       ctx.copy(a.dst, a.a, a.n);
     } else {

@@ -1,0 +1,507 @@
+#pragma once
+
+// GPU collectives in one process: a group of ranks, each a thread driving its own
+// stream on a GPU (the same GPU for all, or one each), and stream-ordered calls as in
+// NCCL: a call checks its arguments, enqueues one kernel on the caller's stream and
+// returns; completion is seen through the stream, and the calls can be captured into a
+// CUDA graph once each call shape has run once (its program is then on the device).
+//
+//   collx::cuda::group g({0, 0, 0, 0});      // four ranks on GPU 0
+//   // on rank r's thread:
+//   auto comm = g.rank(r);
+//   comm.all_reduce(d_in, d_out, n, collx::dtype::f32, collx::reduce_op::sum, stream);
+//   comm.synchronize(stream);                // waits, and throws if the call failed
+//
+// Errors a kernel meets (a rank that never calls, a rank that made another call) stop
+// every rank's kernel within the timeout; the next call or synchronize() on each rank
+// throws collx::error naming the rank at fault, and the communicator refuses later calls.
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "collx/algorithms/select.hpp"
+#include "collx/config.hpp"
+#include "collx/core/error.hpp"
+#include "collx/core/options.hpp"
+#include "collx/exec/cuda.cuh"
+#include "collx/exec/peer.hpp"
+
+namespace collx::cuda {
+
+struct group_options {
+  int lanes = 4;  // thread blocks (independent all-reduces over slices) per rank's all-reduce
+  unsigned threads = 512;
+  std::uint32_t slots = 4;              // per channel
+  std::size_t slot_bytes = 128 * 1024;  // a piece; messages are cut to fit slots*slot_bytes
+  std::chrono::milliseconds timeout = defaults::timeout;
+};
+
+namespace detail {
+
+// Restores the caller's current device when it goes.
+class device_guard {
+ public:
+  explicit device_guard(int device) {
+    check(cudaGetDevice(&old_), "cudaGetDevice");
+    if (old_ != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~device_guard() { cudaSetDevice(old_); }
+  device_guard(const device_guard&) = delete;
+  device_guard& operator=(const device_guard&) = delete;
+
+ private:
+  int old_ = 0;
+};
+
+template <class T>
+struct device_free {
+  int device = 0;
+  void operator()(T* p) const noexcept {
+    int old = 0;
+    cudaGetDevice(&old);
+    cudaSetDevice(device);
+    cudaFree(p);
+    cudaSetDevice(old);
+  }
+};
+template <class T>
+using device_ptr = std::unique_ptr<T, device_free<T>>;
+
+template <class T>
+device_ptr<T> device_alloc(int device, std::size_t bytes) {
+  device_guard g(device);
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes), "cudaMalloc of " + std::to_string(bytes) + " bytes");
+  return device_ptr<T>(static_cast<T*>(p), device_free<T>{device});
+}
+
+// The group's shared memory: mailboxes on each receiver's GPU, and the control words
+// (abort, waits, status) in mapped host memory that every GPU and the host can reach.
+struct group_state {
+  group_options opt;
+  std::vector<int> devices;
+  peer::world_view w;
+  std::vector<device_ptr<std::byte>> box_memory;      // per rank: its lanes' mailboxes
+  std::vector<device_ptr<peer::mailbox>> box_tables;  // per rank: every mailbox's address, on its GPU
+  void* control = nullptr;                            // cudaHostAlloc'd, mapped
+  std::uint64_t* abort_word = nullptr;
+  std::uint64_t* waiting = nullptr;
+  peer::status* status = nullptr;  // [rank * lanes + lane]
+
+  ~group_state() {
+    if (control != nullptr) cudaFreeHost(control);
+  }
+};
+
+}  // namespace detail
+
+class communicator;
+
+// The abort word's value when the host aborted: no rank's (1 + rank) can be it.
+inline constexpr std::uint64_t aborted_by_host = std::uint64_t{1} << 62;
+
+// The ranks of one process. Made once, before the ranks' threads call; then each thread
+// takes its communicator with rank(r).
+class group {
+ public:
+  explicit group(std::vector<int> devices, group_options opt = {})
+      : s_(std::make_shared<detail::group_state>()) {
+    const int p = static_cast<int>(devices.size());
+    auto bad = [](const std::string& why) {
+      throw error(errc::invalid_argument, "cuda::group", error::no_rank, error::no_rank, why);
+    };
+    if (p < 1 || p > peer::max_ranks) bad("a group has 1 to " + std::to_string(peer::max_ranks) + " ranks");
+    if (opt.lanes < 1 || opt.lanes > cuda::detail::max_lanes) {
+      bad("lanes must be 1 to " + std::to_string(cuda::detail::max_lanes));
+    }
+    if (opt.threads < 32 || opt.threads > 1024 || opt.threads % 32 != 0)
+      bad("threads must be a multiple of 32 up to 1024");
+    if (opt.slots < 1) bad("slots must be at least 1");
+    if (opt.slot_bytes < 16 || opt.slot_bytes % 16 != 0) bad("slot_bytes must be a positive multiple of 16");
+    if (opt.timeout <= std::chrono::milliseconds::zero()) bad("timeout must be positive");
+    int count = 0;
+    cuda::check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    for (int d : devices) {
+      if (d < 0 || d >= count)
+        bad("device " + std::to_string(d) + " does not exist (" + std::to_string(count) + " found)");
+    }
+    // Ranks on different GPUs write each other's mailboxes: they need peer access.
+    for (int a : devices) {
+      for (int b : devices) {
+        if (a == b) continue;
+        int can = 0;
+        cuda::check(cudaDeviceCanAccessPeer(&can, a, b), "cudaDeviceCanAccessPeer");
+        if (can == 0)
+          bad("GPU " + std::to_string(a) + " cannot access GPU " + std::to_string(b) + "'s memory");
+        detail::device_guard g(a);
+        const cudaError_t e = cudaDeviceEnablePeerAccess(b, 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) {
+          cudaGetLastError();
+        } else {
+          cuda::check(e, "cudaDeviceEnablePeerAccess");
+        }
+      }
+    }
+    auto& s = *s_;
+    s.opt = opt;
+    s.devices = std::move(devices);
+    s.w.ranks = p;
+    s.w.lanes = opt.lanes;
+    s.w.slots = opt.slots;
+    s.w.slot_bytes = opt.slot_bytes;
+    const auto lanes = static_cast<std::size_t>(opt.lanes);
+    const auto up = static_cast<std::size_t>(p);
+    const std::size_t control_bytes =
+        (1 + up * lanes) * sizeof(std::uint64_t) + up * lanes * sizeof(peer::status);
+    cuda::check(cudaHostAlloc(&s.control, control_bytes, cudaHostAllocMapped | cudaHostAllocPortable),
+                "cudaHostAlloc of the control words");
+    std::memset(s.control, 0, control_bytes);
+    s.abort_word = static_cast<std::uint64_t*>(s.control);
+    s.waiting = s.abort_word + 1;
+    s.status = reinterpret_cast<peer::status*>(s.waiting + up * lanes);
+    for (std::size_t i = 0; i < up * lanes; ++i) s.status[i] = peer::status{};
+    // With unified addressing (every 64-bit platform CUDA supports) the mapped host
+    // pointer is the device pointer too.
+    s.w.abort_word = s.abort_word;
+    s.w.waiting = s.waiting;
+
+    const std::size_t each = (peer::mailbox_bytes(s.w) + 255) / 256 * 256;
+    std::vector<peer::mailbox> table(up * lanes);
+    for (std::size_t r = 0; r < up; ++r) {
+      auto mem = detail::device_alloc<std::byte>(s.devices[r], each * lanes);
+      detail::device_guard g(s.devices[r]);
+      cuda::check(cudaMemset(mem.get(), 0, each * lanes), "cudaMemset of the mailboxes");
+      for (std::size_t j = 0; j < lanes; ++j)
+        table[r * lanes + j] = peer::mailbox_at(mem.get() + j * each, s.w);
+      s.box_memory.push_back(std::move(mem));
+    }
+    for (std::size_t r = 0; r < up; ++r) {
+      auto t = detail::device_alloc<peer::mailbox>(s.devices[r], table.size() * sizeof(peer::mailbox));
+      detail::device_guard g(s.devices[r]);
+      cuda::check(
+          cudaMemcpy(t.get(), table.data(), table.size() * sizeof(peer::mailbox), cudaMemcpyHostToDevice),
+          "copying the mailbox table");
+      s.box_tables.push_back(std::move(t));
+    }
+    for (int d : s.devices) {
+      detail::device_guard g(d);
+      cuda::check(cudaDeviceSynchronize(), "setting up the group");
+    }
+  }
+
+  int size() const noexcept { return s_->w.ranks; }
+
+  // Rank r's communicator, for the one thread that will drive it.
+  communicator rank(int r) const;
+
+  // Stops every rank's kernels at their next wait, from any thread: each rank's next call
+  // or synchronize() throws errc::aborted, and so do all later calls.
+  void abort() noexcept { std::atomic_ref<std::uint64_t>(*s_->abort_word).store(aborted_by_host); }
+
+ private:
+  std::shared_ptr<detail::group_state> s_;
+};
+
+class communicator {
+ public:
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return g_->w.ranks; }
+  int device() const noexcept { return g_->devices[static_cast<std::size_t>(rank_)]; }
+
+  // The untyped calls, as in NCCL: device pointers, a count per rank and a dtype.
+  // In place when in == out (all_reduce), in == out + rank*count (all_gather), or
+  // out == in + rank*count (reduce_scatter).
+  void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op, cudaStream_t stream,
+                  const options& o = {}) {
+    enqueue(collective::all_reduce, in, out, count, t, op, stream, o);
+  }
+  void all_gather(const void* in, void* out, std::size_t count, dtype t, cudaStream_t stream,
+                  const options& o = {}) {
+    enqueue(collective::all_gather, in, out, count, t, reduce_op::sum, stream, o);
+  }
+  void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                      cudaStream_t stream, const options& o = {}) {
+    enqueue(collective::reduce_scatter, in, out, count, t, op, stream, o);
+  }
+
+  // Typed forms: T is a collx element type (float, double, collx::half, ...).
+  template <element T>
+  void all_reduce(const T* in, T* out, std::size_t count, reduce_op op, cudaStream_t stream,
+                  const options& o = {}) {
+    all_reduce(in, out, count, dtype_v<T>, op, stream, o);
+  }
+  template <element T>
+  void all_gather(const T* in, T* out, std::size_t count, cudaStream_t stream, const options& o = {}) {
+    all_gather(in, out, count, dtype_v<T>, stream, o);
+  }
+  template <element T>
+  void reduce_scatter(const T* in, T* out, std::size_t count, reduce_op op, cudaStream_t stream,
+                      const options& o = {}) {
+    reduce_scatter(in, out, count, dtype_v<T>, op, stream, o);
+  }
+
+  // Waits for the stream, then throws if a call of this rank failed (like ncclCommGetAsyncError).
+  void synchronize(cudaStream_t stream) {
+    {
+      detail::device_guard g(device());
+      cuda::check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+    }
+    check_async("synchronize");
+  }
+
+  // Empty while healthy; after a failure, why.
+  std::string failure() const { return failure_; }
+
+ private:
+  friend class group;
+  communicator(std::shared_ptr<detail::group_state> g, int r) : g_(std::move(g)), rank_(r) {}
+
+  struct program_key {
+    collective coll;
+    algorithm algo;
+    std::size_t count, segment;
+    bool in_place;
+    friend bool operator==(const program_key&, const program_key&) = default;
+  };
+  struct cached_program {
+    program_key key;
+    peer::program_image image;  // the host copy stays: the upload is asynchronous
+    detail::device_ptr<std::byte> bytes;
+    peer::program_view view;
+  };
+
+  [[noreturn]] void invalid(std::string_view coll, const std::string& why) const {
+    throw error(errc::invalid_argument, coll, rank_, error::no_rank, why);
+  }
+
+  // A kernel of this rank that stopped left its reason in the status words.
+  void check_async(std::string_view coll) {
+    if (!failure_.empty()) {
+      throw error(errc::aborted, coll, rank_, error::no_rank,
+                  "this communicator failed earlier (" + failure_ + "); make a new group");
+    }
+    const auto lanes = static_cast<std::size_t>(g_->w.lanes);
+    const peer::status* worst = nullptr;
+    for (std::size_t j = 0; j < lanes; ++j) {
+      const peer::status& s = g_->status[static_cast<std::size_t>(rank_) * lanes + j];
+      const auto code =
+          std::atomic_ref<peer::outcome>(const_cast<peer::outcome&>(s.code)).load(std::memory_order_acquire);
+      if (code == peer::outcome::ok) continue;
+      if (worst == nullptr ||
+          (worst->code == peer::outcome::peer_failed && code != peer::outcome::peer_failed))
+        worst = &s;
+    }
+    if (worst == nullptr) {
+      const std::uint64_t word =
+          std::atomic_ref<std::uint64_t>(*g_->abort_word).load(std::memory_order_acquire);
+      if (word != aborted_by_host) return;
+      failure_ = "the group was aborted";
+      throw error(errc::aborted, coll, rank_, error::no_rank, failure_);
+    }
+    const peer::status s = *worst;
+    errc kind = errc::peer_failure;
+    std::string why;
+    const std::string ms = std::to_string(s.waited_ns / 1'000'000);
+    switch (s.code) {
+      case peer::outcome::timeout:
+        kind = errc::timeout;
+        why = "timed out after " + ms + " ms waiting for peer " + std::to_string(s.waited_for) + " (step #" +
+              std::to_string(s.step) + ", lane " + std::to_string(s.lane) + ")";
+        if (s.peer != s.waited_for) {
+          why += "; peer " + std::to_string(s.waited_for) + " was itself waiting, down to peer " +
+                 std::to_string(s.peer) + ", which waited for no one: peer " + std::to_string(s.peer) +
+                 " is the one stuck";
+        }
+        why += ". Is every rank's thread calling, and did each make the same call?";
+        break;
+      case peer::outcome::mismatch:
+        kind = errc::mismatch;
+        why = "peer " + std::to_string(s.peer) + " made a different call (step #" + std::to_string(s.step) +
+              ": its signature " + std::to_string(s.got) + ", ours " + std::to_string(s.expected) +
+              "): every rank must make the same calls, with the same count, type, reduction and algorithm, "
+              "in the same order";
+        break;
+      default:
+        kind = s.peer >= 0 && s.peer < size() ? errc::peer_failure : errc::aborted;
+        why = s.peer >= 0 && s.peer < size()
+                  ? "rank " + std::to_string(s.peer) + " failed, so this call stopped"
+                  : "the group was aborted";
+        break;
+    }
+    const error e(kind, coll, rank_, s.peer >= 0 && s.peer < size() ? s.peer : error::no_rank, why);
+    failure_ = e.what();
+    throw e;
+  }
+
+  const peer::program_view& program(collective coll, algorithm a, std::size_t count, std::size_t segment,
+                                    bool in_place, cudaStream_t stream) {
+    const program_key key{coll, a, count, segment, in_place};
+    for (auto& c : programs_) {
+      if (c.key == key) return c.view;
+    }
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    cuda::check(cudaStreamIsCapturing(stream, &cs), "cudaStreamIsCapturing");
+    if (cs != cudaStreamCaptureStatusNone) {
+      invalid(to_string(coll),
+              "this call's shape has not run before: run it once outside the capture, so "
+              "that its program is on the GPU, then capture it");
+    }
+    const schedule s = algorithms::build(a, {coll, rank_, size(), count, segment, in_place});
+    cached_program c{key, peer::compile(s), {}, {}};
+    c.bytes = detail::device_alloc<std::byte>(device(), std::max<std::size_t>(c.image.bytes.size(), 16));
+    // On the caller's stream, not cudaMemcpy: that would wait for the legacy stream and so
+    // for other ranks' kernels, which may be waiting for this very rank.
+    cuda::check(cudaMemcpyAsync(c.bytes.get(), c.image.bytes.data(), c.image.bytes.size(),
+                                cudaMemcpyHostToDevice, stream),
+                "copying a program to the GPU");
+    c.view = c.image.view_at(c.bytes.get());
+    scratch_need_ = std::max<std::size_t>(scratch_need_, s.scratch_count);
+    // Programs are kept, never freed while the group runs: cudaFree waits for the whole
+    // GPU, and with it for other ranks' kernels that may be waiting for this rank.
+    programs_.push_back(std::move(c));
+    return programs_.back().view;
+  }
+
+  void enqueue(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+               cudaStream_t stream, const options& o) {
+    const std::string_view name = to_string(coll);
+    check_async(name);
+    if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid(name, "unknown element type");
+    if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid(name, "unknown reduction");
+    if (coll != collective::all_gather && !supports(t, op)) {
+      invalid(name, std::string(to_string(op)) + " needs a floating-point element type, got " +
+                        std::string(to_string(t)));
+    }
+    if (o.timeout < std::chrono::milliseconds::zero()) invalid(name, "timeout must not be negative");
+    if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::tree))
+      invalid(name, "unknown algorithm");
+    if (!implements(o.algo, coll)) {
+      throw error(errc::unsupported, name, rank_, error::no_rank,
+                  "algorithm " + std::string(to_string(o.algo)) + " does not implement " + std::string(name));
+    }
+    const std::size_t es = size_of(t);
+    const auto up = static_cast<std::size_t>(size());
+    if (count > std::numeric_limits<std::size_t>::max() / es / up)
+      invalid(name, "count overflows the address space");
+    const std::uint64_t seq = seq_++;
+    if (count == 0) return;  // nothing moves: every rank skips alike
+    if (in == nullptr || out == nullptr)
+      invalid(name, std::string(in == nullptr ? "input" : "output") + " is null");
+    const auto ia = reinterpret_cast<std::uintptr_t>(in);
+    const auto oa = reinterpret_cast<std::uintptr_t>(out);
+    if (ia % es != 0 || oa % es != 0) invalid(name, "buffers must be aligned to the element size");
+    // Both buffers must be memory this rank's GPU can address: device memory, managed
+    // memory or mapped host memory. Pageable host memory would fault in the kernel.
+    for (const void* ptr : {in, static_cast<const void*>(out)}) {
+      cudaPointerAttributes at{};
+      const cudaError_t e = cudaPointerGetAttributes(&at, ptr);
+      if (e != cudaSuccess || at.type == cudaMemoryTypeUnregistered || at.devicePointer == nullptr) {
+        cudaGetLastError();
+        invalid(name, std::string(ptr == in ? "input" : "output") +
+                          " is not memory the GPU can address (device, managed or mapped host memory); "
+                          "host vectors go through collx::communicator");
+      }
+    }
+    const std::size_t in_bytes = input_extent(coll, size(), count) * es;
+    const std::size_t block = count * es * static_cast<std::size_t>(rank_);
+    const bool in_place = coll == collective::all_gather       ? ia == oa + block
+                          : coll == collective::reduce_scatter ? oa == ia + block
+                                                               : ia == oa;
+    const std::size_t out_bytes = output_extent(coll, size(), count, false) * es;
+    if (!in_place && ia < oa + out_bytes && oa < ia + in_bytes) {
+      invalid(name, "input and output overlap without being the in-place form");
+    }
+    const std::byte* cin = in_place ? nullptr : static_cast<const std::byte*>(in);
+    std::byte* cout =
+        static_cast<std::byte*>(in_place && coll != collective::all_gather ? const_cast<void*>(in) : out);
+
+    detail::device_guard guard(device());
+    const auto& s = *g_;
+    // Ring unless asked otherwise: what NCCL runs for bandwidth. (No GPU cost model is
+    // measured yet to choose tree or recursive doubling for small calls.)
+    const algorithm a = o.algo == algorithm::automatic ? algorithm::ring : o.algo;
+    const std::size_t seg_bytes = o.segment_bytes != 0 ? o.segment_bytes : defaults::segment_bytes;
+    const std::size_t fit = s.opt.slots * s.opt.slot_bytes / es;
+    const std::size_t segment = std::max<std::size_t>(1, std::min(seg_bytes / es, fit));
+    const envelope env{seq, count, segment, o.tag, coll, t, op, a};
+    const auto timeout = o.timeout.count() != 0 ? o.timeout : s.opt.timeout;
+
+    cuda::detail::launch_args args{};
+    args.w = s.w;
+    args.w.boxes = s.box_tables[static_cast<std::size_t>(rank_)].get();
+    args.divisor = op == reduce_op::avg ? size() : 0;
+    const int lanes = coll == collective::all_reduce ? s.opt.lanes : 1;
+    for (int j = 0; j < lanes; ++j) {
+      std::uint64_t lo = 0, n = count;
+      if (lanes > 1) peer::lane_slice(count, es, lanes, j, lo, n);
+      peer::lane_call& c = args.lanes[j];
+      c.prog = program(coll, a, n, segment, in_place, stream);
+      c.rank = rank_;
+      c.lane = j;
+      c.in = cin == nullptr ? nullptr : cin + lo * es;
+      c.out = cout + lo * es;
+      c.sig = peer::signature(env);
+      c.timeout_ns = static_cast<std::uint64_t>(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(
+              std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365 * 100)))
+              .count());
+      c.st = &s.status[static_cast<std::size_t>(rank_) * static_cast<std::size_t>(s.w.lanes) +
+                       static_cast<std::size_t>(j)];
+      const region res = result_region(coll, rank_, count, in_place, size());
+      args.divide_at[j] = coll == collective::all_reduce ? c.out : cout + res.offset * es;
+      args.divide_count[j] = coll == collective::all_reduce ? n : res.count;
+    }
+    ensure_scratch(stream, es * static_cast<std::size_t>(lanes));
+    for (int j = 0; j < lanes; ++j) {
+      args.lanes[j].scratch = scratch_.get() + static_cast<std::size_t>(j) * scratch_need_ * es;
+    }
+    cuda::detail::launch_peer(t, op, args, lanes, s.opt.threads, stream);
+  }
+
+  // Scratch for the largest program seen, per lane; grown only outside a capture.
+  void ensure_scratch(cudaStream_t stream, std::size_t per_elem_bytes) {
+    const std::size_t bytes = std::max<std::size_t>(scratch_need_ * per_elem_bytes, 16);
+    if (bytes <= scratch_bytes_) return;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    cuda::check(cudaStreamIsCapturing(stream, &cs), "cudaStreamIsCapturing");
+    if (cs != cudaStreamCaptureStatusNone) {
+      invalid("cuda", "this call needs more scratch than earlier ones: run it once outside the capture");
+    }
+    // The old buffer is retired, not freed, for the reason programs are kept.
+    if (scratch_) retired_.push_back(std::move(scratch_));
+    scratch_ = detail::device_alloc<std::byte>(device(), bytes);
+    scratch_bytes_ = bytes;
+  }
+
+  std::shared_ptr<detail::group_state> g_;
+  int rank_ = 0;
+  std::uint64_t seq_ = 0;
+  std::vector<cached_program> programs_;
+  std::size_t scratch_need_ = 0;  // elements per lane
+  detail::device_ptr<std::byte> scratch_;
+  std::vector<detail::device_ptr<std::byte>> retired_;
+  std::size_t scratch_bytes_ = 0;
+  std::string failure_;
+};
+
+inline communicator group::rank(int r) const {
+  if (r < 0 || r >= size()) {
+    throw error(errc::invalid_argument, "cuda::group", r, error::no_rank,
+                "rank " + std::to_string(r) + " of a group of " + std::to_string(size()));
+  }
+  return communicator(s_, r);
+}
+
+}  // namespace collx::cuda

@@ -1,0 +1,109 @@
+#pragma once
+
+// The CUDA executor: the peer-memory executor (exec/peer.hpp) inside a kernel. One
+// thread block per lane; its thread 0 is the leader that picks the next piece and
+// publishes it, and all its threads move the piece with 16-byte vectors
+// (exec/cuda_reduce.cuh). Mailboxes are device memory of the receiving rank's GPU,
+// written by senders through peer pointers; the abort word, the waits and the lanes'
+// status lie in mapped host memory, so the host reads why a kernel stopped without a
+// copy, and can stop spinning kernels by raising the abort word itself.
+//
+// Waits are bounded by %globaltimer, so a rank that never launches its part becomes a
+// timeout on every other rank, not a kernel that spins forever.
+
+#include <cuda_runtime.h>
+#include <cuda/atomic>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "collx/exec/cuda_reduce.cuh"
+#include "collx/exec/peer.hpp"
+
+namespace collx::cuda::detail {
+
+struct device_context {
+  peer::action& act;
+
+  __device__ bool leader() const { return threadIdx.x == 0; }
+  __device__ void barrier() const { __syncthreads(); }
+  __device__ peer::action& shared_action() const { return act; }
+  __device__ static std::uint64_t load_acquire(std::uint64_t* p) {
+    return ::cuda::atomic_ref<std::uint64_t, ::cuda::thread_scope_system>(*p).load(
+        ::cuda::memory_order_acquire);
+  }
+  __device__ static void store_release(std::uint64_t* p, std::uint64_t v) {
+    ::cuda::atomic_ref<std::uint64_t, ::cuda::thread_scope_system>(*p).store(v, ::cuda::memory_order_release);
+  }
+  __device__ static void cas(std::uint64_t* p, std::uint64_t expected, std::uint64_t desired) {
+    ::cuda::atomic_ref<std::uint64_t, ::cuda::thread_scope_system>(*p).compare_exchange_strong(expected,
+                                                                                               desired);
+  }
+  // Orders every thread's slot writes (made visible to the leader by the barrier before
+  // it) before the flag that publishes them, for readers on other GPUs too.
+  __device__ static void fence() { __threadfence_system(); }
+  __device__ static std::uint64_t now_ns() {
+    std::uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+  }
+  __device__ static void pause() { __nanosleep(256); }
+  __device__ static void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) {
+    copy_range(dst, src, bytes, threadIdx.x, blockDim.x);
+  }
+  template <class T, reduce_op Op>
+  __device__ static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) {
+    reduce_range<T, Op == reduce_op::avg ? reduce_op::sum : Op>(dst, a, b, n, threadIdx.x, blockDim.x);
+  }
+};
+
+inline constexpr int max_lanes = 8;
+
+// Everything a rank's kernel needs, by value: kernel parameters are read-only and free.
+struct launch_args {
+  peer::world_view w;
+  peer::lane_call lanes[max_lanes];
+  // avg: each lane divides its part of the result once its all-reduce has finished.
+  std::byte* divide_at[max_lanes];
+  std::uint64_t divide_count[max_lanes];
+  int divisor = 0;
+};
+
+template <class T, reduce_op Op>
+__global__ void __launch_bounds__(1024) peer_kernel(const launch_args a) {
+  __shared__ peer::action act;
+  device_context ctx{act};
+  const unsigned j = blockIdx.x;
+  const bool ok = peer::run_lane<T, Op>(ctx, a.lanes[j], a.w);
+  if constexpr (Op == reduce_op::avg) {
+    if (ok && a.divisor > 1) {
+      divide_range<T>(reinterpret_cast<T*>(a.divide_at[j]), a.divide_count[j], a.divisor, threadIdx.x,
+                      blockDim.x);
+    }
+  }
+}
+
+template <class T, reduce_op Op>
+void launch_peer(const launch_args& a, int lanes, unsigned threads, cudaStream_t stream) {
+  peer_kernel<T, Op><<<static_cast<unsigned>(lanes), threads, 0, stream>>>(a);
+}
+
+// The kernel for a call's element type and reduction.
+inline void launch_peer(dtype t, reduce_op op, const launch_args& a, int lanes, unsigned threads,
+                        cudaStream_t stream) {
+  collx::detail::visit_dtype(t, [&](auto tag) {
+    using T = decltype(tag);
+    switch (op) {
+      case reduce_op::sum: launch_peer<T, reduce_op::sum>(a, lanes, threads, stream); break;
+      case reduce_op::prod: launch_peer<T, reduce_op::prod>(a, lanes, threads, stream); break;
+      case reduce_op::min: launch_peer<T, reduce_op::min>(a, lanes, threads, stream); break;
+      case reduce_op::max: launch_peer<T, reduce_op::max>(a, lanes, threads, stream); break;
+      case reduce_op::avg:
+        if constexpr (is_floating(dtype_v<T>)) launch_peer<T, reduce_op::avg>(a, lanes, threads, stream);
+        break;
+    }
+  });
+  check(cudaGetLastError(), "launching the collective's kernel");
+}
+
+}  // namespace collx::cuda::detail
