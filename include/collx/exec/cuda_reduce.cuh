@@ -256,6 +256,9 @@ __global__ void __launch_bounds__(block_threads, blocks_per_sm)
   }
 }
 
+// A template only so that several translation units may include this header: a plain
+// __global__ function would be defined in each, and the link would fail.
+template <class = void>
 __global__ void __launch_bounds__(block_threads, blocks_per_sm)
     copy_kernel(std::byte* dst, const std::byte* src, std::size_t bytes, std::size_t chunk) {
   for (std::size_t begin = blockIdx.x * chunk; begin < bytes; begin += std::size_t{gridDim.x} * chunk) {
@@ -362,7 +365,7 @@ inline void finish_avg(dtype t, void* data, std::size_t n, int divisor, cudaStre
 inline void copy(void* dst, const void* src, std::size_t bytes, cudaStream_t stream) {
   if (bytes == 0) return;
   const detail::launch_shape s = detail::shape_for(bytes, 1);
-  detail::copy_kernel<<<s.blocks, detail::block_threads, 0, stream>>>(
+  detail::copy_kernel<><<<s.blocks, detail::block_threads, 0, stream>>>(
       static_cast<std::byte*>(dst), static_cast<const std::byte*>(src), bytes, s.chunk);
   check(cudaGetLastError(), "copy kernel launch");
 }
