@@ -1,0 +1,131 @@
+#pragma once
+
+// GPU buffers over a host transport (tcp, shm, mpi): the input is copied to pinned host
+// memory, the collective runs on the host communicator, the result is copied back. This
+// is how collx carries GPU data between hosts until a GPU-aware network transport
+// exists, and the path to hold beside NCCL's socket transport (NCCL_NET=Socket), which
+// stages through host memory too.
+//
+// Ordering: the call waits for the work already on `stream` (the input must be ready),
+// runs the collective on the calling thread, enqueues the copy back on `stream` and
+// returns; so the result is seen through the stream, as with the GPU collectives, but
+// the call blocks its thread for the collective and cannot be captured into a graph.
+//
+// Host code: needs the CUDA runtime's header and library (collx::cuda), not nvcc.
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <limits>
+#include <string>
+#include <string_view>
+
+#include "collx/communicator.hpp"
+
+namespace collx::cuda {
+
+class staged {
+ public:
+  explicit staged(collx::communicator& c) : c_(c) {}
+  staged(const staged&) = delete;
+  staged& operator=(const staged&) = delete;
+  ~staged() {
+    if (host_ != nullptr) cudaFreeHost(host_);
+  }
+
+  // The untyped calls of collx::communicator, on device pointers. In place as there.
+  void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op, cudaStream_t stream,
+                  const options& o = {}) {
+    const std::size_t bytes = checked_bytes("all_reduce", in, out, count, t, 2);
+    std::byte* h = host(2 * bytes, stream);
+    copy_in(h, in, bytes, stream);
+    if (in == out) {
+      c_.all_reduce(h, h, count, t, op, o);
+    } else {
+      c_.all_reduce(h, h + bytes, count, t, op, o);
+      h += bytes;
+    }
+    copy_out(out, h, bytes, stream);
+  }
+  void all_gather(const void* in, void* out, std::size_t count, dtype t, cudaStream_t stream,
+                  const options& o = {}) {
+    const std::size_t bytes = checked_bytes("all_gather", in, out, count, t, c_.size());
+    const std::size_t all = bytes * static_cast<std::size_t>(c_.size());
+    std::byte* h = host(all, stream);
+    std::byte* mine = h + bytes * static_cast<std::size_t>(c_.rank());
+    copy_in(mine, in, bytes, stream);
+    c_.all_gather(mine, h, count, t, o);  // in place in the host buffer
+    copy_out(out, h, all, stream);
+  }
+  void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                      cudaStream_t stream, const options& o = {}) {
+    const std::size_t bytes = checked_bytes("reduce_scatter", in, out, count, t, c_.size());
+    const std::size_t all = bytes * static_cast<std::size_t>(c_.size());
+    std::byte* h = host(all, stream);
+    copy_in(h, in, all, stream);
+    std::byte* mine = h + bytes * static_cast<std::size_t>(c_.rank());
+    c_.reduce_scatter(h, mine, count, t, op, o);  // in place in the host buffer
+    copy_out(out, mine, bytes, stream);
+  }
+
+  int rank() const noexcept { return c_.rank(); }
+  int size() const noexcept { return c_.size(); }
+  collx::communicator& host_communicator() noexcept { return c_; }
+
+ private:
+  static void check(cudaError_t e, std::string_view what) {
+    if (e != cudaSuccess) {
+      throw error(errc::transport, "cuda", error::no_rank, error::no_rank,
+                  std::string(what) + ": " + cudaGetErrorString(e));
+    }
+  }
+
+  // What can be known before a byte moves; the host communicator checks the rest.
+  std::size_t checked_bytes(std::string_view coll, const void* in, const void* out, std::size_t count,
+                            dtype t, int factor) const {
+    const auto bad = [&](const std::string& why) {
+      throw error(errc::invalid_argument, coll, c_.rank(), error::no_rank, why);
+    };
+    if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) bad("unknown element type");
+    if (count > std::numeric_limits<std::size_t>::max() / size_of(t) / static_cast<std::size_t>(factor)) {
+      bad("count " + std::to_string(count) + " overflows the address space");
+    }
+    if (count != 0 && (in == nullptr || out == nullptr))
+      bad(std::string(in == nullptr ? "input" : "output") + " is null");
+    return count * size_of(t);
+  }
+
+  // Pinned memory, grown to the largest call and reused.
+  std::byte* host(std::size_t bytes, cudaStream_t stream) {
+    // A copy back of the previous call, on another stream, may still read the buffer.
+    if (last_ != stream) check(cudaStreamSynchronize(last_), "cudaStreamSynchronize");
+    last_ = stream;
+    if (bytes <= cap_) return host_;
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // the old buffer may be in a copy back
+    if (host_ != nullptr) cudaFreeHost(host_);
+    host_ = nullptr;
+    cap_ = 0;
+    void* p = nullptr;
+    check(cudaHostAlloc(&p, bytes, cudaHostAllocDefault),
+          "cudaHostAlloc of " + std::to_string(bytes) + " bytes");
+    host_ = static_cast<std::byte*>(p);
+    cap_ = bytes;
+    return host_;
+  }
+  // Waits for the stream's earlier work (which produced `in`, and any copy back that
+  // still reads the staging buffer), then for the copy itself.
+  static void copy_in(std::byte* h, const void* in, std::size_t bytes, cudaStream_t stream) {
+    if (bytes != 0) check(cudaMemcpyAsync(h, in, bytes, cudaMemcpyDeviceToHost, stream), "copy to the host");
+    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  }
+  static void copy_out(void* out, const std::byte* h, std::size_t bytes, cudaStream_t stream) {
+    if (bytes != 0) check(cudaMemcpyAsync(out, h, bytes, cudaMemcpyHostToDevice, stream), "copy to the GPU");
+  }
+
+  collx::communicator& c_;
+  std::byte* host_ = nullptr;
+  std::size_t cap_ = 0;
+  cudaStream_t last_ = nullptr;
+};
+
+}  // namespace collx::cuda
