@@ -28,6 +28,7 @@
 
 #include "collx/algorithms/select.hpp"
 #include "collx/config.hpp"
+#include "collx/core/check.hpp"
 #include "collx/core/dtype.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
@@ -409,66 +410,17 @@ class communicator {
   // Everything that can be known locally is checked here, before any byte moves.
   detail::call check(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
                      const options& o) const {
-    const std::string_view name = to_string(coll);
-    check_healthy(*s_, name);
-    if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid(name, "unknown element type");
-    if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid(name, "unknown reduction");
-    if (coll != collective::all_gather && !supports(t, op)) {
-      invalid(name, std::string(to_string(op)) + " needs a floating-point element type, got " +
-                        std::string(to_string(t)));
-    }
-    if (o.timeout < std::chrono::milliseconds::zero()) invalid(name, "timeout must not be negative");
-    if (o.segment_bytes != 0 && o.segment_bytes < size_of(t)) {
-      invalid(name, "segment_bytes " + std::to_string(o.segment_bytes) + " is smaller than one " +
-                        std::string(to_string(t)) + " element");
-    }
-    if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::tree)) {
-      invalid(name, "unknown algorithm " + std::to_string(static_cast<int>(o.algo)));
-    }
-    if (!implements(o.algo, coll)) {
-      throw error(errc::unsupported, name, rank(), error::no_rank,
-                  "algorithm " + std::string(to_string(o.algo)) + " does not implement " + std::string(name));
-    }
-    const std::size_t es = size_of(t);
-    const std::size_t limit = std::numeric_limits<std::size_t>::max() / es / usize();
-    if (count > limit) invalid(name, "count " + std::to_string(count) + " overflows the address space");
+    check_healthy(*s_, to_string(coll));
+    const detail::checked_call k = detail::check_call(coll, in, out, count, t, op, o, rank(), size());
     detail::call c;
     c.coll = coll;
     c.count = count;
     c.type = t;
     c.op = op;
     c.opt = o;
-    if (count == 0) return c;  // nothing will be touched: null pointers are fine
-    if (in == nullptr || out == nullptr) {
-      invalid(name, std::string(in == nullptr ? "input" : "output") + " is null with count " +
-                        std::to_string(count));
-    }
-    const auto ia = reinterpret_cast<std::uintptr_t>(in);
-    const auto oa = reinterpret_cast<std::uintptr_t>(out);
-    if (ia % es != 0 || oa % es != 0) {
-      invalid(name, "buffers must be aligned to the element size (" + std::to_string(es) + " bytes for " +
-                        std::string(to_string(t)) + ")");
-    }
-    const std::size_t in_bytes = input_extent(coll, size(), count) * es;
-    const std::size_t block = count * es * static_cast<std::size_t>(rank());
-    // The in-place forms, as NCCL defines them.
-    const bool in_place = coll == collective::all_gather       ? ia == oa + block
-                          : coll == collective::reduce_scatter ? oa == ia + block
-                                                               : ia == oa;
-    const std::size_t out_bytes = output_extent(coll, size(), count, false) * es;
-    if (!in_place && ia < oa + out_bytes && oa < ia + in_bytes) {
-      invalid(name,
-              "input and output overlap without being the in-place form; use separate buffers, "
-              "or the in-place overload");
-    }
-    c.in_place = in_place;
-    if (in_place) {
-      c.in = nullptr;
-      c.out = static_cast<std::byte*>(coll == collective::all_gather ? out : const_cast<void*>(in));
-    } else {
-      c.in = static_cast<const std::byte*>(in);
-      c.out = static_cast<std::byte*>(out);
-    }
+    c.in_place = k.in_place;
+    c.in = k.in;
+    c.out = k.out;
     return c;
   }
 

@@ -33,6 +33,7 @@
 
 #include "collx/algorithms/select.hpp"
 #include "collx/config.hpp"
+#include "collx/core/check.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
 #include "collx/exec/cuda.cuh"
@@ -310,37 +311,7 @@ class communicator {
       failure_ = "the group was aborted";
       throw error(errc::aborted, coll, rank_, error::no_rank, failure_);
     }
-    const peer::status s = *worst;
-    errc kind = errc::peer_failure;
-    std::string why;
-    const std::string ms = std::to_string(s.waited_ns / 1'000'000);
-    switch (s.code) {
-      case peer::outcome::timeout:
-        kind = errc::timeout;
-        why = "timed out after " + ms + " ms waiting for peer " + std::to_string(s.waited_for) + " (step #" +
-              std::to_string(s.step) + ", lane " + std::to_string(s.lane) + ")";
-        if (s.peer != s.waited_for) {
-          why += "; peer " + std::to_string(s.waited_for) + " was itself waiting, down to peer " +
-                 std::to_string(s.peer) + ", which waited for no one: peer " + std::to_string(s.peer) +
-                 " is the one stuck";
-        }
-        why += ". Is every rank's thread calling, and did each make the same call?";
-        break;
-      case peer::outcome::mismatch:
-        kind = errc::mismatch;
-        why = "peer " + std::to_string(s.peer) + " made a different call (step #" + std::to_string(s.step) +
-              ": its signature " + std::to_string(s.got) + ", ours " + std::to_string(s.expected) +
-              "): every rank must make the same calls, with the same count, type, reduction and algorithm, "
-              "in the same order";
-        break;
-      default:
-        kind = s.peer >= 0 && s.peer < size() ? errc::peer_failure : errc::aborted;
-        why = s.peer >= 0 && s.peer < size()
-                  ? "rank " + std::to_string(s.peer) + " failed, so this call stopped"
-                  : "the group was aborted";
-        break;
-    }
-    const error e(kind, coll, rank_, s.peer >= 0 && s.peer < size() ? s.peer : error::no_rank, why);
+    const error e = peer::to_error(*worst, coll, rank_, size(), "Is every rank's thread calling");
     failure_ = e.what();
     throw e;
   }
@@ -378,30 +349,11 @@ class communicator {
                cudaStream_t stream, const options& o) {
     const std::string_view name = to_string(coll);
     check_async(name);
-    if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid(name, "unknown element type");
-    if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid(name, "unknown reduction");
-    if (coll != collective::all_gather && !supports(t, op)) {
-      invalid(name, std::string(to_string(op)) + " needs a floating-point element type, got " +
-                        std::string(to_string(t)));
-    }
-    if (o.timeout < std::chrono::milliseconds::zero()) invalid(name, "timeout must not be negative");
-    if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::tree))
-      invalid(name, "unknown algorithm");
-    if (!implements(o.algo, coll)) {
-      throw error(errc::unsupported, name, rank_, error::no_rank,
-                  "algorithm " + std::string(to_string(o.algo)) + " does not implement " + std::string(name));
-    }
+    const collx::detail::checked_call k =
+        collx::detail::check_call(coll, in, out, count, t, op, o, rank_, size());
     const std::size_t es = size_of(t);
-    const auto up = static_cast<std::size_t>(size());
-    if (count > std::numeric_limits<std::size_t>::max() / es / up)
-      invalid(name, "count overflows the address space");
     const std::uint64_t seq = seq_++;
     if (count == 0) return;  // nothing moves: every rank skips alike
-    if (in == nullptr || out == nullptr)
-      invalid(name, std::string(in == nullptr ? "input" : "output") + " is null");
-    const auto ia = reinterpret_cast<std::uintptr_t>(in);
-    const auto oa = reinterpret_cast<std::uintptr_t>(out);
-    if (ia % es != 0 || oa % es != 0) invalid(name, "buffers must be aligned to the element size");
     // Both buffers must be memory this rank's GPU can address: device memory, managed
     // memory or mapped host memory. Pageable host memory would fault in the kernel.
     for (const void* ptr : {in, static_cast<const void*>(out)}) {
@@ -414,18 +366,9 @@ class communicator {
                           "host vectors go through collx::communicator");
       }
     }
-    const std::size_t in_bytes = input_extent(coll, size(), count) * es;
-    const std::size_t block = count * es * static_cast<std::size_t>(rank_);
-    const bool in_place = coll == collective::all_gather       ? ia == oa + block
-                          : coll == collective::reduce_scatter ? oa == ia + block
-                                                               : ia == oa;
-    const std::size_t out_bytes = output_extent(coll, size(), count, false) * es;
-    if (!in_place && ia < oa + out_bytes && oa < ia + in_bytes) {
-      invalid(name, "input and output overlap without being the in-place form");
-    }
-    const std::byte* cin = in_place ? nullptr : static_cast<const std::byte*>(in);
-    std::byte* cout =
-        static_cast<std::byte*>(in_place && coll != collective::all_gather ? const_cast<void*>(in) : out);
+    const bool in_place = k.in_place;
+    const std::byte* cin = k.in;
+    std::byte* cout = k.out;
 
     detail::device_guard guard(device());
     const auto& s = *g_;

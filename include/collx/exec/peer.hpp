@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/schedule/schedule.hpp"
 #include "collx/transport/concept.hpp"
@@ -219,6 +220,41 @@ struct status {
   std::uint64_t waited_ns = 0;
 };
 
+// The error a stopped lane's status stands for. `who` names what must be calling, in
+// the timeout's advice ("Is every rank's thread calling", "Is every rank's process ...").
+inline error to_error(const status& s, std::string_view coll, int rank, int ranks, std::string_view who) {
+  const bool named = s.peer >= 0 && s.peer < ranks;
+  const std::string ms = std::to_string(s.waited_ns / 1'000'000);
+  errc kind = errc::peer_failure;
+  std::string why;
+  switch (s.code) {
+    case outcome::timeout:
+      kind = errc::timeout;
+      why = "timed out after " + ms + " ms waiting for peer " + std::to_string(s.waited_for) + " (step #" +
+            std::to_string(s.step) + ", lane " + std::to_string(s.lane) + ")";
+      if (s.peer != s.waited_for) {
+        why += "; peer " + std::to_string(s.waited_for) + " was itself waiting, down to peer " +
+               std::to_string(s.peer) + ", which waited for no one: peer " + std::to_string(s.peer) +
+               " is the one stuck";
+      }
+      why += ". " + std::string(who) + ", and did each make the same call?";
+      break;
+    case outcome::mismatch:
+      kind = errc::mismatch;
+      why = "peer " + std::to_string(s.peer) + " made a different call (step #" + std::to_string(s.step) +
+            ": its signature " + std::to_string(s.got) + ", ours " + std::to_string(s.expected) +
+            "): every rank must make the same calls, with the same count, type, reduction and algorithm, "
+            "in the same order";
+      break;
+    default:
+      kind = named ? errc::peer_failure : errc::aborted;
+      why = named ? "rank " + std::to_string(s.peer) + " failed, so this call stopped"
+                  : "the group was aborted";
+      break;
+  }
+  return error(kind, coll, rank, named ? s.peer : error::no_rank, why);
+}
+
 // The signature a piece carries: every field of the envelope, so that ranks that made
 // different calls (another collective, count, type, reduction, algorithm, segment or
 // call number) find out at the first piece instead of computing garbage. Never 0.
@@ -281,9 +317,6 @@ struct action {
 // leader(), barrier(), the atomics, the clock, and the cooperative copy and reduce.
 // T is the element's storage type, Op the reduction (avg reduces as sum).
 // Returns whether the lane finished (false: it stopped, and its status says why).
-#if defined(__CUDACC__)
-#pragma nv_exec_check_disable
-#endif
 template <class T, reduce_op Op, class Ctx>
 COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
   constexpr std::uint64_t es = sizeof(T);
@@ -480,33 +513,51 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
 }
 
 // The host's context: one thread is the whole lane. The tests run lanes on threads.
+//
+// Host contexts' members are marked host-device and have bodies on the host only
+// (COLLX_HOST_ONLY): run_lane is host-device code, and nvcc's device pass must accept
+// its host instantiations, which never run on a GPU.
+#if defined(__CUDA_ARCH__)
+#define COLLX_HOST_ONLY(...)
+#else
+#define COLLX_HOST_ONLY(...) __VA_ARGS__
+#endif
 struct host_context {
   action act;
-  bool leader() const noexcept { return true; }
-  void barrier() noexcept {}
-  action& shared_action() noexcept { return act; }
-  static std::uint64_t load_acquire(std::uint64_t* p) noexcept {
-    return std::atomic_ref<std::uint64_t>(*p).load(std::memory_order_acquire);
+  COLLX_HD bool leader() const noexcept { return true; }
+  COLLX_HD void barrier() noexcept {}
+  COLLX_HD action& shared_action() noexcept { return act; }
+  COLLX_HD static std::uint64_t load_acquire(std::uint64_t* p) noexcept {
+    COLLX_HOST_ONLY(return std::atomic_ref<std::uint64_t>(*p).load(std::memory_order_acquire);)
+    return *p;
   }
-  static void store_release(std::uint64_t* p, std::uint64_t v) noexcept {
-    std::atomic_ref<std::uint64_t>(*p).store(v, std::memory_order_release);
+  COLLX_HD static void store_release(std::uint64_t* p, std::uint64_t v) noexcept {
+    COLLX_HOST_ONLY(std::atomic_ref<std::uint64_t>(*p).store(v, std::memory_order_release); return;)
+    *p = v;
   }
-  static void cas(std::uint64_t* p, std::uint64_t expected, std::uint64_t desired) noexcept {
-    std::atomic_ref<std::uint64_t>(*p).compare_exchange_strong(expected, desired);
+  COLLX_HD static void cas(std::uint64_t* p, std::uint64_t expected, std::uint64_t desired) noexcept {
+    COLLX_HOST_ONLY(std::atomic_ref<std::uint64_t>(*p).compare_exchange_strong(expected, desired);)
+    (void)p, (void)expected, (void)desired;
   }
-  static void fence() noexcept { std::atomic_thread_fence(std::memory_order_seq_cst); }
-  static std::uint64_t now_ns() noexcept {
-    return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                          std::chrono::steady_clock::now().time_since_epoch())
-                                          .count());
+  COLLX_HD static void fence() noexcept {
+    COLLX_HOST_ONLY(std::atomic_thread_fence(std::memory_order_seq_cst);)
   }
-  static void pause() noexcept { std::this_thread::yield(); }
-  static void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) noexcept {
-    std::memmove(dst, src, bytes);
+  COLLX_HD static std::uint64_t now_ns() noexcept {
+    COLLX_HOST_ONLY(return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                          std::chrono::steady_clock::now().time_since_epoch())
+                                                          .count());)
+    return 0;
+  }
+  COLLX_HD static void pause() noexcept { COLLX_HOST_ONLY(std::this_thread::yield();) }
+  COLLX_HD static void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) noexcept {
+    COLLX_HOST_ONLY(std::memmove(dst, src, bytes);)
+    (void)dst, (void)src, (void)bytes;
   }
   template <class T, reduce_op Op>
-  static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) noexcept {
-    collx::detail::reduce_loop<T, Op == reduce_op::avg ? reduce_op::sum : Op>(dst, a, b, n);
+  COLLX_HD static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) noexcept {
+    COLLX_HOST_ONLY(collx::detail::reduce_loop < T,
+                    Op == reduce_op::avg ? reduce_op::sum : Op > (dst, a, b, n);)
+    (void)dst, (void)a, (void)b, (void)n;
   }
 };
 

@@ -1,0 +1,91 @@
+#pragma once
+
+// The checks every front end runs before a byte moves (collx::communicator, the GPU
+// group, the ipc communicator): what can be known on one rank about one call.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <string_view>
+
+#include "collx/core/dtype.hpp"
+#include "collx/core/error.hpp"
+#include "collx/core/options.hpp"
+#include "collx/core/reduce.hpp"
+#include "collx/schedule/schedule.hpp"
+
+namespace collx::detail {
+
+// What the schedule runs on: in place, the input is null and output holds it.
+struct checked_call {
+  bool in_place = false;
+  const std::byte* in = nullptr;
+  std::byte* out = nullptr;
+};
+
+// Throws invalid_argument (or unsupported, for an algorithm that lacks the collective)
+// naming the call and the rank. In place when in == out (all_reduce), in == out +
+// rank*count (all_gather), or out == in + rank*count (reduce_scatter), as in NCCL.
+inline checked_call check_call(collective coll, const void* in, void* out, std::size_t count, dtype t,
+                               reduce_op op, const options& o, int rank, int size) {
+  const std::string_view name = to_string(coll);
+  auto invalid = [&](const std::string& msg) {
+    throw error(errc::invalid_argument, name, rank, error::no_rank, msg);
+  };
+  if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid("unknown element type");
+  if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid("unknown reduction");
+  if (coll != collective::all_gather && !supports(t, op)) {
+    invalid(std::string(to_string(op)) + " needs a floating-point element type, got " +
+            std::string(to_string(t)));
+  }
+  if (o.timeout < std::chrono::milliseconds::zero()) invalid("timeout must not be negative");
+  if (o.segment_bytes != 0 && o.segment_bytes < size_of(t)) {
+    invalid("segment_bytes " + std::to_string(o.segment_bytes) + " is smaller than one " +
+            std::string(to_string(t)) + " element");
+  }
+  if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::tree)) {
+    invalid("unknown algorithm " + std::to_string(static_cast<int>(o.algo)));
+  }
+  if (!implements(o.algo, coll)) {
+    throw error(errc::unsupported, name, rank, error::no_rank,
+                "algorithm " + std::string(to_string(o.algo)) + " does not implement " + std::string(name));
+  }
+  const std::size_t es = size_of(t);
+  const auto up = static_cast<std::size_t>(size);
+  if (count > std::numeric_limits<std::size_t>::max() / es / up) {
+    invalid("count " + std::to_string(count) + " overflows the address space");
+  }
+  checked_call c;
+  if (count == 0) return c;  // nothing will be touched: null pointers are fine
+  if (in == nullptr || out == nullptr) {
+    invalid(std::string(in == nullptr ? "input" : "output") + " is null with count " + std::to_string(count));
+  }
+  const auto ia = reinterpret_cast<std::uintptr_t>(in);
+  const auto oa = reinterpret_cast<std::uintptr_t>(out);
+  if (ia % es != 0 || oa % es != 0) {
+    invalid("buffers must be aligned to the element size (" + std::to_string(es) + " bytes for " +
+            std::string(to_string(t)) + ")");
+  }
+  const std::size_t in_bytes = input_extent(coll, size, count) * es;
+  const std::size_t block = count * es * static_cast<std::size_t>(rank);
+  c.in_place = coll == collective::all_gather       ? ia == oa + block
+               : coll == collective::reduce_scatter ? oa == ia + block
+                                                    : ia == oa;
+  const std::size_t out_bytes = output_extent(coll, size, count, false) * es;
+  if (!c.in_place && ia < oa + out_bytes && oa < ia + in_bytes) {
+    invalid(
+        "input and output overlap without being the in-place form; use separate buffers, or the in-place "
+        "overload");
+  }
+  if (c.in_place) {
+    c.out = static_cast<std::byte*>(coll == collective::all_gather ? out : const_cast<void*>(in));
+  } else {
+    c.in = static_cast<const std::byte*>(in);
+    c.out = static_cast<std::byte*>(out);
+  }
+  return c;
+}
+
+}  // namespace collx::detail

@@ -1,0 +1,462 @@
+#pragma once
+
+// Ranks in different processes on one host that map each other's memory: GPU ranks over
+// CUDA IPC (transport/cuda_ipc.cuh) and, for the tests, host ranks over POSIX shared
+// memory (host_ipc_api below). The peer-memory executor (exec/peer.hpp) runs on the host
+// here, one piece at a time: its copies and reductions go to the memory's own engine
+// (on a GPU: the copy engines and short kernels), complete before the piece is
+// published. No kernel ever spins waiting for another process: processes sharing a GPU
+// are time-sliced, so two spinning kernels of different processes would wait on each
+// other for a whole time slice at every step.
+//
+// Each rank owns
+//   - an inbox in its memory (a GPU's, for CUDA): slots per sender, which senders fill
+//     through the mapping of it they opened once (cudaIpcOpenMemHandle);
+//   - a control segment in host shared memory: the mailboxes' counters and signatures,
+//     and (rank 0's) the abort word and the waits that let a timed-out rank name the
+//     rank really stuck.
+// Both are set up once per communicator through the rendezvous store and reused.
+//
+// The Api is what the memory needs:
+//   memory alloc(std::size_t bytes);               // owned, .get() -> std::byte*
+//   std::string export_handle(const memory&);       // what a peer needs to map it
+//   mapping open(const std::string& handle, std::size_t bytes);  // .get() -> std::byte*
+//   void copy(std::byte* dst, const std::byte* src, std::size_t bytes);   // done on return
+//   template <class T, reduce_op Op> void reduce(T* dst, const T* a, const T* b, std::size_t n);
+//   void finish_avg(dtype t, std::byte* data, std::size_t n, int divisor);
+//   void zero(std::byte* p, std::size_t bytes);
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "collx/algorithms/select.hpp"
+#include "collx/config.hpp"
+#include "collx/core/check.hpp"
+#include "collx/core/error.hpp"
+#include "collx/core/options.hpp"
+#include "collx/exec/peer.hpp"
+#include "collx/rendezvous/store.hpp"
+#include "collx/transport/shm.hpp"
+#include "collx/transport/socket.hpp"
+
+namespace collx {
+
+struct ipc_options {
+  std::uint32_t slots = 4;
+  // A piece: one copy-engine transfer. Messages are cut to fit slots*slot_bytes.
+  std::size_t slot_bytes = std::size_t{4} << 20;
+  // Names the control segments /collx-ipc-<job>-<rank>; empty: COLLX_JOB_ID, else fresh.
+  std::string job_id;
+  std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
+};
+
+namespace detail {
+
+// The host side of a piece's wait, and its moves through the Api.
+template <class Api>
+struct ipc_context : peer::host_context {
+  Api* api;
+
+  explicit ipc_context(Api* a) : api(a) {}
+  COLLX_HD void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) {
+    COLLX_HOST_ONLY(api->copy(dst, src, bytes);)
+    (void)dst, (void)src, (void)bytes;
+  }
+  template <class T, reduce_op Op>
+  COLLX_HD void reduce(T* dst, const T* a, const T* b, std::uint64_t n) {
+    COLLX_HOST_ONLY(api->template reduce < T, Op == reduce_op::avg ? reduce_op::sum : Op > (dst, a, b, n);)
+    (void)dst, (void)a, (void)b, (void)n;
+  }
+};
+
+// A control segment's layout: counters first (each receiver's mailbox: ready[p],
+// acked[p], sig[p*slots]), then rank 0's abort word and waits.
+struct ipc_control_header {
+  std::uint64_t ranks, slots, slot_bytes;
+  std::int64_t pid;
+};
+
+}  // namespace detail
+
+// Rank `rank` of `size` processes. Api: see above.
+template <class Api>
+class ipc_communicator {
+ public:
+  ipc_communicator(store& st, int rank, int size, Api api, ipc_options opt = {},
+                   const std::string& prefix = "collx/ipc")
+      : api_(std::move(api)), opt_(std::move(opt)), rank_(rank), size_(size) {
+    auto bad = [&](const std::string& why) {
+      throw error(errc::invalid_argument, "ipc_communicator", rank, error::no_rank, why);
+    };
+    if (size < 1 || size > peer::max_ranks || rank < 0 || rank >= size) {
+      bad("rank " + std::to_string(rank) + " of " + std::to_string(size) + " (at most " +
+          std::to_string(peer::max_ranks) + " ranks)");
+    }
+    if (opt_.slots < 1 || opt_.slot_bytes < 16 || opt_.slot_bytes % 16 != 0) {
+      bad("needs at least one slot of a multiple of 16 bytes");
+    }
+    if (opt_.timeout <= std::chrono::milliseconds::zero()) bad("timeout must be positive");
+    setup(st, prefix);
+  }
+
+  ipc_communicator(ipc_communicator&&) = delete;  // the world's table points into it
+  ~ipc_communicator() = default;
+
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return size_; }
+  Api& api() noexcept { return api_; }
+
+  // In place as in collx::communicator. Blocks until the call is done on this rank.
+  void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                  const options& o = {}) {
+    run(collective::all_reduce, in, out, count, t, op, o);
+  }
+  void all_gather(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
+    run(collective::all_gather, in, out, count, t, reduce_op::sum, o);
+  }
+  void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                      const options& o = {}) {
+    run(collective::reduce_scatter, in, out, count, t, op, o);
+  }
+
+  // Gives up: every peer's waits end with an error naming this rank; later calls fail.
+  void abort() noexcept {
+    peer::host_context::cas(w_.abort_word, 0, static_cast<std::uint64_t>(rank_) + 1);
+    if (failure_.empty()) failure_ = "aborted by the application";
+  }
+
+  std::string failure() const { return failure_; }
+
+ private:
+  struct program_key {
+    collective coll;
+    algorithm algo;
+    std::size_t count, segment;
+    bool in_place;
+    friend bool operator==(const program_key&, const program_key&) = default;
+  };
+  struct cached {
+    program_key key;
+    peer::program_image image;
+  };
+
+  std::size_t counters_bytes() const {
+    const auto p = static_cast<std::size_t>(size_);
+    return sizeof(detail::ipc_control_header) + (2 * p + p * opt_.slots) * sizeof(std::uint64_t);
+  }
+  // Rank 0's segment also holds the abort word and the waits.
+  std::size_t control_bytes() const {
+    return counters_bytes() + (1 + static_cast<std::size_t>(size_)) * sizeof(std::uint64_t);
+  }
+  std::size_t inbox_bytes() const { return static_cast<std::size_t>(size_) * opt_.slots * opt_.slot_bytes; }
+
+  peer::mailbox mailbox_of(std::byte* control, std::byte* inbox) const {
+    const auto p = static_cast<std::size_t>(size_);
+    auto* words = reinterpret_cast<std::uint64_t*>(control + sizeof(detail::ipc_control_header));
+    peer::mailbox m;
+    m.slots = inbox;
+    m.ready = words;
+    m.acked = words + p;
+    m.sig = words + 2 * p;
+    return m;
+  }
+
+  void setup(store& st, const std::string& prefix) {
+    std::string job = opt_.job_id;
+    if (job.empty()) {
+      if (const char* v = std::getenv("COLLX_JOB_ID"); v != nullptr && *v != '\0') job = v;
+    }
+    if (job.empty()) {
+      if (rank_ == 0) {
+        std::random_device rd;
+        char id[32];
+        std::snprintf(id, sizeof id, "%d-%08x", static_cast<int>(::getpid()), rd());
+        st.set(prefix + "/job", id);
+      }
+      job = st.get(prefix + "/job", opt_.timeout);
+    }
+    for (char& ch : job) {
+      if (ch == '/' || ch == '|') ch = '_';
+    }
+    const auto p = static_cast<std::size_t>(size_);
+    controls_.resize(p);
+    inboxes_.resize(p);
+
+    // This rank's control segment and inbox, published as "<segment>|<inbox handle>".
+    const std::string name = "/collx-ipc-" + job + "-" + std::to_string(rank_);
+    struct unlinker {
+      std::string name;
+      bool armed = true;
+      ~unlinker() {
+        if (armed) ::shm_unlink(name.c_str());
+      }
+    } guard{name};
+    auto& mine = controls_[static_cast<std::size_t>(rank_)];
+    mine.fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (mine.fd < 0) {
+      guard.armed = errno != EEXIST;
+      detail::throw_sys(errc::transport, "cannot create shared memory segment " + name, errno);
+    }
+    mine.bytes = control_bytes();
+    if (const int e = ::posix_fallocate(mine.fd, 0, static_cast<off_t>(mine.bytes)); e != 0) {
+      detail::throw_sys(errc::transport, "cannot reserve shared memory for " + name, e);
+    }
+    map(mine, name);
+    auto* header = static_cast<detail::ipc_control_header*>(mine.base);
+    header->ranks = p;
+    header->slots = opt_.slots;
+    header->slot_bytes = opt_.slot_bytes;
+    header->pid = ::getpid();
+    own_inbox_ = api_.alloc(inbox_bytes());
+    api_.zero(own_inbox_.get(), inbox_bytes());
+    st.set(prefix + "/" + std::to_string(rank_), name + "|" + api_.export_handle(own_inbox_));
+
+    std::vector<peer::mailbox> boxes(p);
+    for (std::size_t q = 0; q < p; ++q) {
+      std::byte* inbox = nullptr;
+      if (q != static_cast<std::size_t>(rank_)) {
+        const std::string v = st.get(prefix + "/" + std::to_string(q), opt_.timeout);
+        const auto bar = v.find('|');
+        if (bar == std::string::npos) {
+          throw error(errc::transport, "ipc_communicator", rank_, static_cast<int>(q),
+                      "malformed address " + v);
+        }
+        const std::string peer_name = v.substr(0, bar);
+        auto& s = controls_[q];
+        s.fd = ::shm_open(peer_name.c_str(), O_RDWR | O_CLOEXEC, 0);
+        if (s.fd < 0) {
+          detail::throw_sys(errc::transport,
+                            "cannot open peer " + std::to_string(q) + "'s shared memory " + peer_name +
+                                " (CUDA IPC needs every rank on one host)",
+                            errno);
+        }
+        s.bytes = control_bytes();
+        map(s, peer_name);
+        const auto* ph = static_cast<const detail::ipc_control_header*>(s.base);
+        if (ph->ranks != p || ph->slots != opt_.slots || ph->slot_bytes != opt_.slot_bytes) {
+          throw error(errc::invalid_argument, "ipc_communicator", rank_, static_cast<int>(q),
+                      "peer " + std::to_string(q) + " was set up with different slots or rank count");
+        }
+        inboxes_[q] = api_.open(v.substr(bar + 1), inbox_bytes());
+        inbox = inboxes_[q].get();
+      } else {
+        inbox = own_inbox_.get();
+      }
+      boxes[q] = mailbox_of(static_cast<std::byte*>(controls_[q].base), inbox);
+    }
+    boxes_ = std::move(boxes);
+    auto* zero = static_cast<std::byte*>(controls_[0].base) + counters_bytes();
+    w_.ranks = size_;
+    w_.lanes = 1;
+    w_.slots = opt_.slots;
+    w_.slot_bytes = opt_.slot_bytes;
+    w_.boxes = boxes_.data();
+    w_.abort_word = reinterpret_cast<std::uint64_t*>(zero);
+    w_.waiting = w_.abort_word + 1;
+    st.barrier(prefix + "/mapped", size_, opt_.timeout);
+    ::shm_unlink(name.c_str());
+    guard.armed = false;
+    if constexpr (requires { api_.mapped(); }) api_.mapped();
+  }
+
+  static void map(detail::shm_mapping& s, const std::string& name) {
+    s.base = ::mmap(nullptr, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, 0);
+    if (s.base == MAP_FAILED) {
+      s.base = nullptr;
+      detail::throw_sys(errc::transport, "cannot map shared memory " + name, errno);
+    }
+  }
+
+  [[noreturn]] void invalid(std::string_view coll, const std::string& why) const {
+    throw error(errc::invalid_argument, coll, rank_, error::no_rank, why);
+  }
+
+  const peer::program_image& program(const program_key& key) {
+    for (auto& c : programs_) {
+      if (c.key == key) return c.image;
+    }
+    algorithms::call_shape shape;
+    shape.coll = key.coll;
+    shape.rank = rank_;
+    shape.ranks = size_;
+    shape.count = key.count;
+    shape.segment = key.segment;
+    shape.in_place = key.in_place;
+    const schedule s = algorithms::build(key.algo, shape);
+    if (programs_.size() == 32) programs_.erase(programs_.begin());
+    programs_.push_back({key, peer::compile(s)});
+    return programs_.back().image;
+  }
+
+  void run(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+           const options& o) {
+    const std::string_view name = to_string(coll);
+    if (!failure_.empty()) {
+      throw error(errc::aborted, name, rank_, error::no_rank,
+                  "this communicator failed earlier (" + failure_ + "); create a new one");
+    }
+    const detail::checked_call c = detail::check_call(coll, in, out, count, t, op, o, rank_, size_);
+    const std::uint64_t seq = seq_++;
+    if (count == 0) return;
+    const std::size_t es = size_of(t);
+    const algorithm a = o.algo == algorithm::automatic ? algorithm::ring : o.algo;
+    const std::size_t seg_bytes = o.segment_bytes != 0 ? o.segment_bytes : defaults::segment_bytes;
+    const std::size_t fit = opt_.slots * opt_.slot_bytes / es;
+    const std::size_t segment = std::max<std::size_t>(1, std::min(seg_bytes / es, fit));
+    const envelope env{seq, count, segment, o.tag, coll, t, op, a};
+    const peer::program_image& img = program({coll, a, count, segment, c.in_place});
+    if (img.scratch_count * es > scratch_bytes_) {
+      scratch_ = api_.alloc(img.scratch_count * es);
+      scratch_bytes_ = img.scratch_count * es;
+    }
+    peer::status st;
+    peer::lane_call call;
+    call.prog = img.view_at(img.bytes.data());
+    call.rank = rank_;
+    call.in = c.in;
+    call.out = c.out;
+    call.scratch = scratch_bytes_ != 0 ? scratch_.get() : nullptr;
+    call.sig = peer::signature(env);
+    const auto timeout = o.timeout.count() != 0 ? o.timeout : opt_.timeout;
+    call.timeout_ns = static_cast<std::uint64_t>(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(
+            std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365 * 100)))
+            .count());
+    call.st = &st;
+    detail::ipc_context<Api> ctx(&api_);
+    bool done = false;
+    detail::visit_dtype(t, [&](auto tag) {
+      using T = decltype(tag);
+      switch (op) {
+        case reduce_op::sum: done = peer::run_lane<T, reduce_op::sum>(ctx, call, w_); break;
+        case reduce_op::prod: done = peer::run_lane<T, reduce_op::prod>(ctx, call, w_); break;
+        case reduce_op::min: done = peer::run_lane<T, reduce_op::min>(ctx, call, w_); break;
+        case reduce_op::max: done = peer::run_lane<T, reduce_op::max>(ctx, call, w_); break;
+        case reduce_op::avg: done = peer::run_lane<T, reduce_op::sum>(ctx, call, w_); break;
+      }
+    });
+    if (!done) {
+      const error e = peer::to_error(st, name, rank_, size_, "Is every rank's process calling");
+      failure_ = e.what();
+      throw e;
+    }
+    if (op == reduce_op::avg && coll != collective::all_gather) {
+      const region res = result_region(coll, rank_, count, c.in_place, size_);
+      api_.finish_avg(t, c.out + res.offset * es, res.count, size_);
+    }
+  }
+
+  Api api_;
+  ipc_options opt_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::vector<detail::shm_mapping> controls_;
+  typename Api::memory own_inbox_;
+  std::vector<typename Api::mapping> inboxes_;
+  std::vector<peer::mailbox> boxes_;
+  peer::world_view w_;
+  std::vector<cached> programs_;
+  typename Api::memory scratch_;
+  std::size_t scratch_bytes_ = 0;
+  std::uint64_t seq_ = 0;
+  std::string failure_;
+};
+
+// Host memory in POSIX shared memory: the ipc protocol on any machine, for the tests.
+struct host_ipc_api {
+  struct memory {
+    detail::shm_mapping m;
+    std::string name;
+    std::byte* get() const noexcept { return static_cast<std::byte*>(m.base); }
+  };
+  using mapping = memory;
+
+  memory alloc(std::size_t bytes) {
+    memory mem;
+    char id[64];
+    std::snprintf(id, sizeof id, "/collx-ipc-mem-%d-%08x", static_cast<int>(::getpid()),
+                  std::random_device{}());
+    mem.name = id;
+    mem.m.fd = ::shm_open(id, O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+    if (mem.m.fd < 0) detail::throw_sys(errc::transport, "shm_open " + mem.name, errno);
+    mem.m.bytes = std::max<std::size_t>(bytes, 1);
+    if (::ftruncate(mem.m.fd, static_cast<off_t>(mem.m.bytes)) != 0) {
+      ::shm_unlink(id);
+      detail::throw_sys(errc::transport, "ftruncate " + mem.name, errno);
+    }
+    mem.m.base = ::mmap(nullptr, mem.m.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mem.m.fd, 0);
+    if (mem.m.base == MAP_FAILED) {
+      mem.m.base = nullptr;
+      ::shm_unlink(id);
+      detail::throw_sys(errc::transport, "mmap " + mem.name, errno);
+    }
+    // The name lives until every peer has opened it (mapped()), or not at all for
+    // memory no peer maps.
+    if (mapped_) {
+      ::shm_unlink(id);
+    } else {
+      names_.push_back(mem.name);
+    }
+    return mem;
+  }
+  std::string export_handle(const memory& mem) const { return mem.name; }
+  mapping open(const std::string& handle, std::size_t bytes) {
+    mapping mem;
+    mem.name = handle;
+    mem.m.fd = ::shm_open(handle.c_str(), O_RDWR | O_CLOEXEC, 0);
+    if (mem.m.fd < 0) detail::throw_sys(errc::transport, "shm_open " + handle, errno);
+    mem.m.bytes = std::max<std::size_t>(bytes, 1);
+    mem.m.base = ::mmap(nullptr, mem.m.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mem.m.fd, 0);
+    if (mem.m.base == MAP_FAILED) {
+      mem.m.base = nullptr;
+      detail::throw_sys(errc::transport, "mmap " + handle, errno);
+    }
+    return mem;
+  }
+  static void copy(std::byte* dst, const std::byte* src, std::size_t bytes) { std::memmove(dst, src, bytes); }
+  template <class T, reduce_op Op>
+  static void reduce(T* dst, const T* a, const T* b, std::size_t n) {
+    detail::reduce_loop<T, Op>(dst, a, b, n);
+  }
+  static void finish_avg(dtype t, std::byte* data, std::size_t n, int divisor) {
+    collx::finish_avg(t, data, n, divisor);
+  }
+  static void zero(std::byte* p, std::size_t bytes) { std::memset(p, 0, bytes); }
+
+  // Every peer has mapped this rank's memory: nothing is left in /dev/shm from here on.
+  void mapped() {
+    for (const auto& n : names_) ::shm_unlink(n.c_str());
+    names_.clear();
+    mapped_ = true;
+  }
+
+  host_ipc_api() = default;
+  host_ipc_api(host_ipc_api&&) = default;
+  host_ipc_api& operator=(host_ipc_api&&) = default;
+  ~host_ipc_api() { mapped(); }
+
+ private:
+  std::vector<std::string> names_;
+  bool mapped_ = false;
+};
+
+}  // namespace collx

@@ -1,0 +1,245 @@
+// The ipc protocol (transport/ipc.hpp) across real processes: forked ranks that map each
+// other's memory, here host shared memory (host_ipc_api) standing in for CUDA IPC, run
+// every algorithm and collective with small slots, checked against the serial
+// reference; a rank that never calls is a timeout naming it on the others; ranks that
+// call differently get a mismatch; nothing is left in /dev/shm.
+
+#include <doctest/doctest.h>
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <collx/rendezvous/store.hpp>
+#include <collx/transport/ipc.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "reference.hpp"
+
+using namespace collx;
+
+namespace {
+
+// Runs body(rank, store) in p forked processes; returns their exit codes (a rank still
+// running after `bound` is killed and reported as 99).
+std::vector<int> fork_ranks(int p, const std::function<int(int, store&)>& body,
+                            std::chrono::seconds bound = std::chrono::seconds(120)) {
+  char tmpl[] = "/tmp/collx-ipc-test-XXXXXX";
+  REQUIRE(::mkdtemp(tmpl) != nullptr);
+  const std::string dir = tmpl;
+  char job[48];
+  std::snprintf(job, sizeof job, "ipctest-%d-%d", static_cast<int>(::getpid()), std::rand());
+  std::vector<pid_t> kids;
+  std::fflush(nullptr);  // or the children print what the parent had buffered
+  for (int r = 0; r < p; ++r) {
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      int code = 0;
+      try {
+        ::setenv("COLLX_JOB_ID", job, 1);
+        file_store st(dir);
+        code = body(r, st);
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "rank %d: %s\n", r, e.what());
+        code = 98;
+      }
+      std::fflush(stdout);
+      std::fflush(stderr);
+      ::_exit(code);
+    }
+    kids.push_back(pid);
+  }
+  std::vector<int> codes(static_cast<std::size_t>(p), -1);
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  for (std::size_t left = kids.size(); left > 0;) {
+    for (std::size_t i = 0; i < kids.size(); ++i) {
+      if (codes[i] != -1) continue;
+      int st = 0;
+      if (::waitpid(kids[i], &st, WNOHANG) == kids[i]) {
+        codes[i] = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+        --left;
+      }
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      for (std::size_t i = 0; i < kids.size(); ++i) {
+        if (codes[i] != -1) continue;
+        ::kill(kids[i], SIGKILL);
+        ::waitpid(kids[i], nullptr, 0);
+        codes[i] = 99;
+        --left;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  std::filesystem::remove_all(dir);
+  return codes;
+}
+
+// Segments of this test's job still in /dev/shm.
+int leftovers() {
+  int n = 0;
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name;
+      if (name.find("collx-ipc") == 0 && name.find(std::to_string(::getpid())) != std::string::npos) ++n;
+    }
+    ::closedir(d);
+  }
+  return n;
+}
+
+ipc_options small_slots() {
+  ipc_options o;
+  o.slots = 2;
+  o.slot_bytes = 48;  // a 1001-element f32 message is 84 pieces
+  o.timeout = std::chrono::seconds(20);
+  return o;
+}
+
+template <class T>
+long long call_and_check(ipc_communicator<host_ipc_api>& c, collective coll, algorithm a, reduce_op op,
+                         std::size_t n, bool in_place) {
+  test::case_buffers<T> b(coll, c.size(), c.rank(), n, in_place);
+  T* out = b.out_ptr();
+  const T* in = b.in_ptr();
+  T* dst =
+      in_place && coll == collective::reduce_scatter ? out + static_cast<std::size_t>(c.rank()) * n : out;
+  options o;
+  o.algo = a;
+  switch (coll) {
+    case collective::all_reduce: c.all_reduce(in, dst, n, dtype_v<T>, op, o); break;
+    case collective::all_gather: c.all_gather(in, dst, n, dtype_v<T>, o); break;
+    case collective::reduce_scatter: c.reduce_scatter(in, dst, n, dtype_v<T>, op, o); break;
+  }
+  const long long bad = b.wrong(op);
+  if (bad != 0) {
+    std::printf("rank %d: %s %s n=%zu %s %s: %lld wrong\n", c.rank(), std::string(to_string(coll)).c_str(),
+                std::string(to_string(a)).c_str(), n, in_place ? "in-place" : "out-of-place",
+                std::string(to_string(op)).c_str(), bad);
+  }
+  return bad;
+}
+
+}  // namespace
+
+TEST_CASE("ipc: every algorithm and collective across processes, p = 2, 3, 5") {
+  for (int p : {2, 3, 5}) {
+    const auto codes = fork_ranks(p, [p](int r, store& st) {
+      ipc_communicator<host_ipc_api> c(st, r, p, host_ipc_api{}, small_slots());
+      long long bad = 0;
+      for (auto coll : {collective::all_reduce, collective::all_gather, collective::reduce_scatter}) {
+        for (auto a : all_algorithms) {
+          if (!implements(a, coll)) continue;
+          for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}}) {
+            for (bool in_place : {false, true}) {
+              bad += call_and_check<float>(c, coll, a, reduce_op::sum, n, in_place);
+              if (coll != collective::all_gather) {
+                bad += call_and_check<std::int32_t>(c, coll, a, reduce_op::max, n, in_place);
+                bad += call_and_check<double>(c, coll, a, reduce_op::avg, n, in_place);
+              }
+            }
+          }
+        }
+      }
+      bad += call_and_check<half>(c, collective::all_reduce, algorithm::ring, reduce_op::sum, 333, false);
+      bad +=
+          call_and_check<std::int8_t>(c, collective::all_reduce, algorithm::tree, reduce_op::min, 333, true);
+      return bad == 0 ? 0 : 1;
+    });
+    for (int r = 0; r < p; ++r) {
+      INFO("p = ", p, ", rank ", r);
+      CHECK(codes[static_cast<std::size_t>(r)] == 0);
+    }
+  }
+  CHECK(leftovers() == 0);
+}
+
+TEST_CASE("ipc: a rank that never calls is a timeout naming it, within the bound") {
+  // Rank 2 sets up and then sleeps; ranks 0 and 1 call. Exit codes: 10 + the rank blamed
+  // when timed out, 50 + the rank when stopped because another failed first.
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto codes = fork_ranks(3, [](int r, store& st) {
+    ipc_options o = small_slots();
+    o.timeout = std::chrono::milliseconds(400);
+    ipc_communicator<host_ipc_api> c(st, r, 3, host_ipc_api{}, o);
+    if (r == 2) {
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+      return 0;
+    }
+    try {
+      call_and_check<float>(c, collective::all_reduce, algorithm::ring, reduce_op::sum, 1000, false);
+    } catch (const error& e) {
+      std::printf("rank %d: %s\n", r, e.what());
+      // The next call is refused at once.
+      try {
+        call_and_check<float>(c, collective::all_reduce, algorithm::ring, reduce_op::sum, 10, false);
+        return 3;
+      } catch (const error&) {
+      }
+      if (e.kind() == errc::timeout) return 10 + e.peer();
+      if (e.kind() == errc::peer_failure) return 50 + e.peer();
+      return 4;
+    }
+    return 2;
+  });
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(30));
+  CHECK(codes[2] == 0);
+  // Whoever timed out first followed the waits to rank 2; the other stopped on its word.
+  const bool named = codes[0] == 12 || codes[1] == 12;
+  CHECK(named);
+  for (int r = 0; r < 2; ++r) {
+    INFO("rank ", r, " exit ", codes[static_cast<std::size_t>(r)]);
+    CHECK((codes[static_cast<std::size_t>(r)] == 12 || codes[static_cast<std::size_t>(r)] >= 50));
+  }
+  CHECK(leftovers() == 0);
+}
+
+TEST_CASE("ipc: ranks that call differently get a mismatch") {
+  const auto codes = fork_ranks(2, [](int r, store& st) {
+    ipc_communicator<host_ipc_api> c(st, r, 2, host_ipc_api{}, small_slots());
+    try {
+      call_and_check<float>(c, collective::all_reduce, algorithm::ring, reduce_op::sum, r == 0 ? 100 : 101,
+                            false);
+    } catch (const error& e) {
+      return e.kind() == errc::mismatch ? 20 : 21;
+    }
+    return 0;
+  });
+  const bool saw = codes[0] == 20 || codes[1] == 20;
+  CHECK(saw);
+}
+
+TEST_CASE("ipc: bad input is refused before anything moves") {
+  const auto codes = fork_ranks(1, [](int r, store& st) {
+    ipc_communicator<host_ipc_api> c(st, r, 1, host_ipc_api{}, small_slots());
+    std::vector<float> v(16, 1.0f);
+    int refused = 0;
+    auto expect = [&](auto&& f) {
+      try {
+        f();
+      } catch (const error& e) {
+        if (e.kind() == errc::invalid_argument || e.kind() == errc::unsupported) ++refused;
+      }
+    };
+    expect([&] { c.all_reduce(v.data(), v.data() + 1, 8, dtype::f32, reduce_op::sum); });
+    expect([&] { c.all_reduce(v.data(), v.data(), 8, dtype::i32, reduce_op::avg); });
+    expect([&] { c.all_reduce(nullptr, v.data(), 8, dtype::f32, reduce_op::sum); });
+    options o;
+    o.algo = algorithm::tree;
+    expect([&] { c.all_gather(v.data(), v.data() + 8, 8, dtype::f32, o); });
+    const bool untouched = v == std::vector<float>(16, 1.0f);
+    c.all_reduce(v.data(), v.data(), 16, dtype::f32, reduce_op::sum);  // still healthy
+    return refused == 4 && untouched ? 0 : 1;
+  });
+  CHECK(codes[0] == 0);
+}
