@@ -1,8 +1,9 @@
 // collx-bench: the nccl-tests-style harness.
 //
 //   collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]
-//               [--transport local|shm,tcp,mpi] [--np N] [-b 8] [-e 64M] [-f 2] [-n 20]
-//               [-w 5] [-c 1] [-o sum] [-d float] [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
+//               [--transport local|cuda|shm,tcp,mpi] [--np N] [--gpus 0,0,...] [--gpu]
+//               [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
+//               [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
 //
 // Options mean what they mean in nccl-tests. size is nccl-tests' size: the whole buffer
 // of all-reduce, the whole gathered (all-gather) or scattered (reduce-scatter) buffer.
@@ -17,6 +18,15 @@
 // transports (--transport shm,tcp) and the baselines (--vs) are measured size by size
 // in the same run, so that their figures share the machine's state. A baseline that
 // cannot run is listed as skipped with the reason.
+//
+// GPUs (in a build with CUDA; cuda_contenders.cu): --transport cuda runs the ranks as
+// threads of this process on GPU 0, or on the devices --gpus lists (one per rank), with
+// collx::cuda::group's collectives on device buffers. --gpu gives the process transports
+// device buffers: each rank on GPU LOCAL_RANK % (devices), collx::cuda::staged over the
+// transport (shown as collx/tcp+gpu), and there --vs nccl runs NCCL, loaded at run time
+// (libnccl.so.2), on the same device buffers. The GPU contenders are timed with the host
+// clock from a barrier to the synchronize after the last call, and checked like the
+// others. Without a CUDA device either mode says why and exits 77.
 
 #include <signal.h>
 #include <sys/prctl.h>
@@ -42,6 +52,9 @@
 
 #include "../tools/cli.hpp"
 #include "baselines.hpp"
+#if COLLX_BENCH_HAVE_CUDA
+#include "cuda_contenders.hpp"
+#endif
 #if COLLX_BENCH_HAVE_MPI
 #include <collx/transport/mpi.hpp>
 #endif
@@ -67,6 +80,8 @@ struct settings {
   std::string json;
   std::string csv;
   bool plant_error = false;  // testing the harness: corrupt one element before the check
+  bool gpu = false;          // --gpu: device buffers for the process transports
+  std::vector<int> gpus;     // --gpus: --transport cuda's devices, one per rank
 };
 
 struct row {
@@ -272,8 +287,8 @@ int usage() {
   std::fprintf(
       stderr,
       "usage: collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]\n"
-      "                   [--transport local|shm,tcp,mpi] [--np N] [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] "
-      "[-w WARMUP] [-c 0|1]\n"
+      "                   [--transport local|cuda|shm,tcp,mpi] [--np N] [--gpus 0,0,...] [--gpu]\n"
+      "                   [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP] [-c 0|1]\n"
       "                   [-o sum|prod|min|max|avg] [-d float|double|half|bfloat16|int8|uint8|int32|int64]\n"
       "                   [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]\n");
   return 2;
@@ -314,7 +329,8 @@ bench::baseline_data baseline_checks(const settings& s) {
   return d;
 }
 
-// A baseline as a contender: the same sizes, inputs and reference as collx.
+// A baseline as a contender: the same sizes, inputs and reference as collx. Also collx's
+// GPU runners (impl "collx"), which have the baselines' run() and say what algorithm ran.
 template <class Baseline>
 contender baseline_contender(const settings& s, std::string impl, std::string transport, Baseline& b) {
   return {std::move(impl), std::move(transport),
@@ -334,6 +350,7 @@ contender baseline_contender(const settings& s, std::string impl, std::string tr
               bc.iters = s.iters;
               bc.warmup = s.warmup;
               bc.check = s.check;
+              bc.algo = s.algo;
               const auto res = b.run(bc, why, data);
               if (!res) return std::nullopt;
               row& x = ip ? out.second : out.first;
@@ -346,17 +363,20 @@ contender baseline_contender(const settings& s, std::string impl, std::string tr
               x.busbw = x.algbw * cli::busbw_factor(s.coll, s.np);
               x.wrong = res->wrong;
               x.peer_algo = res->algorithm;
+              if (auto a = parse_algorithm(res->algorithm)) x.algo = *a;
             }
             return out;
           }};
 }
 
-void print_header(const settings& s, const std::string& where) {
+void print_header(const settings& s, const std::string& where, const std::vector<std::string>& notes = {}) {
   std::printf("# collx-bench %s: %s, algorithm %s, %d ranks (%s)\n", version_string,
               std::string(to_string(s.coll)).c_str(), std::string(to_string(s.algo)).c_str(), s.np,
               where.c_str());
-  std::printf("#  nIters %d  warmup %d  check %d  type %s  redop %s\n#\n", s.iters, s.warmup, s.check ? 1 : 0,
+  std::printf("#  nIters %d  warmup %d  check %d  type %s  redop %s\n", s.iters, s.warmup, s.check ? 1 : 0,
               dtype_name(s.type), std::string(to_string(s.op)).c_str());
+  for (const auto& n : notes) std::printf("# %s\n", n.c_str());
+  std::printf("#\n");
   std::printf("# %62s %34s\n", "out-of-place", "in-place");
   std::printf("# %10s %12s %8s %6s %6s %9s %7s %7s %6s %9s %7s %7s %6s  %-10s %s\n", "size", "count", "type",
               "redop", "root", "time", "algbw", "busbw", "#wrong", "time", "algbw", "busbw", "#wrong", "impl",
@@ -393,7 +413,9 @@ int sweep(const settings& s, std::vector<contender>& who,
     for (std::size_t k = 0; k < who.size(); ++k) {
       if (!got[k]) continue;
       const auto& [oop, ip] = *got[k];
-      const std::string label = who[k].impl == "collx" ? "collx/" + who[k].transport : who[k].impl;
+      const std::string label = who[k].impl == "collx" || who[k].impl == "nccl"
+                                    ? who[k].impl + "/" + who[k].transport
+                                    : who[k].impl;
       std::string ratio;
       if (who[k].impl != "collx") {
         for (std::size_t j = 0; j < who.size(); ++j) {
@@ -465,7 +487,40 @@ int sweep(const settings& s, std::vector<contender>& who,
   return wrong_total == 0 ? 0 : 1;
 }
 
-const char* nccl_why() { return "needs a GPU and the CUDA transport, which this build does not have yet"; }
+// Why --vs nccl cannot run where it is not run at all: NCCL runs on GPU buffers.
+const char* nccl_why(const settings& s) {
+#if COLLX_BENCH_HAVE_CUDA
+  if (s.transport == "local") return "runs on GPU buffers: --transport tcp --gpu --vs nccl";
+  return "runs on GPU buffers: add --gpu";
+#else
+  (void)s;
+  return "this build has no CUDA (CMake found no nvcc): NCCL runs on GPU buffers, with --gpu";
+#endif
+}
+
+#if COLLX_BENCH_HAVE_CUDA
+// The barrier and reductions of a host communicator, for contenders that time and count
+// through the harness's communicator rather than their own library.
+bench::detail::group_ops host_ops(communicator& c) {
+  bench::detail::group_ops g;
+  g.barrier = [&c] { barrier(c); };
+  g.max = [&c](double v) {
+    c.all_reduce(std::span(&v, 1), reduce_op::max);
+    return v;
+  };
+  g.sum = [&c](long long v) {
+    std::int64_t w = v;
+    c.all_reduce(std::span(&w, 1), reduce_op::sum);
+    return static_cast<long long>(w);
+  };
+  return g;
+}
+
+// The largest buffer of the sweep: the whole buffer at -e, in place or not.
+std::size_t max_buffer_bytes(const settings& s) {
+  return static_cast<std::size_t>(s.max_bytes * 1.000001) + 64;
+}
+#endif
 
 // --transport local: the ranks are threads of this process; there are no peers to
 // compare with, since MPI and Gloo need processes.
@@ -474,7 +529,7 @@ int run_threads(settings s) {
   std::vector<std::pair<std::string, std::string>> skipped;
   for (const auto& peer : s.vs) {
     skipped.emplace_back(
-        peer, peer == "nccl" ? nccl_why()
+        peer, peer == "nccl" ? nccl_why(s)
               : peer == "mpi" || peer == "gloo"
                   ? "runs beside collx's process transports: --transport shm,tcp (under mpirun for mpi)"
                   : "unknown baseline");
@@ -493,9 +548,152 @@ int run_threads(settings s) {
   return *std::max_element(status.begin(), status.end());
 }
 
+// Rank 0's line for a GPU mode that cannot run here; the caller exits 77 (ctest: skipped).
+int gpu_skip(const std::string& mode, const std::string& why, bool print) {
+  if (print) {
+    std::printf("collx-bench: %s: skipped: %s\n", mode.c_str(), why.c_str());
+    std::fflush(stdout);
+  }
+  return 77;
+}
+
+#if COLLX_BENCH_HAVE_CUDA
+// The threads of one process meeting at a host barrier: run_cuda's barrier and reductions.
+// A thread that fails drops out, so that the others never wait for it.
+class thread_sync {
+ public:
+  explicit thread_sync(int p) : b_(p), d_(static_cast<std::size_t>(p)), l_(static_cast<std::size_t>(p)) {}
+  bench::detail::group_ops ops(int r) {
+    const auto ur = static_cast<std::size_t>(r);
+    bench::detail::group_ops g;
+    g.barrier = [this] { b_.arrive_and_wait(); };
+    g.max = [this, ur](double v) {
+      d_[ur] = v;
+      b_.arrive_and_wait();
+      const double m = *std::max_element(d_.begin(), d_.end());
+      b_.arrive_and_wait();  // no one writes again before every rank has read
+      return m;
+    };
+    g.sum = [this, ur](long long v) {
+      l_[ur] = v;
+      b_.arrive_and_wait();
+      long long t = 0;
+      for (long long x : l_) t += x;
+      b_.arrive_and_wait();
+      return t;
+    };
+    return g;
+  }
+  void drop() { b_.arrive_and_drop(); }
+
+ private:
+  std::barrier<> b_;
+  std::vector<double> d_;
+  std::vector<long long> l_;
+};
+#endif
+
+// --transport cuda: the ranks are threads of this process, each on its GPU (--gpus, or
+// GPU 0 for all), running collx::cuda::group's collectives on device buffers.
+int run_cuda(settings s) {
+#if COLLX_BENCH_HAVE_CUDA
+  if (const std::string why = bench::gpu::no_device(); !why.empty())
+    return gpu_skip("--transport cuda", why, true);
+  std::vector<int> devices = s.gpus.empty() ? std::vector<int>(static_cast<std::size_t>(s.np), 0) : s.gpus;
+  s.np = static_cast<int>(devices.size());
+  bool shared = false;
+  std::string list;
+  for (std::size_t i = 0; i < devices.size(); ++i) {
+    list += (i == 0 ? "" : ",") + std::to_string(devices[i]);
+    for (std::size_t j = 0; j < i; ++j) shared = shared || devices[i] == devices[j];
+  }
+  std::vector<std::pair<std::string, std::string>> skipped;
+  for (const auto& peer : s.vs) {
+    // NCCL refuses two ranks of one process on one GPU (ncclInvalidUsage) unless
+    // NCCL_MULTI_RANK_GPU_ENABLE=1 on NCCL >= 2.30; one process with a GPU per rank is not
+    // wired up here either: NCCL runs beside the process transports.
+    skipped.emplace_back(
+        peer, peer == "nccl"
+                  ? (shared ? "NCCL refuses several ranks of one process on one GPU (unless "
+                              "NCCL_MULTI_RANK_GPU_ENABLE=1, NCCL >= 2.30); run it beside collx over "
+                              "processes: --transport tcp --gpu --vs nccl"
+                            : "not run with ranks as threads; run it beside collx over processes: "
+                              "--transport tcp --gpu --vs nccl")
+              : peer == "mpi" || peer == "gloo"
+                  ? "runs beside collx's process transports: --transport shm,tcp (under mpirun for mpi)"
+                  : "unknown baseline");
+  }
+  const auto group = bench::gpu::make_thread_group(devices);
+  thread_sync sync(s.np);
+  std::vector<int> status(static_cast<std::size_t>(s.np));
+  std::vector<std::thread> threads;
+  const std::string where = "threads of one process on GPU " + list + ", 1 node";
+  for (int r = 0; r < s.np; ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        auto runner = group->rank(r, max_buffer_bytes(s), sync.ops(r));
+        sync.ops(r).barrier();  // every rank's buffers made before the first call
+        std::vector<contender> who{baseline_contender(s, "collx", "cuda", *runner)};
+        if (r == 0) {
+          print_header(s, where,
+                       {"collx/cuda: collx::cuda::group on device buffers, each rank its own stream; "
+                        "time by the host clock to the synchronize after the last call"});
+        }
+        status[static_cast<std::size_t>(r)] = sweep(s, who, skipped, r == 0, 1);
+        sync.ops(r).barrier();  // no rank's buffers go while another's calls may run
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "collx-bench: rank %d: %s\n", r, e.what());
+        status[static_cast<std::size_t>(r)] = 1;
+        group->abort();
+        sync.drop();
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  return *std::max_element(status.begin(), status.end());
+#else
+  (void)s;
+  return gpu_skip("--transport cuda", "this build has no CUDA (CMake found no nvcc)", true);
+#endif
+}
+
 // Started by a launcher (collx-run, mpirun, torchrun): this process is one rank.
 int run_process(settings s, const launch_info& li, const std::vector<std::string>& transports) {
   s.np = li.size;
+  // --gpu: every rank finds no device alike and exits 77 before meeting the others.
+  int device = 0;
+  if (s.gpu) {
+    const std::string mode = "--transport " + s.transport + " --gpu";
+#if COLLX_BENCH_HAVE_CUDA
+    if (const std::string why = bench::gpu::no_device(); !why.empty())
+      return gpu_skip(mode, why, li.rank == 0);
+    device = (li.local_rank >= 0 ? li.local_rank : 0) % bench::gpu::device_count();
+#else
+    return gpu_skip(mode, "this build has no CUDA (CMake found no nvcc)", li.rank == 0);
+#endif
+  }
+  const bool want_nccl = s.gpu && std::find(s.vs.begin(), s.vs.end(), "nccl") != s.vs.end();
+  std::string nccl_label = "auto";  // NCCL's own choice of transport
+  std::vector<std::string> notes;
+  if (want_nccl) {
+    // Ranks of one host that share a GPU: NCCL refuses them ("Duplicate GPU detected")
+    // unless each looks like a host of its own, which sends NCCL over its network path;
+    // on loopback, which NCCL skips unless told. What the user set stays.
+    if (li.local_size == li.size) {
+      const std::string host_id = "collx-bench-" + std::to_string(li.rank);
+      ::setenv("NCCL_HOSTID", host_id.c_str(), 0);
+      ::setenv("NCCL_NET", "Socket", 0);
+      ::setenv("NCCL_SOCKET_IFNAME", "lo", 0);
+    }
+    const std::string net = detail::env_str("NCCL_NET");
+    const std::string ifname = detail::env_str("NCCL_SOCKET_IFNAME");
+    if ((net == "Socket" || net == "socket") && ifname == "lo") {
+      nccl_label = "socket(lo)";
+      notes.push_back(
+          "nccl: NCCL_NET=Socket NCCL_SOCKET_IFNAME=lo NCCL_HOSTID=collx-bench-<rank>: NCCL and collx here "
+          "both carry GPU buffers over loopback sockets (collx: tcp with staged GPU buffers)");
+    }
+  }
   std::vector<std::pair<std::string, std::string>> skipped;
   std::unique_ptr<bench::mpi_baseline> mpi;
   std::unique_ptr<bench::gloo_baseline> gloo;
@@ -513,6 +711,11 @@ int run_process(settings s, const launch_info& li, const std::vector<std::string
   if (want_mpi) mpi = std::make_unique<bench::mpi_baseline>();
   const communicator_config cfg;
   std::shared_ptr<collx::store> st;
+#if COLLX_BENCH_HAVE_CUDA
+  // Destroyed before the communicators they run over.
+  std::vector<std::unique_ptr<bench::gpu::rank_runner>> runners;
+  std::unique_ptr<bench::gpu::rank_runner> nccl;
+#endif
   for (const auto& t : transports) {
     if (t == "mpi") {
 #if COLLX_BENCH_HAVE_MPI
@@ -528,7 +731,49 @@ int run_process(settings s, const launch_info& li, const std::vector<std::string
       if (!st) st = store_from(li, cfg.timeout);
       comms.push_back(make_communicator(st, li, t, cfg, "collx-bench"));
     }
+#if COLLX_BENCH_HAVE_CUDA
+    if (s.gpu) {
+      runners.push_back(
+          bench::gpu::make_staged(comms.back(), device, max_buffer_bytes(s), host_ops(comms.back())));
+      who.push_back(baseline_contender(s, "collx", t + "+gpu", *runners.back()));
+      continue;
+    }
+#endif
     who.push_back(collx_contender(s, comms.back(), t));
+  }
+  std::string nccl_skipped;
+#if COLLX_BENCH_HAVE_CUDA
+  if (want_nccl) {
+    // NCCL's unique id goes from rank 0 through the store, before the store is retired.
+    if (!st) st = store_from(li, cfg.timeout);
+    communicator& host = comms.front();
+    auto agree_all = [&host](bool ok) {
+      std::int32_t x = ok ? 1 : 0;
+      host.all_reduce(std::span(&x, 1), reduce_op::min);
+      return x == 1;
+    };
+    auto share_id = [&](const std::string& mine) {
+      const std::string key = "collx-bench/nccl/id";
+      if (li.rank == 0) {
+        st->set(key, mine);
+        return mine;
+      }
+      return st->get(key, cfg.timeout);
+    };
+    nccl = bench::gpu::make_nccl(li.rank, li.size, device, max_buffer_bytes(s), host_ops(host), agree_all,
+                                 share_id, nccl_skipped);
+    if (nccl) {
+      std::string version;
+      bench::gpu::nccl_loadable(version);
+      notes.insert(notes.begin(), "nccl: NCCL " + version + " (libnccl.so.2) on the same device buffers");
+    }
+  }
+#endif
+  if (s.gpu) {
+    notes.insert(notes.begin(),
+                 "collx/<transport>+gpu: collx::cuda::staged on device buffers (rank 0 on GPU " +
+                     std::to_string(device) +
+                     "); time by the host clock to the synchronize after the last call");
   }
   if (st) detail::retire_store(*st, li, cfg.timeout);
   for (const auto& peer : s.vs) {
@@ -546,13 +791,22 @@ int run_process(settings s, const launch_info& li, const std::vector<std::string
       } else {
         skipped.emplace_back(peer, why);
       }
+    } else if (peer == "nccl" && want_nccl) {
+#if COLLX_BENCH_HAVE_CUDA
+      if (nccl) {
+        who.push_back(baseline_contender(s, "nccl", nccl_label, *nccl));
+      } else {
+        skipped.emplace_back(peer, nccl_skipped);
+      }
+#endif
     } else {
-      skipped.emplace_back(peer, peer == "nccl" ? nccl_why() : "unknown baseline");
+      skipped.emplace_back(peer, peer == "nccl" ? nccl_why(s) : "unknown baseline");
     }
   }
   if (li.rank == 0) {
     print_header(
-        s, li.launcher == "mpirun" ? "processes started by mpirun" : "processes started by " + li.launcher);
+        s, li.launcher == "mpirun" ? "processes started by mpirun" : "processes started by " + li.launcher,
+        notes);
   }
   return sweep(s, who, skipped, li.rank == 0, 1);
 }
@@ -593,6 +847,8 @@ int spawn_ranks(const settings& s, char** argv) {
     const int code = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     if (code != 0 && worst == 0) {
       worst = code;
+      // 77, skipped (no GPU for --gpu): every rank finds that alone and exits; rank 0 says why.
+      if (code == 77) continue;
       for (pid_t k : kids) {
         if (k != pid) ::kill(k, SIGTERM);
       }
@@ -605,10 +861,15 @@ int spawn_ranks(const settings& s, char** argv) {
 
 int main(int argc, char** argv) {
   settings s;
+  bool np_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     if (a == "--plant-error") {
       s.plant_error = true;
+      continue;
+    }
+    if (a == "--gpu") {
+      s.gpu = true;
       continue;
     }
     if (i + 1 >= argc) return usage();
@@ -627,6 +888,16 @@ int main(int argc, char** argv) {
     } else if (a == "--np") {
       s.np = std::atoi(std::string(v).c_str());
       ok = s.np >= 1 && s.np <= 1024;
+      np_given = true;
+    } else if (a == "--gpus") {
+      s.gpus.clear();
+      for (const auto& d : split(v)) {
+        char* end = nullptr;
+        const long n = std::strtol(d.c_str(), &end, 10);
+        ok = ok && *end == '\0' && n >= 0 && n < 1024;
+        s.gpus.push_back(static_cast<int>(n));
+      }
+      ok = ok && !s.gpus.empty() && s.gpus.size() <= 1024;
     } else if (a == "-b" || a == "-e") {
       auto b = cli::parse_bytes(v);
       ok = b.has_value() && *b >= 1;
@@ -675,19 +946,41 @@ int main(int argc, char** argv) {
   }
   const auto transports = split(s.transport);
   bool local = false;
+  bool cuda = false;
   for (const auto& t : transports) {
-    if (t != "local" && t != "shm" && t != "tcp" && t != "mpi") {
-      std::fprintf(stderr, "collx-bench: unknown transport '%s' (local, shm, tcp, mpi)\n", t.c_str());
+    if (t != "local" && t != "cuda" && t != "shm" && t != "tcp" && t != "mpi") {
+      std::fprintf(stderr, "collx-bench: unknown transport '%s' (local, cuda, shm, tcp, mpi)\n", t.c_str());
       return 2;
     }
     local = local || t == "local";
+    cuda = cuda || t == "cuda";
   }
-  if (local && transports.size() > 1) {
-    std::fprintf(stderr, "collx-bench: the local transport (ranks as threads) runs alone\n");
+  if ((local || cuda) && transports.size() > 1) {
+    std::fprintf(stderr, "collx-bench: the %s transport (ranks as threads) runs alone\n",
+                 local ? "local" : "cuda");
     return 2;
+  }
+  if (s.gpu && (local || cuda)) {
+    std::fprintf(
+        stderr,
+        "collx-bench: --gpu is for the process transports (shm, tcp, mpi); ranks as threads on GPUs: "
+        "--transport cuda\n");
+    return 2;
+  }
+  if (!s.gpus.empty()) {
+    if (!cuda) {
+      std::fprintf(stderr, "collx-bench: --gpus lists --transport cuda's devices, one per rank\n");
+      return 2;
+    }
+    if (np_given && static_cast<std::size_t>(s.np) != s.gpus.size()) {
+      std::fprintf(stderr, "collx-bench: --np %d but --gpus lists %zu devices\n", s.np, s.gpus.size());
+      return 2;
+    }
+    s.np = static_cast<int>(s.gpus.size());
   }
   try {
     if (local) return run_threads(s);
+    if (cuda) return run_cuda(s);
     const launch_info li = launch_from_env();
     if (li.launcher == "none") return spawn_ranks(s, argv);
     return run_process(s, li, transports);
