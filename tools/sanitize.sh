@@ -26,7 +26,7 @@ case $kind in
     dir=build-asan
     flags="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
     # Names, not a list: multi-process shm and tcp tests added later run here too.
-    select='^(core|failures|rendezvous|shm):|^multiprocess: (shm|tcp) p='
+    select='^(core|failures|rendezvous|shm|peer|ipc):|^multiprocess: (shm|tcp) p='
     export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     ;;
   thread)
@@ -36,7 +36,7 @@ case $kind in
     # reports, so there is nothing for the warning to point at.
     flags="-O1 -fsanitize=thread -fno-omit-frame-pointer -Wno-tsan"
     # The element type changes the reduction loop, not who touches what when: one type.
-    select='^(core|failures|shm):|^collectives: ?.*: f32$|^collectives: ?(async|the untyped)'
+    select='^(core|failures|shm|peer):|^collectives: ?.*: f32$|^collectives: ?(async|the untyped)'
     export COLLX_TEST_MAX_COUNT=1001
     # No suppressions: none has been needed. Each rank maps the shm segments at its own
     # addresses, so TSan sees unrelated locations where there is one: the rings' ordering
