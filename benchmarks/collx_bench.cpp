@@ -860,6 +860,9 @@ int spawn_ranks(const settings& s, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // --transport cuda: ranks share a GPU, each stream needs a hardware queue of its own
+  // (collx/cuda.cuh); read when CUDA starts, so before anything else.
+  ::setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   settings s;
   bool np_given = false;
   for (int i = 1; i < argc; ++i) {

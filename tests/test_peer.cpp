@@ -235,7 +235,7 @@ TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on eve
         CHECK(x.peer == 2);
         // Rank 0 waits for 2's data; rank 1 for 0's data, or for room in 2's slots.
         CHECK((r == 0 ? x.waited_for == 2 : (x.waited_for == 0 || x.waited_for == 2)));
-        CHECK(hw.abort_word == static_cast<std::uint64_t>(r) + 1);
+        CHECK(hw.abort_word != 0);  // raised by the first to time out (both may)
       } else {
         CHECK(x.code == peer::outcome::peer_failed);
       }

@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -155,6 +156,31 @@ class group {
         }
       }
     }
+    // Every rank's kernel must be resident at once, since each waits for the others': the
+    // blocks must fit the GPU, and the streams its hardware queues (a stream that shares
+    // a queue can sit behind another rank's next call, which waits for this one).
+    for (int d : devices) {
+      const auto here = static_cast<int>(std::count(devices.begin(), devices.end(), d));
+      int sms = 0, per_sm = 0;
+      detail::device_guard g(d);
+      cuda::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, d), "cudaDeviceGetAttribute");
+      cuda::check(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+              &per_sm, cuda::detail::peer_kernel<float, reduce_op::sum>, static_cast<int>(opt.threads), 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      if (static_cast<long>(here) * opt.lanes > static_cast<long>(sms) * per_sm) {
+        bad(std::to_string(here) + " ranks of " + std::to_string(opt.lanes) + " lanes need " +
+            std::to_string(here * opt.lanes) + " resident blocks on GPU " + std::to_string(d) +
+            ", which holds " + std::to_string(sms * per_sm) + ": fewer lanes or threads");
+      }
+      const char* conn = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+      const int queues = conn != nullptr && *conn != '\0' ? std::atoi(conn) : 8;
+      if (here > queues) {
+        bad(std::to_string(here) + " ranks on GPU " + std::to_string(d) + " need as many hardware queues; " +
+            "CUDA_DEVICE_MAX_CONNECTIONS is " + std::to_string(queues) +
+            ": set it (up to 32) in the environment before the program's first CUDA call");
+      }
+    }
     auto& s = *s_;
     s.opt = opt;
     s.devices = std::move(devices);
@@ -269,15 +295,8 @@ class communicator {
   friend class group;
   communicator(std::shared_ptr<detail::group_state> g, int r) : g_(std::move(g)), rank_(r) {}
 
-  struct program_key {
-    collective coll;
-    algorithm algo;
-    std::size_t count, segment;
-    bool in_place;
-    friend bool operator==(const program_key&, const program_key&) = default;
-  };
   struct cached_program {
-    program_key key;
+    peer::program_key key;
     peer::program_image image;  // the host copy stays: the upload is asynchronous
     detail::device_ptr<std::byte> bytes;
     peer::program_view view;
@@ -316,31 +335,59 @@ class communicator {
     throw e;
   }
 
-  const peer::program_view& program(collective coll, algorithm a, std::size_t count, std::size_t segment,
-                                    bool in_place, cudaStream_t stream) {
-    const program_key key{coll, a, count, segment, in_place};
-    for (auto& c : programs_) {
-      if (c.key == key) return c.view;
+  // A private stream for uploads and allocations: never the caller's (which may be
+  // capturing), and synchronizing it waits for nothing of other ranks'.
+  cudaStream_t upload_stream() {
+    if (!upload_) {
+      cudaStream_t st = nullptr;
+      cuda::check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "cudaStreamCreate");
+      upload_.reset(st);
     }
+    return upload_.get();
+  }
+
+  // Stream-ordered allocation (cudaMallocAsync): a plain cudaMalloc may synchronize the
+  // device, and so wait for other ranks' kernels that wait for this rank.
+  detail::device_ptr<std::byte> allocate(std::size_t bytes) {
+    void* p = nullptr;
+    cuda::check(cudaMallocAsync(&p, std::max<std::size_t>(bytes, 16), upload_stream()), "cudaMallocAsync");
+    return detail::device_ptr<std::byte>(static_cast<std::byte*>(p),
+                                         detail::device_free<std::byte>{device()});
+  }
+
+  void refuse_in_capture(cudaStream_t stream, std::string_view coll, const char* what) const {
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     cuda::check(cudaStreamIsCapturing(stream, &cs), "cudaStreamIsCapturing");
     if (cs != cudaStreamCaptureStatusNone) {
-      invalid(to_string(coll),
-              "this call's shape has not run before: run it once outside the capture, so "
-              "that its program is on the GPU, then capture it");
+      invalid(coll, std::string(what) + ": run this call once outside the capture, then capture it");
     }
-    const schedule s = algorithms::build(a, {coll, rank_, size(), count, segment, in_place});
+  }
+
+  const peer::program_view& program(collective coll, algorithm a, std::size_t count, std::size_t segment,
+                                    bool in_place, cudaStream_t stream) {
+    const peer::program_key key{coll, a, count, segment, in_place};
+    for (auto& c : programs_) {
+      if (c.key == key) return c.view;
+    }
+    refuse_in_capture(stream, to_string(coll), "this call's shape has no program on the GPU yet");
+    algorithms::call_shape shape;
+    shape.coll = coll;
+    shape.rank = rank_;
+    shape.ranks = size();
+    shape.count = count;
+    shape.segment = segment;
+    shape.in_place = in_place;
+    const schedule s = algorithms::build(a, shape);
     cached_program c{key, peer::compile(s), {}, {}};
-    c.bytes = detail::device_alloc<std::byte>(device(), std::max<std::size_t>(c.image.bytes.size(), 16));
-    // On the caller's stream, not cudaMemcpy: that would wait for the legacy stream and so
-    // for other ranks' kernels, which may be waiting for this very rank.
+    c.bytes = allocate(c.image.bytes.size());
     cuda::check(cudaMemcpyAsync(c.bytes.get(), c.image.bytes.data(), c.image.bytes.size(),
-                                cudaMemcpyHostToDevice, stream),
+                                cudaMemcpyHostToDevice, upload_stream()),
                 "copying a program to the GPU");
+    // Done before any stream's kernel can read it.
+    cuda::check(cudaStreamSynchronize(upload_stream()), "cudaStreamSynchronize");
     c.view = c.image.view_at(c.bytes.get());
     scratch_need_ = std::max<std::size_t>(scratch_need_, s.scratch_count);
-    // Programs are kept, never freed while the group runs: cudaFree waits for the whole
-    // GPU, and with it for other ranks' kernels that may be waiting for this rank.
+    // Kept while the communicator lives: freeing device memory may synchronize the device.
     programs_.push_back(std::move(c));
     return programs_.back().view;
   }
@@ -352,8 +399,10 @@ class communicator {
     const collx::detail::checked_call k =
         collx::detail::check_call(coll, in, out, count, t, op, o, rank_, size());
     const std::size_t es = size_of(t);
-    const std::uint64_t seq = seq_++;
-    if (count == 0) return;  // nothing moves: every rank skips alike
+    if (count == 0) {  // nothing moves: every rank skips alike
+      ++seq_;
+      return;
+    }
     // Both buffers must be memory this rank's GPU can address: device memory, managed
     // memory or mapped host memory. Pageable host memory would fault in the kernel.
     for (const void* ptr : {in, static_cast<const void*>(out)}) {
@@ -367,8 +416,6 @@ class communicator {
       }
     }
     const bool in_place = k.in_place;
-    const std::byte* cin = k.in;
-    std::byte* cout = k.out;
 
     detail::device_guard guard(device());
     const auto& s = *g_;
@@ -378,9 +425,11 @@ class communicator {
     const std::size_t seg_bytes = o.segment_bytes != 0 ? o.segment_bytes : defaults::segment_bytes;
     const std::size_t fit = s.opt.slots * s.opt.slot_bytes / es;
     const std::size_t segment = std::max<std::size_t>(1, std::min(seg_bytes / es, fit));
-    const envelope env{seq, count, segment, o.tag, coll, t, op, a};
     const auto timeout = o.timeout.count() != 0 ? o.timeout : s.opt.timeout;
 
+    // Everything that can refuse the call comes first (programs and scratch refuse in a
+    // capture): a call refused on one rank must not use up a call number, or its later
+    // calls would carry signatures its peers' do not.
     cuda::detail::launch_args args{};
     args.w = s.w;
     args.w.boxes = s.box_tables[static_cast<std::size_t>(rank_)].get();
@@ -393,9 +442,8 @@ class communicator {
       c.prog = program(coll, a, n, segment, in_place, stream);
       c.rank = rank_;
       c.lane = j;
-      c.in = cin == nullptr ? nullptr : cin + lo * es;
-      c.out = cout + lo * es;
-      c.sig = peer::signature(env);
+      c.in = k.in == nullptr ? nullptr : k.in + lo * es;
+      c.out = k.out + lo * es;
       c.timeout_ns = static_cast<std::uint64_t>(
           std::chrono::duration_cast<std::chrono::nanoseconds>(
               std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365 * 100)))
@@ -403,30 +451,56 @@ class communicator {
       c.st = &s.status[static_cast<std::size_t>(rank_) * static_cast<std::size_t>(s.w.lanes) +
                        static_cast<std::size_t>(j)];
       const region res = result_region(coll, rank_, count, in_place, size());
-      args.divide_at[j] = coll == collective::all_reduce ? c.out : cout + res.offset * es;
+      args.divide_at[j] = coll == collective::all_reduce ? c.out : k.out + res.offset * es;
       args.divide_count[j] = coll == collective::all_reduce ? n : res.count;
     }
-    ensure_scratch(stream, es * static_cast<std::size_t>(lanes));
+    ensure_scratch(stream, name, es * static_cast<std::size_t>(lanes));
     for (int j = 0; j < lanes; ++j) {
       args.lanes[j].scratch = scratch_.get() + static_cast<std::size_t>(j) * scratch_need_ * es;
     }
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    cuda::check(cudaStreamIsCapturing(stream, &cs), "cudaStreamIsCapturing");
+    const bool capturing = cs != cudaStreamCaptureStatusNone;
+    if (!done_) {
+      cudaEvent_t ev = nullptr;
+      cuda::check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
+      done_.reset(ev);
+    }
+    // Calls of one rank on different streams must not run side by side: both would drive
+    // the same mailboxes. The next waits for the last (outside a capture, whose graph
+    // the caller orders).
+    if (!capturing && last_ != nullptr && last_ != stream) {
+      cuda::check(cudaStreamWaitEvent(stream, done_.get(), 0), "cudaStreamWaitEvent");
+    }
+
+    const std::uint64_t seq = seq_++;
+    const envelope env{seq, count, segment, o.tag, coll, t, op, a};
+    for (int j = 0; j < lanes; ++j) args.lanes[j].sig = peer::signature(env);
     cuda::detail::launch_peer(t, op, args, lanes, s.opt.threads, stream);
+    if (!capturing) {
+      cuda::check(cudaEventRecord(done_.get(), stream), "cudaEventRecord");
+      last_ = stream;
+    }
   }
 
   // Scratch for the largest program seen, per lane; grown only outside a capture.
-  void ensure_scratch(cudaStream_t stream, std::size_t per_elem_bytes) {
+  void ensure_scratch(cudaStream_t stream, std::string_view coll, std::size_t per_elem_bytes) {
     const std::size_t bytes = std::max<std::size_t>(scratch_need_ * per_elem_bytes, 16);
     if (bytes <= scratch_bytes_) return;
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    cuda::check(cudaStreamIsCapturing(stream, &cs), "cudaStreamIsCapturing");
-    if (cs != cudaStreamCaptureStatusNone) {
-      invalid("cuda", "this call needs more scratch than earlier ones: run it once outside the capture");
-    }
-    // The old buffer is retired, not freed, for the reason programs are kept.
+    refuse_in_capture(stream, coll, "this call needs more scratch than earlier ones");
+    // The old buffer is retired, not freed: kernels of earlier calls may still use it.
     if (scratch_) retired_.push_back(std::move(scratch_));
-    scratch_ = detail::device_alloc<std::byte>(device(), bytes);
+    scratch_ = allocate(bytes);
+    cuda::check(cudaStreamSynchronize(upload_stream()), "cudaStreamSynchronize");
     scratch_bytes_ = bytes;
   }
+
+  struct stream_free {
+    void operator()(cudaStream_t s) const noexcept { cudaStreamDestroy(s); }
+  };
+  struct event_free {
+    void operator()(cudaEvent_t e) const noexcept { cudaEventDestroy(e); }
+  };
 
   std::shared_ptr<detail::group_state> g_;
   int rank_ = 0;
@@ -436,6 +510,9 @@ class communicator {
   detail::device_ptr<std::byte> scratch_;
   std::vector<detail::device_ptr<std::byte>> retired_;
   std::size_t scratch_bytes_ = 0;
+  std::unique_ptr<CUstream_st, stream_free> upload_;
+  std::unique_ptr<CUevent_st, event_free> done_;
+  cudaStream_t last_ = nullptr;  // the stream of the last call launched outside a capture
   std::string failure_;
 };
 

@@ -98,8 +98,9 @@ class staged {
   // Pinned memory, grown to the largest call and reused.
   std::byte* host(std::size_t bytes, cudaStream_t stream) {
     // A copy back of the previous call, on another stream, may still read the buffer.
-    if (last_ != stream) check(cudaStreamSynchronize(last_), "cudaStreamSynchronize");
+    if (used_ && last_ != stream) check(cudaStreamSynchronize(last_), "cudaStreamSynchronize");
     last_ = stream;
+    used_ = true;
     if (bytes <= cap_) return host_;
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // the old buffer may be in a copy back
     if (host_ != nullptr) cudaFreeHost(host_);
@@ -126,6 +127,7 @@ class staged {
   std::byte* host_ = nullptr;
   std::size_t cap_ = 0;
   cudaStream_t last_ = nullptr;
+  bool used_ = false;
 };
 
 }  // namespace collx::cuda

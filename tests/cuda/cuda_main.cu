@@ -4,10 +4,14 @@
 #include <doctest/doctest.h>
 
 #include <cstdio>
+#include <cstdlib>
 
 #include <cuda_runtime.h>
 
 int main(int argc, char** argv) {
+  // Up to 8 ranks share one GPU in the tests, each with a stream of its own and one for
+  // uploads: give each stream a hardware queue (read when CUDA starts, so first).
+  ::setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   int devices = 0;
   const cudaError_t e = cudaGetDeviceCount(&devices);
   if (e != cudaSuccess || devices == 0) {

@@ -52,33 +52,12 @@ using clk = std::chrono::steady_clock;
 using test::input;
 using test::ref_reduce;
 
-// Conversions that also serve the 16-bit storage types.
-template <class T>
-T from_d(double v) {
-  if constexpr (std::is_integral_v<T>) {
-    return static_cast<T>(v);
-  } else {
-    return T(static_cast<float>(v));
-  }
-}
-template <class T>
-double to_d(T v) {
-  if constexpr (std::is_integral_v<T> || std::is_same_v<T, double>) {
-    return static_cast<double>(v);
-  } else {
-    return static_cast<double>(static_cast<float>(v));
-  }
-}
+using test::close_enough;
+using test::from_d;
+using test::to_d;
 
 int failures = 0;
 int cases = 0;
-
-template <class T>
-bool close_enough(T got, double want, reduce_op op) {
-  const double g = to_d(got);
-  if (op == reduce_op::avg) return std::fabs(g - want) <= 1e-5 * (1 + std::fabs(want));
-  return g == want;
-}
 
 template <class T>
 void one_case(communicator& comm, collective c, algorithm a, std::size_t n, bool in_place, reduce_op op) {

@@ -24,7 +24,9 @@ namespace collx::cuda::detail {
 
 struct device_context {
   peer::action& act;
+  peer::leader_state& ls;
 
+  __device__ peer::leader_state& leader_state() const { return ls; }
   __device__ bool leader() const { return threadIdx.x == 0; }
   __device__ void barrier() const { __syncthreads(); }
   __device__ peer::action& shared_action() const { return act; }
@@ -72,7 +74,8 @@ struct launch_args {
 template <class T, reduce_op Op>
 __global__ void __launch_bounds__(1024) peer_kernel(const launch_args a) {
   __shared__ peer::action act;
-  device_context ctx{act};
+  __shared__ peer::leader_state ls;
+  device_context ctx{act, ls};
   const unsigned j = blockIdx.x;
   const bool ok = peer::run_lane<T, Op>(ctx, a.lanes[j], a.w);
   if constexpr (Op == reduce_op::avg) {

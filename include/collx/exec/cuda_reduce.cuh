@@ -201,8 +201,30 @@ __device__ void reduce_range(T* dst, const T* a, const T* b, std::size_t n, unsi
 
 // A plain copy, the same way: the baseline reduce_range is measured against. dst and
 // src must not overlap.
+// A copy in words of W bytes, for buffers whose misalignments differ modulo 16 but agree
+// modulo W: a schedule's chunks start wherever count/p falls, so a slot (aligned) and the
+// chunk it carries often agree only to the element size. Bytes one by one would be 16
+// times the memory transactions.
+template <class Word>
+__device__ void copy_words(std::byte* dst, const std::byte* src, std::size_t bytes, unsigned tid,
+                           unsigned nthreads) {
+  constexpr std::size_t w = sizeof(Word);
+  const std::size_t mis = reinterpret_cast<std::uintptr_t>(dst) % w;
+  const std::size_t head = mis == 0 ? 0 : (w - mis < bytes ? w - mis : bytes);
+  for (std::size_t i = tid; i < head; i += nthreads) dst[i] = src[i];
+  const std::size_t words = (bytes - head) / w;
+  auto* wd = reinterpret_cast<Word*>(dst + head);
+  const auto* ws = reinterpret_cast<const Word*>(src + head);
+  for (std::size_t v = tid; v < words; v += nthreads) wd[v] = ws[v];
+  for (std::size_t i = head + words * w + tid; i < bytes; i += nthreads) dst[i] = src[i];
+}
+
 __device__ inline void copy_range(std::byte* dst, const std::byte* src, std::size_t bytes, unsigned tid,
                                   unsigned nthreads) {
+  const auto skew = (reinterpret_cast<std::uintptr_t>(dst) - reinterpret_cast<std::uintptr_t>(src)) % 16;
+  if (skew % 8 == 0 && skew != 0) return copy_words<unsigned long long>(dst, src, bytes, tid, nthreads);
+  if (skew % 4 == 0 && skew != 0) return copy_words<unsigned>(dst, src, bytes, tid, nthreads);
+  if (skew % 2 == 0 && skew != 0) return copy_words<unsigned short>(dst, src, bytes, tid, nthreads);
   const std::size_t head = aligned_head<std::byte>(dst, src, src, bytes);
   for (std::size_t i = tid; i < head; i += nthreads) dst[i] = src[i];
 

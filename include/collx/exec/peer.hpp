@@ -103,6 +103,15 @@ struct program_image {
   }
 };
 
+// What a compiled program is cached under: the call shape that built it.
+struct program_key {
+  collective coll = collective::all_reduce;
+  algorithm algo = algorithm::ring;
+  std::size_t count = 0, segment = 1;
+  bool in_place = false;
+  friend bool operator==(const program_key&, const program_key&) = default;
+};
+
 // Queue of a step: sends to q at q, receives from q at p+q, local copies at 2p, as in
 // the host executor's plan.
 inline std::uint32_t queue_of(const step& st, int ranks) noexcept {
@@ -155,7 +164,7 @@ inline program_image compile(const schedule& s) {
     const dep d{queue[s.deps[k]], pos[s.deps[k]]};
     std::memcpy(img.bytes.data() + img.deps_at + k * sizeof(dep), &d, sizeof(dep));
   }
-  std::memcpy(img.bytes.data() + img.order_at, order.data(), n * sizeof(std::uint32_t));
+  if (n != 0) std::memcpy(img.bytes.data() + img.order_at, order.data(), n * sizeof(std::uint32_t));
   std::memcpy(img.bytes.data() + img.begin_at, begin.data(), (nq + 1) * sizeof(std::uint32_t));
   return img;
 }
@@ -304,6 +313,12 @@ struct lane_call {
   status* st = nullptr;  // this lane's
 };
 
+// The leader's bookkeeping: per queue, its head and the pieces of the head step done.
+struct leader_state {
+  std::uint32_t head[2 * max_ranks + 1];
+  std::uint64_t pieces[2 * max_ranks + 1];
+};
+
 // What the leader tells the lane's threads to do next.
 struct action {
   enum : std::uint32_t { done, copy, reduce, stop } what = done;
@@ -325,10 +340,11 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
   const std::uint64_t piece_elems = w.slot_bytes / es;
   const mailbox& mine = w.boxes[c.rank * w.lanes + c.lane];
 
-  // Leader-only state: the head of each queue and how many pieces of its step are done,
-  // and what the current action will publish once its bytes have moved.
-  std::uint32_t head[2 * max_ranks + 1];
-  std::uint64_t pieces[2 * max_ranks + 1];
+  // Leader-only state: the head of each queue and how many pieces of its step are done
+  // (the context's, so that on a GPU it lies in shared memory, not in every thread's
+  // stack), and what the current action will publish once its bytes have moved.
+  std::uint32_t* const head = ctx.leader_state().head;
+  std::uint64_t* const pieces = ctx.leader_state().pieces;
   std::uint32_t pending_queue = 0;
   std::uint64_t* pending_word = nullptr;  // ready (a send) or acked (a receive)
   std::uint64_t pending_value = 0;
@@ -388,11 +404,14 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
   // The leader's choice of the next piece to move. Spins, bounded, until one can move.
   std::uint64_t* const my_wait = w.waiting + c.rank * w.lanes + c.lane;
   std::uint64_t announced = 0;
+  // The bound is on waiting: `timeout` without a piece moving, so a long call that keeps
+  // moving never times out, and one whose peer never comes does after `timeout`.
   auto decide = [&]() -> action {
     if (announced != 0) {
       announced = 0;
       ctx.store_release(my_wait, 0);
     }
+    start = ctx.now_ns();
     for (;;) {
       bool all_done = true;
       std::uint32_t blocked_step = 0xffffffffu;
@@ -524,6 +543,8 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
 #endif
 struct host_context {
   action act;
+  peer::leader_state ls;
+  COLLX_HD peer::leader_state& leader_state() noexcept { return ls; }
   COLLX_HD bool leader() const noexcept { return true; }
   COLLX_HD void barrier() noexcept {}
   COLLX_HD action& shared_action() noexcept { return act; }

@@ -119,7 +119,22 @@ class ipc_communicator {
   }
 
   ipc_communicator(ipc_communicator&&) = delete;  // the world's table points into it
-  ~ipc_communicator() = default;
+
+  // Peers may still map this rank's inbox, and freeing memory another process maps is
+  // undefined (CUDA IPC): close this rank's mappings, count itself out in rank 0's
+  // segment, and free its own inbox (after this body) once every rank has, or after a
+  // bounded wait (a dead peer's mappings died with it).
+  ~ipc_communicator() {
+    if (w_.waiting == nullptr) return;
+    inboxes_.clear();
+    std::atomic_ref<std::uint64_t> closed(w_.waiting[size_]);
+    closed.fetch_add(1);
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::min<std::chrono::milliseconds>(opt_.timeout, std::chrono::seconds(10));
+    while (closed.load() < static_cast<std::uint64_t>(size_) && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
 
   int rank() const noexcept { return rank_; }
   int size() const noexcept { return size_; }
@@ -147,15 +162,8 @@ class ipc_communicator {
   std::string failure() const { return failure_; }
 
  private:
-  struct program_key {
-    collective coll;
-    algorithm algo;
-    std::size_t count, segment;
-    bool in_place;
-    friend bool operator==(const program_key&, const program_key&) = default;
-  };
   struct cached {
-    program_key key;
+    peer::program_key key;
     peer::program_image image;
   };
 
@@ -163,9 +171,9 @@ class ipc_communicator {
     const auto p = static_cast<std::size_t>(size_);
     return sizeof(detail::ipc_control_header) + (2 * p + p * opt_.slots) * sizeof(std::uint64_t);
   }
-  // Rank 0's segment also holds the abort word and the waits.
+  // Rank 0's segment also holds the abort word, the waits and the count of ranks gone.
   std::size_t control_bytes() const {
-    return counters_bytes() + (1 + static_cast<std::size_t>(size_)) * sizeof(std::uint64_t);
+    return counters_bytes() + (2 + static_cast<std::size_t>(size_)) * sizeof(std::uint64_t);
   }
   std::size_t inbox_bytes() const { return static_cast<std::size_t>(size_) * opt_.slots * opt_.slot_bytes; }
 
@@ -181,22 +189,7 @@ class ipc_communicator {
   }
 
   void setup(store& st, const std::string& prefix) {
-    std::string job = opt_.job_id;
-    if (job.empty()) {
-      if (const char* v = std::getenv("COLLX_JOB_ID"); v != nullptr && *v != '\0') job = v;
-    }
-    if (job.empty()) {
-      if (rank_ == 0) {
-        std::random_device rd;
-        char id[32];
-        std::snprintf(id, sizeof id, "%d-%08x", static_cast<int>(::getpid()), rd());
-        st.set(prefix + "/job", id);
-      }
-      job = st.get(prefix + "/job", opt_.timeout);
-    }
-    for (char& ch : job) {
-      if (ch == '/' || ch == '|') ch = '_';
-    }
+    const std::string job = detail::job_id_for(opt_.job_id, st, prefix, rank_, opt_.timeout);
     const auto p = static_cast<std::size_t>(size_);
     controls_.resize(p);
     inboxes_.resize(p);
@@ -220,7 +213,7 @@ class ipc_communicator {
     if (const int e = ::posix_fallocate(mine.fd, 0, static_cast<off_t>(mine.bytes)); e != 0) {
       detail::throw_sys(errc::transport, "cannot reserve shared memory for " + name, e);
     }
-    map(mine, name);
+    detail::map_segment(mine, name);
     auto* header = static_cast<detail::ipc_control_header*>(mine.base);
     header->ranks = p;
     header->slots = opt_.slots;
@@ -250,7 +243,7 @@ class ipc_communicator {
                             errno);
         }
         s.bytes = control_bytes();
-        map(s, peer_name);
+        detail::map_segment(s, peer_name);
         const auto* ph = static_cast<const detail::ipc_control_header*>(s.base);
         if (ph->ranks != p || ph->slots != opt_.slots || ph->slot_bytes != opt_.slot_bytes) {
           throw error(errc::invalid_argument, "ipc_communicator", rank_, static_cast<int>(q),
@@ -278,19 +271,11 @@ class ipc_communicator {
     if constexpr (requires { api_.mapped(); }) api_.mapped();
   }
 
-  static void map(detail::shm_mapping& s, const std::string& name) {
-    s.base = ::mmap(nullptr, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, 0);
-    if (s.base == MAP_FAILED) {
-      s.base = nullptr;
-      detail::throw_sys(errc::transport, "cannot map shared memory " + name, errno);
-    }
-  }
-
   [[noreturn]] void invalid(std::string_view coll, const std::string& why) const {
     throw error(errc::invalid_argument, coll, rank_, error::no_rank, why);
   }
 
-  const peer::program_image& program(const program_key& key) {
+  const peer::program_image& program(const peer::program_key& key) {
     for (auto& c : programs_) {
       if (c.key == key) return c.image;
     }
@@ -403,11 +388,11 @@ struct host_ipc_api {
       ::shm_unlink(id);
       detail::throw_sys(errc::transport, "ftruncate " + mem.name, errno);
     }
-    mem.m.base = ::mmap(nullptr, mem.m.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mem.m.fd, 0);
-    if (mem.m.base == MAP_FAILED) {
-      mem.m.base = nullptr;
+    try {
+      detail::map_segment(mem.m, mem.name);
+    } catch (...) {
       ::shm_unlink(id);
-      detail::throw_sys(errc::transport, "mmap " + mem.name, errno);
+      throw;
     }
     // The name lives until every peer has opened it (mapped()), or not at all for
     // memory no peer maps.
@@ -425,11 +410,7 @@ struct host_ipc_api {
     mem.m.fd = ::shm_open(handle.c_str(), O_RDWR | O_CLOEXEC, 0);
     if (mem.m.fd < 0) detail::throw_sys(errc::transport, "shm_open " + handle, errno);
     mem.m.bytes = std::max<std::size_t>(bytes, 1);
-    mem.m.base = ::mmap(nullptr, mem.m.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mem.m.fd, 0);
-    if (mem.m.base == MAP_FAILED) {
-      mem.m.base = nullptr;
-      detail::throw_sys(errc::transport, "mmap " + handle, errno);
-    }
+    detail::map_segment(mem.m, handle);
     return mem;
   }
   static void copy(std::byte* dst, const std::byte* src, std::size_t bytes) { std::memmove(dst, src, bytes); }

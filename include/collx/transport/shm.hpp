@@ -166,6 +166,36 @@ struct shm_mapping {
   }
 };
 
+// The job's name for its segments: `job` if set, else COLLX_JOB_ID, else one rank 0 draws
+// and shares through the store. Slashes would make it a path.
+inline std::string job_id_for(std::string job, collx::store& st, const std::string& prefix, int rank,
+                              std::chrono::milliseconds timeout) {
+  if (job.empty()) {
+    if (const char* v = std::getenv("COLLX_JOB_ID"); v != nullptr && *v != '\0') job = v;
+  }
+  if (job.empty()) {
+    if (rank == 0) {
+      std::random_device rd;
+      char id[32];
+      std::snprintf(id, sizeof id, "%d-%08x", static_cast<int>(::getpid()), rd());
+      st.set(prefix + "/job", id);
+    }
+    job = st.get(prefix + "/job", timeout);
+  }
+  for (char& ch : job) {
+    if (ch == '/' || ch == '|') ch = '_';
+  }
+  return job;
+}
+
+inline void map_segment(shm_mapping& s, const std::string& name) {
+  s.base = ::mmap(nullptr, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, 0);
+  if (s.base == MAP_FAILED) {
+    s.base = nullptr;
+    throw_sys(errc::transport, "cannot map shared memory " + name, errno);
+  }
+}
+
 }  // namespace detail
 
 class shm_transport {
@@ -543,22 +573,7 @@ class shm_transport {
   }
 
   void setup(store& st, const std::string& prefix) {
-    std::string job = opt_.job_id;
-    if (job.empty()) {
-      if (const char* v = std::getenv("COLLX_JOB_ID"); v != nullptr && *v != '\0') job = v;
-    }
-    if (job.empty()) {
-      if (rank_ == 0) {
-        std::random_device rd;
-        char id[32];
-        std::snprintf(id, sizeof id, "%d-%08x", static_cast<int>(::getpid()), rd());
-        st.set(prefix + "/job", id);
-      }
-      job = st.get(prefix + "/job", opt_.timeout);
-    }
-    for (char& ch : job) {
-      if (ch == '/') ch = '_';
-    }
+    const std::string job = detail::job_id_for(opt_.job_id, st, prefix, rank_, opt_.timeout);
     const std::string name = "/collx-" + job + "-" + std::to_string(rank_);
     segs_.resize(static_cast<std::size_t>(size_));
     peers_.resize(static_cast<std::size_t>(size_));
@@ -588,7 +603,7 @@ class shm_transport {
                             " (is /dev/shm large enough? COLLX_SHM_SLOT_BYTES and COLLX_SHM_SLOTS shrink it)",
                         e);
     }
-    map(mine, name);
+    detail::map_segment(mine, name);
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) detail::throw_sys(errc::transport, "flock " + name, errno);
     auto& c = control(rank_);
     c.pid = static_cast<std::int32_t>(::getpid());
@@ -609,7 +624,7 @@ class shm_transport {
                           errno);
       }
       s.bytes = segment_bytes();
-      map(s, peer_name);
+      detail::map_segment(s, peer_name);
       const auto& pc = control(q);
       if (pc.slot_bytes != opt_.slot_bytes || pc.slots != opt_.slots || pc.ranks != c.ranks) {
         throw error(errc::invalid_argument, "shm_transport", rank_, q,
@@ -619,14 +634,6 @@ class shm_transport {
     st.barrier(prefix + "/mapped", size_, opt_.timeout);
     ::shm_unlink(name.c_str());
     guard.armed = false;
-  }
-
-  static void map(detail::shm_mapping& s, const std::string& name) {
-    s.base = ::mmap(nullptr, s.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, s.fd, 0);
-    if (s.base == MAP_FAILED) {
-      s.base = nullptr;
-      detail::throw_sys(errc::transport, "cannot map shared memory " + name, errno);
-    }
   }
 
   int rank_ = 0;

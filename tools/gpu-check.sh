@@ -1,0 +1,76 @@
+#!/bin/sh
+# The GPU checks of the CUDA work, in one call of a lent GPU machine.
+#
+#   sh tools/gpu-check.sh build   here (no GPU needed): builds the CUDA tests and tools
+#                                 into build-gpu/ for sm_90, cudart and libstdc++ static,
+#                                 so that the folder runs on the GPU machine's image.
+#   sh tools/gpu-check.sh run     there, from the repository root, with build-gpu carried
+#                                 (device tool: carry ["build-gpu"]): runs every check,
+#                                 writes logs under $OUT (or out/), prints a summary last.
+#
+# The checks, in order (each bounded by `timeout`; a failure does not stop the rest):
+#   smoke        a device answers
+#   reduce       the reduction kernels against the host's, bit for bit
+#   group        p = 2, 4, 8 ranks on one GPU in one process: every collective,
+#                algorithm, type, reduction; errors; graph capture; staged host path
+#   ipc          2 processes over CUDA IPC under collx-run, every collective ...
+#   kernels      reduce and copy kernels in GB/s against cudaMemcpy (collx-cuda-kernels)
+#   bench-cuda   collx-bench --transport cuda, p = 2, 4, 8, 8 B..256 MiB, -c 1 (#wrong)
+#   bench-nccl   collx-bench --transport tcp --gpu --vs nccl, p = 2 and 4 (NCCL from
+#                the machine's Python package nvidia-nccl-cu13, over loopback sockets)
+set -u
+cd "$(dirname "$0")/.."
+mode=${1:-run}
+B=build-gpu
+
+if [ "$mode" = build ]; then
+  cmake -S . -B $B -DCMAKE_BUILD_TYPE=Release -DCOLLX_CUDA_STATIC_RUNTIME=ON \
+    -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null || exit 1
+  cmake --build $B -j "$(nproc)" --target test_cuda_smoke test_cuda_reduce test_cuda_group \
+    cuda_ipc_worker collx_run collx_bench collx_cuda_kernels || exit 1
+  du -sh $B/tests/cuda/test_cuda_* $B/tests/cuda/cuda_ipc_worker $B/collx-run $B/collx-bench \
+    $B/collx-cuda-kernels 2>/dev/null
+  echo "carry: $B (the binaries above; the rest of $B is ignored there)"
+  exit 0
+fi
+
+out=${OUT:-out}
+mkdir -p "$out"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+# NCCL for --vs nccl: the Python package's library (no NCCL is installed system-wide).
+nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+[ -n "$nccl" ] && export LD_LIBRARY_PATH="$nccl:${LD_LIBRARY_PATH:-}"
+summary=""
+check() {  # check <name> <seconds> <command...>
+  name=$1
+  secs=$2
+  shift 2
+  start=$(date +%s)
+  timeout "$secs" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  took=$(($(date +%s) - start))
+  case $rc in
+    0) verdict=ok ;;
+    77) verdict=skipped ;;
+    124) verdict="TIMEOUT after ${secs}s" ;;
+    *) verdict="FAILED rc=$rc" ;;
+  esac
+  summary="$summary$(printf '%-11s %-22s %4ss  %s' "$name" "$verdict" "$took" "$out/$name.log")
+"
+  tail -3 "$out/$name.log"
+}
+check smoke 60 $B/tests/cuda/test_cuda_smoke
+check reduce 180 $B/tests/cuda/test_cuda_reduce
+check group 300 $B/tests/cuda/test_cuda_group
+check ipc 300 sh -c "$B/collx-run -n 2 -- $B/tests/cuda/cuda_ipc_worker"
+check kernels 180 $B/collx-cuda-kernels -b 1M -e 1G -n 20 --all
+for p in 2 4 8; do
+  check "bench-cuda$p" 120 $B/collx-bench --transport cuda --np $p -b 8 -e 256M -f 4 -n 20 -w 5 -c 1 \
+    --csv "$out/bench-cuda$p.csv"
+done
+for p in 2 4; do
+  check "bench-nccl$p" 180 $B/collx-bench --transport tcp --gpu --vs nccl --np $p -b 8 -e 64M -f 4 -n 10 -w 3 \
+    -c 1 --csv "$out/bench-nccl$p.csv"
+done
+printf '\n%s' "$summary"
