@@ -1,7 +1,7 @@
 // collx-bench: the nccl-tests-style harness.
 //
 //   collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]
-//               [--transport local|cuda|shm,tcp,mpi] [--np N] [--gpus 0,0,...] [--gpu]
+//               [--transport local|cuda|shm,tcp,mpi,cuda_ipc] [--np N] [--gpus 0,0,...] [--gpu]
 //               [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
 //               [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
 //
@@ -23,7 +23,8 @@
 // threads of this process on GPU 0, or on the devices --gpus lists (one per rank), with
 // collx::cuda::group's collectives on device buffers. --gpu gives the process transports
 // device buffers: each rank on GPU LOCAL_RANK % (devices), collx::cuda::staged over the
-// transport (shown as collx/tcp+gpu), and there --vs nccl runs NCCL, loaded at run time
+// transport (shown as collx/tcp+gpu); --transport cuda_ipc (with --gpu) runs the ranks'
+// processes over CUDA IPC (collx::cuda::ipc_communicator); --vs nccl runs NCCL, loaded at run time
 // (libnccl.so.2), on the same device buffers. The GPU contenders are timed with the host
 // clock from a barrier to the synchronize after the last call, and checked like the
 // others. Without a CUDA device either mode says why and exits 77.
@@ -287,7 +288,7 @@ int usage() {
   std::fprintf(
       stderr,
       "usage: collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]\n"
-      "                   [--transport local|cuda|shm,tcp,mpi] [--np N] [--gpus 0,0,...] [--gpu]\n"
+      "                   [--transport local|cuda|shm,tcp,mpi,cuda_ipc] [--np N] [--gpus 0,0,...] [--gpu]\n"
       "                   [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP] [-c 0|1]\n"
       "                   [-o sum|prod|min|max|avg] [-d float|double|half|bfloat16|int8|uint8|int32|int64]\n"
       "                   [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]\n");
@@ -657,6 +658,16 @@ int run_cuda(settings s) {
 #endif
 }
 
+#if COLLX_BENCH_HAVE_CUDA
+// A host communicator for the harness's barrier and sums: the first one made, or a shm
+// one made for it (kept last in `comms`, which never reallocates).
+communicator& ops_comm(std::vector<communicator>& comms, const std::shared_ptr<collx::store>& st,
+                       const launch_info& li, const communicator_config& cfg) {
+  if (comms.empty()) comms.push_back(make_communicator(st, li, "shm", cfg, "collx-bench/ops"));
+  return comms.front();
+}
+#endif
+
 // Started by a launcher (collx-run, mpirun, torchrun): this process is one rank.
 int run_process(settings s, const launch_info& li, const std::vector<std::string>& transports) {
   s.np = li.size;
@@ -699,7 +710,7 @@ int run_process(settings s, const launch_info& li, const std::vector<std::string
   std::unique_ptr<bench::gloo_baseline> gloo;
   std::vector<contender> who;
   std::vector<communicator> comms;
-  comms.reserve(transports.size());
+  comms.reserve(transports.size() + 1);  // contenders keep references: never reallocate
   const bool want_mpi = std::find(transports.begin(), transports.end(), "mpi") != transports.end() ||
                         std::find(s.vs.begin(), s.vs.end(), "mpi") != s.vs.end();
 #if COLLX_BENCH_HAVE_MPI
@@ -717,6 +728,17 @@ int run_process(settings s, const launch_info& li, const std::vector<std::string
   std::unique_ptr<bench::gpu::rank_runner> nccl;
 #endif
   for (const auto& t : transports) {
+#if COLLX_BENCH_HAVE_CUDA
+    if (t == "cuda_ipc") {
+      // Processes of one host over CUDA IPC; the harness's barrier and sums ride on a
+      // host communicator, the first one asked for, or a shm one of its own.
+      if (!st) st = store_from(li, cfg.timeout);
+      runners.push_back(bench::gpu::make_ipc(*st, li.rank, li.size, device, max_buffer_bytes(s),
+                                             host_ops(ops_comm(comms, st, li, cfg))));
+      who.push_back(baseline_contender(s, "collx", "cuda_ipc", *runners.back()));
+      continue;
+    }
+#endif
     if (t == "mpi") {
 #if COLLX_BENCH_HAVE_MPI
       if (!mpi->why_not().empty())
@@ -951,12 +973,17 @@ int main(int argc, char** argv) {
   bool local = false;
   bool cuda = false;
   for (const auto& t : transports) {
-    if (t != "local" && t != "cuda" && t != "shm" && t != "tcp" && t != "mpi") {
-      std::fprintf(stderr, "collx-bench: unknown transport '%s' (local, cuda, shm, tcp, mpi)\n", t.c_str());
+    if (t != "local" && t != "cuda" && t != "shm" && t != "tcp" && t != "mpi" && t != "cuda_ipc") {
+      std::fprintf(stderr, "collx-bench: unknown transport '%s' (local, cuda, shm, tcp, mpi, cuda_ipc)\n",
+                   t.c_str());
       return 2;
     }
     local = local || t == "local";
     cuda = cuda || t == "cuda";
+    if (t == "cuda_ipc" && !s.gpu) {
+      std::fprintf(stderr, "collx-bench: --transport cuda_ipc carries GPU buffers: add --gpu\n");
+      return 2;
+    }
   }
   if ((local || cuda) && transports.size() > 1) {
     std::fprintf(stderr, "collx-bench: the %s transport (ranks as threads) runs alone\n",

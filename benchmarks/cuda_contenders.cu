@@ -24,6 +24,7 @@
 
 #include "collx/cuda.cuh"
 #include "collx/cuda_staged.hpp"
+#include "collx/transport/cuda_ipc.cuh"
 #include "cuda_contenders.hpp"
 
 #if COLLX_BENCH_HAVE_NCCL_H
@@ -142,10 +143,18 @@ std::optional<baseline_result> guarded(std::string& why, F&& f) {
   }
 }
 
-class group_runner final : public rank_runner {
+// One rank of any of collx's GPU front ends (the group's communicator, staged, CUDA IPC):
+// they share the untyped calls with a stream at the end. `algo` names what a case runs.
+template <class Comm>
+class comm_runner final : public rank_runner {
  public:
-  group_runner(collx::cuda::communicator comm, int device, std::size_t max_bytes, group_ops ops)
-      : comm_(std::move(comm)), buf_(device, max_bytes), ops_(std::move(ops)) {}
+  using namer = std::function<std::string(const baseline_case&, int ranks)>;
+  template <class... A>
+  comm_runner(int device, std::size_t max_bytes, group_ops ops, namer algo, A&&... args)
+      : comm_(std::forward<A>(args)...),
+        buf_(device, max_bytes),
+        ops_(std::move(ops)),
+        algo_(std::move(algo)) {}
 
   std::optional<baseline_result> run(const baseline_case& c, std::string& why,
                                      const baseline_data& data) override {
@@ -153,7 +162,7 @@ class group_runner final : public rank_runner {
       collx::options o;
       o.algo = c.algo;
       auto make = [&](std::byte* send, std::byte* recv) -> std::function<void()> {
-        collx::cuda::communicator* comm = &comm_;
+        Comm* comm = &comm_;
         const cudaStream_t s = buf_.stream;
         switch (c.coll) {
           case collx::collective::all_reduce:
@@ -165,73 +174,44 @@ class group_runner final : public rank_runner {
         }
         return [] {};
       };
-      baseline_result r = drive(
-          c, comm_.rank(), comm_.size(), buf_, data, make, [this] { comm_.synchronize(buf_.stream); }, ops_);
-      // What the group runs when asked for none (collx/cuda.cuh): ring.
-      r.algorithm = collx::to_string(c.algo == collx::algorithm::automatic ? collx::algorithm::ring : c.algo);
+      auto sync = [this] {
+        if constexpr (requires { comm_.synchronize(buf_.stream); }) {
+          comm_.synchronize(buf_.stream);  // throws if a call failed
+        } else {
+          ok(cudaStreamSynchronize(buf_.stream), "cudaStreamSynchronize");
+        }
+      };
+      baseline_result r = drive(c, comm_.rank(), comm_.size(), buf_, data, make, sync, ops_);
+      r.algorithm = algo_(c, comm_.size());
       return r;
     });
   }
 
  private:
-  collx::cuda::communicator comm_;
+  Comm comm_;
   rank_buffers buf_;
   group_ops ops_;
+  namer algo_;
 };
+
+// What the GPU paths run when asked for none (collx/cuda.cuh, transport/ipc.hpp): ring.
+inline std::string ring_unless_asked(const baseline_case& c, int) {
+  return std::string(
+      collx::to_string(c.algo == collx::algorithm::automatic ? collx::algorithm::ring : c.algo));
+}
 
 class group_impl final : public thread_group {
  public:
   explicit group_impl(const std::vector<int>& devices) : g_(devices), devices_(devices) {}
   std::unique_ptr<rank_runner> rank(int r, std::size_t max_bytes, group_ops ops) override {
-    return std::make_unique<group_runner>(g_.rank(r), devices_.at(static_cast<std::size_t>(r)), max_bytes,
-                                          std::move(ops));
+    return std::make_unique<comm_runner<collx::cuda::communicator>>(
+        devices_.at(static_cast<std::size_t>(r)), max_bytes, std::move(ops), ring_unless_asked, g_.rank(r));
   }
   void abort() noexcept override { g_.abort(); }
 
  private:
   collx::cuda::group g_;
   std::vector<int> devices_;
-};
-
-class staged_runner final : public rank_runner {
- public:
-  staged_runner(collx::communicator& host, int device, std::size_t max_bytes, group_ops ops)
-      : buf_(device, max_bytes), staged_(host), ops_(std::move(ops)) {}
-
-  std::optional<baseline_result> run(const baseline_case& c, std::string& why,
-                                     const baseline_data& data) override {
-    return guarded(why, [&] {
-      collx::options o;
-      o.algo = c.algo;
-      auto make = [&](std::byte* send, std::byte* recv) -> std::function<void()> {
-        collx::cuda::staged* st = &staged_;
-        const cudaStream_t s = buf_.stream;
-        switch (c.coll) {
-          case collx::collective::all_reduce:
-            return [=] { st->all_reduce(send, recv, c.count, c.type, c.op, s, o); };
-          case collx::collective::all_gather:
-            return [=] { st->all_gather(send, recv, c.count, c.type, s, o); };
-          case collx::collective::reduce_scatter:
-            return [=] { st->reduce_scatter(send, recv, c.count, c.type, c.op, s, o); };
-        }
-        return [] {};
-      };
-      const int p = staged_.size();
-      baseline_result r = drive(
-          c, staged_.rank(), p, buf_, data, make,
-          [this] { ok(cudaStreamSynchronize(buf_.stream), "cudaStreamSynchronize"); }, ops_);
-      // What the host communicator resolves the call to, as collx-bench's measure() says.
-      const collx::communicator_config cfg;
-      r.algorithm = collx::to_string(collx::algorithms::resolve(
-          c.algo, cfg.algo, c.coll, p, static_cast<double>(c.count * collx::size_of(c.type)), cfg.model));
-      return r;
-    });
-  }
-
- private:
-  rank_buffers buf_;
-  collx::cuda::staged staged_;
-  group_ops ops_;
 };
 
 // ---- NCCL, loaded at run time ------------------------------------------------------------
@@ -443,7 +423,20 @@ std::unique_ptr<thread_group> make_thread_group(const std::vector<int>& devices)
 
 std::unique_ptr<rank_runner> make_staged(collx::communicator& host, int device, std::size_t max_bytes,
                                          group_ops ops) {
-  return std::make_unique<staged_runner>(host, device, max_bytes, std::move(ops));
+  // What the host communicator resolves the call to, as collx-bench's measure() says.
+  auto resolved = [](const baseline_case& c, int p) {
+    const collx::communicator_config cfg;
+    return std::string(collx::to_string(collx::algorithms::resolve(
+        c.algo, cfg.algo, c.coll, p, static_cast<double>(c.count * collx::size_of(c.type)), cfg.model)));
+  };
+  return std::make_unique<comm_runner<collx::cuda::staged>>(device, max_bytes, std::move(ops), resolved,
+                                                            host);
+}
+
+std::unique_ptr<rank_runner> make_ipc(collx::store& st, int rank, int size, int device, std::size_t max_bytes,
+                                      group_ops ops) {
+  return std::make_unique<comm_runner<collx::cuda::ipc_communicator>>(
+      device, max_bytes, std::move(ops), ring_unless_asked, st, rank, size, device);
 }
 
 bool nccl_loadable(std::string& version_or_why) {

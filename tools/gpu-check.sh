@@ -16,7 +16,7 @@
 #   ipc          2 processes over CUDA IPC under collx-run, every collective ...
 #   kernels      reduce and copy kernels in GB/s against cudaMemcpy (collx-cuda-kernels)
 #   bench-cuda   collx-bench --transport cuda, p = 2, 4, 8, 8 B..256 MiB, -c 1 (#wrong)
-#   bench-nccl   collx-bench --transport tcp --gpu --vs nccl, p = 2 and 4 (NCCL from
+#   bench-nccl   collx-bench --transport tcp,cuda_ipc --gpu --vs nccl, p = 2 and 4 (NCCL from
 #                the machine's Python package nvidia-nccl-cu13, over loopback sockets)
 set -u
 cd "$(dirname "$0")/.."
@@ -42,10 +42,22 @@ cat "$out/gpu.txt"
 nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
 [ -n "$nccl" ] && export LD_LIBRARY_PATH="$nccl:${LD_LIBRARY_PATH:-}"
 summary=""
+# All checks together stay within one device call (10 minutes at most): each is cut to
+# what is left of GPU_CHECK_BUDGET seconds, and those that no longer fit are listed as
+# not run.
+budget=${GPU_CHECK_BUDGET:-540}
+began=$(date +%s)
 check() {  # check <name> <seconds> <command...>
   name=$1
   secs=$2
   shift 2
+  left=$((budget - ($(date +%s) - began)))
+  if [ "$left" -lt 15 ]; then
+    summary="$summary$(printf '%-11s %-22s' "$name" "not run (budget spent)")
+"
+    return
+  fi
+  [ "$secs" -gt "$left" ] && secs=$left
   start=$(date +%s)
   timeout "$secs" "$@" >"$out/$name.log" 2>&1
   rc=$?
@@ -60,17 +72,17 @@ check() {  # check <name> <seconds> <command...>
 "
   tail -3 "$out/$name.log"
 }
-check smoke 60 $B/tests/cuda/test_cuda_smoke
-check reduce 180 $B/tests/cuda/test_cuda_reduce
-check group 300 $B/tests/cuda/test_cuda_group
-check ipc 300 sh -c "$B/collx-run -n 2 -- $B/tests/cuda/cuda_ipc_worker"
-check kernels 180 $B/collx-cuda-kernels -b 1M -e 1G -n 20 --all
+check smoke 30 $B/tests/cuda/test_cuda_smoke
+check reduce 120 $B/tests/cuda/test_cuda_reduce
+check group 240 $B/tests/cuda/test_cuda_group
+check ipc 180 sh -c "$B/collx-run -n 2 -- $B/tests/cuda/cuda_ipc_worker"
+check kernels 90 $B/collx-cuda-kernels -b 1M -e 1G -n 20 --all
 for p in 2 4 8; do
-  check "bench-cuda$p" 120 $B/collx-bench --transport cuda --np $p -b 8 -e 256M -f 4 -n 20 -w 5 -c 1 \
+  check "bench-cuda$p" 60 $B/collx-bench --transport cuda --np $p -b 8 -e 256M -f 4 -n 20 -w 5 -c 1 \
     --csv "$out/bench-cuda$p.csv"
 done
 for p in 2 4; do
-  check "bench-nccl$p" 180 $B/collx-bench --transport tcp --gpu --vs nccl --np $p -b 8 -e 64M -f 4 -n 10 -w 3 \
+  check "bench-nccl$p" 120 $B/collx-bench --transport tcp,cuda_ipc --gpu --vs nccl --np $p -b 8 -e 64M -f 4 -n 10 -w 3 \
     -c 1 --csv "$out/bench-nccl$p.csv"
 done
 printf '\n%s' "$summary"
