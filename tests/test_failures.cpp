@@ -71,6 +71,32 @@ TEST_CASE("bad input is refused before any byte moves, on every rank, and leaves
   }));
 }
 
+namespace {
+std::vector<float> gpu_like(64, 1.0f);  // stands for GPU memory in the test below
+bool fake_probe(const void* p) noexcept {
+  return p >= static_cast<const void*>(gpu_like.data()) && p < static_cast<const void*>(gpu_like.data() + 64);
+}
+}  // namespace
+
+TEST_CASE("with a GPU object in the program, device buffers are refused by host communicators") {
+  // What collx::cuda's objects install (core/check.hpp), with a probe that calls one
+  // vector device memory: the call fails before a byte moves, and says what to use.
+  collx::detail::device_memory_probe.store(&fake_probe);
+  collx::local_world w(1);
+  collx::communicator c(w.transport(0));
+  std::vector<float> host(64, 2.0f);
+  try {
+    c.all_reduce(gpu_like.data(), host.data(), 64, dtype::f32, reduce_op::sum);
+    FAIL("device memory was taken");
+  } catch (const collx::error& e) {
+    CHECK(e.kind() == errc::invalid_argument);
+    CHECK(std::string(e.what()).find("input is GPU memory") != std::string::npos);
+  }
+  CHECK(host == std::vector<float>(64, 2.0f));
+  c.all_reduce(host.data(), host.data(), 64, dtype::f32, reduce_op::sum);  // host memory: fine
+  collx::detail::device_memory_probe.store(nullptr);
+}
+
 TEST_CASE("ranks that call different collectives all get an error saying what each called") {
   collx::communicator_config cfg;
   cfg.timeout = 20s;

@@ -37,6 +37,7 @@
 #include "collx/core/check.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
+#include "collx/cuda_staged.hpp"
 #include "collx/exec/cuda.cuh"
 #include "collx/exec/peer.hpp"
 
@@ -181,6 +182,7 @@ class group {
             ": set it (up to 32) in the environment before the program's first CUDA call");
       }
     }
+    install_device_memory_probe();
     auto& s = *s_;
     s.opt = opt;
     s.devices = std::move(devices);
@@ -397,7 +399,7 @@ class communicator {
     const std::string_view name = to_string(coll);
     check_async(name);
     const collx::detail::checked_call k =
-        collx::detail::check_call(coll, in, out, count, t, op, o, rank_, size());
+        collx::detail::check_call(coll, in, out, count, t, op, o, rank_, size(), false);
     const std::size_t es = size_of(t);
     if (count == 0) {  // nothing moves: every rank skips alike
       ++seq_;

@@ -171,6 +171,17 @@ TEST_CASE("cuda group: bad input is refused before anything is enqueued") {
   // None of that failed the communicator.
   c.all_reduce(d, d, 16, reduce_op::sum, s);
   c.synchronize(s);
+  // A host communicator refuses device memory instead of faulting on it, now that a GPU
+  // object exists in the program.
+  collx::local_world w(1);
+  collx::communicator on_host(w.transport(0));
+  try {
+    on_host.all_reduce(static_cast<const void*>(d), d + 32, 16, dtype::f32, reduce_op::sum);
+    FAIL("a host communicator took device memory");
+  } catch (const error& e) {
+    CHECK(e.kind() == errc::invalid_argument);
+    CHECK(std::string(e.what()).find("staged") != std::string::npos);
+  }
   cudaFree(d);
   cudaStreamDestroy(s);
 }

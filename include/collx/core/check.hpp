@@ -3,6 +3,7 @@
 // The checks every front end runs before a byte moves (collx::communicator, the GPU
 // group, the ipc communicator): what can be known on one rank about one call.
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -18,6 +19,12 @@
 
 namespace collx::detail {
 
+// Tells device memory from host memory, for the host front ends to refuse device buffers
+// with an error instead of faulting on them. Null (no check) until a program makes a GPU
+// object (collx::cuda::staged, group or ipc_communicator): asking the CUDA runtime costs
+// a microsecond a call, and would start CUDA in programs that never use it.
+inline std::atomic<bool (*)(const void*)> device_memory_probe{nullptr};
+
 // What the schedule runs on: in place, the input is null and output holds it.
 struct checked_call {
   bool in_place = false;
@@ -29,7 +36,7 @@ struct checked_call {
 // naming the call and the rank. In place when in == out (all_reduce), in == out +
 // rank*count (all_gather), or out == in + rank*count (reduce_scatter), as in NCCL.
 inline checked_call check_call(collective coll, const void* in, void* out, std::size_t count, dtype t,
-                               reduce_op op, const options& o, int rank, int size) {
+                               reduce_op op, const options& o, int rank, int size, bool host_memory = true) {
   const std::string_view name = to_string(coll);
   auto invalid = [&](const std::string& msg) {
     throw error(errc::invalid_argument, name, rank, error::no_rank, msg);
@@ -61,6 +68,14 @@ inline checked_call check_call(collective coll, const void* in, void* out, std::
   if (count == 0) return c;  // nothing will be touched: null pointers are fine
   if (in == nullptr || out == nullptr) {
     invalid(std::string(in == nullptr ? "input" : "output") + " is null with count " + std::to_string(count));
+  }
+  if (host_memory) {
+    if (const auto probe = device_memory_probe.load(std::memory_order_relaxed);
+        probe != nullptr && (probe(in) || probe(out))) {
+      invalid(std::string(probe(in) ? "input" : "output") +
+              " is GPU memory, which this communicator's transport moves through the host: wrap the "
+              "communicator in collx::cuda::staged, or use collx::cuda::group or ipc_communicator");
+    }
   }
   const auto ia = reinterpret_cast<std::uintptr_t>(in);
   const auto oa = reinterpret_cast<std::uintptr_t>(out);

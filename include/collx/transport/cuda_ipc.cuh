@@ -33,6 +33,7 @@ namespace collx::cuda {
 // The ipc protocol's memory on a GPU. All work goes to one stream of its own.
 class cuda_ipc_api {
  public:
+  static constexpr bool device_memory = true;
   struct memory {
     detail::device_ptr<std::byte> p;
     std::byte* get() const noexcept { return p.get(); }
@@ -64,6 +65,7 @@ class cuda_ipc_api {
   };
 
   explicit cuda_ipc_api(int device) : device_(device) {
+    install_device_memory_probe();
     detail::device_guard g(device_);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
   }

@@ -18,6 +18,7 @@
 // Both are set up once per communicator through the rendezvous store and reused.
 //
 // The Api is what the memory needs:
+//   static constexpr bool device_memory;          // the callers' buffers are GPU memory
 //   memory alloc(std::size_t bytes);               // owned, .get() -> std::byte*
 //   std::string export_handle(const memory&);       // what a peer needs to map it
 //   mapping open(const std::string& handle, std::size_t bytes);  // .get() -> std::byte*
@@ -299,7 +300,8 @@ class ipc_communicator {
       throw error(errc::aborted, name, rank_, error::no_rank,
                   "this communicator failed earlier (" + failure_ + "); create a new one");
     }
-    const detail::checked_call c = detail::check_call(coll, in, out, count, t, op, o, rank_, size_);
+    const detail::checked_call c =
+        detail::check_call(coll, in, out, count, t, op, o, rank_, size_, !Api::device_memory);
     const std::uint64_t seq = seq_++;
     if (count == 0) return;
     const std::size_t es = size_of(t);
@@ -368,6 +370,7 @@ class ipc_communicator {
 
 // Host memory in POSIX shared memory: the ipc protocol on any machine, for the tests.
 struct host_ipc_api {
+  static constexpr bool device_memory = false;
   struct memory {
     detail::shm_mapping m;
     std::string name;
