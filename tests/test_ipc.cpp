@@ -204,6 +204,31 @@ TEST_CASE("ipc: a rank that never calls is a timeout naming it, within the bound
   CHECK(leftovers() == 0);
 }
 
+TEST_CASE("ipc: abort() on one rank stops the others' calls with an error naming it") {
+  // Rank 1 aborts instead of calling; rank 0's call ends with peer_failure naming rank 1,
+  // long before its timeout. Exit codes: 30 + the rank named.
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto codes = fork_ranks(2, [](int r, store& st) {
+    ipc_options o = small_slots();
+    o.timeout = std::chrono::seconds(20);
+    ipc_communicator<host_ipc_api> c(st, r, 2, host_ipc_api{}, o);
+    if (r == 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      c.abort();
+      return c.failure().empty() ? 1 : 0;
+    }
+    try {
+      call_and_check<float>(c, collective::all_reduce, algorithm::ring, reduce_op::sum, 1000, false);
+    } catch (const error& e) {
+      return e.kind() == errc::peer_failure ? 30 + e.peer() : 2;
+    }
+    return 3;
+  });
+  CHECK(codes[0] == 31);
+  CHECK(codes[1] == 0);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(15));
+}
+
 TEST_CASE("ipc: ranks that call differently get a mismatch") {
   const auto codes = fork_ranks(2, [](int r, store& st) {
     ipc_communicator<host_ipc_api> c(st, r, 2, host_ipc_api{}, small_slots());
