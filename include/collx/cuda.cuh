@@ -372,15 +372,7 @@ class communicator {
       if (c.key == key) return c.view;
     }
     refuse_in_capture(stream, to_string(coll), "this call's shape has no program on the GPU yet");
-    algorithms::call_shape shape;
-    shape.coll = coll;
-    shape.rank = rank_;
-    shape.ranks = size();
-    shape.count = count;
-    shape.segment = segment;
-    shape.in_place = in_place;
-    const schedule s = algorithms::build(a, shape);
-    cached_program c{key, peer::compile(s), {}, {}};
+    cached_program c{key, peer::program_for(key, rank_, size()), {}, {}};
     c.bytes = allocate(c.image.bytes.size());
     cuda::check(cudaMemcpyAsync(c.bytes.get(), c.image.bytes.data(), c.image.bytes.size(),
                                 cudaMemcpyHostToDevice, upload_stream()),
@@ -388,7 +380,7 @@ class communicator {
     // Done before any stream's kernel can read it.
     cuda::check(cudaStreamSynchronize(upload_stream()), "cudaStreamSynchronize");
     c.view = c.image.view_at(c.bytes.get());
-    scratch_need_ = std::max<std::size_t>(scratch_need_, s.scratch_count);
+    scratch_need_ = std::max<std::size_t>(scratch_need_, c.image.scratch_count);
     // Kept while the communicator lives: freeing device memory may synchronize the device.
     programs_.push_back(std::move(c));
     return programs_.back().view;

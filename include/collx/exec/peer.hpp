@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "collx/algorithms/select.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/schedule/schedule.hpp"
@@ -179,6 +180,18 @@ inline std::uint64_t max_message(const schedule& s) noexcept {
     if (st.kind != step_kind::copy && st.count() > m) m = st.count();
   }
   return m;
+}
+
+// The program of one call shape: its schedule, built by the algorithm, compiled.
+inline program_image program_for(const program_key& k, int rank, int ranks) {
+  algorithms::call_shape shape;
+  shape.coll = k.coll;
+  shape.rank = rank;
+  shape.ranks = ranks;
+  shape.count = k.count;
+  shape.segment = k.segment;
+  shape.in_place = k.in_place;
+  return compile(algorithms::build(k.algo, shape));
 }
 
 // One receiver's mailboxes, for one lane: arrays indexed by sender.

@@ -235,17 +235,9 @@ class ipc_communicator {
                       "malformed address " + v);
         }
         const std::string peer_name = v.substr(0, bar);
-        auto& s = controls_[q];
-        s.fd = ::shm_open(peer_name.c_str(), O_RDWR | O_CLOEXEC, 0);
-        if (s.fd < 0) {
-          detail::throw_sys(errc::transport,
-                            "cannot open peer " + std::to_string(q) + "'s shared memory " + peer_name +
-                                " (CUDA IPC needs every rank on one host)",
-                            errno);
-        }
-        s.bytes = control_bytes();
-        detail::map_segment(s, peer_name);
-        const auto* ph = static_cast<const detail::ipc_control_header*>(s.base);
+        detail::open_segment(controls_[q], peer_name, control_bytes(), static_cast<int>(q),
+                             "CUDA IPC needs every rank on one host");
+        const auto* ph = static_cast<const detail::ipc_control_header*>(controls_[q].base);
         if (ph->ranks != p || ph->slots != opt_.slots || ph->slot_bytes != opt_.slot_bytes) {
           throw error(errc::invalid_argument, "ipc_communicator", rank_, static_cast<int>(q),
                       "peer " + std::to_string(q) + " was set up with different slots or rank count");
@@ -280,16 +272,8 @@ class ipc_communicator {
     for (auto& c : programs_) {
       if (c.key == key) return c.image;
     }
-    algorithms::call_shape shape;
-    shape.coll = key.coll;
-    shape.rank = rank_;
-    shape.ranks = size_;
-    shape.count = key.count;
-    shape.segment = key.segment;
-    shape.in_place = key.in_place;
-    const schedule s = algorithms::build(key.algo, shape);
     if (programs_.size() == 32) programs_.erase(programs_.begin());
-    programs_.push_back({key, peer::compile(s)});
+    programs_.push_back({key, peer::program_for(key, rank_, size_)});
     return programs_.back().image;
   }
 

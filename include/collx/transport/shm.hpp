@@ -196,6 +196,21 @@ inline void map_segment(shm_mapping& s, const std::string& name) {
   }
 }
 
+// Maps peer q's segment `name` of `bytes`; `needs` says what the transport needs, for
+// the error when the name cannot be opened (a peer on another host, most likely).
+inline void open_segment(shm_mapping& s, const std::string& name, std::size_t bytes, int q,
+                         std::string_view needs) {
+  s.fd = ::shm_open(name.c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (s.fd < 0) {
+    throw_sys(errc::transport,
+              "cannot open peer " + std::to_string(q) + "'s shared memory " + name + " (" +
+                  std::string(needs) + ")",
+              errno);
+  }
+  s.bytes = bytes;
+  map_segment(s, name);
+}
+
 }  // namespace detail
 
 class shm_transport {
@@ -615,16 +630,8 @@ class shm_transport {
     for (int q = 0; q < size_; ++q) {
       if (q == rank_) continue;
       const std::string peer_name = st.get(prefix + "/" + std::to_string(q), opt_.timeout);
-      auto& s = segs_[static_cast<std::size_t>(q)];
-      s.fd = ::shm_open(peer_name.c_str(), O_RDWR | O_CLOEXEC, 0);
-      if (s.fd < 0) {
-        detail::throw_sys(errc::transport,
-                          "cannot open peer " + std::to_string(q) + "'s shared memory " + peer_name +
-                              " (the shm transport needs every rank on one host)",
-                          errno);
-      }
-      s.bytes = segment_bytes();
-      detail::map_segment(s, peer_name);
+      detail::open_segment(segs_[static_cast<std::size_t>(q)], peer_name, segment_bytes(), q,
+                           "the shm transport needs every rank on one host");
       const auto& pc = control(q);
       if (pc.slot_bytes != opt_.slot_bytes || pc.slots != opt_.slots || pc.ranks != c.ranks) {
         throw error(errc::invalid_argument, "shm_transport", rank_, q,
