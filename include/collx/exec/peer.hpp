@@ -18,10 +18,12 @@
 // step queues (sends to each peer, receives from each peer, local copies), the first
 // whose dependencies are done and whose channel has data or room. Then every thread of
 // the lane moves it, and the leader publishes it. A receive that waits never blocks a
-// send, so any schedule the verifier accepts runs (messages over slots*slot_bytes
-// included, since pieces of a message are consumed as they come). Every wait is bounded:
-// a lane that runs out of time raises the world's abort word, and every other lane then
-// stops too, so a dead or stuck rank becomes an error on every rank, not a hang.
+// send. Messages must fit in a channel's slots (max_message below): executors cut
+// schedules into segments that do, since with a message larger than the slots two
+// partners whose reductions wait on their own sends (recursive doubling) deadlock. Every
+// wait is bounded: a lane that sees no piece move for its timeout raises the world's
+// abort word, and every other lane then stops too, so a dead or stuck rank becomes an
+// error on every rank, not a hang.
 //
 // All-reduce runs as `lanes` independent all-reduces over contiguous slices of the
 // buffer, one per lane (as NCCL's channels do): more thread blocks, more bandwidth.
@@ -49,8 +51,8 @@
 
 namespace collx::peer {
 
-// Ranks a world may have: sizes the leader's per-queue state, which lives in registers
-// or local memory on a GPU.
+// Ranks a world may have: sizes the leader's per-queue state (leader_state), which lies
+// in shared memory on a GPU.
 inline constexpr int max_ranks = 32;
 
 // One schedule step, flattened for a kernel.
