@@ -397,16 +397,7 @@ class nccl_runner final : public rank_runner {
 
 }  // namespace
 
-std::string no_device() {
-  int n = 0;
-  const cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    return std::string("no CUDA device (") + cudaGetErrorString(e) + ")";
-  }
-  if (n == 0) return "no CUDA device (cudaGetDeviceCount found none)";
-  return {};
-}
+std::string no_device() { return collx::cuda::no_device(); }
 
 int device_count() {
   int n = 0;

@@ -22,6 +22,7 @@
 #include "collx/core/dtype.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
+#include "collx/cuda_probe.hpp"
 #include "collx/exec/cuda_reduce.cuh"
 
 namespace {
@@ -220,11 +221,8 @@ int run(const options& o) {
 
 int main(int argc, char** argv) {
   const options o = parse(argc, argv);
-  int devices = 0;
-  const cudaError_t e = cudaGetDeviceCount(&devices);
-  if (e != cudaSuccess || devices == 0) {
-    std::printf("skipped: no CUDA device (%s)\n",
-                e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+  if (const std::string why = collx::cuda::no_device(); !why.empty()) {
+    std::printf("skipped: %s\n", why.c_str());
     return 77;
   }
   try {

@@ -21,25 +21,9 @@
 #include <string_view>
 
 #include "collx/communicator.hpp"
+#include "collx/cuda_probe.hpp"
 
 namespace collx::cuda {
-
-// Whether p is memory only a GPU can touch (cudaMalloc'd; managed and mapped host
-// memory are reachable from the host too).
-inline bool is_device_memory(const void* p) noexcept {
-  cudaPointerAttributes a{};
-  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return a.type == cudaMemoryTypeDevice;
-}
-
-// From now on, host communicators refuse device buffers with an error naming the way to
-// carry them (core/check.hpp). Called by every GPU object's constructor.
-inline void install_device_memory_probe() noexcept {
-  collx::detail::device_memory_probe.store(&is_device_memory, std::memory_order_relaxed);
-}
 
 class staged {
  public:

@@ -15,12 +15,12 @@
 #include "device_case.hpp"
 
 int main(int argc, char** argv) {
-  int devices = 0;
-  const cudaError_t e = cudaGetDeviceCount(&devices);
-  if (e != cudaSuccess || devices == 0) {
-    std::printf("skipped: no CUDA device (%s)\n", e != cudaSuccess ? cudaGetErrorString(e) : "none found");
+  if (const std::string why = collx::cuda::no_device(); !why.empty()) {
+    std::printf("skipped: %s\n", why.c_str());
     return 77;
   }
+  int devices = 0;
+  test::cuda_ok(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
   if (argc > 1 && std::strcmp(argv[1], "--probe") == 0) return 0;
   try {
     const collx::launch_info li = collx::launch_from_env();

@@ -5,18 +5,16 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
-#include <cuda_runtime.h>
+#include <collx/cuda_probe.hpp>
 
 int main(int argc, char** argv) {
   // Up to 8 ranks share one GPU in the tests, each with a stream of its own and one for
   // uploads: give each stream a hardware queue (read when CUDA starts, so first).
   ::setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
-  int devices = 0;
-  const cudaError_t e = cudaGetDeviceCount(&devices);
-  if (e != cudaSuccess || devices == 0) {
-    std::printf("skipped: no CUDA device (%s)\n",
-                e != cudaSuccess ? cudaGetErrorString(e) : "cudaGetDeviceCount found none");
+  if (const std::string why = collx::cuda::no_device(); !why.empty()) {
+    std::printf("skipped: %s\n", why.c_str());
     return 77;
   }
   doctest::Context ctx(argc, argv);

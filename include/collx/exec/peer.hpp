@@ -219,15 +219,21 @@ inline std::size_t mailbox_bytes(const world_view& w) noexcept {
   const auto p = static_cast<std::size_t>(w.ranks);
   return p * w.slots * w.slot_bytes + (2 * p + p * w.slots) * sizeof(std::uint64_t);
 }
-inline mailbox mailbox_at(std::byte* base, const world_view& w) noexcept {
-  const auto p = static_cast<std::size_t>(w.ranks);
+// The counters' layout: ready[p], acked[p], sig[p*slots], from `words` on; the slots
+// may lie elsewhere (in GPU memory, when the counters are in host shared memory).
+inline mailbox mailbox_over(std::byte* slots, std::uint64_t* words, int ranks) noexcept {
+  const auto p = static_cast<std::size_t>(ranks);
   mailbox m;
-  m.slots = base;
-  auto* words = reinterpret_cast<std::uint64_t*>(base + p * w.slots * w.slot_bytes);
+  m.slots = slots;
   m.ready = words;
   m.acked = words + p;
   m.sig = words + 2 * p;
   return m;
+}
+// Slots and counters in one block, counters after the slots.
+inline mailbox mailbox_at(std::byte* base, const world_view& w) noexcept {
+  const auto p = static_cast<std::size_t>(w.ranks);
+  return mailbox_over(base, reinterpret_cast<std::uint64_t*>(base + p * w.slots * w.slot_bytes), w.ranks);
 }
 
 enum class outcome : std::uint32_t { ok = 0, timeout = 1, mismatch = 2, peer_failed = 3 };

@@ -178,15 +178,10 @@ class ipc_communicator {
   }
   std::size_t inbox_bytes() const { return static_cast<std::size_t>(size_) * opt_.slots * opt_.slot_bytes; }
 
+  // The counters follow the header in each rank's control segment; the slots are its inbox.
   peer::mailbox mailbox_of(std::byte* control, std::byte* inbox) const {
-    const auto p = static_cast<std::size_t>(size_);
-    auto* words = reinterpret_cast<std::uint64_t*>(control + sizeof(detail::ipc_control_header));
-    peer::mailbox m;
-    m.slots = inbox;
-    m.ready = words;
-    m.acked = words + p;
-    m.sig = words + 2 * p;
-    return m;
+    return peer::mailbox_over(
+        inbox, reinterpret_cast<std::uint64_t*>(control + sizeof(detail::ipc_control_header)), size_);
   }
 
   void setup(store& st, const std::string& prefix) {
@@ -197,24 +192,9 @@ class ipc_communicator {
 
     // This rank's control segment and inbox, published as "<segment>|<inbox handle>".
     const std::string name = "/collx-ipc-" + job + "-" + std::to_string(rank_);
-    struct unlinker {
-      std::string name;
-      bool armed = true;
-      ~unlinker() {
-        if (armed) ::shm_unlink(name.c_str());
-      }
-    } guard{name};
+    detail::shm_unlinker guard{name};
     auto& mine = controls_[static_cast<std::size_t>(rank_)];
-    mine.fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-    if (mine.fd < 0) {
-      guard.armed = errno != EEXIST;
-      detail::throw_sys(errc::transport, "cannot create shared memory segment " + name, errno);
-    }
-    mine.bytes = control_bytes();
-    if (const int e = ::posix_fallocate(mine.fd, 0, static_cast<off_t>(mine.bytes)); e != 0) {
-      detail::throw_sys(errc::transport, "cannot reserve shared memory for " + name, e);
-    }
-    detail::map_segment(mine, name);
+    detail::create_segment(mine, guard, control_bytes(), " (is /dev/shm large enough?)");
     auto* header = static_cast<detail::ipc_control_header*>(mine.base);
     header->ranks = p;
     header->slots = opt_.slots;

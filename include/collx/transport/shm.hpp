@@ -196,6 +196,34 @@ inline void map_segment(shm_mapping& s, const std::string& name) {
   }
 }
 
+// A segment's name, unlinked when this goes unless disarmed: so nothing is left in
+// /dev/shm when setup fails before every rank has the segment mapped.
+struct shm_unlinker {
+  std::string name;
+  bool armed = true;
+  ~shm_unlinker() {
+    if (armed) ::shm_unlink(name.c_str());
+  }
+};
+
+// Creates this rank's segment guard.name, reserves its pages (a full /dev/shm must be an
+// error here, not a SIGBUS later; `hint` says how to need less) and maps it.
+inline void create_segment(shm_mapping& s, shm_unlinker& guard, std::size_t bytes, std::string_view hint) {
+  s.fd = ::shm_open(guard.name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
+  if (s.fd < 0) {
+    guard.armed = errno != EEXIST;  // a name in use is someone else's to unlink
+    throw_sys(errc::transport, "cannot create shared memory segment " + guard.name, errno);
+  }
+  s.bytes = bytes;
+  if (const int e = ::posix_fallocate(s.fd, 0, static_cast<off_t>(bytes)); e != 0) {
+    throw_sys(errc::transport,
+              "cannot reserve " + std::to_string(bytes >> 20) + " MiB of shared memory for " + guard.name +
+                  std::string(hint),
+              e);
+  }
+  map_segment(s, guard.name);
+}
+
 // Maps peer q's segment `name` of `bytes`; `needs` says what the transport needs, for
 // the error when the name cannot be opened (a peer on another host, most likely).
 inline void open_segment(shm_mapping& s, const std::string& name, std::size_t bytes, int q,
@@ -595,30 +623,11 @@ class shm_transport {
 
     // Our segment: created, sized, locked, published; unlinked as soon as everyone
     // has it mapped (and on any failure before that).
-    struct unlinker {
-      std::string name;
-      bool armed = true;
-      ~unlinker() {
-        if (armed) ::shm_unlink(name.c_str());
-      }
-    } guard{name};
-    const int fd = ::shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC, 0600);
-    if (fd < 0) {
-      guard.armed = errno != EEXIST;
-      detail::throw_sys(errc::transport, "cannot create shared memory segment " + name, errno);
-    }
+    detail::shm_unlinker guard{name};
     auto& mine = segs_[static_cast<std::size_t>(rank_)];
-    mine.fd = fd;
-    mine.bytes = segment_bytes();
-    // Reserve the pages now: a full /dev/shm must be an error here, not a SIGBUS later.
-    if (const int e = ::posix_fallocate(fd, 0, static_cast<off_t>(mine.bytes)); e != 0) {
-      detail::throw_sys(errc::transport,
-                        "cannot reserve " + std::to_string(mine.bytes >> 20) + " MiB of shared memory for " +
-                            name +
-                            " (is /dev/shm large enough? COLLX_SHM_SLOT_BYTES and COLLX_SHM_SLOTS shrink it)",
-                        e);
-    }
-    detail::map_segment(mine, name);
+    detail::create_segment(mine, guard, segment_bytes(),
+                           " (is /dev/shm large enough? COLLX_SHM_SLOT_BYTES and COLLX_SHM_SLOTS shrink it)");
+    const int fd = mine.fd;
     if (::flock(fd, LOCK_EX | LOCK_NB) != 0) detail::throw_sys(errc::transport, "flock " + name, errno);
     auto& c = control(rank_);
     c.pid = static_cast<std::int32_t>(::getpid());

@@ -1,0 +1,46 @@
+#pragma once
+
+// What collx asks of the CUDA runtime about the machine and about pointers, for the GPU
+// front ends, the tests and collx-bench alike. Host code: needs the CUDA runtime's
+// header and library (collx::cuda), not nvcc.
+
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <string>
+
+#include "collx/core/check.hpp"
+
+namespace collx::cuda {
+
+// Empty when a CUDA device answers; otherwise why not, e.g. "no CUDA device (CUDA driver
+// version is insufficient for CUDA runtime version)". GPU tests skip with it.
+inline std::string no_device() {
+  int n = 0;
+  const cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return std::string("no CUDA device (") + cudaGetErrorString(e) + ")";
+  }
+  if (n == 0) return "no CUDA device (cudaGetDeviceCount found none)";
+  return {};
+}
+
+// Whether p is memory only a GPU can touch (cudaMalloc'd; managed and mapped host
+// memory are reachable from the host too).
+inline bool is_device_memory(const void* p) noexcept {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeDevice;
+}
+
+// From now on, host communicators refuse device buffers with an error naming the way to
+// carry them (core/check.hpp). Called by every GPU object's constructor.
+inline void install_device_memory_probe() noexcept {
+  collx::detail::device_memory_probe.store(&is_device_memory, std::memory_order_relaxed);
+}
+
+}  // namespace collx::cuda
