@@ -35,12 +35,7 @@ namespace bench::gpu {
 
 namespace {
 
-void ok(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    throw collx::error(collx::errc::transport, "collx-bench", collx::error::no_rank, collx::error::no_rank,
-                       std::string(what) + ": " + cudaGetErrorString(e));
-  }
-}
+using collx::cuda::check;
 
 // One rank's stream and device buffers, `cap` bytes each, made once on `device`.
 struct rank_buffers {
@@ -51,12 +46,12 @@ struct rank_buffers {
   std::byte* b = nullptr;
 
   rank_buffers(int dev, std::size_t bytes) : device(dev), cap(std::max<std::size_t>(bytes, 16)) {
-    ok(cudaSetDevice(device), "cudaSetDevice");
-    ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    check(cudaSetDevice(device), "cudaSetDevice");
+    check(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     void* p = nullptr;
-    ok(cudaMalloc(&p, cap), "cudaMalloc");
+    check(cudaMalloc(&p, cap), "cudaMalloc");
     a = static_cast<std::byte*>(p);
-    ok(cudaMalloc(&p, cap), "cudaMalloc");
+    check(cudaMalloc(&p, cap), "cudaMalloc");
     b = static_cast<std::byte*>(p);
   }
   ~rank_buffers() {
@@ -91,7 +86,8 @@ baseline_result drive(const baseline_case& c, int rank, int ranks, rank_buffers&
   std::vector<std::byte> host_in(in_n * es);
   if (in_n > 0) data.fill(host_in.data(), rank, in_n);
   if (!host_in.empty())
-    ok(cudaMemcpyAsync(buf.a, host_in.data(), host_in.size(), cudaMemcpyHostToDevice, buf.stream), "copy in");
+    check(cudaMemcpyAsync(buf.a, host_in.data(), host_in.size(), cudaMemcpyHostToDevice, buf.stream),
+          "copy in");
   std::byte* send = buf.a;
   std::byte* recv = buf.b;
   if (c.in_place) {
@@ -102,8 +98,8 @@ baseline_result drive(const baseline_case& c, int rank, int ranks, rank_buffers&
   const std::byte* result = recv;
   auto prepare = [&] {
     if (c.in_place && in_n > 0) {
-      ok(cudaMemcpyAsync(buf.b + at * es, buf.a, in_n * es, cudaMemcpyDeviceToDevice, buf.stream),
-         "copy in place");
+      check(cudaMemcpyAsync(buf.b + at * es, buf.a, in_n * es, cudaMemcpyDeviceToDevice, buf.stream),
+            "copy in place");
     }
   };
   const std::function<void()> once = make(send, recv);
@@ -119,13 +115,13 @@ baseline_result drive(const baseline_case& c, int rank, int ranks, rank_buffers&
   r.time_us = g.max(t) * 1e6;
   r.wrong = -1;
   if (!c.check) return r;
-  if (region > 0) ok(cudaMemsetAsync(buf.b, 0xff, region, buf.stream), "poisoning the result");
+  if (region > 0) check(cudaMemsetAsync(buf.b, 0xff, region, buf.stream), "poisoning the result");
   prepare();
   once();
   std::vector<std::byte> host_out(out_n * es);
   if (!host_out.empty()) {
-    ok(cudaMemcpyAsync(host_out.data(), result, host_out.size(), cudaMemcpyDeviceToHost, buf.stream),
-       "copy back");
+    check(cudaMemcpyAsync(host_out.data(), result, host_out.size(), cudaMemcpyDeviceToHost, buf.stream),
+          "copy back");
   }
   sync();
   r.wrong = g.sum(out_n > 0 ? data.check(host_out.data(), rank, out_n) : 0);
@@ -178,7 +174,7 @@ class comm_runner final : public rank_runner {
         if constexpr (requires { comm_.synchronize(buf_.stream); }) {
           comm_.synchronize(buf_.stream);  // throws if a call failed
         } else {
-          ok(cudaStreamSynchronize(buf_.stream), "cudaStreamSynchronize");
+          check(cudaStreamSynchronize(buf_.stream), "cudaStreamSynchronize");
         }
       };
       baseline_result r = drive(c, comm_.rank(), comm_.size(), buf_, data, make, sync, ops_);
@@ -375,7 +371,7 @@ class nccl_runner final : public rank_runner {
         return [] {};
       };
       auto sync = [&] {
-        ok(cudaStreamSynchronize(buf_.stream), "cudaStreamSynchronize");
+        collx::cuda::check(cudaStreamSynchronize(buf_.stream), "cudaStreamSynchronize");
         ncclResult_t async = ncclSuccess;
         check(api.CommGetAsyncError(comm_, &async), "ncclCommGetAsyncError");
         check(async, "NCCL's asynchronous error");
@@ -456,7 +452,7 @@ std::unique_ptr<rank_runner> make_nccl(int rank, int size, int device, std::size
     return nullptr;
   }
   const nccl_api& api = nccl();
-  ok(cudaSetDevice(device), "cudaSetDevice");
+  check(cudaSetDevice(device), "cudaSetDevice");
   // Rank 0's unique id, or why it has none, through the harness's store.
   std::string sent;
   if (rank == 0) {

@@ -1,17 +1,28 @@
 #pragma once
 
-// What collx asks of the CUDA runtime about the machine and about pointers, for the GPU
-// front ends, the tests and collx-bench alike. Host code: needs the CUDA runtime's
-// header and library (collx::cuda), not nvcc.
+// What collx asks of the CUDA runtime (about the machine, about pointers) and how it
+// reports CUDA's failures, for the GPU front ends, the tests and collx-bench alike. Host
+// code: needs the CUDA runtime's header and library (collx::cuda), not nvcc.
 
 #include <cuda_runtime.h>
 
 #include <atomic>
 #include <string>
+#include <string_view>
 
 #include "collx/core/check.hpp"
+#include "collx/core/error.hpp"
 
 namespace collx::cuda {
+
+// Throws collx::error (errc::transport: collx has no CUDA code of its own) naming the
+// failed call and CUDA's reason.
+inline void check(cudaError_t e, std::string_view what) {
+  if (e == cudaSuccess) return;
+  std::string msg(what);
+  msg.append(": ").append(cudaGetErrorString(e));
+  throw error(errc::transport, "cuda", error::no_rank, error::no_rank, msg);
+}
 
 // Empty when a CUDA device answers; otherwise why not, e.g. "no CUDA device (CUDA driver
 // version is insufficient for CUDA runtime version)". GPU tests skip with it.

@@ -74,13 +74,6 @@ class staged {
   collx::communicator& host_communicator() noexcept { return c_; }
 
  private:
-  static void check(cudaError_t e, std::string_view what) {
-    if (e != cudaSuccess) {
-      throw error(errc::transport, "cuda", error::no_rank, error::no_rank,
-                  std::string(what) + ": " + cudaGetErrorString(e));
-    }
-  }
-
   // What can be known before a byte moves; the host communicator checks the rest.
   std::size_t checked_bytes(std::string_view coll, const void* in, const void* out, std::size_t count,
                             dtype t, int factor) const {

@@ -35,17 +35,9 @@
 #include "collx/core/dtype.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
+#include "collx/cuda_probe.hpp"
 
 namespace collx::cuda {
-
-// Throws collx::error (errc::transport: collx has no CUDA code of its own) naming the
-// failed call and CUDA's reason.
-inline void check(cudaError_t e, std::string_view what) {
-  if (e == cudaSuccess) return;
-  std::string msg(what);
-  msg.append(": ").append(cudaGetErrorString(e));
-  throw error(errc::transport, "cuda", error::no_rank, error::no_rank, msg);
-}
 
 namespace detail {
 
