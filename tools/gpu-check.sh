@@ -14,6 +14,7 @@
 #   group        p = 2, 4, 8 ranks on one GPU in one process: every collective,
 #                algorithm, type, reduction; errors; graph capture; staged host path
 #   ipc          2 processes over CUDA IPC under collx-run, every collective ...
+#   hier         4 processes as 2 emulated nodes x 2: CUDA IPC inside, staged tcp across
 #   kernels      reduce and copy kernels in GB/s against cudaMemcpy (collx-cuda-kernels)
 #   bench-cuda   collx-bench --transport cuda, p = 2, 4, 8, 8 B..256 MiB, -c 1 (#wrong)
 #   bench-nccl   collx-bench --transport tcp,cuda_ipc --gpu --vs nccl, p = 2 and 4 (NCCL from
@@ -30,7 +31,7 @@ if [ "$mode" = build ]; then
     -DCMAKE_DISABLE_FIND_PACKAGE_MPI=ON -DCOLLX_BENCH_GLOO=OFF \
     -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null || exit 1
   cmake --build $B -j "$(nproc)" --target test_cuda_smoke test_cuda_reduce test_cuda_group \
-    cuda_ipc_worker collx_run collx_bench collx_cuda_kernels || exit 1
+    cuda_ipc_worker cuda_hier_worker collx_run collx_bench collx_cuda_kernels || exit 1
   du -sh $B/tests/cuda/test_cuda_* $B/tests/cuda/cuda_ipc_worker $B/collx-run $B/collx-bench \
     $B/collx-cuda-kernels 2>/dev/null
   # What the binaries still need from the system: the C library, and no more.
@@ -81,6 +82,7 @@ check smoke 30 $B/tests/cuda/test_cuda_smoke
 check reduce 120 $B/tests/cuda/test_cuda_reduce
 check group 240 $B/tests/cuda/test_cuda_group
 check ipc 180 sh -c "$B/tests/cuda/cuda_ipc_worker --probe && $B/collx-run -n 2 -- $B/tests/cuda/cuda_ipc_worker"
+check hier 150 sh -c "$B/tests/cuda/cuda_hier_worker --probe && $B/collx-run -n 4 -- $B/tests/cuda/cuda_hier_worker --nodes 2"
 check kernels 90 $B/collx-cuda-kernels -b 1M -e 1G -n 20 --all
 for p in 2 4 8; do
   check "bench-cuda$p" 60 $B/collx-bench --transport cuda --np $p -b 8 -e 256M -f 4 -n 20 -w 5 -c 1 \

@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cstddef>
 #include <string>
 #include <string_view>
 
@@ -46,6 +47,19 @@ inline bool is_device_memory(const void* p) noexcept {
     return false;
   }
   return a.type == cudaMemoryTypeDevice;
+}
+
+// Refuses (collx::error, before any byte moves) a call on buffers that are not device
+// memory, for the GPU front ends whose copy engines and kernels need device pointers.
+inline void require_device_memory(std::string_view coll, int rank, const void* in, const void* out,
+                                  std::size_t count) {
+  if (count == 0) return;
+  for (const void* ptr : {in, out}) {
+    if (!is_device_memory(ptr)) {
+      throw error(errc::invalid_argument, coll, rank, error::no_rank,
+                  std::string(ptr == in ? "input" : "output") + " is not device memory");
+    }
+  }
 }
 
 // From now on, host communicators refuse device buffers with an error naming the way to

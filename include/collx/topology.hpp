@@ -11,24 +11,9 @@
 // else the host name. Every node must hold the same number of ranks (else a clear
 // error). Inside a node the ranks are ordered by global rank: local index l.
 //
-// Hierarchical all-reduce of n elements, L ranks per node, N nodes:
-//   1. intra-node reduce-scatter: local rank l holds the node's sum of shard l (n/L);
-//   2. inter-node all-reduce of shard l among the N ranks with local index l, all L
-//      shards at once, each over its own connections;
-//   3. intra-node all-gather of the shards.
-// Every byte crosses the node's link 2(N-1)/N * n / L times per local rank, L ranks at
-// once: 2(N-1)/N * n in all, against 2(P-1)/P * n for a flat ring whose busiest edges
-// cross nodes. Elements past the last whole shard (n mod L) go the flat way: an intra
-// all-reduce, then an inter all-reduce.
-// All-gather: inter-node all-gather of each rank's block among its local index's group,
-// then intra-node all-gather, then the blocks put in global rank order. Reduce-scatter:
-// the reverse (blocks ordered by local index, intra reduce-scatter, inter reduce-scatter).
-//
-// Leader variant, for small messages: intra-node all-reduce, inter-node all-reduce among
-// the nodes' first ranks (local index 0) only, then the leader's result handed to its
-// node (an intra-node all-gather of which each rank keeps block 0: collx has no
-// broadcast yet). Fewer inter-node messages per node than the sharded way (one group,
-// not L).
+// The composition itself (what moves at each level, for any memory) is
+// algorithms/hierarchical.hpp; this header finds the nodes, builds the communicators and
+// chooses a way.
 //
 // The cost of each way, with separate intra- and inter-node parameters (the L
 // inter-node groups share the node's link, so inter-node beta counts L times), is
@@ -45,8 +30,10 @@
 #include <string>
 #include <vector>
 
+#include "collx/algorithms/hierarchical.hpp"
 #include "collx/algorithms/select.hpp"
 #include "collx/communicator.hpp"
+#include "collx/core/check.hpp"
 #include "collx/init.hpp"
 
 namespace collx {
@@ -98,8 +85,6 @@ struct node_layout {
   }
 };
 
-enum class hier_way { automatic, flat, hierarchical, leader };
-
 struct hierarchical_options {
   // The model's parameters inside a node (shared memory) and on one node's link to the
   // others. The inter-node defaults describe a 1 Gbit/s network with 50 us latency; give
@@ -109,45 +94,131 @@ struct hierarchical_options {
   hier_way way = hier_way::automatic;
 };
 
+// Predicted seconds of an all-reduce of `bytes` (the whole buffer) each way.
+inline double hier_predict(const node_layout& t, const hierarchical_options& ho, hier_way way, double bytes) {
+  const int P = t.nodes * t.per_node;
+  const int L = t.per_node;
+  const int N = t.nodes;
+  auto ring = [](collective c, int p, double b, const cost_params& m) {
+    return algorithms::predicted_seconds(algorithm::ring, c, p, b, m);
+  };
+  if (way == hier_way::flat) {
+    // A flat ring's busiest edges cross nodes when there are several.
+    return ring(collective::all_reduce, P, bytes, N > 1 ? ho.inter : ho.intra);
+  }
+  auto best = [](collective c, int p, double b, const cost_params& m) {
+    return algorithms::predicted_seconds(algorithms::choose(c, p, b, m), c, p, b, m);
+  };
+  if (way == hier_way::leader) {
+    return best(collective::all_reduce, L, bytes, ho.intra) +
+           best(collective::all_reduce, N, bytes, ho.inter) +
+           best(collective::all_gather, L, bytes * L, ho.intra);
+  }
+  cost_params shared = ho.inter;
+  shared.beta *= L;  // the L groups share the node's link
+  return ring(collective::reduce_scatter, L, bytes, ho.intra) +
+         ring(collective::all_reduce, N, bytes / L, shared) +
+         ring(collective::all_gather, L, bytes, ho.intra);
+}
+
+// The cheapest way for `bytes` by the model, unless the options name one.
+inline hier_way hier_choose(const node_layout& t, const hierarchical_options& ho, double bytes) {
+  if (ho.way != hier_way::automatic) return ho.way;
+  if (t.nodes == 1 || t.per_node == 1) return hier_way::flat;
+  hier_way w = hier_way::flat;
+  for (hier_way c : {hier_way::hierarchical, hier_way::leader}) {
+    if (hier_predict(t, ho, c, bytes) < hier_predict(t, ho, w, bytes)) w = c;
+  }
+  return w;
+}
+
+namespace detail {
+
+// A launched job's environment and its store; refused without a launcher.
+struct launched {
+  launch_info li;
+  std::shared_ptr<collx::store> st;
+};
+inline launched launched_job(std::chrono::milliseconds timeout) {
+  launch_info li = launch_from_env();
+  if (li.launcher == "none") {
+    throw error(errc::invalid_argument, "topology", error::no_rank, error::no_rank,
+                "no launcher: start the ranks with collx-run, mpirun, srun or torchrun's environment");
+  }
+  std::shared_ptr<collx::store> st = store_from(li, timeout);
+  return {std::move(li), std::move(st)};
+}
+
+// What every hierarchy sets up alike, in the same order on every rank: the layout, a
+// name for this node's shared segments, the world (the flat way) and this rank's group
+// across nodes, both over tcp. The caller adds the node's own communicator.
+struct hier_base {
+  node_layout t;
+  std::string node_job;
+  communicator_config cfg;
+  communicator world;
+  communicator across;
+};
+
+inline hier_base hier_setup(const std::shared_ptr<collx::store>& st, const launch_info& li,
+                            communicator_config cfg) {
+  node_layout t = node_layout::discover(*st, li.rank, li.size, cfg.timeout);
+  // Segment names must differ between nodes that share a /dev/shm (emulated hosts).
+  std::string job = env_str("COLLX_JOB_ID");
+  if (job.empty()) {
+    if (li.rank == 0) st->set("collx/topology/job", std::to_string(std::random_device{}()));
+    job = "h" + st->get("collx/topology/job", cfg.timeout);
+  }
+  const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
+  cfg.model = agree(*st, li, cfg, "collx/hier").model;  // one automatic choice
+  communicator world(tcp_transport(*st, li.rank, li.size, host, tcp_options{}, "collx/hier/world"), cfg, st);
+  communicator across(tcp_transport(*st, t.node, t.nodes, host, tcp_options{},
+                                    "collx/hier/across" + std::to_string(t.local) + "/tcp"),
+                      cfg, st);
+  std::string node_job = job + "-n" + std::to_string(t.node);
+  return {std::move(t), std::move(node_job), cfg, std::move(world), std::move(across)};
+}
+
+// Host memory for the composition: copies, and scratch kept between calls (fresh pages
+// cost a fault each on first touch: on the project's VM, 128 MiB of them took longer
+// than the collective itself).
+struct host_hier_memory {
+  std::vector<std::byte> area[2];
+  static void copy(std::byte* dst, const std::byte* src, std::size_t bytes) {
+    if (bytes != 0) std::memmove(dst, src, bytes);
+  }
+  std::byte* scratch(int i, std::size_t bytes) {
+    auto& b = area[i];
+    if (b.size() < bytes) b.resize(bytes);
+    return b.data();
+  }
+};
+
+inline std::byte* bytes_of(const void* p) { return static_cast<std::byte*>(const_cast<void*>(p)); }
+
+}  // namespace detail
+
 class hierarchical {
  public:
   // From a launched job's environment (init.hpp): the world over tcp (the flat way), the
   // node over shm, and one tcp communicator per local index across nodes.
   static hierarchical from_env(communicator_config cfg = {}, hierarchical_options ho = {}) {
-    const launch_info li = launch_from_env();
-    if (li.launcher == "none") {
-      throw error(errc::invalid_argument, "topology", error::no_rank, error::no_rank,
-                  "no launcher: start the ranks with collx-run, mpirun, srun or torchrun's environment");
-    }
-    std::shared_ptr<store> st = store_from(li, cfg.timeout);
-    hierarchical h = make(st, li, cfg, ho);
-    detail::retire_store(*st, li, cfg.timeout);
+    const detail::launched j = detail::launched_job(cfg.timeout);
+    hierarchical h = make(j.st, j.li, cfg, ho);
+    detail::retire_store(*j.st, j.li, cfg.timeout);
     return h;
   }
 
   static hierarchical make(const std::shared_ptr<store>& st, const launch_info& li,
                            communicator_config cfg = {}, hierarchical_options ho = {}) {
-    node_layout t = node_layout::discover(*st, li.rank, li.size, cfg.timeout);
-    // Segment names must differ between nodes that share a /dev/shm (emulated hosts).
-    std::string job = detail::env_str("COLLX_JOB_ID");
-    if (job.empty()) {
-      if (li.rank == 0) st->set("collx/topology/job", std::to_string(std::random_device{}()));
-      job = "h" + st->get("collx/topology/job", cfg.timeout);
-    }
-    const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
-    cfg.model = detail::agree(*st, li, cfg, "collx/hier").model;  // one automatic choice
-    communicator world(tcp_transport(*st, li.rank, li.size, host, tcp_options{}, "collx/hier/world"), cfg,
-                       st);
+    detail::hier_base b = detail::hier_setup(st, li, cfg);
     shm_options so;
-    so.timeout = cfg.timeout;
-    so.job_id = job + "-n" + std::to_string(t.node);
-    communicator node(
-        shm_transport(*st, t.local, t.per_node, so, "collx/hier/node" + std::to_string(t.node) + "/shm"), cfg,
-        st);
-    communicator across(tcp_transport(*st, t.node, t.nodes, host, tcp_options{},
-                                      "collx/hier/across" + std::to_string(t.local) + "/tcp"),
-                        cfg, st);
-    return hierarchical(std::move(t), std::move(world), std::move(node), std::move(across), ho);
+    so.timeout = b.cfg.timeout;
+    so.job_id = b.node_job;
+    communicator node(shm_transport(*st, b.t.local, b.t.per_node, so,
+                                    "collx/hier/node" + std::to_string(b.t.node) + "/shm"),
+                      b.cfg, st);
+    return hierarchical(std::move(b.t), std::move(b.world), std::move(node), std::move(b.across), ho);
   }
 
   hierarchical(node_layout t, communicator world, communicator node, communicator across,
@@ -165,45 +236,12 @@ class hierarchical {
   communicator& node() { return node_; }
   communicator& across() { return across_; }
 
-  // Predicted seconds of an all-reduce of `bytes` (the whole buffer) each way.
-  double predict(hier_way way, double bytes) const {
-    const int P = size();
-    const int L = t_.per_node;
-    const int N = t_.nodes;
-    auto ring = [](collective c, int p, double b, const cost_params& m) {
-      return algorithms::predicted_seconds(algorithm::ring, c, p, b, m);
-    };
-    if (way == hier_way::flat) {
-      // A flat ring's busiest edges cross nodes when there are several.
-      return ring(collective::all_reduce, P, bytes, N > 1 ? ho_.inter : ho_.intra);
-    }
-    auto best = [](collective c, int p, double b, const cost_params& m) {
-      return algorithms::predicted_seconds(algorithms::choose(c, p, b, m), c, p, b, m);
-    };
-    if (way == hier_way::leader) {
-      return best(collective::all_reduce, L, bytes, ho_.intra) +
-             best(collective::all_reduce, N, bytes, ho_.inter) +
-             best(collective::all_gather, L, bytes * L, ho_.intra);
-    }
-    cost_params shared = ho_.inter;
-    shared.beta *= L;  // the L groups share the node's link
-    return ring(collective::reduce_scatter, L, bytes, ho_.intra) +
-           ring(collective::all_reduce, N, bytes / L, shared) +
-           ring(collective::all_gather, L, bytes, ho_.intra);
-  }
-
-  hier_way choose(double bytes) const {
-    if (ho_.way != hier_way::automatic) return ho_.way;
-    if (t_.nodes == 1 || t_.per_node == 1) return hier_way::flat;
-    hier_way w = hier_way::flat;
-    for (hier_way c : {hier_way::hierarchical, hier_way::leader}) {
-      if (predict(c, bytes) < predict(w, bytes)) w = c;
-    }
-    return w;
-  }
+  double predict(hier_way way, double bytes) const { return hier_predict(t_, ho_, way, bytes); }
+  hier_way choose(double bytes) const { return hier_choose(t_, ho_, bytes); }
 
   template <class T>
   void all_reduce(std::span<T> data, reduce_op op, hier_way way = hier_way::automatic) {
+    check(collective::all_reduce, data.data(), data.data(), data.size(), dtype_v<T>, op);
     if (way == hier_way::automatic) way = choose(static_cast<double>(data.size_bytes()));
     if (way == hier_way::flat || t_.nodes == 1 || t_.per_node == 1) {
       options o;
@@ -211,92 +249,42 @@ class hierarchical {
       world_.all_reduce(data, op, o);
       return;
     }
-    const std::size_t L = static_cast<std::size_t>(t_.per_node);
-    if (way == hier_way::leader) {
-      node_.all_reduce(data, op);
-      if (t_.local == 0) {
-        options o;
-        o.algo = algorithm::ring;
-        across_.all_reduce(data, op, o);  // only the leaders' group
-      }
-      auto all = scratch<T>(0, data.size() * L);
-      node_.all_gather(std::span<const T>(data.data(), data.size()), all);
-      std::copy_n(all.begin(), data.size(), data.begin());  // the leader's block
-      return;
-    }
-    const std::size_t shard = data.size() / L;
-    const std::size_t whole = shard * L;
-    if (shard > 0) {
-      auto main = data.first(whole);
-      node_.reduce_scatter(main, op);  // in place: shard `local` holds the node's reduction
-      auto mine = main.subspan(static_cast<std::size_t>(t_.local) * shard, shard);
-      across_.all_reduce(mine, op);
-      node_.all_gather(main);
-    }
-    if (whole < data.size()) {
-      auto rest = data.subspan(whole);
-      node_.all_reduce(rest, op);
-      across_.all_reduce(rest, op);
-    }
+    levels().all_reduce(detail::bytes_of(data.data()), data.size(), dtype_v<T>, op, way, {});
   }
 
   // out.size() == in.size() * size(): rank q's block at out[q * n].
   template <class T>
   void all_gather(std::span<const T> in, std::span<T> out) {
-    const std::size_t n = in.size();
-    check_sizes("all_gather", out.size(), n);
+    check_sizes("all_gather", out.size(), in.size());
+    check(collective::all_gather, in.data(), out.data(), in.size(), dtype_v<T>, reduce_op::sum);
     if (t_.nodes == 1 || t_.per_node == 1) {
       world_.all_gather(in, out);
       return;
     }
-    const auto N = static_cast<std::size_t>(t_.nodes);
-    const auto L = static_cast<std::size_t>(t_.per_node);
-    auto group = scratch<T>(0, N * n);  // blocks of (k, my local) for every node k
-    across_.all_gather(in, group);
-    auto all = scratch<T>(1, L * N * n);  // [l][k] blocks
-    node_.all_gather(std::span<const T>(group), all);
-    for (std::size_t l = 0; l < L; ++l) {
-      for (std::size_t k = 0; k < N; ++k) {
-        const auto q = static_cast<std::size_t>(t_.rank_of[k][l]);
-        std::copy_n(all.begin() + static_cast<std::ptrdiff_t>((l * N + k) * n), n,
-                    out.begin() + static_cast<std::ptrdiff_t>(q * n));
-      }
-    }
+    levels().all_gather(detail::bytes_of(in.data()), detail::bytes_of(out.data()), in.size(), dtype_v<T>, {});
   }
 
   // in.size() == out.size() * size(): rank q's result is the reduction of every rank's
   // block q.
   template <class T>
   void reduce_scatter(std::span<const T> in, std::span<T> out, reduce_op op) {
-    const std::size_t n = out.size();
-    check_sizes("reduce_scatter", in.size(), n);
+    check_sizes("reduce_scatter", in.size(), out.size());
+    check(collective::reduce_scatter, in.data(), out.data(), out.size(), dtype_v<T>, op);
     if (t_.nodes == 1 || t_.per_node == 1) {
       world_.reduce_scatter(in, out, op);
       return;
     }
-    const auto N = static_cast<std::size_t>(t_.nodes);
-    const auto L = static_cast<std::size_t>(t_.per_node);
-    auto byl = scratch<T>(0, L * N * n);  // [l][k]: block of rank (k, l)
-    for (std::size_t l = 0; l < L; ++l) {
-      for (std::size_t k = 0; k < N; ++k) {
-        const auto q = static_cast<std::size_t>(t_.rank_of[k][l]);
-        std::copy_n(in.begin() + static_cast<std::ptrdiff_t>(q * n), n,
-                    byl.begin() + static_cast<std::ptrdiff_t>((l * N + k) * n));
-      }
-    }
-    auto group = scratch<T>(1, N * n);
-    node_.reduce_scatter(std::span<const T>(byl), group, op);
-    across_.reduce_scatter(std::span<const T>(group), out, op);
+    levels().reduce_scatter(detail::bytes_of(in.data()), detail::bytes_of(out.data()), out.size(), dtype_v<T>,
+                            op, {});
   }
 
  private:
-  // Working space kept between calls: fresh pages cost a fault each on first touch (on
-  // the project's VM, 128 MiB of them took longer than the collective itself).
-  template <class T>
-  std::span<T> scratch(int i, std::size_t n) {
-    auto& b = scratch_[i];
-    if (b.size() < n * sizeof(T)) b.resize(n * sizeof(T));
-    return {reinterpret_cast<T*>(b.data()), n};
+  using levels_t = algorithms::hier_levels<node_layout, communicator, communicator, detail::host_hier_memory>;
+  levels_t levels() { return {t_, node_, across_, mem_}; }
+
+  // Every rank refuses bad input alike, before any level moves a byte.
+  void check(collective c, const void* in, void* out, std::size_t n, dtype t, reduce_op op) const {
+    detail::check_call(c, in, out, n, t, op, {}, rank(), size());
   }
 
   void check_sizes(const char* what, std::size_t whole, std::size_t n) const {
@@ -312,7 +300,7 @@ class hierarchical {
   communicator node_;
   communicator across_;
   hierarchical_options ho_;
-  std::vector<std::byte> scratch_[2];
+  detail::host_hier_memory mem_;
 };
 
 }  // namespace collx

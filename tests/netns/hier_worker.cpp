@@ -9,6 +9,7 @@
 
 #include "../reference.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -68,6 +69,13 @@ void check_all(hierarchical& h) {
         ok = out[q * n + i] == static_cast<T>(input(static_cast<int>(q), i));
     }
     expect(ok, "all_gather", n, 0);
+    // In place: this rank's block of out is the input.
+    std::vector<T> inplace(n * up, T(99));
+    std::copy(in.begin(), in.end(),
+              inplace.begin() + static_cast<std::ptrdiff_t>(static_cast<std::size_t>(me) * n));
+    h.all_gather(std::span<const T>(inplace).subspan(static_cast<std::size_t>(me) * n, n),
+                 std::span<T>(inplace));
+    expect(inplace == out, "all_gather in place", n, 0);
     for (reduce_op op : {reduce_op::sum, reduce_op::max}) {
       std::vector<T> whole(n * up), mine(n);
       for (std::size_t i = 0; i < n * up; ++i) whole[i] = static_cast<T>(input(me, i));
@@ -77,6 +85,16 @@ void check_all(hierarchical& h) {
         good = static_cast<double>(mine[i]) == ref_reduce(op, p, static_cast<std::size_t>(me) * n + i);
       }
       expect(good, "reduce_scatter", n, 0);
+      // In place: the result lands on this rank's block of the input; the others stay.
+      std::vector<T> same = whole;
+      h.reduce_scatter(std::span<const T>(same),
+                       std::span<T>(same).subspan(static_cast<std::size_t>(me) * n, n), op);
+      bool kept = true;
+      for (std::size_t i = 0; i < n * up && kept; ++i) {
+        const bool mine_block = i / std::max<std::size_t>(n, 1) == static_cast<std::size_t>(me);
+        kept = same[i] == (mine_block ? mine[i % n] : whole[i]);
+      }
+      expect(kept, "reduce_scatter in place", n, 0);
     }
   }
 }

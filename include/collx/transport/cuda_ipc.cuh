@@ -148,8 +148,9 @@ class cuda_ipc_api {
 // one or its own). Device pointers in, device pointers out.
 class ipc_communicator {
  public:
-  ipc_communicator(store& st, int rank, int size, int device, ipc_options opt = {})
-      : c_(st, rank, size, cuda_ipc_api(device), std::move(opt), "collx/cuda_ipc") {}
+  ipc_communicator(store& st, int rank, int size, int device, ipc_options opt = {},
+                   const std::string& prefix = "collx/cuda_ipc")
+      : c_(st, rank, size, cuda_ipc_api(device), std::move(opt), prefix) {}
 
   int rank() const noexcept { return c_.rank(); }
   int size() const noexcept { return c_.size(); }
@@ -185,17 +186,7 @@ class ipc_communicator {
 
   // Device memory only (checked before a byte moves), and the caller's earlier work done.
   void ready(const void* in, const void* out, std::size_t count, cudaStream_t stream, std::string_view coll) {
-    if (count != 0) {
-      for (const void* ptr : {in, out}) {
-        cudaPointerAttributes at{};
-        const cudaError_t e = cudaPointerGetAttributes(&at, ptr);
-        if (e != cudaSuccess || at.type != cudaMemoryTypeDevice) {
-          cudaGetLastError();
-          throw error(errc::invalid_argument, coll, rank(), error::no_rank,
-                      std::string(ptr == in ? "input" : "output") + " is not device memory");
-        }
-      }
-    }
+    require_device_memory(coll, rank(), in, out, count);
     detail::device_guard g(device());
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   }

@@ -1,0 +1,138 @@
+#pragma once
+
+// hierarchical all-reduce, N nodes of L ranks, n bytes: intra-node reduce-scatter,
+// inter-node all-reduce of each rank's shard (n/L), intra-node all-gather; 2n(N-1)/N
+// bytes cross each node's link, against 2n(P-1)/P for a flat ring whose edges cross nodes.
+//
+// A composition, not a schedule: each level is a communicator of its own, over its own
+// transport (shared memory or CUDA IPC inside a node, tcp across nodes), and runs
+// whatever algorithm suits it. This is the way NCCL and Horovod compose them:
+//   1. intra-node reduce-scatter: local rank l ends with the node's reduction of shard l;
+//   2. inter-node all-reduce of shard l among the N ranks with local index l, all L
+//      shards at once, each group over its own connections;
+//   3. intra-node all-gather of the shards.
+// Each local rank sends 2(N-1)/N * n/L bytes across, L ranks at once. Elements past the
+// last whole shard (n mod L) go the flat way: an intra all-reduce, then an inter one.
+//
+// Leader way, for small messages: intra all-reduce, inter all-reduce among the nodes'
+// first ranks only, then the leader's result handed to its node (an intra all-gather of
+// which each rank keeps block 0: collx has no broadcast yet). One inter-node group per
+// node, not L: fewer messages when latency, not bandwidth, is the cost.
+//
+// All-gather: inter-node all-gather of each rank's block among its local index's group,
+// intra-node all-gather of those, then the blocks put in global rank order.
+// Reduce-scatter: the reverse (blocks ordered by local index, intra-node reduce-scatter,
+// inter-node reduce-scatter).
+//
+// Written once for any memory: the levels are communicators with collx::communicator's
+// untyped calls (in, out, count, dtype, [op,] options), and Memory copies within the
+// buffers' memory and keeps scratch space between calls:
+//   void copy(std::byte* dst, const std::byte* src, std::size_t bytes);
+//   std::byte* scratch(int i, std::size_t bytes);   // i = 0, 1: two separate areas
+// Host ranks: collx::hierarchical (topology.hpp). GPU ranks: collx::cuda::hierarchical
+// (cuda_hierarchical.cuh), CUDA IPC inside and pinned-memory tcp across.
+
+#include <cstddef>
+
+#include "collx/core/dtype.hpp"
+#include "collx/core/options.hpp"
+#include "collx/core/reduce.hpp"
+
+namespace collx {
+
+enum class hier_way { automatic, flat, hierarchical, leader };
+
+namespace algorithms {
+
+// The caller's options for one level: its algorithm where it implements the level's
+// collective, else the level's own choice.
+inline options level_options(const options& o, collective c) {
+  options lo = o;
+  if (!implements(lo.algo, c)) lo.algo = algorithm::automatic;
+  return lo;
+}
+
+// Layout: nodes, per_node, node, local and rank_of[node][local] (collx::node_layout).
+// Every rank must call with the same way and count. Arguments are checked by the caller.
+template <class Layout, class Node, class Across, class Memory>
+struct hier_levels {
+  const Layout& at;
+  Node& node;
+  Across& across;
+  Memory& mem;
+
+  // In place: `data` holds this rank's input and receives the result.
+  void all_reduce(std::byte* data, std::size_t count, dtype t, reduce_op op, hier_way way,
+                  const options& o) const {
+    const std::size_t es = size_of(t);
+    const auto L = static_cast<std::size_t>(at.per_node);
+    const options on_node = level_options(o, collective::all_reduce);
+    if (way == hier_way::leader) {
+      node.all_reduce(data, data, count, t, op, on_node);
+      if (at.local == 0) {
+        options lo = on_node;
+        if (lo.algo == algorithm::automatic) lo.algo = algorithm::ring;  // what the model prices
+        across.all_reduce(data, data, count, t, op, lo);
+      }
+      std::byte* all = mem.scratch(0, count * es * L);
+      node.all_gather(data, all, count, t, level_options(o, collective::all_gather));
+      mem.copy(data, all, count * es);  // the leader's block
+      return;
+    }
+    const std::size_t shard = count / L;
+    if (shard > 0) {
+      // In place: this rank's shard of the node's reduction lands at its own block.
+      std::byte* mine = data + static_cast<std::size_t>(at.local) * shard * es;
+      node.reduce_scatter(data, mine, shard, t, op, level_options(o, collective::reduce_scatter));
+      across.all_reduce(mine, mine, shard, t, op, on_node);
+      node.all_gather(mine, data, shard, t, level_options(o, collective::all_gather));
+    }
+    if (const std::size_t rest = count - shard * L; rest > 0) {
+      std::byte* tail = data + shard * L * es;
+      node.all_reduce(tail, tail, rest, t, op, on_node);
+      across.all_reduce(tail, tail, rest, t, op, on_node);
+    }
+  }
+
+  // out holds size() blocks of count: rank q's at q * count. In place when in is this
+  // rank's block of out (it is read before out is written).
+  void all_gather(const std::byte* in, std::byte* out, std::size_t count, dtype t, const options& o) const {
+    const std::size_t block = count * size_of(t);
+    const auto N = static_cast<std::size_t>(at.nodes);
+    const auto L = static_cast<std::size_t>(at.per_node);
+    const options lo = level_options(o, collective::all_gather);
+    std::byte* group = mem.scratch(0, N * block);  // block of (k, my local) for every node k
+    across.all_gather(in, group, count, t, lo);
+    std::byte* all = mem.scratch(1, L * N * block);  // [l][k] blocks
+    node.all_gather(group, all, N * count, t, lo);
+    for (std::size_t l = 0; l < L; ++l) {
+      for (std::size_t k = 0; k < N; ++k) {
+        const auto q = static_cast<std::size_t>(at.rank_of[k][l]);
+        mem.copy(out + q * block, all + (l * N + k) * block, block);
+      }
+    }
+  }
+
+  // in holds size() blocks of count; out receives the reduction of every rank's block
+  // `rank`. In place when out is this rank's block of in.
+  void reduce_scatter(const std::byte* in, std::byte* out, std::size_t count, dtype t, reduce_op op,
+                      const options& o) const {
+    const std::size_t block = count * size_of(t);
+    const auto N = static_cast<std::size_t>(at.nodes);
+    const auto L = static_cast<std::size_t>(at.per_node);
+    const options lo = level_options(o, collective::reduce_scatter);
+    std::byte* byl = mem.scratch(0, L * N * block);  // [l][k]: the block for rank (k, l)
+    for (std::size_t l = 0; l < L; ++l) {
+      for (std::size_t k = 0; k < N; ++k) {
+        const auto q = static_cast<std::size_t>(at.rank_of[k][l]);
+        mem.copy(byl + (l * N + k) * block, in + q * block, block);
+      }
+    }
+    std::byte* group = mem.scratch(1, N * block);
+    node.reduce_scatter(byl, group, N * count, t, op, lo);
+    across.reduce_scatter(group, out, count, t, op, lo);
+  }
+};
+
+}  // namespace algorithms
+}  // namespace collx
