@@ -1,7 +1,7 @@
 // collx-bench: the nccl-tests-style harness.
 //
 //   collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]
-//               [--transport local|cuda|shm,tcp,mpi,cuda_ipc] [--np N] [--gpus 0,0,...] [--gpu]
+//               [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] [--gpu]
 //               [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
 //               [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
 //
@@ -24,7 +24,9 @@
 // collx::cuda::group's collectives on device buffers. --gpu gives the process transports
 // device buffers: each rank on GPU LOCAL_RANK % (devices), collx::cuda::staged over the
 // transport (shown as collx/tcp+gpu); --transport cuda_ipc (with --gpu) runs the ranks'
-// processes over CUDA IPC (collx::cuda::ipc_communicator); --vs nccl runs NCCL, loaded at run time
+// processes over CUDA IPC (collx::cuda::ipc_communicator); --transport cuda_hier (with
+// --gpu) runs them as collx::cuda::hierarchical (nodes by COLLX_NODE_ID or host name:
+// CUDA IPC inside, staged tcp across); --vs nccl runs NCCL, loaded at run time
 // (libnccl.so.2), on the same device buffers. The GPU contenders are timed with the host
 // clock from a barrier to the synchronize after the last call, and checked like the
 // others. Without a CUDA device either mode says why and exits 77.
@@ -288,7 +290,8 @@ int usage() {
   std::fprintf(
       stderr,
       "usage: collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]\n"
-      "                   [--transport local|cuda|shm,tcp,mpi,cuda_ipc] [--np N] [--gpus 0,0,...] [--gpu]\n"
+      "                   [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] "
+      "[--gpu]\n"
       "                   [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP] [-c 0|1]\n"
       "                   [-o sum|prod|min|max|avg] [-d float|double|half|bfloat16|int8|uint8|int32|int64]\n"
       "                   [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]\n");
@@ -738,6 +741,14 @@ int run_process(settings s, const launch_info& li, const std::vector<std::string
       who.push_back(baseline_contender(s, "collx", "cuda_ipc", *runners.back()));
       continue;
     }
+    if (t == "cuda_hier") {
+      // Its levels are communicators of its own; the harness's barrier and sums as above.
+      if (!st) st = store_from(li, cfg.timeout);
+      runners.push_back(
+          bench::gpu::make_hier(st, li, device, max_buffer_bytes(s), host_ops(ops_comm(comms, st, li, cfg))));
+      who.push_back(baseline_contender(s, "collx", "cuda_hier", *runners.back()));
+      continue;
+    }
 #endif
     if (t == "mpi") {
 #if COLLX_BENCH_HAVE_MPI
@@ -973,15 +984,17 @@ int main(int argc, char** argv) {
   bool local = false;
   bool cuda = false;
   for (const auto& t : transports) {
-    if (t != "local" && t != "cuda" && t != "shm" && t != "tcp" && t != "mpi" && t != "cuda_ipc") {
-      std::fprintf(stderr, "collx-bench: unknown transport '%s' (local, cuda, shm, tcp, mpi, cuda_ipc)\n",
+    if (t != "local" && t != "cuda" && t != "shm" && t != "tcp" && t != "mpi" && t != "cuda_ipc" &&
+        t != "cuda_hier") {
+      std::fprintf(stderr,
+                   "collx-bench: unknown transport '%s' (local, cuda, shm, tcp, mpi, cuda_ipc, cuda_hier)\n",
                    t.c_str());
       return 2;
     }
     local = local || t == "local";
     cuda = cuda || t == "cuda";
-    if (t == "cuda_ipc" && !s.gpu) {
-      std::fprintf(stderr, "collx-bench: --transport cuda_ipc carries GPU buffers: add --gpu\n");
+    if ((t == "cuda_ipc" || t == "cuda_hier") && !s.gpu) {
+      std::fprintf(stderr, "collx-bench: --transport %s carries GPU buffers: add --gpu\n", t.c_str());
       return 2;
     }
   }

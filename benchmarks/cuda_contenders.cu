@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "collx/cuda.cuh"
+#include "collx/cuda_hierarchical.cuh"
 #include "collx/cuda_staged.hpp"
 #include "collx/transport/cuda_ipc.cuh"
 #include "cuda_contenders.hpp"
@@ -179,6 +180,12 @@ class comm_runner final : public rank_runner {
       };
       baseline_result r = drive(c, comm_.rank(), comm_.size(), buf_, data, make, sync, ops_);
       r.algorithm = algo_(c, comm_.size());
+      if constexpr (requires { comm_.choose(1.0); }) {  // the hierarchy: which way, then each level's
+        const double bytes = static_cast<double>(c.count * collx::size_of(c.type));
+        const collx::hier_way way =
+            c.coll == collx::collective::all_reduce ? comm_.choose(bytes) : collx::hier_way::hierarchical;
+        r.algorithm = std::string(collx::to_string(way)) + "/" + r.algorithm;
+      }
       return r;
     });
   }
@@ -424,6 +431,12 @@ std::unique_ptr<rank_runner> make_ipc(collx::store& st, int rank, int size, int 
                                       group_ops ops) {
   return std::make_unique<comm_runner<collx::cuda::ipc_communicator>>(
       device, max_bytes, std::move(ops), ring_unless_asked, st, rank, size, device);
+}
+
+std::unique_ptr<rank_runner> make_hier(const std::shared_ptr<collx::store>& st, const collx::launch_info& li,
+                                       int device, std::size_t max_bytes, group_ops ops) {
+  return std::make_unique<comm_runner<collx::cuda::hierarchical>>(device, max_bytes, std::move(ops),
+                                                                  ring_unless_asked, st, li, device);
 }
 
 bool nccl_loadable(std::string& version_or_why) {

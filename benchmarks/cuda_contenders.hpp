@@ -14,9 +14,11 @@
 //   collx/cuda        collx::cuda::group: ranks as threads of this process on GPUs
 //   collx/<t>+gpu     collx::cuda::staged over the host communicator of transport t
 //   collx/cuda_ipc    collx::cuda::ipc_communicator: processes of one host over CUDA IPC
+//   collx/cuda_hier   collx::cuda::hierarchical: CUDA IPC inside each node, staged tcp across
 //   nccl              NCCL, loaded at run time with dlopen("libnccl.so.2")
 
 #include <collx/communicator.hpp>
+#include <collx/init.hpp>
 #include <collx/rendezvous/store.hpp>
 
 #include <cstddef>
@@ -66,6 +68,11 @@ std::unique_ptr<rank_runner> make_staged(collx::communicator& host, int device, 
 // set up through the job's store: every rank calls this at once.
 std::unique_ptr<rank_runner> make_ipc(collx::store& st, int rank, int size, int device, std::size_t max_bytes,
                                       group_ops ops);
+
+// collx::cuda::hierarchical (nodes as COLLX_NODE_ID or the host name say) on `device`,
+// set up through the job's store: every rank calls this at once.
+std::unique_ptr<rank_runner> make_hier(const std::shared_ptr<collx::store>& st, const collx::launch_info& li,
+                                       int device, std::size_t max_bytes, group_ops ops);
 
 // NCCL. Each rank loads it, then all agree (agree_all: true when every rank's argument
 // was true) before rank 0 makes the unique id, which share_id carries to every rank (rank 0

@@ -19,6 +19,7 @@
 #   bench-cuda   collx-bench --transport cuda, p = 2, 4, 8, 8 B..256 MiB, -c 1 (#wrong)
 #   bench-nccl   collx-bench --transport tcp,cuda_ipc --gpu --vs nccl, p = 2 and 4 (NCCL from
 #                the machine's Python package nvidia-nccl-cu13, over loopback sockets)
+#   bench-hier   collx-bench --transport tcp,cuda_hier --gpu, 4 ranks as 2 emulated nodes x 2
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-run}
@@ -92,4 +93,7 @@ for p in 2 4; do
   check "bench-nccl$p" 120 $B/collx-bench --transport tcp,cuda_ipc --gpu --vs nccl --np $p -b 8 -e 64M -f 4 -n 10 -w 3 \
     -c 1 --csv "$out/bench-nccl$p.csv"
 done
+check bench-hier 120 sh -c "$B/tests/cuda/cuda_hier_worker --probe && $B/collx-run -n 4 -- sh -c \
+  'COLLX_NODE_ID=node\$((RANK / 2)) exec $B/collx-bench --transport tcp,cuda_hier --gpu -b 8 -e 64M -f 4 \
+  -n 10 -w 3 -c 1 --csv $out/bench-hier.csv'"
 printf '\n%s' "$summary"

@@ -33,6 +33,7 @@
 // (cuda_hierarchical.cuh), CUDA IPC inside and pinned-memory tcp across.
 
 #include <cstddef>
+#include <string_view>
 
 #include "collx/core/dtype.hpp"
 #include "collx/core/options.hpp"
@@ -41,6 +42,16 @@
 namespace collx {
 
 enum class hier_way { automatic, flat, hierarchical, leader };
+
+constexpr std::string_view to_string(hier_way w) noexcept {
+  switch (w) {
+    case hier_way::automatic: return "auto";
+    case hier_way::flat: return "flat";
+    case hier_way::hierarchical: return "hierarchical";
+    case hier_way::leader: return "leader";
+  }
+  return "?";
+}
 
 namespace algorithms {
 
