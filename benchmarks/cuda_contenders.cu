@@ -435,8 +435,10 @@ std::unique_ptr<rank_runner> make_ipc(collx::store& st, int rank, int size, int 
 
 std::unique_ptr<rank_runner> make_hier(const std::shared_ptr<collx::store>& st, const collx::launch_info& li,
                                        int device, std::size_t max_bytes, group_ops ops) {
-  return std::make_unique<comm_runner<collx::cuda::hierarchical>>(device, max_bytes, std::move(ops),
-                                                                  ring_unless_asked, st, li, device);
+  // Unless asked, each level chooses for itself (CUDA IPC: ring; tcp: the cost model).
+  auto asked = [](const baseline_case& c, int) { return std::string(collx::to_string(c.algo)); };
+  return std::make_unique<comm_runner<collx::cuda::hierarchical>>(device, max_bytes, std::move(ops), asked,
+                                                                  st, li, device);
 }
 
 bool nccl_loadable(std::string& version_or_why) {
