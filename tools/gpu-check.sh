@@ -4,9 +4,12 @@
 #   sh tools/gpu-check.sh build   here (no GPU needed): builds the CUDA tests and tools
 #                                 into build-gpu/ for sm_90, cudart and libstdc++ static,
 #                                 so that the folder runs on the GPU machine's image.
-#   sh tools/gpu-check.sh run     there, from the repository root, with build-gpu carried
-#                                 (device tool: carry ["build-gpu"]): runs every check,
-#                                 writes logs under $OUT (or out/), prints a summary last.
+#   sh tools/gpu-check.sh run [NAME...]
+#                                 there, from the repository root, with build-gpu carried
+#                                 (device tool: carry ["build-gpu"]): runs every check (or
+#                                 those whose names begin with a NAME given, e.g. `run
+#                                 group ipc hier`), writes logs under $OUT (or out/), and
+#                                 prints a summary last.
 #
 # The checks, in order (each bounded by `timeout`; a failure does not stop the rest):
 #   smoke        a device answers
@@ -23,6 +26,8 @@
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-run}
+[ $# -gt 0 ] && shift
+only="$*"  # check-name prefixes to run; empty: all
 B=build-gpu
 
 if [ "$mode" = build ]; then
@@ -58,6 +63,13 @@ check() {  # check <name> <seconds> <command...>
   name=$1
   secs=$2
   shift 2
+  if [ -n "$only" ]; then
+    wanted=no
+    for w in $only; do
+      case $name in "$w"*) wanted=yes ;; esac
+    done
+    [ $wanted = no ] && return
+  fi
   left=$((budget - ($(date +%s) - began)))
   if [ "$left" -lt 15 ]; then
     summary="$summary$(printf '%-11s %-22s' "$name" "not run (budget spent)")
