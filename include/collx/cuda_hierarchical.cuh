@@ -13,9 +13,11 @@
 //   h.all_reduce(d_grads, d_grads, n, collx::dtype::f32, collx::reduce_op::sum, stream);
 //
 // Calls block their thread until this rank's part is done (as ipc_communicator's and
-// staged's do), waiting first for the work already on `stream`; copies between levels
-// go on `stream`, so the result is seen through it. They cannot be captured in a graph.
-// Bad input is refused on every rank alike before any level moves a byte.
+// staged's do), waiting first for the work already on `stream` (a stream of this rank's
+// GPU); copies between levels go on `stream`, so the result is seen through it. They
+// cannot be captured in a graph. Arguments are checked before any level moves a byte:
+// input that is bad on every rank is refused on every rank; a rank whose input alone is
+// bad refuses, and its peers' first level call times out naming it (NCCL's would hang).
 
 #include <cuda_runtime.h>
 
@@ -67,6 +69,10 @@ class hierarchical {
         device_(device),
         world_(b_.world),
         across_(b_.across) {
+    {
+      collx::cuda::detail::device_guard g(device_);
+      check(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "cudaEventCreate");
+    }
     io.timeout = b_.cfg.timeout;
     if (io.job_id.empty()) io.job_id = b_.node_job;
     node_ = std::make_unique<ipc_communicator>(*st, b_.t.local, b_.t.per_node, device, std::move(io),
@@ -75,6 +81,12 @@ class hierarchical {
 
   hierarchical(const hierarchical&) = delete;  // the staged levels point into it
   hierarchical& operator=(const hierarchical&) = delete;
+  ~hierarchical() {
+    if (copied_ != nullptr) {
+      cudaEventSynchronize(copied_);
+      cudaEventDestroy(copied_);
+    }
+  }
 
   int rank() const noexcept { return b_.world.rank(); }
   int size() const noexcept { return b_.world.size(); }
@@ -86,12 +98,17 @@ class hierarchical {
   // In place when in == out. `way` as in collx::hierarchical; automatic asks the model.
   void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op, cudaStream_t stream,
                   const options& o = {}, hier_way way = hier_way::automatic) {
+    collx::cuda::detail::device_guard g(device_);  // staged has no GPU of its own
     const std::size_t bytes = checked(collective::all_reduce, in, out, count, t, op, o);
     if (count == 0) return;
     if (way == hier_way::automatic) way = choose(static_cast<double>(bytes));
     if (b_.t.nodes == 1) return node_->all_reduce(in, out, count, t, op, stream, o);
     if (b_.t.per_node == 1) return across_.all_reduce(in, out, count, t, op, stream, o);
-    if (way == hier_way::flat) return world_.all_reduce(in, out, count, t, op, stream, o);
+    if (way == hier_way::flat) {
+      options ring = o;
+      if (ring.algo == algorithm::automatic) ring.algo = algorithm::ring;  // what predict() prices
+      return world_.all_reduce(in, out, count, t, op, stream, ring);
+    }
     compose(stream, [&](const auto& levels, auto& mem) {
       auto* data = static_cast<std::byte*>(out);
       if (in != out) mem.copy(data, static_cast<const std::byte*>(in), bytes);
@@ -103,6 +120,7 @@ class hierarchical {
   // rank's block of out.
   void all_gather(const void* in, void* out, std::size_t count, dtype t, cudaStream_t stream,
                   const options& o = {}) {
+    collx::cuda::detail::device_guard g(device_);  // staged has no GPU of its own
     checked(collective::all_gather, in, out, count, t, reduce_op::sum, o);
     if (count == 0) return;
     if (b_.t.nodes == 1) return node_->all_gather(in, out, count, t, stream, o);
@@ -116,6 +134,7 @@ class hierarchical {
   // rank(). In place when out is this rank's block of in.
   void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
                       cudaStream_t stream, const options& o = {}) {
+    collx::cuda::detail::device_guard g(device_);  // staged has no GPU of its own
     checked(collective::reduce_scatter, in, out, count, t, op, o);
     if (count == 0) return;
     if (b_.t.nodes == 1) return node_->reduce_scatter(in, out, count, t, op, stream, o);
@@ -138,14 +157,26 @@ class hierarchical {
     collx::detail::retire_store(*j.st, j.li, cfg.timeout);
   }
 
-  // Copies on the call's stream; scratch in device memory, kept between calls.
+  // Copies on the call's stream (this rank's GPU is current for the whole call, each
+  // public call's guard); scratch in device memory, kept between calls.
   struct device_memory {
     hierarchical& h;
     cudaStream_t s;
     void copy(std::byte* dst, const std::byte* src, std::size_t bytes) const {
-      if (bytes == 0) return;
-      collx::cuda::detail::device_guard g(h.device_);
-      check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
+      if (bytes != 0) check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync");
+    }
+    void copy2d(std::byte* dst, std::size_t dpitch, const std::byte* src, std::size_t spitch,
+                std::size_t width, std::size_t rows) const {
+      if (width == 0 || rows == 0) return;
+      // One copy where the pitches are within what a 2D copy takes (cudaDevAttrMaxPitch
+      // is 2^31 - 1 on current GPUs); row by row beyond.
+      constexpr std::size_t max_pitch = std::size_t{1} << 30;
+      if (dpitch > max_pitch || spitch > max_pitch) {
+        for (std::size_t r = 0; r < rows; ++r) copy(dst + r * dpitch, src + r * spitch, width);
+        return;
+      }
+      check(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice, s),
+            "cudaMemcpy2DAsync");
     }
     std::byte* scratch(int i, std::size_t bytes) const { return h.scratch(i, bytes, s); }
   };
@@ -153,20 +184,21 @@ class hierarchical {
   // Runs f on the composition of this call: the levels bound to its stream.
   template <class F>
   void compose(cudaStream_t s, F&& f) {
+    // The last call's copies out of scratch, on whatever stream, may still be running.
+    check(cudaEventSynchronize(copied_), "cudaEventSynchronize");
     detail::on_stream<ipc_communicator> node{*node_, s};
     detail::on_stream<staged> across{across_, s};
     device_memory mem{*this, s};
     f(algorithms::hier_levels{b_.t, node, across, mem}, mem);
+    check(cudaEventRecord(copied_, s), "cudaEventRecord");
   }
 
   std::byte* scratch(int i, std::size_t bytes, cudaStream_t s) {
-    collx::cuda::detail::device_guard g(device_);
-    // The last call's copies out of scratch, on another stream, may still be running.
-    if (last_ != nullptr && last_ != s) check(cudaStreamSynchronize(last_), "cudaStreamSynchronize");
-    last_ = s;
     auto& a = scratch_[i];
     if (a.bytes < bytes) {
-      check(cudaStreamSynchronize(s), "cudaStreamSynchronize");  // the old area may be in a copy
+      check(cudaStreamSynchronize(s), "cudaStreamSynchronize");  // this call's copies so far
+      a.p.reset();
+      a.bytes = 0;
       a.p = collx::cuda::detail::device_alloc<std::byte>(device_, bytes);
       a.bytes = bytes;
     }
@@ -177,7 +209,7 @@ class hierarchical {
   std::size_t checked(collective c, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
                       const options& o) const {
     collx::detail::check_call(c, in, out, count, t, op, o, rank(), size(), false);
-    require_device_memory(to_string(c), rank(), in, out, count);
+    require_device_memory(to_string(c), rank(), in, out, count, device_);
     return count * size_of(t);
   }
 
@@ -193,7 +225,7 @@ class hierarchical {
   staged across_;
   std::unique_ptr<ipc_communicator> node_;
   area scratch_[2];
-  cudaStream_t last_ = nullptr;
+  cudaEvent_t copied_ = nullptr;  // recorded after each composed call's copies
 };
 
 }  // namespace collx::cuda

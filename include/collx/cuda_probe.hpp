@@ -50,14 +50,23 @@ inline bool is_device_memory(const void* p) noexcept {
 }
 
 // Refuses (collx::error, before any byte moves) a call on buffers that are not device
-// memory, for the GPU front ends whose copy engines and kernels need device pointers.
+// memory (of GPU `device`, when one is named), for the GPU front ends whose copy engines
+// and kernels need device pointers.
 inline void require_device_memory(std::string_view coll, int rank, const void* in, const void* out,
-                                  std::size_t count) {
+                                  std::size_t count, int device = -1) {
   if (count == 0) return;
   for (const void* ptr : {in, out}) {
-    if (!is_device_memory(ptr)) {
+    const char* which = ptr == in ? "input" : "output";
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, ptr) != cudaSuccess) cudaGetLastError();
+    if (a.type != cudaMemoryTypeDevice) {
       throw error(errc::invalid_argument, coll, rank, error::no_rank,
-                  std::string(ptr == in ? "input" : "output") + " is not device memory");
+                  std::string(which) + " is not device memory");
+    }
+    if (device >= 0 && a.device != device) {
+      throw error(errc::invalid_argument, coll, rank, error::no_rank,
+                  std::string(which) + " is on GPU " + std::to_string(a.device) + ", not this rank's GPU " +
+                      std::to_string(device));
     }
   }
 }

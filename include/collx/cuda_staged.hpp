@@ -31,6 +31,10 @@ class staged {
   staged(const staged&) = delete;
   staged& operator=(const staged&) = delete;
   ~staged() {
+    if (copied_ != nullptr) {
+      cudaEventSynchronize(copied_);
+      cudaEventDestroy(copied_);
+    }
     if (host_ != nullptr) cudaFreeHost(host_);
   }
 
@@ -38,7 +42,7 @@ class staged {
   void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op, cudaStream_t stream,
                   const options& o = {}) {
     const std::size_t bytes = checked_bytes("all_reduce", in, out, count, t, 2);
-    std::byte* h = host(2 * bytes, stream);
+    std::byte* h = host(2 * bytes);
     copy_in(h, in, bytes, stream);
     if (in == out) {
       c_.all_reduce(h, h, count, t, op, o);
@@ -52,7 +56,7 @@ class staged {
                   const options& o = {}) {
     const std::size_t bytes = checked_bytes("all_gather", in, out, count, t, c_.size());
     const std::size_t all = bytes * static_cast<std::size_t>(c_.size());
-    std::byte* h = host(all, stream);
+    std::byte* h = host(all);
     std::byte* mine = h + bytes * static_cast<std::size_t>(c_.rank());
     copy_in(mine, in, bytes, stream);
     c_.all_gather(mine, h, count, t, o);  // in place in the host buffer
@@ -62,7 +66,7 @@ class staged {
                       cudaStream_t stream, const options& o = {}) {
     const std::size_t bytes = checked_bytes("reduce_scatter", in, out, count, t, c_.size());
     const std::size_t all = bytes * static_cast<std::size_t>(c_.size());
-    std::byte* h = host(all, stream);
+    std::byte* h = host(all);
     copy_in(h, in, all, stream);
     std::byte* mine = h + bytes * static_cast<std::size_t>(c_.rank());
     c_.reduce_scatter(h, mine, count, t, op, o);  // in place in the host buffer
@@ -90,13 +94,15 @@ class staged {
   }
 
   // Pinned memory, grown to the largest call and reused.
-  std::byte* host(std::size_t bytes, cudaStream_t stream) {
-    // A copy back of the previous call, on another stream, may still read the buffer.
-    if (used_ && last_ != stream) check(cudaStreamSynchronize(last_), "cudaStreamSynchronize");
-    last_ = stream;
-    used_ = true;
+  std::byte* host(std::size_t bytes) {
+    // The previous call's copy back, on whatever stream (which may be gone by now), may
+    // still read the buffer: an event, not the stream, says when it is done.
+    if (copied_ == nullptr) {
+      check(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "cudaEventCreate");
+    } else {
+      check(cudaEventSynchronize(copied_), "cudaEventSynchronize");
+    }
     if (bytes <= cap_) return host_;
-    check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");  // the old buffer may be in a copy back
     if (host_ != nullptr) cudaFreeHost(host_);
     host_ = nullptr;
     cap_ = 0;
@@ -113,15 +119,15 @@ class staged {
     if (bytes != 0) check(cudaMemcpyAsync(h, in, bytes, cudaMemcpyDeviceToHost, stream), "copy to the host");
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   }
-  static void copy_out(void* out, const std::byte* h, std::size_t bytes, cudaStream_t stream) {
+  void copy_out(void* out, const std::byte* h, std::size_t bytes, cudaStream_t stream) {
     if (bytes != 0) check(cudaMemcpyAsync(out, h, bytes, cudaMemcpyHostToDevice, stream), "copy to the GPU");
+    check(cudaEventRecord(copied_, stream), "cudaEventRecord");
   }
 
   collx::communicator& c_;
   std::byte* host_ = nullptr;
   std::size_t cap_ = 0;
-  cudaStream_t last_ = nullptr;
-  bool used_ = false;
+  cudaEvent_t copied_ = nullptr;  // recorded after each copy back (on the first call's GPU)
 };
 
 }  // namespace collx::cuda

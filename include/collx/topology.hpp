@@ -109,16 +109,18 @@ inline double hier_predict(const node_layout& t, const hierarchical_options& ho,
   auto best = [](collective c, int p, double b, const cost_params& m) {
     return algorithms::predicted_seconds(algorithms::choose(c, p, b, m), c, p, b, m);
   };
+  // predicted_seconds takes each rank's part: the whole buffer for all-reduce, one
+  // block for reduce-scatter and all-gather.
   if (way == hier_way::leader) {
     return best(collective::all_reduce, L, bytes, ho.intra) +
            best(collective::all_reduce, N, bytes, ho.inter) +
-           best(collective::all_gather, L, bytes * L, ho.intra);
+           best(collective::all_gather, L, bytes, ho.intra);
   }
   cost_params shared = ho.inter;
   shared.beta *= L;  // the L groups share the node's link
-  return ring(collective::reduce_scatter, L, bytes, ho.intra) +
+  return ring(collective::reduce_scatter, L, bytes / L, ho.intra) +
          ring(collective::all_reduce, N, bytes / L, shared) +
-         ring(collective::all_gather, L, bytes, ho.intra);
+         ring(collective::all_gather, L, bytes / L, ho.intra);
 }
 
 // The cheapest way for `bytes` by the model, unless the options name one.
@@ -186,6 +188,10 @@ struct host_hier_memory {
   std::vector<std::byte> area[2];
   static void copy(std::byte* dst, const std::byte* src, std::size_t bytes) {
     if (bytes != 0) std::memmove(dst, src, bytes);
+  }
+  static void copy2d(std::byte* dst, std::size_t dpitch, const std::byte* src, std::size_t spitch,
+                     std::size_t width, std::size_t rows) {
+    for (std::size_t r = 0; r < rows; ++r) copy(dst + r * dpitch, src + r * spitch, width);
   }
   std::byte* scratch(int i, std::size_t bytes) {
     auto& b = area[i];

@@ -28,7 +28,11 @@
 // untyped calls (in, out, count, dtype, [op,] options), and Memory copies within the
 // buffers' memory and keeps scratch space between calls:
 //   void copy(std::byte* dst, const std::byte* src, std::size_t bytes);
+//   void copy2d(std::byte* dst, std::size_t dpitch, const std::byte* src, std::size_t spitch,
+//               std::size_t width, std::size_t rows);   // rows of width bytes
 //   std::byte* scratch(int i, std::size_t bytes);   // i = 0, 1: two separate areas
+// Scratch is asked for before a level moves a byte, so a failed allocation leaves the
+// user's buffers as they were and the peers not waiting.
 // Host ranks: collx::hierarchical (topology.hpp). GPU ranks: collx::cuda::hierarchical
 // (cuda_hierarchical.cuh), CUDA IPC inside and pinned-memory tcp across.
 
@@ -79,13 +83,13 @@ struct hier_levels {
     const auto L = static_cast<std::size_t>(at.per_node);
     const options on_node = level_options(o, collective::all_reduce);
     if (way == hier_way::leader) {
+      std::byte* all = mem.scratch(0, count * es * L);
       node.all_reduce(data, data, count, t, op, on_node);
       if (at.local == 0) {
         options lo = on_node;
         if (lo.algo == algorithm::automatic) lo.algo = algorithm::ring;  // what the model prices
         across.all_reduce(data, data, count, t, op, lo);
       }
-      std::byte* all = mem.scratch(0, count * es * L);
       node.all_gather(data, all, count, t, level_options(o, collective::all_gather));
       mem.copy(data, all, count * es);  // the leader's block
       return;
@@ -112,16 +116,11 @@ struct hier_levels {
     const auto N = static_cast<std::size_t>(at.nodes);
     const auto L = static_cast<std::size_t>(at.per_node);
     const options lo = level_options(o, collective::all_gather);
-    std::byte* group = mem.scratch(0, N * block);  // block of (k, my local) for every node k
-    across.all_gather(in, group, count, t, lo);
+    std::byte* group = mem.scratch(0, N * block);    // block of (k, my local) for every node k
     std::byte* all = mem.scratch(1, L * N * block);  // [l][k] blocks
+    across.all_gather(in, group, count, t, lo);
     node.all_gather(group, all, N * count, t, lo);
-    for (std::size_t l = 0; l < L; ++l) {
-      for (std::size_t k = 0; k < N; ++k) {
-        const auto q = static_cast<std::size_t>(at.rank_of[k][l]);
-        mem.copy(out + q * block, all + (l * N + k) * block, block);
-      }
-    }
+    permute(all, out, block, true);
   }
 
   // in holds size() blocks of count; out receives the reduction of every rank's block
@@ -133,15 +132,41 @@ struct hier_levels {
     const auto L = static_cast<std::size_t>(at.per_node);
     const options lo = level_options(o, collective::reduce_scatter);
     std::byte* byl = mem.scratch(0, L * N * block);  // [l][k]: the block for rank (k, l)
-    for (std::size_t l = 0; l < L; ++l) {
-      for (std::size_t k = 0; k < N; ++k) {
-        const auto q = static_cast<std::size_t>(at.rank_of[k][l]);
-        mem.copy(byl + (l * N + k) * block, in + q * block, block);
-      }
-    }
     std::byte* group = mem.scratch(1, N * block);
+    permute(byl, const_cast<std::byte*>(in), block, false);
     node.reduce_scatter(byl, group, N * count, t, op, lo);
     across.reduce_scatter(group, out, count, t, op, lo);
+  }
+
+ private:
+  // Between blocks ordered [local][node] (byl) and in global rank order (ranks): to_ranks
+  // copies byl's into ranks, else ranks' into byl. Where node k's ranks are k*L .. k*L+L-1
+  // (every launcher's usual order), local index l's blocks are one strided copy.
+  void permute(std::byte* byl, std::byte* ranks, std::size_t block, bool to_ranks) const {
+    const auto N = static_cast<std::size_t>(at.nodes);
+    const auto L = static_cast<std::size_t>(at.per_node);
+    bool regular = true;
+    for (std::size_t k = 0; k < N && regular; ++k) {
+      for (std::size_t l = 0; l < L && regular; ++l)
+        regular = static_cast<std::size_t>(at.rank_of[k][l]) == k * L + l;
+    }
+    for (std::size_t l = 0; l < L; ++l) {
+      if (regular) {
+        std::byte* grouped = byl + l * N * block;  // N blocks in a row
+        std::byte* spread = ranks + l * block;     // N blocks, L blocks apart
+        if (to_ranks) {
+          mem.copy2d(spread, L * block, grouped, block, block, N);
+        } else {
+          mem.copy2d(grouped, block, spread, L * block, block, N);
+        }
+        continue;
+      }
+      for (std::size_t k = 0; k < N; ++k) {
+        std::byte* b = byl + (l * N + k) * block;
+        std::byte* r = ranks + static_cast<std::size_t>(at.rank_of[k][l]) * block;
+        to_ranks ? mem.copy(r, b, block) : mem.copy(b, r, block);
+      }
+    }
   }
 };
 

@@ -186,7 +186,7 @@ class ipc_communicator {
 
   // Device memory only (checked before a byte moves), and the caller's earlier work done.
   void ready(const void* in, const void* out, std::size_t count, cudaStream_t stream, std::string_view coll) {
-    require_device_memory(coll, rank(), in, out, count);
+    require_device_memory(coll, rank(), in, out, count, device());
     detail::device_guard g(device());
     check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   }
