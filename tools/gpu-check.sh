@@ -38,7 +38,7 @@ if [ "$mode" = build ]; then
     -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null || exit 1
   cmake --build $B -j "$(nproc)" --target test_cuda_smoke test_cuda_reduce test_cuda_group \
     cuda_ipc_worker cuda_hier_worker collx_run collx_bench collx_cuda_kernels || exit 1
-  du -sh $B/tests/cuda/test_cuda_* $B/tests/cuda/cuda_ipc_worker $B/collx-run $B/collx-bench \
+  du -sh $B/tests/cuda/test_cuda_* $B/tests/cuda/cuda_ipc_worker $B/tests/cuda/cuda_hier_worker $B/collx-run $B/collx-bench \
     $B/collx-cuda-kernels 2>/dev/null
   # What the binaries still need from the system: the C library, and no more.
   ldd $B/collx-bench $B/tests/cuda/test_cuda_group | grep -v -e linux-vdso -e ld-linux -e libc.so -e libm.so
