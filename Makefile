@@ -3,6 +3,10 @@
 BUILD ?= build
 BUILD_TYPE ?= Release
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Ninja where installed (tools/ensure-deps.sh installs ninja-build): it schedules single
+# files rather than whole targets and has no per-target make overhead. A build directory
+# keeps the generator it was first configured with (CMake refuses a change).
+GENERATOR ?= $(if $(shell command -v ninja 2>/dev/null),Ninja,Unix Makefiles)
 
 .PHONY: all deps bench-deps configure build test test-sanitize test-tsan bench format clean
 
@@ -15,7 +19,7 @@ bench-deps:
 	@sh tools/ensure-deps.sh bench
 
 configure: deps
-	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
+	cmake -S . -B $(BUILD) $(if $(wildcard $(BUILD)/CMakeCache.txt),,-G "$(GENERATOR)") -DCMAKE_BUILD_TYPE=$(BUILD_TYPE)
 
 build: configure
 	cmake --build $(BUILD) -j $(JOBS)

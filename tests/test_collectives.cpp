@@ -3,15 +3,18 @@
 
 #include <doctest/doctest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "common.hpp"
@@ -163,6 +166,25 @@ std::size_t digest(std::span<const T> v) {
   return std::hash<std::string_view>{}({reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T)});
 }
 
+// Every rank's inputs for one (collective, p, count), given as the reduction they are for:
+// they depend on it only through prod's small magnitudes (input<T>), so one set serves
+// sum, min, max and avg alike and matrix() builds it once for them.
+template <class T>
+using rank_inputs = std::vector<test::pvector<T>>;  // per rank
+
+template <class T>
+std::shared_ptr<const rank_inputs<T>> make_inputs(collective c, int p, std::size_t n, reduce_op op) {
+  const auto up = static_cast<std::size_t>(p);
+  const std::size_t in_n = c == collective::reduce_scatter ? n * up : n;
+  auto inputs = std::make_shared<rank_inputs<T>>(up);
+  for (int r = 0; r < p; ++r) {
+    auto& v = (*inputs)[static_cast<std::size_t>(r)];
+    v.resize(in_n);
+    for (std::size_t i = 0; i < in_n; ++i) v[i] = input<T>(r, i, op);
+  }
+  return inputs;
+}
+
 // Inputs and expected results of one (collective, p, count, reduction), computed once
 // and shared read-only by the runs in place, out of place and with other segments.
 template <class T>
@@ -171,18 +193,13 @@ struct fixture {
   int p = 1;
   std::size_t n = 0;
   reduce_op op = reduce_op::sum;
-  std::vector<test::pvector<T>> inputs;  // per rank
+  std::shared_ptr<const rank_inputs<T>> shared_inputs;  // make_inputs(coll, p, n, op)
+  const rank_inputs<T>& inputs;                         // per rank
   test::pvector<reference<T>> expected;  // all_reduce: n; reduce_scatter: p*n, rank r's block at r*n
 
-  fixture(collective c, int ranks, std::size_t count, reduce_op o) : coll(c), p(ranks), n(count), op(o) {
-    const auto up = static_cast<std::size_t>(p);
-    const std::size_t in_n = c == collective::reduce_scatter ? n * up : n;
-    inputs.resize(up);
-    for (int r = 0; r < p; ++r) {
-      auto& v = inputs[static_cast<std::size_t>(r)];
-      v.resize(in_n);
-      for (std::size_t i = 0; i < in_n; ++i) v[i] = input<T>(r, i, op);
-    }
+  fixture(collective c, int ranks, std::size_t count, reduce_op o, std::shared_ptr<const rank_inputs<T>> in)
+      : coll(c), p(ranks), n(count), op(o), shared_inputs(std::move(in)), inputs(*shared_inputs) {
+    const std::size_t in_n = c == collective::reduce_scatter ? n * static_cast<std::size_t>(p) : n;
     if (c == collective::all_gather) return;
     expected.resize(in_n);
     for (std::size_t i = 0; i < in_n; ++i) {
@@ -283,6 +300,16 @@ void run_case(const fixture<T>& fx, collx::algorithm algo, bool in_place, std::s
   }
 }
 
+// Every reduction of collx::all_reduce_ops, prod last.
+constexpr auto ops_prod_last = [] {
+  std::array<reduce_op, std::size(collx::all_reduce_ops)> ops{};
+  std::size_t k = 0;
+  for (auto op : collx::all_reduce_ops)
+    if (op != reduce_op::prod) ops[k++] = op;
+  ops[k] = reduce_op::prod;
+  return ops;
+}();
+
 template <class T>
 void matrix(collective c) {
   const dtype t = collx::dtype_v<T>;
@@ -293,10 +320,16 @@ void matrix(collective c) {
       for (std::size_t n_full :
            ring ? std::span<const std::size_t>(ring_counts) : std::span<const std::size_t>(other_counts)) {
         const std::size_t n = std::min(n_full, max_count());
-        for (auto op : collx::all_reduce_ops) {
+        // prod last: the reductions before it share one set of inputs (make_inputs).
+        std::shared_ptr<const rank_inputs<T>> inputs;
+        for (auto op : ops_prod_last) {
           if (!collx::supports(t, op)) continue;
           if (c == collective::all_gather && op != reduce_op::sum) continue;  // no reduction
-          const fixture<T> fx(c, p, n, op);
+          if (!inputs || op == reduce_op::prod) {
+            inputs.reset();  // before the new set: they are the largest buffers here
+            inputs = make_inputs<T>(c, p, n, op);
+          }
+          const fixture<T> fx(c, p, n, op, inputs);
           for (bool in_place : {false, true}) {
             // Default segments, and for small counts tiny segments that force deep pipelines.
             for (std::size_t seg : {std::size_t{0}, sizeof(T) * 2}) {

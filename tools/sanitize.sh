@@ -50,8 +50,11 @@ case $kind in
     exit 2
     ;;
 esac
+# Ninja where installed, as in the Makefile; a build directory keeps its generator.
+gen=""
+if [ ! -f "$dir/CMakeCache.txt" ] && command -v ninja >/dev/null 2>&1; then gen="-G Ninja"; fi
 # shellcheck disable=SC2086
-cmake -S . -B "$dir" $common -DCMAKE_CXX_FLAGS="$flags" >/dev/null
+cmake -S . -B "$dir" $gen $common -DCMAKE_CXX_FLAGS="$flags" >/dev/null
 # The targets: collx_sanitize_address and collx_sanitize_thread in tests/CMakeLists.txt.
 cmake --build "$dir" -j "$jobs" --target "collx_sanitize_$kind"
 # TSan's shadow memory needs fixed address ranges, which some kernels' address-space
