@@ -15,13 +15,8 @@
 #include "device_case.hpp"
 
 int main(int argc, char** argv) {
-  if (const std::string why = collx::cuda::no_device(); !why.empty()) {
-    std::printf("skipped: %s\n", why.c_str());
-    return 77;
-  }
   int devices = 0;
-  test::cuda_ok(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
-  if (argc > 1 && std::strcmp(argv[1], "--probe") == 0) return 0;
+  if (const int rc = test::worker_start(argc, argv, devices); rc >= 0) return rc;
   try {
     const collx::launch_info li = collx::launch_from_env();
     auto st = collx::store_from(li, std::chrono::seconds(60));

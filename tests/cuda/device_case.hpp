@@ -5,6 +5,7 @@
 // Comm is any of collx's GPU front ends: the untyped calls with a stream at the end.
 
 #include <cuda_runtime.h>
+#include <collx/cuda_probe.hpp>
 
 #include <cstddef>
 #include <cstdio>
@@ -17,6 +18,17 @@
 #include "../reference.hpp"
 
 namespace test {
+
+// The start of a multi-process GPU worker: -1 to go on, with the GPUs counted, or the
+// exit code: 77 (and why) without a GPU, 0 for `--probe`, which asks only that.
+inline int worker_start(int argc, char** argv, int& devices) {
+  if (const std::string why = collx::cuda::no_device(); !why.empty()) {
+    std::printf("skipped: %s\n", why.c_str());
+    return 77;
+  }
+  if (cudaGetDeviceCount(&devices) != cudaSuccess) return 2;
+  return argc > 1 && std::string(argv[1]) == "--probe" ? 0 : -1;
+}
 
 inline void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
