@@ -276,6 +276,31 @@ TEST_CASE("abort() releases a rank blocked in a call, from another thread") {
   test::expect_ok(errors);
 }
 
+TEST_CASE("a rank that starts a call after its peers timed out in it fails it too") {
+  for (const auto algo : {collx::algorithm::ring, collx::algorithm::recursive_doubling}) {
+    const int p = algo == collx::algorithm::ring ? 2 : 3;
+    collx::communicator_config cfg;
+    cfg.timeout = 300ms;
+    cfg.algo = algo;
+    std::vector<std::string> outcome(static_cast<std::size_t>(p));
+    test::expect_ok(test::run_ranks(
+        p,
+        [&](collx::communicator& c) {
+          std::vector<float> v(100, 1.0f);
+          if (c.rank() == 1) std::this_thread::sleep_for(900ms);
+          try {
+            c.all_reduce(v, reduce_op::sum);
+            outcome[static_cast<std::size_t>(c.rank())] = "succeeded";
+          } catch (const collx::error& e) {
+            outcome[static_cast<std::size_t>(c.rank())] = std::string(e.code().message());
+          }
+        },
+        cfg));
+    INFO(to_string(algo));
+    for (const auto& o : outcome) CHECK(o != "succeeded");
+  }
+}
+
 TEST_CASE("a slow rank delays the others but the answer is right") {
   collx::local_world world(3);
   world.set_delay(1, 5ms);

@@ -75,7 +75,7 @@ class comm_core {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual void run(const plan& p, const exec_buffers& b, const exec_call& c) = 0;
-  virtual void abort(errc kind, std::string_view why) = 0;
+  virtual void abort(errc kind, std::string_view why, std::uint64_t seq) = 0;
 };
 
 template <transport T>
@@ -85,7 +85,7 @@ class comm_core_impl final : public comm_core {
   int rank() const override { return static_cast<int>(t_.rank()); }
   int size() const override { return static_cast<int>(t_.size()); }
   void run(const plan& p, const exec_buffers& b, const exec_call& c) override { ex_.run(t_, p, b, c); }
-  void abort(errc kind, std::string_view why) override { t_.abort(kind, why); }
+  void abort(errc kind, std::string_view why, std::uint64_t seq) override { t_.abort(kind, why, seq); }
 
  private:
   T t_;
@@ -129,7 +129,8 @@ struct comm_state {
   std::vector<std::pair<plan_key, std::shared_ptr<const plan>>> plans;
 
   std::mutex fail_m;
-  std::string failure;  // set once, on the first failed call
+  std::string failure;         // set once, on the first failed call
+  std::uint64_t finished = 0;  // calls that succeeded: the next call's number, or the failed one's
 
   timeout_explainer explain;  // set by explain_timeouts()
 
@@ -543,19 +544,35 @@ class communicator {
       fail(s, errc::transport, e.what());
       throw;
     }
+    settle(s, c);
     if (c.op == reduce_op::avg && c.coll != collective::all_gather) {
       const region res = result_region(c.coll, s.rank, c.count, c.in_place, s.size);
       finish_avg(c.type, c.out + res.offset * es, res.count, s.size);
     }
   }
 
+  // The call ran to its end on this rank. Counted as done unless this communicator
+  // failed meanwhile (abort() from another thread): its peers were then told that this
+  // rank gave up on this call, so it must not succeed here either.
+  static void settle(detail::comm_state& s, const detail::call& c) {
+    std::lock_guard lock(s.fail_m);
+    if (!s.failure.empty()) {
+      throw error(errc::aborted, to_string(c.coll), s.rank, error::no_rank,
+                  "this communicator failed while the call ran (" + s.failure + ")");
+    }
+    s.finished = c.seq + 1;
+  }
+
+  // The peers learn which call this rank gave up on: the first it did not finish.
   static void fail(detail::comm_state& s, errc kind, const std::string& why) {
+    std::uint64_t first_unfinished = 0;
     {
       std::lock_guard lock(s.fail_m);
       if (!s.failure.empty()) return;
       s.failure = why;
+      first_unfinished = s.finished;
     }
-    s.core->abort(kind, why);
+    s.core->abort(kind, why, first_unfinished);
   }
   void fail(errc kind, const std::string& why) { fail(*s_, kind, why); }
 

@@ -426,7 +426,7 @@ TEST_CASE("a receive refuses a message whose envelope or size differs, before a 
         CHECK(contains(e.what(), v.says));
         CHECK(std::all_of(in.begin(), in.end(), [](std::byte b) { return b == untouched; }));
         t.cancel(r);
-        t.abort(e.kind(), e.what());
+        t.abort(e.kind(), e.what(), 0);
         op_t again;
         CHECK(expect_error([&] { t.recv(0, env_of(3, 0), {}, again); }).kind() == errc::aborted);
       }
@@ -444,7 +444,7 @@ TEST_CASE("an abort reaches the peers, and a rank that fails because of it names
     const auto start = clock_type::now();
     if (me == 0) {
       std::this_thread::sleep_for(100ms);
-      t.abort(errc::peer_failure, "pulled the plug");
+      t.abort(errc::peer_failure, "pulled the plug", 0);
       op_t o;
       std::byte b{};
       const auto e = expect_error([&] { t.send(1, env_of(0, 1), {&b, 1}, o); });
@@ -462,7 +462,7 @@ TEST_CASE("an abort reaches the peers, and a rank that fails because of it names
       CHECK(contains(e.what(), "pulled the plug"));
       if (me == 2) CHECK(contains(e.what(), "after rank 0 failed"));
       t.cancel(o);
-      t.abort(e.kind(), e.what());
+      t.abort(e.kind(), e.what(), 0);
     }
     CHECK(clock_type::now() - start < 10s);
   }

@@ -14,6 +14,9 @@
 //                           its file descriptors are back, then (when the victim lives)
 //                           builds a new communicator and checks its results
 //   mp_worker abort VICTIM  VICTIM calls abort() while the others are blocked in a call
+//   mp_worker late LATE     rank LATE starts its first call after the others' timeout:
+//                           they fail it, and LATE must fail it too, though their
+//                           messages for it reached LATE before they gave up
 //   mp_worker models        each rank with its own cost model: the automatic choice agrees
 //   mp_worker soak CALLS    CALLS random collectives (sizes, algorithms, types, in place
 //                           or not) over a shm and a tcp communicator at random, each
@@ -343,6 +346,23 @@ int abort_scenario(communicator& comm, int victim) {
   return kill_or_abort_wait(comm, v);
 }
 
+// LATE joins call #0 two timeouts after the others (COLLX_ALGO picks the algorithm).
+int late_scenario(communicator& comm, int late) {
+  std::vector<float> v(1000, 1.0f);
+  if (comm.rank() == late) std::this_thread::sleep_for(std::chrono::seconds(3));
+  const auto t0 = clk::now();
+  try {
+    comm.all_reduce(v, reduce_op::sum);
+    std::printf("CALL SUCCEEDED on rank %d after its peers failed it\n", comm.rank());
+    return 1;
+  } catch (const error& e) {
+    report(e, ms_since(t0));
+  }
+  // Alive until the late rank has called: its peers' exit is not what must tell it.
+  if (comm.rank() != late) std::this_thread::sleep_for(std::chrono::seconds(4));
+  return 0;
+}
+
 // Each rank reads a different cost model (as hosts with different calibrations would);
 // the automatic choice must still agree, because every rank takes rank 0's.
 int models_scenario(communicator_config cfg, const std::string& transport) {
@@ -401,6 +421,7 @@ int main(int argc, char** argv) {
   try {
     communicator_config cfg;
     if (scenario != "collectives") cfg.timeout = std::chrono::seconds(20);
+    if (scenario == "late") cfg.timeout = std::chrono::seconds(1);
     const int victim = argc > 2 ? std::atoi(argv[2]) : 1;
 #if COLLX_HAVE_MPI
     // Under mpirun with COLLX_INIT=mpi (or COLLX_TRANSPORT=mpi): met through MPI
@@ -429,6 +450,7 @@ int main(int argc, char** argv) {
     if (scenario == "kill") return kill_scenario(comm, victim);
     if (scenario == "abort") return abort_scenario(comm, victim);
     if (scenario == "mismatch") return mismatch_scenario(comm);
+    if (scenario == "late") return late_scenario(comm, victim);
     std::fprintf(stderr, "unknown scenario '%s'\n", scenario.c_str());
     return 2;
   } catch (const std::exception& e) {

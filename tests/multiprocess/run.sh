@@ -1,7 +1,7 @@
 #!/bin/sh
 # One multi-process test: run.sh LAUNCHER WORKER TRANSPORT NP SCENARIO [ARG]
 #   LAUNCHER  path to collx-run, or "mpirun:PATH" to launch with Open MPI's mpirun
-#   SCENARIO  collectives | kill | mismatch | abort | fault | soak | models (mp_worker.cpp),
+#   SCENARIO  collectives | kill | mismatch | late | abort | fault | soak | models (mp_worker.cpp),
 #             optionally -mpi-init
 #   ARG       the scenario's argument: the victim rank (default 1), or soak's call count
 #   COLLX_FAULT (environment)  fault: the fault plan (collx/transport/faulty.hpp)
@@ -29,6 +29,7 @@ case $launcher in
     export COLLX_STORE_DIR="$store"
     set -- -x COLLX_TRANSPORT -x COLLX_JOB_ID -x COLLX_INIT -x COLLX_STORE_DIR -x OMPI_MCA_mpi_yield_when_idle
     [ -n "${COLLX_FAULT:-}" ] && set -- "$@" -x COLLX_FAULT
+    [ -n "${COLLX_ALGO:-}" ] && set -- "$@" -x COLLX_ALGO
     timeout 240 "${launcher#mpirun:}" --allow-run-as-root --oversubscribe -np "$np" "$@" \
       "$worker" "$scenario" "$arg" >"$out" 2>&1
     ;;
@@ -59,6 +60,10 @@ case $scenario in
     ;;
   mismatch)
     [ "$detected" -eq "$np" ] || fail "$detected of $np ranks detected the mismatch"
+    ;;
+  late)
+    [ "$rc" -eq 0 ] || fail "exit status $rc"
+    [ "$detected" -eq "$np" ] || fail "$detected of $np ranks failed call #0"
     ;;
   abort)
     [ "$rc" -eq 0 ] || fail "exit status $rc"

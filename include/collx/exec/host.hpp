@@ -213,6 +213,7 @@ class host_executor {
       cancel_all(t);
       throw;
     }
+    confirm(t, s, call);
   }
 
  private:
@@ -286,6 +287,19 @@ class host_executor {
       return 0;
     }
     return best;
+  }
+
+  // Every step is done, but a peer may have given up on this call after sending what
+  // this rank received (a late rank completes from messages sent before the timeout):
+  // then the call fails here too, so that no two ranks disagree on whether it happened.
+  static void confirm(T& t, const schedule& s, const exec_call& call) {
+    try {
+      t.confirm(call.env.seq);
+    } catch (const error& e) {
+      throw error(e.kind(), to_string(s.coll), s.rank, e.peer(),
+                  e.detail() + " (this rank had every message of " + call.env.describe() +
+                      ", but the peer gave up on that call first)");
+    }
   }
 
   [[noreturn]] static void throw_timeout(const schedule& s, const exec_call& call, std::size_t i,

@@ -56,7 +56,7 @@ template <class T>
 concept transport = std::movable<T> && std::default_initializable<typename T::op> &&
     requires(T& t, const T& ct, int peer, const envelope& env, std::span<const std::byte> out,
              std::span<std::byte> in, typename T::op& o, std::chrono::nanoseconds d, errc kind,
-             std::string_view why) {
+             std::string_view why, std::uint64_t seq) {
   { ct.rank() } -> std::convertible_to<int>;
   { ct.size() } -> std::convertible_to<int>;
   // Start sending `out` to `peer`; the bytes must stay valid until test() says done.
@@ -69,8 +69,13 @@ concept transport = std::movable<T> && std::default_initializable<typename T::op
   t.cancel(o);
   // Wait at most d for any operation of this rank to make progress.
   t.poll(d);
-  // This rank gives up: every peer's pending and future operations with it fail.
-  t.abort(kind, why);
+  // This rank gives up on call #seq (the first call it did not complete) and every later
+  // one: every peer's pending and future operations with it fail.
+  t.abort(kind, why, seq);
+  // Every step of call #seq has completed on this rank: throws collx::error when a peer
+  // has given up on that call and its abort has reached this rank, so that a call does
+  // not succeed here on data a peer sent before it failed the call. Never blocks.
+  t.confirm(seq);
 };
 
 // The one-sided face of a transport that maps its peers' memory (shared memory, CUDA

@@ -282,7 +282,8 @@ class faulty {
     t_.poll(d);
   }
 
-  void abort(errc kind, std::string_view why) { t_.abort(kind, why); }
+  void abort(errc kind, std::string_view why, std::uint64_t seq) { t_.abort(kind, why, seq); }
+  void confirm(std::uint64_t seq) { t_.confirm(seq); }
 
   // The one-sided face, when T has it.
   void recv_view(int peer, const envelope& env, std::size_t bytes, op& o) requires one_sided_transport<T> {
@@ -331,8 +332,10 @@ class faulty {
           break;
         case fault::kind::stall: std::this_thread::sleep_for(f.stall_for); break;
         case fault::kind::abort:
-          t_.abort(errc::aborted, "fault injection: rank " + std::to_string(rank()) + " aborted after " +
-                                      std::to_string(sends_) + " sends");
+          t_.abort(errc::aborted,
+                   "fault injection: rank " + std::to_string(rank()) + " aborted after " +
+                       std::to_string(sends_) + " sends",
+                   seq_);
           break;
         default: break;
       }

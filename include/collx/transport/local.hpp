@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -63,10 +64,11 @@ struct local_mailbox {
 struct local_rank_state {
   std::atomic<bool> failed{false};
   std::atomic<long long> delay_us{0};
-  std::mutex m;  // guards the three fields below, written once when the rank fails
+  std::mutex m;  // guards the four fields below, written once when the rank fails
   errc kind = errc::peer_failure;
   int origin = -1;  // the rank whose failure this one passed on
   std::string reason;
+  std::uint64_t gave_up_at = 0;  // the first call it did not complete
 };
 
 struct local_state {
@@ -97,7 +99,7 @@ struct local_state {
   // Marks rank q failed and ends every operation that involves it: its peers' receives
   // from it and sends to it fail with q's failure; q's own operations end as aborted,
   // which also releases a thread of q blocked in a call.
-  void fail_rank(int q, errc kind, int origin, std::string reason) {
+  void fail_rank(int q, errc kind, int origin, std::string reason, std::uint64_t gave_up_at) {
     auto& s = rank(q);
     {
       std::lock_guard lock(s.m);
@@ -105,6 +107,7 @@ struct local_state {
       s.kind = kind;
       s.origin = origin;
       s.reason = std::move(reason);
+      s.gave_up_at = gave_up_at;
       s.failed.store(true);
     }
     const auto [k, msg] = failure_of(q);
@@ -300,7 +303,7 @@ class local_transport {
   }
 
   // Passes on the first failure this rank saw, so that its peers learn the root cause.
-  void abort(errc kind, std::string_view why) {
+  void abort(errc kind, std::string_view why, std::uint64_t seq) {
     if (const int cause = cause_.load(); cause >= 0) {
       auto& c = s_->rank(cause);
       std::unique_lock lock(c.m);
@@ -308,9 +311,22 @@ class local_transport {
       const errc k = c.kind;
       std::string reason = c.reason;
       lock.unlock();
-      s_->fail_rank(rank_, k, origin, std::move(reason));
+      s_->fail_rank(rank_, k, origin, std::move(reason), seq);
     } else {
-      s_->fail_rank(rank_, kind, rank_, std::string(why));
+      s_->fail_rank(rank_, kind, rank_, std::string(why), seq);
+    }
+  }
+
+  void confirm(std::uint64_t seq) {
+    for (int q = 0; q < size(); ++q) {
+      auto& r = s_->rank(q);
+      if (q == rank_ || !r.failed.load()) continue;
+      std::unique_lock lock(r.m);
+      if (r.gave_up_at > seq) continue;
+      lock.unlock();
+      cause_ = q;
+      const auto [k, msg] = s_->failure_of(q);
+      throw error(k, {}, rank_, q, msg);
     }
   }
 
@@ -358,7 +374,9 @@ class local_world {
   // Fault injection: rank r is dead from now on; its peers' operations with it fail.
   void kill(int rank) {
     check(rank);
-    s_->fail_rank(rank, errc::peer_failure, rank, "killed by fault injection");
+    // A dead rank says nothing of which calls it completed: confirm() ignores it.
+    s_->fail_rank(rank, errc::peer_failure, rank, "killed by fault injection",
+                  std::numeric_limits<std::uint64_t>::max());
   }
 
   // Fault injection: every message rank r sends from now on is delayed by d.

@@ -57,6 +57,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -132,7 +133,8 @@ inline constexpr std::size_t mpi_header_size = 48;
 // Small enough to go eagerly on every Open MPI transport (vader's eager limit is 4 KiB),
 // so an abort message never waits for its receiver to post a receive.
 inline constexpr std::size_t mpi_abort_size = 1024;
-inline constexpr std::size_t mpi_abort_fixed = 16;  // magic, kind, origin, reason length
+// magic, kind, origin, reason length, the first call the sender did not complete
+inline constexpr std::size_t mpi_abort_fixed = 24;
 // Each transport's messages use three tags of their own: header, data, abort (see
 // mpi_state's constructor for why).
 inline constexpr int mpi_tags = 3;
@@ -272,6 +274,7 @@ struct mpi_peer {
   errc kind = errc::peer_failure;
   int origin = -1;
   std::string reason;
+  std::uint64_t gave_up_at = std::numeric_limits<std::uint64_t>::max();
 };
 
 // The private duplicate of a parent communicator. It is made once per parent and kept
@@ -528,8 +531,27 @@ class mpi_state {
     }
   }
 
+  // Reads the abort messages that have arrived: a peer that gave up on call #seq fails it.
+  void confirm(std::uint64_t seq) {
+    {
+      auto lock = guard();
+      probe_aborts();
+    }
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      {
+        std::lock_guard info(info_m_);
+        const mpi_peer& pq = peers_[static_cast<std::size_t>(q)];
+        if (!pq.failed || pq.gave_up_at > seq) continue;
+      }
+      const auto [k, msg] = failure_of(q);
+      set_cause(q);
+      throw error(k, {}, rank_, q, msg);
+    }
+  }
+
   // Passes on the first failure this rank saw, so that its peers learn the root cause.
-  void abort(errc kind, std::string_view why) {
+  void abort(errc kind, std::string_view why, std::uint64_t seq) {
     if (aborting_.exchange(true)) return;
     errc k = kind;
     int origin = rank_;
@@ -554,6 +576,7 @@ class mpi_state {
     put_bytes(p + 4, static_cast<std::int32_t>(k));
     put_bytes(p + 8, static_cast<std::int32_t>(origin));
     put_bytes(p + 12, static_cast<std::uint32_t>(reason.size()));
+    put_bytes(p + 16, seq);
     if (!reason.empty()) std::memcpy(p + mpi_abort_fixed, reason.data(), reason.size());
     const int n = static_cast<int>(mpi_abort_fixed + reason.size());
     for (int q = 0; q < size_; ++q) {
@@ -816,10 +839,12 @@ class mpi_state {
       errc k = errc::peer_failure;
       int origin = q;
       std::string reason = "it sent an abort message collx cannot read";
+      std::uint64_t gave_up_at = std::numeric_limits<std::uint64_t>::max();
       if (got >= static_cast<int>(mpi_abort_fixed) && get_bytes<std::uint32_t>(p) == mpi_abort_magic) {
         const auto kind = get_bytes<std::int32_t>(p + 4);
         const auto from = get_bytes<std::int32_t>(p + 8);
         const auto len = get_bytes<std::uint32_t>(p + 12);
+        gave_up_at = get_bytes<std::uint64_t>(p + 16);
         if (kind >= static_cast<int>(errc::invalid_argument) && kind <= static_cast<int>(errc::unsupported)) {
           k = static_cast<errc>(kind);
         }
@@ -834,6 +859,7 @@ class mpi_state {
       pq.kind = k;
       pq.origin = origin;
       pq.reason = std::move(reason);
+      pq.gave_up_at = gave_up_at;
       pq.failed = true;
     }
   }
@@ -925,8 +951,11 @@ class mpi_transport {
       std::this_thread::sleep_for(d);
     }
   }
-  void abort(errc kind, std::string_view why) {
-    if (s_) s_->abort(kind, why);
+  void abort(errc kind, std::string_view why, std::uint64_t seq) {
+    if (s_) s_->abort(kind, why, seq);
+  }
+  void confirm(std::uint64_t seq) {
+    if (s_) s_->confirm(seq);
   }
 
  private:

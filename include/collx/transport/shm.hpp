@@ -108,6 +108,7 @@ struct shm_control {
   std::atomic<std::uint32_t> sleeping;  // the owner is (about to be) in futex_wait
   std::atomic<std::uint32_t> aborted;
   std::int32_t pid;
+  std::uint64_t gave_up_at;  // set before `aborted`: the first call the owner did not complete
   std::uint64_t slot_bytes, slots, ranks;
   char reason[1024];
 };
@@ -352,18 +353,29 @@ class shm_transport {
     if (!progress()) check_peers();
   }
 
-  void abort(errc kind, std::string_view why) {
+  void abort(errc kind, std::string_view why, std::uint64_t seq) {
     if (aborted_ || segs_.empty()) return;
     aborted_ = true;
     auto& c = control(rank_);
     const std::size_t n = std::min(why.size(), sizeof c.reason - 1);
     std::memcpy(c.reason, why.data(), n);
     c.reason[n] = '\0';
+    c.gave_up_at = seq;
     c.aborted.store(1);
     for (int q = 0; q < size_; ++q) {
       if (q == rank_) continue;
       fail_peer(q, kind, "this rank aborted: " + std::string(why), true);
       wake(q);
+    }
+  }
+
+  void confirm(std::uint64_t seq) {
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      auto& c = control(q);
+      if (c.aborted.load() == 0 || c.gave_up_at > seq) continue;
+      fail_peer(q, errc::peer_failure, failed_text(q));
+      throw error(errc::peer_failure, {}, rank_, q, failed_text(q));
     }
   }
 
@@ -594,15 +606,19 @@ class shm_transport {
       if (p.sendq.empty() && p.recvq.empty()) continue;
       auto& c = control(q);
       if (c.aborted.load() != 0) {
-        fail_peer(q, errc::peer_failure,
-                  "peer " + std::to_string(q) +
-                      " failed: " + std::string(c.reason, strnlen(c.reason, sizeof c.reason)));
+        fail_peer(q, errc::peer_failure, failed_text(q));
       } else if (!alive(q)) {
         fail_peer(q, errc::peer_failure,
                   "peer " + std::to_string(q) + " (pid " + std::to_string(c.pid) +
                       ") is gone: it exited or was killed in the middle of a collective");
       }
     }
+  }
+
+  std::string failed_text(int q) const {
+    const auto& c = control(q);
+    return "peer " + std::to_string(q) +
+           " failed: " + std::string(c.reason, strnlen(c.reason, sizeof c.reason));
   }
 
   // The owner holds an exclusive lock for life; if ours can be had, it is dead.

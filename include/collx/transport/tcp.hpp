@@ -27,6 +27,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <random>
 #include <span>
@@ -226,6 +227,8 @@ struct tcp_stream {
 struct tcp_peer {
   std::vector<tcp_stream> streams;
   bool failed = false;
+  // Told by the peer's abort frame: the first call it did not complete.
+  std::uint64_t gave_up_at = std::numeric_limits<std::uint64_t>::max();
   errc kind = errc::peer_failure;
   std::string why;
 };
@@ -336,11 +339,12 @@ class tcp_transport {
   // This rank gives up: tell each peer why (where its first stream is between
   // messages, so the frame cannot land inside a payload: nothing queued, or the next
   // message not begun), then close everything.
-  void abort(errc kind, std::string_view why) {
+  void abort(errc kind, std::string_view why, std::uint64_t seq) {
     if (aborted_) return;
     aborted_ = true;
     detail::tcp_header h;
     h.kind = 1;
+    h.seq = seq;
     h.size = why.size();
     for (int q = 0; q < size(); ++q) {
       if (q == rank_) continue;
@@ -358,6 +362,18 @@ class tcp_transport {
         if (s.fd) ::shutdown(s.fd.get(), SHUT_RDWR);
         s.fd.reset();
       }
+    }
+  }
+
+  // Between calls each peer's first stream holds, next, either a later call's message
+  // or the abort frame the peer sent when it gave up: a peek tells which, one system
+  // call per peer.
+  void confirm(std::uint64_t seq) {
+    for (int q = 0; q < size(); ++q) {
+      if (q == rank_) continue;
+      auto& p = peer_of(q);
+      if (!p.failed) read_waiting_abort(q);
+      if (p.failed && p.gave_up_at <= seq) throw error(errc::peer_failure, {}, rank_, q, p.why);
     }
   }
 
@@ -553,6 +569,36 @@ class tcp_transport {
     }
   }
 
+  // When q's first stream is between messages and an abort frame is next on it: read
+  // it and fail q with its reason.
+  void read_waiting_abort(int q) {
+    auto& st = stream(q, 0);
+    if (!st.fd || !st.recvq.empty()) return;
+    detail::tcp_header h;
+    if (::recv(st.fd.get(), &h, sizeof h, MSG_PEEK | MSG_DONTWAIT) != static_cast<ssize_t>(sizeof h)) return;
+    if (h.magic != detail::tcp_magic || h.kind != 1) return;
+    ::recv(st.fd.get(), &h, sizeof h, MSG_DONTWAIT);  // peeked whole: cannot come short
+    peer_gave_up(q, h, read_reason(q, h));
+  }
+
+  // The reason after an abort frame's header, read within a second.
+  std::string read_reason(int q, const detail::tcp_header& h) {
+    std::string why(static_cast<std::size_t>(std::min<std::uint64_t>(h.size, detail::tcp_max_reason)), '\0');
+    try {
+      detail::read_all(stream(q, 0).fd.get(), std::as_writable_bytes(std::span(why.data(), why.size())),
+                       detail::clock::now() + std::chrono::seconds(1), "peer " + std::to_string(q));
+    } catch (const error&) {
+      why = "(reason lost)";
+    }
+    return why;
+  }
+
+  void peer_gave_up(int q, const detail::tcp_header& h, const std::string& why) {
+    fail_peer(q, errc::peer_failure,
+              "peer " + std::to_string(q) + " failed: " + (why.empty() ? "(reason lost)" : why));
+    peer_of(q).gave_up_at = std::min(peer_of(q).gave_up_at, h.seq);
+  }
+
   // After a failed send to q: when q's first stream is between messages, read what q
   // sent before it went (messages no receive was posted for yet, skipped) looking for
   // an abort frame, and fail q with the reason in it. True when it found one.
@@ -573,8 +619,7 @@ class tcp_transport {
         std::string why(r.reason_bytes, '\0');
         const ssize_t n = ::recv(st.fd.get(), why.data(), why.size(), MSG_DONTWAIT);
         why.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
-        fail_peer(q, errc::peer_failure,
-                  "peer " + std::to_string(q) + " failed: " + (why.empty() ? "(reason lost)" : why));
+        peer_gave_up(q, h, why);
         return true;
       }
       // A data message: its first stripe rides on this stream.
@@ -597,14 +642,7 @@ class tcp_transport {
   bool check_header(int q, op& o) {
     const auto r = detail::parse_tcp_header(std::as_bytes(std::span(&o.hdr, 1)), o.expect, o.size, q);
     if (r.status == detail::parse_status::done && r.abort) {
-      std::string why(r.reason_bytes, '\0');
-      try {
-        detail::read_all(stream(q, 0).fd.get(), std::as_writable_bytes(std::span(why.data(), why.size())),
-                         detail::clock::now() + std::chrono::seconds(1), "peer " + std::to_string(q));
-      } catch (const error&) {
-        why = "(reason lost)";
-      }
-      fail_peer(q, errc::peer_failure, "peer " + std::to_string(q) + " failed: " + why);
+      peer_gave_up(q, o.hdr, read_reason(q, o.hdr));
       return false;
     }
     if (r.status != detail::parse_status::done) {
