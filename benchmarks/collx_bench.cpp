@@ -36,7 +36,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <collx/collx.hpp>
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -894,7 +894,7 @@ int spawn_ranks(const settings& s, char** argv) {
 
 int main(int argc, char** argv) {
   // --transport cuda: ranks share a GPU, each stream needs a hardware queue of its own
-  // (collx/cuda.cuh); read when CUDA starts, so before anything else.
+  // (collx/cuda/group.cuh); read when CUDA starts, so before anything else.
   ::setenv("CUDA_DEVICE_MAX_CONNECTIONS", "32", 0);
   settings s;
   bool np_given = false;

@@ -22,10 +22,10 @@
 #include <utility>
 #include <vector>
 
-#include "collx/cuda.cuh"
-#include "collx/cuda_hierarchical.cuh"
-#include "collx/cuda_staged.hpp"
-#include "collx/transport/cuda_ipc.cuh"
+#include "collx/cuda/group.cuh"
+#include "collx/cuda/hierarchical.cuh"
+#include "collx/cuda/staged.hpp"
+#include "collx/cuda/ipc.cuh"
 #include "cuda_contenders.hpp"
 
 #if COLLX_BENCH_HAVE_NCCL_H
@@ -197,10 +197,13 @@ class comm_runner final : public rank_runner {
   namer algo_;
 };
 
-// What the GPU paths run when asked for none (collx/cuda.cuh, transport/ipc.hpp): ring.
-inline std::string ring_unless_asked(const baseline_case& c, int) {
-  return std::string(
-      collx::to_string(c.algo == collx::algorithm::automatic ? collx::algorithm::ring : c.algo));
+// What the GPU paths run (collx/cuda/group.cuh, ipc.hpp): what the front end resolves,
+// as on the host (front/resolve.hpp), from --algo, then COLLX_ALGO, then the model.
+inline std::string as_resolved(const baseline_case& c, int ranks) {
+  static const collx::communicator_config cfg;
+  return std::string(collx::to_string(collx::detail::resolve(c.coll, c.count, c.type, c.op, {.algo = c.algo}, cfg,
+                                                             ranks, 0)
+                                          .algo));
 }
 
 class group_impl final : public thread_group {
@@ -208,7 +211,7 @@ class group_impl final : public thread_group {
   explicit group_impl(const std::vector<int>& devices) : g_(devices), devices_(devices) {}
   std::unique_ptr<rank_runner> rank(int r, std::size_t max_bytes, group_ops ops) override {
     return std::make_unique<comm_runner<collx::cuda::communicator>>(
-        devices_.at(static_cast<std::size_t>(r)), max_bytes, std::move(ops), ring_unless_asked, g_.rank(r));
+        devices_.at(static_cast<std::size_t>(r)), max_bytes, std::move(ops), as_resolved, g_.rank(r));
   }
   void abort() noexcept override { g_.abort(); }
 
@@ -430,7 +433,7 @@ std::unique_ptr<rank_runner> make_staged(collx::communicator& host, int device, 
 std::unique_ptr<rank_runner> make_ipc(collx::store& st, int rank, int size, int device, std::size_t max_bytes,
                                       group_ops ops) {
   return std::make_unique<comm_runner<collx::cuda::ipc_communicator>>(
-      device, max_bytes, std::move(ops), ring_unless_asked, st, rank, size, device);
+      device, max_bytes, std::move(ops), as_resolved, st, rank, size, device);
 }
 
 std::unique_ptr<rank_runner> make_hier(const std::shared_ptr<collx::store>& st, const collx::launch_info& li,

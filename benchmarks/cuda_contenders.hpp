@@ -18,7 +18,7 @@
 //   nccl              NCCL, loaded at run time with dlopen("libnccl.so.2")
 
 #include <collx/communicator.hpp>
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 #include <collx/rendezvous/store.hpp>
 
 #include <cstddef>

@@ -22,7 +22,7 @@
 #include "collx/core/dtype.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
-#include "collx/cuda_probe.hpp"
+#include "collx/cuda/probe.hpp"
 #include "collx/exec/cuda_reduce.cuh"
 
 namespace {

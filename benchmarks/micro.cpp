@@ -10,7 +10,7 @@
 
 #include <benchmark/benchmark.h>
 #include <collx/collx.hpp>
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 
 #include <cstring>
 #include <thread>

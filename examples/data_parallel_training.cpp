@@ -14,7 +14,7 @@
 // over the in-process transport.
 
 #include <collx/collx.hpp>
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 
 #include <cmath>
 #include <cstdio>

@@ -8,7 +8,7 @@
 // memory on one host, tcp across hosts (COLLX_TRANSPORT overrides). With no launcher it
 // runs as a single rank.
 
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 
 #include <cstdio>
 #include <vector>

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <new>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -80,6 +81,32 @@ struct pool_allocator {
 
 template <class T>
 using pvector = std::vector<T, pool_allocator<T>>;
+
+// Sets an environment variable (empty: unsets it) for a scope, then restores it.
+class scoped_env {
+ public:
+  scoped_env(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (*value == '\0') {
+      ::unsetenv(name);
+    } else {
+      ::setenv(name, value, 1);
+    }
+  }
+  ~scoped_env() {
+    if (old_) {
+      ::setenv(name_, old_->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+  scoped_env(const scoped_env&) = delete;
+  scoped_env& operator=(const scoped_env&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
 
 // Runs f(make(r)) for ranks r = 0..p-1, each on its own thread, and returns each rank's
 // exception (null if it returned). If the ranks are not all back within `bound`, the

@@ -79,7 +79,7 @@ bool fake_probe(const void* p) noexcept {
 }  // namespace
 
 TEST_CASE("with a GPU object in the program, device buffers are refused by host communicators") {
-  // What collx::cuda's objects install (core/check.hpp), with a probe that calls one
+  // What collx::cuda's objects install (front/check.hpp), with a probe that calls one
   // vector device memory: the call fails before a byte moves, and says what to use.
   collx::detail::device_memory_probe.store(&fake_probe);
   collx::local_world w(1);
@@ -298,6 +298,39 @@ TEST_CASE("a rank that starts a call after its peers timed out in it fails it to
         cfg));
     INFO(to_string(algo));
     for (const auto& o : outcome) CHECK(o != "succeeded");
+  }
+}
+
+TEST_CASE(
+    "COLLX_TIMEOUT, COLLX_ALGO and COLLX_SEGMENT_BYTES set the host communicator's calls; unset, automatic "
+    "chooses by the model") {
+  // Rank 1 never calls: rank 0's timeout names the call as it ran.
+  auto timed_out_call = [](int p) {
+    std::string what;
+    const auto start = std::chrono::steady_clock::now();
+    test::expect_ok(test::run_ranks(p, [&](collx::communicator& c) {
+      if (c.rank() != 0) return;
+      std::vector<float> v(3000, 1.0f);
+      what = expect_error([&] { c.all_reduce(v, reduce_op::sum); }).what();
+    }));
+    return std::pair{what, std::chrono::steady_clock::now() - start};
+  };
+  {
+    test::scoped_env timeout("COLLX_TIMEOUT", "0.5"), algo("COLLX_ALGO", "rd"),
+        seg("COLLX_SEGMENT_BYTES", "8192");
+    const auto [what, took] = timed_out_call(2);
+    INFO(what);
+    CHECK(contains(what, "timed out after"));
+    CHECK(contains(what, "rd, segment=2048)"));
+    CHECK(took < 5s);  // the default timeout is five minutes
+  }
+  {
+    test::scoped_env timeout("COLLX_TIMEOUT", "0.5"), algo("COLLX_ALGO", "");
+    const collx::communicator_config cfg;
+    const auto chosen = collx::algorithms::choose(collx::collective::all_reduce, 3, 3000 * 4.0, cfg.model);
+    const auto [what, took] = timed_out_call(3);
+    INFO(what);
+    CHECK(contains(what, std::string(", ") + std::string(to_string(chosen)) + ", segment=131072)"));
   }
 }
 

@@ -1,4 +1,4 @@
-// The ipc protocol (transport/ipc.hpp) across real processes: forked ranks that map each
+// The ipc protocol (ipc.hpp) across real processes: forked ranks that map each
 // other's memory, here host shared memory (host_ipc_api) standing in for CUDA IPC, run
 // every algorithm and collective with small slots, checked against the serial
 // reference; a rank that never calls is a timeout naming it on the others; ranks that
@@ -11,8 +11,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <collx/ipc.hpp>
 #include <collx/rendezvous/store.hpp>
-#include <collx/transport/ipc.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -161,6 +161,41 @@ TEST_CASE("ipc: every algorithm and collective across processes, p = 2, 3, 5") {
       CHECK(codes[static_cast<std::size_t>(r)] == 0);
     }
   }
+  CHECK(leftovers() == 0);
+}
+
+TEST_CASE(
+    "ipc: COLLX_TIMEOUT, COLLX_ALGO and COLLX_SEGMENT_BYTES set its calls as they do the host "
+    "communicator's") {
+  // Rank 1 never calls; rank 0's timeout names the call as it ran. Exit codes: 0 when
+  // the error names what the environment asked for, else what went wrong.
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto codes = fork_ranks(2, [](int r, store& st) {
+    ::setenv("COLLX_TIMEOUT", "0.5", 1);
+    ::setenv("COLLX_ALGO", "rd", 1);
+    ::setenv("COLLX_SEGMENT_BYTES", "8192", 1);
+    ipc_options o;  // 16 KiB of slots: an 8 KiB segment fits, so it is not cut
+    o.slots = 4;
+    o.slot_bytes = 4096;
+    ipc_communicator<host_ipc_api> c(st, r, 2, host_ipc_api{}, o);
+    if (r == 1) {
+      std::this_thread::sleep_for(std::chrono::seconds(2));
+      return 0;
+    }
+    std::vector<float> v(3000, 1.0f);
+    try {
+      c.all_reduce(v.data(), v.data(), v.size(), dtype::f32, reduce_op::sum);
+    } catch (const error& e) {
+      std::printf("rank %d: %s\n", r, e.what());
+      const std::string what = e.what();
+      if (e.kind() != errc::timeout) return 3;
+      return what.find("rd, segment=2048)") != std::string::npos ? 0 : 4;
+    }
+    return 2;
+  });
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10));  // not the default 5 minutes
+  CHECK(codes[0] == 0);
+  CHECK(codes[1] == 0);
   CHECK(leftovers() == 0);
 }
 

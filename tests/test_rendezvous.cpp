@@ -4,7 +4,7 @@
 
 #include <doctest/doctest.h>
 
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 
 #include <atomic>
 #include <chrono>

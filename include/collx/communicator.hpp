@@ -28,41 +28,23 @@
 
 #include "collx/algorithms/select.hpp"
 #include "collx/config.hpp"
-#include "collx/core/check.hpp"
 #include "collx/core/dtype.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/core/request.hpp"
 #include "collx/exec/host.hpp"
+#include "collx/front/check.hpp"
+#include "collx/front/resolve.hpp"
 #include "collx/schedule/schedule.hpp"
 #include "collx/transport/concept.hpp"
 
 namespace collx {
 
-// The cost model's parameters for the in-process transport, from `local_sweep 2` on the
-// project's 2-core VM (docs/performance.md): about 27 us for a 2-message call gives
-// alpha; the 1 MiB and 64 MiB points give 2*beta + gamma between 0.13 and 0.3 ns/B.
-// They decide only which algorithm runs; collx-calibrate will measure them per machine.
-inline constexpr cost_params local_transport_model{13e-6, 0.1e-9, 0.1e-9};
-
 // Given the peer a timed-out wait was for and the grace kept for asking around: the rank
 // really stuck, and the words to add to the error (communicator::explain_timeouts).
 using timeout_explainer =
     std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)>;
-
-struct communicator_config {
-  // Bound on every call; COLLX_TIMEOUT (seconds) overrides this default.
-  std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
-  // Pipeline segment; COLLX_SEGMENT_BYTES overrides this default.
-  std::size_t segment_bytes = detail::segment_from_env(defaults::segment_bytes);
-  // The algorithm for calls that do not name one; COLLX_ALGO overrides this default.
-  algorithm algo = algorithms::algorithm_from_env(algorithm::automatic);
-  // What the automatic choice prices algorithms with: what collx-calibrate measured
-  // (schedule/cost.hpp: model_file_path), else the defaults above. Ranks must agree on
-  // it; make_communicator, init_from_env and init_from_mpi give every rank rank 0's.
-  cost_params model = read_model(model_file_path()).value_or(local_transport_model);
-};
 
 namespace detail {
 
@@ -512,22 +494,20 @@ class communicator {
     const std::string_view name = to_string(c.coll);
     check_healthy(s, name);  // again: a call queued before a failure must not run after it
     const std::size_t es = size_of(c.type);
-    const std::size_t seg_bytes = c.opt.segment_bytes != 0 ? c.opt.segment_bytes : s.cfg.segment_bytes;
-    const std::size_t segment = std::max<std::size_t>(1, seg_bytes / es);
-    const algorithm a = algorithms::resolve(c.opt.algo, s.cfg.algo, c.coll, s.size,
-                                            static_cast<double>(c.count * es), s.cfg.model);
+    const detail::resolved_call r =
+        detail::resolve(c.coll, c.count, c.type, c.op, c.opt, s.cfg, s.size, c.seq);
     exec_call ec;
     ec.type = c.type;
     ec.op = c.op;
-    ec.env = {c.seq, c.count, segment, c.opt.tag, c.coll, c.type, c.op, a};
-    ec.timeout = c.opt.timeout.count() != 0 ? c.opt.timeout : s.cfg.timeout;
+    ec.env = r.env;
+    ec.timeout = r.timeout;
     std::chrono::milliseconds grace{0};
     if (s.explain && ec.timeout < std::chrono::hours(24 * 365)) {
       grace = std::min<std::chrono::milliseconds>(ec.timeout / 10, std::chrono::seconds(2));
       ec.timeout -= grace;
     }
     try {
-      const auto p = plan_for(s, c, a, segment);
+      const auto p = plan_for(s, c, r.algo, r.segment);
       s.core->run(*p, {c.in, c.out, nullptr}, ec);
     } catch (const error& e) {
       if (e.kind() == errc::timeout && grace.count() > 0 && e.peer() >= 0 && e.peer() < s.size) {

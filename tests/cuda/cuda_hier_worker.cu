@@ -7,7 +7,7 @@
 // `--probe` only says whether a GPU is there (exit 77 if not), before collx-run starts.
 // Exit: 0 all right, 1 a wrong result, 2 an error.
 
-#include <collx/cuda_hierarchical.cuh>
+#include <collx/cuda/hierarchical.cuh>
 
 #include <cstdio>
 #include <cstdlib>

@@ -4,8 +4,8 @@
 // `--probe` only says whether a GPU is there (exit 77 if not), before collx-run starts.
 // Exit: 0 all right, 1 a wrong result, 2 an error.
 
-#include <collx/init.hpp>
-#include <collx/transport/cuda_ipc.cuh>
+#include <collx/launch/init.hpp>
+#include <collx/cuda/ipc.cuh>
 
 #include <cstdio>
 #include <cstring>

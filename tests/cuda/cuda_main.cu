@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <string>
 
-#include <collx/cuda_probe.hpp>
+#include <collx/cuda/probe.hpp>
 
 int main(int argc, char** argv) {
   // Up to 8 ranks share one GPU in the tests, each with a stream of its own and one for

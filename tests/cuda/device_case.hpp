@@ -5,7 +5,7 @@
 // Comm is any of collx's GPU front ends: the untyped calls with a stream at the end.
 
 #include <cuda_runtime.h>
-#include <collx/cuda_probe.hpp>
+#include <collx/cuda/probe.hpp>
 
 #include <cstddef>
 #include <cstdio>

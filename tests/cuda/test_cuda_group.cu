@@ -1,4 +1,4 @@
-// GPU collectives in one process (collx/cuda.cuh): p = 2, 4 and 8 ranks as threads on
+// GPU collectives in one process (collx/cuda/group.cuh): p = 2, 4 and 8 ranks as threads on
 // one GPU, every collective, algorithm, element type and reduction, odd and empty
 // counts, in place and not, checked against the serial reference; errors (a rank that
 // never calls, ranks that call differently, an abort, bad pointers); CUDA graph capture.
@@ -9,8 +9,8 @@
 
 #include <doctest/doctest.h>
 
-#include <collx/cuda.cuh>
-#include <collx/cuda_staged.hpp>
+#include <collx/cuda/group.cuh>
+#include <collx/cuda/staged.hpp>
 #include <collx/transport/local.hpp>
 
 #include <atomic>

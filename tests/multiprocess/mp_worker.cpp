@@ -26,11 +26,11 @@
 // "OK <n> cases", "DETECTED <kind> after <ms> ms: <message>", and for faults "BLAMES
 // <0|1>", "REFUSED", "FDS <before> <after>", "REBUILT OK <n> cases".
 
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 
 #include "../reference.hpp"
 #if COLLX_HAVE_MPI
-#include <collx/init_mpi.hpp>
+#include <collx/launch/init_mpi.hpp>
 #endif
 
 #include <chrono>

@@ -5,7 +5,7 @@
 //                              hierarchical, measured and predicted (rank 0 prints)
 // Prints "OK <n> cases" when every check held; exits non-zero otherwise.
 
-#include <collx/topology.hpp>
+#include <collx/hierarchical.hpp>
 
 #include "../reference.hpp"
 

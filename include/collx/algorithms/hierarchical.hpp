@@ -33,8 +33,8 @@
 //   std::byte* scratch(int i, std::size_t bytes);   // i = 0, 1: two separate areas
 // Scratch is asked for before a level moves a byte, so a failed allocation leaves the
 // user's buffers as they were and the peers not waiting.
-// Host ranks: collx::hierarchical (topology.hpp). GPU ranks: collx::cuda::hierarchical
-// (cuda_hierarchical.cuh), CUDA IPC inside and pinned-memory tcp across.
+// Host ranks: collx::hierarchical (hierarchical.hpp). GPU ranks: collx::cuda::hierarchical
+// (cuda/hierarchical.cuh), CUDA IPC inside and pinned-memory tcp across.
 
 #include <cstddef>
 #include <string_view>

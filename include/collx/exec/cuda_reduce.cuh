@@ -35,7 +35,7 @@
 #include "collx/core/dtype.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
-#include "collx/cuda_probe.hpp"
+#include "collx/exec/cuda_check.hpp"
 
 namespace collx::cuda {
 

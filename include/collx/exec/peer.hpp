@@ -37,7 +37,6 @@
 #include <thread>
 #include <vector>
 
-#include "collx/algorithms/select.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/schedule/schedule.hpp"
@@ -184,18 +183,6 @@ inline std::uint64_t max_message(const schedule& s) noexcept {
   return m;
 }
 
-// The program of one call shape: its schedule, built by the algorithm, compiled.
-inline program_image program_for(const program_key& k, int rank, int ranks) {
-  algorithms::call_shape shape;
-  shape.coll = k.coll;
-  shape.rank = rank;
-  shape.ranks = ranks;
-  shape.count = k.count;
-  shape.segment = k.segment;
-  shape.in_place = k.in_place;
-  return compile(algorithms::build(k.algo, shape));
-}
-
 // One receiver's mailboxes, for one lane: arrays indexed by sender.
 struct mailbox {
   std::byte* slots = nullptr;      // [sender][slot][slot_bytes]
@@ -252,7 +239,9 @@ struct status {
 
 // The error a stopped lane's status stands for. `who` names what must be calling, in
 // the timeout's advice ("Is every rank's thread calling", "Is every rank's process ...").
-inline error to_error(const status& s, std::string_view coll, int rank, int ranks, std::string_view who) {
+// `called`: the call as this rank made it (envelope::describe), when the caller has it.
+inline error to_error(const status& s, std::string_view coll, int rank, int ranks, std::string_view who,
+                      const std::string& called = {}) {
   const bool named = s.peer >= 0 && s.peer < ranks;
   const std::string ms = std::to_string(s.waited_ns / 1'000'000);
   errc kind = errc::peer_failure;
@@ -282,6 +271,7 @@ inline error to_error(const status& s, std::string_view coll, int rank, int rank
                   : "the group was aborted";
       break;
   }
+  if (!called.empty()) why += " (this rank called " + called + ")";
   return error(kind, coll, rank, named ? s.peer : error::no_rank, why);
 }
 

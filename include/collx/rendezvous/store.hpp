@@ -5,7 +5,7 @@
 // stores, one interface:
 //   tcp_store   served by rank 0 at MASTER_ADDR:MASTER_PORT, torchrun's env:// convention
 //   file_store  a directory every rank can see (one host, or a shared file system)
-// Under mpirun, init_mpi.hpp (init_from_mpi) starts a tcp_store and tells the ranks where it is.
+// Under mpirun, launch/init_mpi.hpp (init_from_mpi) starts a tcp_store and tells the ranks where it is.
 //
 // get() waits for a key that another rank has yet to set, always up to a deadline.
 //
@@ -40,7 +40,7 @@
 #include <vector>
 
 #include "collx/core/error.hpp"
-#include "collx/transport/socket.hpp"
+#include "collx/net/socket.hpp"
 
 namespace collx {
 

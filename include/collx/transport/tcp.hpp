@@ -37,9 +37,9 @@
 
 #include "collx/config.hpp"
 #include "collx/core/error.hpp"
+#include "collx/net/socket.hpp"
 #include "collx/rendezvous/store.hpp"
 #include "collx/transport/concept.hpp"
-#include "collx/transport/socket.hpp"
 
 namespace collx {
 

@@ -1,5 +1,5 @@
 // The consumer as processes: what a user's program launched by collx-run looks like.
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 
 #include <cstdio>
 #include <vector>

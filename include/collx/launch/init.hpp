@@ -9,7 +9,7 @@
 // Where do we meet: MASTER_ADDR/MASTER_PORT (rank 0 serves a tcp_store there), else
 // COLLX_STORE_DIR or, on one host under mpirun/srun, a file store named after the job.
 // Which transport: COLLX_TRANSPORT=shm|tcp|auto; auto is shm when every rank is on
-// this host and tcp otherwise. (Under mpirun, collx/init_mpi.hpp offers the MPI
+// this host and tcp otherwise. (Under mpirun, collx/launch/init_mpi.hpp offers the MPI
 // transport and bootstraps the store through MPI.)
 // With no launcher at all, the communicator has one rank.
 
@@ -279,10 +279,10 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
     return explained(
         detail::communicator_over(tcp_transport(*st, li.rank, li.size, host, to, prefix + "/tcp"), cfg, st));
   }
-  throw error(
-      errc::invalid_argument, "init", li.rank, error::no_rank,
-      "transport '" + transport +
-          "': processes use shm, tcp or auto (COLLX_TRANSPORT=mpi: init_from_mpi in collx/init_mpi.hpp)");
+  throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+              "transport '" + transport +
+                  "': processes use shm, tcp or auto (COLLX_TRANSPORT=mpi: init_from_mpi in "
+                  "collx/launch/init_mpi.hpp)");
 }
 
 // The communicator of the launched job. `transport`: "shm", "tcp", "auto" or empty

@@ -1,7 +1,7 @@
 #pragma once
 
 // Ranks in different processes on one host that map each other's memory: GPU ranks over
-// CUDA IPC (transport/cuda_ipc.cuh) and, for the tests, host ranks over POSIX shared
+// CUDA IPC (cuda/ipc.cuh) and, for the tests, host ranks over POSIX shared
 // memory (host_ipc_api below). The peer-memory executor (exec/peer.hpp) runs on the host
 // here, one piece at a time: its copies and reductions go to the memory's own engine
 // (on a GPU: the copy engines and short kernels), complete before the piece is
@@ -51,13 +51,15 @@
 
 #include "collx/algorithms/select.hpp"
 #include "collx/config.hpp"
-#include "collx/core/check.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
 #include "collx/exec/peer.hpp"
+#include "collx/front/check.hpp"
+#include "collx/front/program.hpp"
+#include "collx/front/resolve.hpp"
+#include "collx/net/socket.hpp"
 #include "collx/rendezvous/store.hpp"
 #include "collx/transport/shm.hpp"
-#include "collx/transport/socket.hpp"
 
 namespace collx {
 
@@ -116,6 +118,7 @@ class ipc_communicator {
       bad("needs at least one slot of a multiple of 16 bytes");
     }
     if (opt_.timeout <= std::chrono::milliseconds::zero()) bad("timeout must be positive");
+    cfg_.timeout = opt_.timeout;
     setup(st, prefix);
   }
 
@@ -269,12 +272,9 @@ class ipc_communicator {
     const std::uint64_t seq = seq_++;
     if (count == 0) return;
     const std::size_t es = size_of(t);
-    const algorithm a = o.algo == algorithm::automatic ? algorithm::ring : o.algo;
-    const std::size_t seg_bytes = o.segment_bytes != 0 ? o.segment_bytes : defaults::segment_bytes;
-    const std::size_t fit = opt_.slots * opt_.slot_bytes / es;
-    const std::size_t segment = std::max<std::size_t>(1, std::min(seg_bytes / es, fit));
-    const envelope env{seq, count, segment, o.tag, coll, t, op, a};
-    const peer::program_image& img = program({coll, a, count, segment, c.in_place});
+    const detail::resolved_call r =
+        detail::resolve(coll, count, t, op, o, cfg_, size_, seq, opt_.slots * opt_.slot_bytes);
+    const peer::program_image& img = program({coll, r.algo, count, r.segment, c.in_place});
     if (img.scratch_count * es > scratch_bytes_) {
       scratch_ = api_.alloc(img.scratch_count * es);
       scratch_bytes_ = img.scratch_count * es;
@@ -286,12 +286,8 @@ class ipc_communicator {
     call.in = c.in;
     call.out = c.out;
     call.scratch = scratch_bytes_ != 0 ? scratch_.get() : nullptr;
-    call.sig = peer::signature(env);
-    const auto timeout = o.timeout.count() != 0 ? o.timeout : opt_.timeout;
-    call.timeout_ns = static_cast<std::uint64_t>(
-        std::chrono::duration_cast<std::chrono::nanoseconds>(
-            std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365 * 100)))
-            .count());
+    call.sig = peer::signature(r.env);
+    call.timeout_ns = detail::timeout_ns(r.timeout);
     call.st = &st;
     detail::ipc_context<Api> ctx(&api_);
     bool done = false;
@@ -306,7 +302,8 @@ class ipc_communicator {
       }
     });
     if (!done) {
-      const error e = peer::to_error(st, name, rank_, size_, "Is every rank's process calling");
+      const error e =
+          peer::to_error(st, name, rank_, size_, "Is every rank's process calling", r.env.describe());
       failure_ = e.what();
       throw e;
     }
@@ -318,6 +315,7 @@ class ipc_communicator {
 
   Api api_;
   ipc_options opt_;
+  communicator_config cfg_;  // the timeout is opt_'s; the rest from the environment
   int rank_ = 0;
   int size_ = 1;
   std::vector<detail::shm_mapping> controls_;

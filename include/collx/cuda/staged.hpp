@@ -21,7 +21,7 @@
 #include <string_view>
 
 #include "collx/communicator.hpp"
-#include "collx/cuda_probe.hpp"
+#include "collx/cuda/probe.hpp"
 
 namespace collx::cuda {
 

@@ -11,19 +11,11 @@
 #include <string>
 #include <string_view>
 
-#include "collx/core/check.hpp"
 #include "collx/core/error.hpp"
+#include "collx/exec/cuda_check.hpp"
+#include "collx/front/check.hpp"
 
 namespace collx::cuda {
-
-// Throws collx::error (errc::transport: collx has no CUDA code of its own) naming the
-// failed call and CUDA's reason.
-inline void check(cudaError_t e, std::string_view what) {
-  if (e == cudaSuccess) return;
-  std::string msg(what);
-  msg.append(": ").append(cudaGetErrorString(e));
-  throw error(errc::transport, "cuda", error::no_rank, error::no_rank, msg);
-}
 
 // Empty when a CUDA device answers; otherwise why not, e.g. "no CUDA device (CUDA driver
 // version is insufficient for CUDA runtime version)". GPU tests skip with it.
@@ -72,7 +64,7 @@ inline void require_device_memory(std::string_view coll, int rank, const void* i
 }
 
 // From now on, host communicators refuse device buffers with an error naming the way to
-// carry them (core/check.hpp). Called by every GPU object's constructor.
+// carry them (front/check.hpp). Called by every GPU object's constructor.
 inline void install_device_memory_probe() noexcept {
   collx::detail::device_memory_probe.store(&is_device_memory, std::memory_order_relaxed);
 }

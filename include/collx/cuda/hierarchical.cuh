@@ -28,10 +28,10 @@
 #include <string_view>
 
 #include "collx/algorithms/hierarchical.hpp"
-#include "collx/cuda_probe.hpp"
-#include "collx/cuda_staged.hpp"
-#include "collx/topology.hpp"
-#include "collx/transport/cuda_ipc.cuh"
+#include "collx/cuda/probe.hpp"
+#include "collx/cuda/staged.hpp"
+#include "collx/hierarchical.hpp"
+#include "collx/cuda/ipc.cuh"
 
 namespace collx::cuda {
 
@@ -57,7 +57,7 @@ struct on_stream {
 
 class hierarchical {
  public:
-  // From a launched job's environment (collx/init.hpp), on GPU `device`.
+  // From a launched job's environment (collx/launch/init.hpp), on GPU `device`.
   explicit hierarchical(int device, communicator_config cfg = {}, hierarchical_options ho = {},
                         ipc_options io = {})
       : hierarchical(collx::detail::launched_job(cfg.timeout), device, cfg, ho, std::move(io)) {}

@@ -15,7 +15,7 @@
 // reaches another rank's host from (by its name, gathered through MPI).
 // Include it on its own and link collx::mpi.
 
-#include <collx/init.hpp>
+#include <collx/launch/init.hpp>
 #include <collx/transport/mpi.hpp>
 
 #include <mpi.h>

@@ -34,12 +34,14 @@
 
 #include "collx/algorithms/select.hpp"
 #include "collx/config.hpp"
-#include "collx/core/check.hpp"
+#include "collx/front/check.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
-#include "collx/cuda_staged.hpp"
+#include "collx/cuda/staged.hpp"
 #include "collx/exec/cuda.cuh"
 #include "collx/exec/peer.hpp"
+#include "collx/front/program.hpp"
+#include "collx/front/resolve.hpp"
 
 namespace collx::cuda {
 
@@ -48,7 +50,8 @@ struct group_options {
   unsigned threads = 512;
   std::uint32_t slots = 4;              // per channel
   std::size_t slot_bytes = 128 * 1024;  // a piece; messages are cut to fit slots*slot_bytes
-  std::chrono::milliseconds timeout = defaults::timeout;
+  // COLLX_TIMEOUT overrides this default, as on every entry.
+  std::chrono::milliseconds timeout = collx::detail::timeout_from_env(defaults::timeout);
 };
 
 namespace detail {
@@ -94,6 +97,7 @@ device_ptr<T> device_alloc(int device, std::size_t bytes) {
 // (abort, waits, status) in mapped host memory that every GPU and the host can reach.
 struct group_state {
   group_options opt;
+  communicator_config cfg;  // the timeout is opt's; the rest from the environment
   std::vector<int> devices;
   peer::world_view w;
   std::vector<device_ptr<std::byte>> box_memory;      // per rank: its lanes' mailboxes
@@ -185,6 +189,7 @@ class group {
     install_device_memory_probe();
     auto& s = *s_;
     s.opt = opt;
+    s.cfg.timeout = opt.timeout;
     s.devices = std::move(devices);
     s.w.ranks = p;
     s.w.lanes = opt.lanes;
@@ -413,13 +418,11 @@ class communicator {
 
     detail::device_guard guard(device());
     const auto& s = *g_;
-    // Ring unless asked otherwise: what NCCL runs for bandwidth. (No GPU cost model is
-    // measured yet to choose tree or recursive doubling for small calls.)
-    const algorithm a = o.algo == algorithm::automatic ? algorithm::ring : o.algo;
-    const std::size_t seg_bytes = o.segment_bytes != 0 ? o.segment_bytes : defaults::segment_bytes;
-    const std::size_t fit = s.opt.slots * s.opt.slot_bytes / es;
-    const std::size_t segment = std::max<std::size_t>(1, std::min(seg_bytes / es, fit));
-    const auto timeout = o.timeout.count() != 0 ? o.timeout : s.opt.timeout;
+    // The call number is taken below, once nothing can refuse the call.
+    collx::detail::resolved_call r =
+        collx::detail::resolve(coll, count, t, op, o, s.cfg, size(), seq_, s.opt.slots * s.opt.slot_bytes);
+    const algorithm a = r.algo;
+    const std::size_t segment = r.segment;
 
     // Everything that can refuse the call comes first (programs and scratch refuse in a
     // capture): a call refused on one rank must not use up a call number, or its later
@@ -438,10 +441,7 @@ class communicator {
       c.lane = j;
       c.in = k.in == nullptr ? nullptr : k.in + lo * es;
       c.out = k.out + lo * es;
-      c.timeout_ns = static_cast<std::uint64_t>(
-          std::chrono::duration_cast<std::chrono::nanoseconds>(
-              std::min<std::chrono::milliseconds>(timeout, std::chrono::hours(24 * 365 * 100)))
-              .count());
+      c.timeout_ns = collx::detail::timeout_ns(r.timeout);
       c.st = &s.status[static_cast<std::size_t>(rank_) * static_cast<std::size_t>(s.w.lanes) +
                        static_cast<std::size_t>(j)];
       const region res = result_region(coll, rank_, count, in_place, size());
@@ -467,9 +467,8 @@ class communicator {
       cuda::check(cudaStreamWaitEvent(stream, done_.get(), 0), "cudaStreamWaitEvent");
     }
 
-    const std::uint64_t seq = seq_++;
-    const envelope env{seq, count, segment, o.tag, coll, t, op, a};
-    for (int j = 0; j < lanes; ++j) args.lanes[j].sig = peer::signature(env);
+    r.env.seq = seq_++;
+    for (int j = 0; j < lanes; ++j) args.lanes[j].sig = peer::signature(r.env);
     cuda::detail::launch_peer(t, op, args, lanes, s.opt.threads, stream);
     if (!capturing) {
       cuda::check(cudaEventRecord(done_.get(), stream), "cudaEventRecord");

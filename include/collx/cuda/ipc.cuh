@@ -1,6 +1,6 @@
 #pragma once
 
-// GPU ranks in different processes on one host, over CUDA IPC (transport/ipc.hpp holds
+// GPU ranks in different processes on one host, over CUDA IPC (ipc.hpp holds
 // the protocol, proven on host memory by the tests; this is its GPU memory):
 //   - each rank's inbox is cudaMalloc'd on its GPU and exported once with
 //     cudaIpcGetMemHandle; peers map it once with cudaIpcOpenMemHandle;
@@ -11,7 +11,7 @@
 // Calls block the calling thread until this rank's part is done, and wait first for the
 // work already on the caller's stream: the result is then ready for any stream. (They
 // are not stream-ordered and cannot be captured into a graph: the in-process group,
-// collx/cuda.cuh, is.)
+// collx/cuda/group.cuh, is.)
 //
 //   auto st = collx::store_from(collx::launch_from_env(), timeout);
 //   collx::cuda::ipc_communicator comm(*st, rank, size, /*device*/ 0);
@@ -24,9 +24,9 @@
 #include <string>
 #include <utility>
 
-#include "collx/cuda.cuh"
+#include "collx/cuda/group.cuh"
 #include "collx/exec/cuda_reduce.cuh"
-#include "collx/transport/ipc.hpp"
+#include "collx/ipc.hpp"
 
 namespace collx::cuda {
 
