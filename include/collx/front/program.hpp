@@ -9,14 +9,7 @@
 namespace collx::peer {
 
 inline program_image program_for(const program_key& k, int rank, int ranks) {
-  algorithms::call_shape shape;
-  shape.coll = k.coll;
-  shape.rank = rank;
-  shape.ranks = ranks;
-  shape.count = k.count;
-  shape.segment = k.segment;
-  shape.in_place = k.in_place;
-  return compile(algorithms::build(k.algo, shape));
+  return compile(algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place}));
 }
 
 }  // namespace collx::peer
