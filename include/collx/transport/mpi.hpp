@@ -537,17 +537,18 @@ class mpi_state {
       auto lock = guard();
       probe_aborts();
     }
-    for (int q = 0; q < size_; ++q) {
-      if (q == rank_) continue;
-      {
-        std::lock_guard info(info_m_);
+    int gave_up = -1;
+    {
+      std::lock_guard info(info_m_);
+      for (int q = 0; q < size_ && gave_up < 0; ++q) {
         const mpi_peer& pq = peers_[static_cast<std::size_t>(q)];
-        if (!pq.failed || pq.gave_up_at > seq) continue;
+        if (q != rank_ && pq.failed && pq.gave_up_at <= seq) gave_up = q;
       }
-      const auto [k, msg] = failure_of(q);
-      set_cause(q);
-      throw error(k, {}, rank_, q, msg);
     }
+    if (gave_up < 0) return;
+    const auto [k, msg] = failure_of(gave_up);
+    set_cause(gave_up);
+    throw error(k, {}, rank_, gave_up, msg);
   }
 
   // Passes on the first failure this rank saw, so that its peers learn the root cause.

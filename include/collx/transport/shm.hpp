@@ -374,8 +374,9 @@ class shm_transport {
       if (q == rank_) continue;
       auto& c = control(q);
       if (c.aborted.load() == 0 || c.gave_up_at > seq) continue;
-      fail_peer(q, errc::peer_failure, failed_text(q));
-      throw error(errc::peer_failure, {}, rank_, q, failed_text(q));
+      const std::string why = failed_text(q);
+      fail_peer(q, errc::peer_failure, why);
+      throw error(errc::peer_failure, {}, rank_, q, why);
     }
   }
 
