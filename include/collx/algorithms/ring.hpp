@@ -59,22 +59,27 @@ struct ring_params {
   bool in_place = false;
 };
 
-inline schedule ring(collective coll, const ring_params& prm) {
-  using detail::mod;
+namespace detail {
+
+// The schedule's header, with no steps yet.
+inline schedule empty_ring_schedule(collective coll, const ring_params& params) {
   schedule s;
   s.coll = coll;
   s.algo = algorithm::ring;
-  s.rank = prm.rank;
-  s.ranks = prm.ranks;
-  s.count = prm.count;
-  s.in_place = prm.in_place;
-  schedule_builder b(s);
+  s.rank = params.rank;
+  s.ranks = params.ranks;
+  s.count = params.count;
+  s.in_place = params.in_place;
+  return s;
+}
 
-  const int p = prm.ranks;
-  const int r = prm.rank;
-  const std::size_t n = prm.count;
-  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
-  const buffer in = prm.in_place ? buffer::output : buffer::input;
+// count 0, or a single rank: the same for every collective.
+inline schedule ring_empty_or_single_rank(collective coll, const ring_params& params) {
+  schedule s = empty_ring_schedule(coll, params);
+  schedule_builder b(s);
+  const int p = params.ranks;
+  const int r = params.rank;
+  const std::size_t n = params.count;
   const int right = (r + 1) % p;
   const int left = (r + p - 1) % p;
   if (n == 0) {
@@ -86,95 +91,131 @@ inline schedule ring(collective coll, const ring_params& prm) {
     }
     return s;
   }
-
   if (p == 1) {  // nothing to exchange; out of place, the input is the answer
-    if (!prm.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
-    return s;
+    if (!params.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
   }
+  return s;
+}
 
-  const auto up = static_cast<std::size_t>(p);
+// all-reduce: the reduce-scatter half over the p chunks of the buffer, then the
+// all-gather half.
+inline schedule ring_all_reduce(const ring_params& params) {
+  schedule s = empty_ring_schedule(collective::all_reduce, params);
+  schedule_builder b(s);
+  const int p = params.ranks;
+  const int r = params.rank;
+  const std::size_t n = params.count;
+  const std::size_t seg = std::max<std::size_t>(params.segment, 1);
+  const buffer in = params.in_place ? buffer::output : buffer::input;
+  const int right = (r + 1) % p;
+  const int left = (r + p - 1) % p;
   const auto last = static_cast<std::uint32_t>(p - 2);
-
-  switch (coll) {
-    case collective::all_reduce: {
-      const detail::chunking ch{n, up};
-      auto piece = [&](buffer buf, std::size_t c, std::size_t k) {
-        return detail::segment(buf, ch.offset(c), ch.size(c), seg, k);
-      };
-      // Reduce-scatter half: out of place, the first hop reads the input directly and
-      // every later one accumulates into output, so the input is never copied.
-      for (std::uint32_t st = 0; st <= last; ++st) {
-        const std::size_t sc = mod(r - static_cast<long long>(st) - 1, p);
-        const std::size_t rc = mod(r - static_cast<long long>(st) - 2, p);
-        const std::size_t ks =
-            std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
-        for (std::size_t k = 0; k < ks; ++k) {
-          const region out = piece(st == 0 ? in : buffer::output, sc, k);
-          if (out.count != 0) b.send(right, out, st);
-          const region acc = piece(buffer::output, rc, k);
-          if (acc.count != 0) b.recv_reduce(left, piece(in, rc, k), acc, st);
-        }
-      }
-      // All-gather half: pass on the complete chunk received one step earlier.
-      for (std::uint32_t st = 0; st <= last; ++st) {
-        const std::size_t sc = mod(r - static_cast<long long>(st), p);
-        const std::size_t rc = mod(r - static_cast<long long>(st) - 1, p);
-        const std::size_t ks =
-            std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
-        for (std::size_t k = 0; k < ks; ++k) {
-          const region out = piece(buffer::output, sc, k);
-          if (out.count != 0) b.send(right, out, last + 1 + st);
-          const region got = piece(buffer::output, rc, k);
-          if (got.count != 0) b.recv(left, got, last + 1 + st);
-        }
-      }
-      return s;
+  const chunking ch{n, static_cast<std::size_t>(p)};
+  auto piece = [&](buffer buf, std::size_t c, std::size_t k) {
+    return detail::segment(buf, ch.offset(c), ch.size(c), seg, k);
+  };
+  // Reduce-scatter half: out of place, the first hop reads the input directly and
+  // every later one accumulates into output, so the input is never copied.
+  for (std::uint32_t step = 0; step <= last; ++step) {
+    const std::size_t sc = mod(r - static_cast<long long>(step) - 1, p);
+    const std::size_t rc = mod(r - static_cast<long long>(step) - 2, p);
+    const std::size_t ks = std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
+    for (std::size_t k = 0; k < ks; ++k) {
+      const region out = piece(step == 0 ? in : buffer::output, sc, k);
+      if (out.count != 0) b.send(right, out, step);
+      const region acc = piece(buffer::output, rc, k);
+      if (acc.count != 0) b.recv_reduce(left, piece(in, rc, k), acc, step);
     }
-
-    case collective::reduce_scatter: {
-      // Chunks are the p blocks of `n` elements; partial sums travel through two
-      // scratch slots (one being sent while the next arrives) so that neither the
-      // caller's input nor, in place, the other ranks' blocks are overwritten.
-      s.scratch_count = 2 * n;
-      const std::size_t ks = detail::segments(n, seg);
-      const std::size_t result = prm.in_place ? static_cast<std::size_t>(r) * n : 0;
-      for (std::uint32_t st = 0; st <= last; ++st) {
-        const std::size_t sc = mod(r - static_cast<long long>(st) - 1, p);
-        const std::size_t rc = mod(r - static_cast<long long>(st) - 2, p);
-        for (std::size_t k = 0; k < ks; ++k) {
-          const region out = st == 0 ? detail::segment(in, sc * n, n, seg, k)
-                                     : detail::segment(buffer::scratch, ((st - 1) % 2) * n, n, seg, k);
-          b.send(right, out, st);
-          const region operand = detail::segment(in, rc * n, n, seg, k);
-          const region acc = st == last ? detail::segment(buffer::output, result, n, seg, k)
-                                        : detail::segment(buffer::scratch, (st % 2) * n, n, seg, k);
-          b.recv_reduce(left, operand, acc, st);
-        }
-      }
-      return s;
-    }
-
-    case collective::all_gather: {
-      // Out of place, the first hop sends straight from the input while the local copy
-      // into the rank's own block of the output proceeds beside it.
-      const std::size_t ks = detail::segments(n, seg);
-      if (!prm.in_place) {
-        b.copy({buffer::input, 0, n}, {buffer::output, static_cast<std::size_t>(r) * n, n}, 0);
-      }
-      for (std::uint32_t st = 0; st <= last; ++st) {
-        const std::size_t sc = mod(r - static_cast<long long>(st), p);
-        const std::size_t rc = mod(r - static_cast<long long>(st) - 1, p);
-        for (std::size_t k = 0; k < ks; ++k) {
-          const region out = st == 0 && !prm.in_place ? detail::segment(buffer::input, 0, n, seg, k)
-                                                      : detail::segment(buffer::output, sc * n, n, seg, k);
-          b.send(right, out, st);
-          b.recv(left, detail::segment(buffer::output, rc * n, n, seg, k), st);
-        }
-      }
-      return s;
+  }
+  // All-gather half: pass on the complete chunk received one step earlier.
+  for (std::uint32_t step = 0; step <= last; ++step) {
+    const std::size_t sc = mod(r - static_cast<long long>(step), p);
+    const std::size_t rc = mod(r - static_cast<long long>(step) - 1, p);
+    const std::size_t ks = std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
+    for (std::size_t k = 0; k < ks; ++k) {
+      const region out = piece(buffer::output, sc, k);
+      if (out.count != 0) b.send(right, out, last + 1 + step);
+      const region got = piece(buffer::output, rc, k);
+      if (got.count != 0) b.recv(left, got, last + 1 + step);
     }
   }
   return s;
+}
+
+// reduce-scatter over the p blocks of the input.
+inline schedule ring_reduce_scatter(const ring_params& params) {
+  schedule s = empty_ring_schedule(collective::reduce_scatter, params);
+  schedule_builder b(s);
+  const int p = params.ranks;
+  const int r = params.rank;
+  const std::size_t n = params.count;
+  const std::size_t seg = std::max<std::size_t>(params.segment, 1);
+  const buffer in = params.in_place ? buffer::output : buffer::input;
+  const int right = (r + 1) % p;
+  const int left = (r + p - 1) % p;
+  const auto last = static_cast<std::uint32_t>(p - 2);
+  // Chunks are the p blocks of `n` elements; partial sums travel through two
+  // scratch slots (one being sent while the next arrives) so that neither the
+  // caller's input nor, in place, the other ranks' blocks are overwritten.
+  s.scratch_count = 2 * n;
+  const std::size_t ks = detail::segments(n, seg);
+  const std::size_t result = params.in_place ? static_cast<std::size_t>(r) * n : 0;
+  for (std::uint32_t step = 0; step <= last; ++step) {
+    const std::size_t sc = mod(r - static_cast<long long>(step) - 1, p);
+    const std::size_t rc = mod(r - static_cast<long long>(step) - 2, p);
+    for (std::size_t k = 0; k < ks; ++k) {
+      const region out = step == 0 ? detail::segment(in, sc * n, n, seg, k)
+                                   : detail::segment(buffer::scratch, ((step - 1) % 2) * n, n, seg, k);
+      b.send(right, out, step);
+      const region operand = detail::segment(in, rc * n, n, seg, k);
+      const region acc = step == last ? detail::segment(buffer::output, result, n, seg, k)
+                                      : detail::segment(buffer::scratch, (step % 2) * n, n, seg, k);
+      b.recv_reduce(left, operand, acc, step);
+    }
+  }
+  return s;
+}
+
+// all-gather over the p blocks of the output.
+inline schedule ring_all_gather(const ring_params& params) {
+  schedule s = empty_ring_schedule(collective::all_gather, params);
+  schedule_builder b(s);
+  const int p = params.ranks;
+  const int r = params.rank;
+  const std::size_t n = params.count;
+  const std::size_t seg = std::max<std::size_t>(params.segment, 1);
+  const int right = (r + 1) % p;
+  const int left = (r + p - 1) % p;
+  const auto last = static_cast<std::uint32_t>(p - 2);
+  // Out of place, the first hop sends straight from the input while the local copy
+  // into the rank's own block of the output proceeds beside it.
+  const std::size_t ks = detail::segments(n, seg);
+  if (!params.in_place) {
+    b.copy({buffer::input, 0, n}, {buffer::output, static_cast<std::size_t>(r) * n, n}, 0);
+  }
+  for (std::uint32_t step = 0; step <= last; ++step) {
+    const std::size_t sc = mod(r - static_cast<long long>(step), p);
+    const std::size_t rc = mod(r - static_cast<long long>(step) - 1, p);
+    for (std::size_t k = 0; k < ks; ++k) {
+      const region out = step == 0 && !params.in_place ? detail::segment(buffer::input, 0, n, seg, k)
+                                                       : detail::segment(buffer::output, sc * n, n, seg, k);
+      b.send(right, out, step);
+      b.recv(left, detail::segment(buffer::output, rc * n, n, seg, k), step);
+    }
+  }
+  return s;
+}
+
+}  // namespace detail
+
+inline schedule ring(collective coll, const ring_params& params) {
+  if (params.count == 0 || params.ranks == 1) return detail::ring_empty_or_single_rank(coll, params);
+  switch (coll) {
+    case collective::all_reduce: return detail::ring_all_reduce(params);
+    case collective::reduce_scatter: return detail::ring_reduce_scatter(params);
+    case collective::all_gather: return detail::ring_all_gather(params);
+  }
+  return detail::empty_ring_schedule(coll, params);
 }
 
 }  // namespace collx::algorithms

@@ -28,6 +28,100 @@
 
 namespace collx {
 
+namespace detail {
+
+// "mpi": collx's schedules over MPI point-to-point.
+inline communicator communicator_over_mpi(MPI_Comm comm, communicator_config cfg) {
+  // Rank 0's cost model for every rank, as make_communicator does through its store.
+  double m[3] = {cfg.model.alpha, cfg.model.beta, cfg.model.gamma};
+  MPI_Bcast(m, 3, MPI_DOUBLE, 0, comm);
+  cfg.model = {m[0], m[1], m[2]};
+  return detail::communicator_over(mpi_transport(comm), cfg, nullptr);
+}
+
+// The rank and size, in `comm` and on this node, as MPI has them.
+inline launch_info mpi_launch_info(MPI_Comm comm) {
+  launch_info li;
+  li.launcher = "mpi";
+  MPI_Comm_rank(comm, &li.rank);
+  MPI_Comm_size(comm, &li.size);
+  MPI_Comm node = MPI_COMM_NULL;
+  MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, li.rank, MPI_INFO_NULL, &node);
+  MPI_Comm_rank(node, &li.local_rank);
+  MPI_Comm_size(node, &li.local_size);
+  MPI_Comm_free(&node);
+  return li;
+}
+
+inline constexpr int host_name_bytes = 256;
+
+struct host_names {
+  std::array<char, host_name_bytes> mine{};
+  std::vector<char> all;  // on rank 0: every rank's, host_name_bytes each
+};
+
+// Every rank's host name, so that rank 0 can listen on the interface that reaches
+// the other hosts, not on every interface.
+inline host_names gather_host_names(MPI_Comm comm, const launch_info& li) {
+  host_names names;
+  std::snprintf(names.mine.data(), names.mine.size(), "%s", detail::this_host().c_str());
+  names.all.resize(
+      li.rank == 0 ? static_cast<std::size_t>(host_name_bytes) * static_cast<std::size_t>(li.size) : 0);
+  MPI_Gather(names.mine.data(), host_name_bytes, MPI_CHAR, names.all.data(), host_name_bytes, MPI_CHAR, 0,
+             comm);
+  return names;
+}
+
+// The address rank 0's store listens on and announces: 127.0.0.1 on one node, else
+// COLLX_SOCKET_IFNAME's address, else the address this host reaches another rank's
+// host from.
+inline std::string store_host(const launch_info& li, const host_names& names) {
+  std::string host = "127.0.0.1";
+  if (li.local_size != li.size) {
+    const std::string ifname = detail::env_str("COLLX_SOCKET_IFNAME");
+    if (!ifname.empty()) {
+      host = detail::interface_address(ifname);
+      if (host.empty()) {
+        throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+                    "COLLX_SOCKET_IFNAME=" + ifname + " names no interface with an address");
+      }
+    } else {
+      // The address this host reaches another rank's host from.
+      host.clear();
+      for (int q = 1; q < li.size && host.empty(); ++q) {
+        const std::string other(&names.all[static_cast<std::size_t>(q) * host_name_bytes]);
+        if (other != names.mine.data()) host = detail::route_address(other);
+      }
+      if (host.empty()) {
+        throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
+                    "no route from this host to the other ranks' hosts by name: set COLLX_SOCKET_IFNAME to "
+                    "the interface the ranks share");
+      }
+    }
+  }
+  return host;
+}
+
+// Rank 0's answer: "host:port", or "!" and why it could not serve.
+using store_answer = std::array<char, 512>;
+
+// On rank 0: serves the store and writes its address into `said`, or "!" and why.
+inline std::shared_ptr<tcp_store> serve_store(const launch_info& li, const host_names& names,
+                                              const communicator_config& cfg, store_answer& said) {
+  std::shared_ptr<tcp_store> store;
+  try {
+    const std::string host = store_host(li, names);
+    store = std::make_shared<tcp_store>(host, 0, true, cfg.timeout);
+    const bool v6 = host.find(':') != std::string::npos;
+    std::snprintf(said.data(), said.size(), v6 ? "[%s]:%u" : "%s:%u", host.c_str(), unsigned{store->port()});
+  } catch (const std::exception& e) {
+    std::snprintf(said.data(), said.size(), "!%s", e.what());
+  }
+  return store;
+}
+
+}  // namespace detail
+
 inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_config cfg = {},
                                   std::string transport = {}) {
   if (transport.empty()) transport = detail::env_str("COLLX_TRANSPORT");
@@ -38,70 +132,13 @@ inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_c
     throw error(errc::invalid_argument, "init", error::no_rank, error::no_rank,
                 "MPI is not initialized: create a collx::mpi_session (or call MPI_Init_thread) first");
   }
-  if (transport == "mpi") {
-    // Rank 0's cost model for every rank, as make_communicator does through its store.
-    double m[3] = {cfg.model.alpha, cfg.model.beta, cfg.model.gamma};
-    MPI_Bcast(m, 3, MPI_DOUBLE, 0, comm);
-    cfg.model = {m[0], m[1], m[2]};
-    return detail::communicator_over(mpi_transport(comm), cfg, nullptr);
-  }
-  launch_info li;
-  li.launcher = "mpi";
-  MPI_Comm_rank(comm, &li.rank);
-  MPI_Comm_size(comm, &li.size);
-  MPI_Comm node = MPI_COMM_NULL;
-  MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, li.rank, MPI_INFO_NULL, &node);
-  MPI_Comm_rank(node, &li.local_rank);
-  MPI_Comm_size(node, &li.local_size);
-  MPI_Comm_free(&node);
+  if (transport == "mpi") return detail::communicator_over_mpi(comm, cfg);
+  launch_info li = detail::mpi_launch_info(comm);
+  const detail::host_names names = detail::gather_host_names(comm, li);
 
-  // Every rank's host name, so that rank 0 can listen on the interface that reaches
-  // the other hosts, not on every interface.
-  constexpr int name_bytes = 256;
-  std::array<char, name_bytes> mine{};
-  std::snprintf(mine.data(), mine.size(), "%s", detail::this_host().c_str());
-  std::vector<char> hosts(
-      li.rank == 0 ? static_cast<std::size_t>(name_bytes) * static_cast<std::size_t>(li.size) : 0);
-  MPI_Gather(mine.data(), name_bytes, MPI_CHAR, hosts.data(), name_bytes, MPI_CHAR, 0, comm);
-
-  // Rank 0's answer: "host:port", or "!" and why it could not serve.
-  std::array<char, 512> said{};
-  std::shared_ptr<tcp_store> st;
-  if (li.rank == 0) {
-    try {
-      std::string host = "127.0.0.1";
-      std::string listen = host;
-      if (li.local_size != li.size) {
-        const std::string ifname = detail::env_str("COLLX_SOCKET_IFNAME");
-        if (!ifname.empty()) {
-          host = detail::interface_address(ifname);
-          if (host.empty()) {
-            throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
-                        "COLLX_SOCKET_IFNAME=" + ifname + " names no interface with an address");
-          }
-        } else {
-          // The address this host reaches another rank's host from.
-          host.clear();
-          for (int q = 1; q < li.size && host.empty(); ++q) {
-            const std::string other(&hosts[static_cast<std::size_t>(q) * name_bytes]);
-            if (other != mine.data()) host = detail::route_address(other);
-          }
-          if (host.empty()) {
-            throw error(
-                errc::invalid_argument, "init", li.rank, error::no_rank,
-                "no route from this host to the other ranks' hosts by name: set COLLX_SOCKET_IFNAME to "
-                "the interface the ranks share");
-          }
-        }
-        listen = host;
-      }
-      st = std::make_shared<tcp_store>(listen, 0, true, cfg.timeout);
-      const bool v6 = host.find(':') != std::string::npos;
-      std::snprintf(said.data(), said.size(), v6 ? "[%s]:%u" : "%s:%u", host.c_str(), unsigned{st->port()});
-    } catch (const std::exception& e) {
-      std::snprintf(said.data(), said.size(), "!%s", e.what());
-    }
-  }
+  detail::store_answer said{};
+  std::shared_ptr<tcp_store> store;
+  if (li.rank == 0) store = detail::serve_store(li, names, cfg, said);
   MPI_Bcast(said.data(), static_cast<int>(said.size()), MPI_CHAR, 0, comm);
   said.back() = '\0';
   if (said[0] == '!') {
@@ -111,8 +148,8 @@ inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_c
   const auto [host, port] = detail::split_endpoint(said.data());
   li.master_addr = host;
   li.master_port = static_cast<std::uint16_t>(std::stoi(port));
-  if (li.rank != 0) st = std::make_shared<tcp_store>(host, li.master_port, false, cfg.timeout);
-  return make_communicator(st, li, transport, cfg);
+  if (li.rank != 0) store = std::make_shared<tcp_store>(host, li.master_port, false, cfg.timeout);
+  return make_communicator(store, li, transport, cfg);
 }
 
 }  // namespace collx
