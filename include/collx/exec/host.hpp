@@ -69,146 +69,23 @@ class host_executor {
  public:
   void run(T& t, const plan& pl, exec_buffers bufs, const exec_call& call) {
     const schedule& s = pl.sched;
-    const std::size_t n = s.steps.size();
     const std::size_t es = size_of(call.type);
-    reserve(n, pl.staged * es, s.scratch_count * es);
+    reserve(s.steps.size(), pl.staged * es, s.scratch_count * es);
     if (bufs.scratch == nullptr) bufs.scratch = scratch_.get();
-    auto bytes = [&](const region& r) -> std::byte* {
-      std::byte* base = r.buf == buffer::output    ? bufs.output
-                        : r.buf == buffer::scratch ? bufs.scratch
-                                                   : const_cast<std::byte*>(bufs.input);
-      return base + r.offset * es;
-    };
-
-    std::fill_n(state_.get(), n, waiting);
+    running r{t, pl, s, bufs, call, es, pl.staged * es};
+    std::fill_n(state_.get(), s.steps.size(), waiting);
     inflight_.clear();
     free_slots_.clear();
     for (std::size_t k = 0; k < slots(); ++k) free_slots_.push_back(k);
-    const std::size_t slot_bytes = pl.staged * es;
-    const auto start = std::chrono::steady_clock::now();
-    // A century stands for "forever": milliseconds::max() would overflow the clock.
-    const auto deadline =
-        start + std::min<std::chrono::milliseconds>(call.timeout, std::chrono::hours(24 * 365 * 100));
-    std::size_t done = 0;     // steps finished
-    std::size_t current = 0;  // the step being started or completed, for error reports
     heads_.assign(pl.queues.size(), 0);
-
     try {
-      while (done < n) {
-        bool progressed = false;
-        // Start each channel's next steps while their turn has come.
-        for (std::size_t qi = 0; qi < pl.queues.size(); ++qi) {
-          const auto& queue = pl.queues[qi];
-          for (auto& h = heads_[qi]; h < queue.size(); ++h) {
-            const std::size_t i = queue[h];
-            const step& st = s.steps[i];
-            if (st.kind == step_kind::recv_reduce || !deps_done(s, i)) break;
-            current = i;
-            switch (st.kind) {
-              case step_kind::copy:
-                if (st.src.count != 0) std::memmove(bytes(st.dst), bytes(st.src), st.src.count * es);
-                state_[i] = finished;
-                ++done;
-                break;
-              case step_kind::send:
-                t.send(st.peer, call.env, {bytes(st.src), st.src.count * es}, ops_[i]);
-                start_op(i);
-                break;
-              case step_kind::recv:
-                t.recv(st.peer, call.env, {bytes(st.dst), st.dst.count * es}, ops_[i]);
-                start_op(i);
-                break;
-              case step_kind::recv_reduce: break;
-            }
-            progressed = true;
-          }
-        }
-        // A receive-and-reduce lands in a staging slot, so it is posted on its channel
-        // turn without waiting for its dependencies, which gate only the reduction
-        // (waiting could deadlock a rendezvous transport: two partners that each must
-        // finish a send before posting the receive the other's send needs). Among the
-        // channels' next steps, slots go to the earliest, so a later step does not take
-        // the slot an earlier one it may depend on needs (handing them out channel by
-        // channel deadlocked folded recursive doubling). A receive-and-reduce queued
-        // behind a plain receive that waits is not yet a candidate.
-        while (!free_slots_.empty()) {
-          std::size_t best = n;
-          std::size_t best_q = 0;
-          for (std::size_t qi = pl.queues.size() / 2; qi + 1 < pl.queues.size(); ++qi) {
-            const auto& queue = pl.queues[qi];
-            if (heads_[qi] == queue.size()) continue;
-            const std::size_t i = queue[heads_[qi]];
-            if (s.steps[i].kind == step_kind::recv_reduce && i < best) {
-              best = i;
-              best_q = qi;
-            }
-          }
-          if (best == n) break;
-          const step& st = s.steps[best];
-          current = best;
-          slot_of_[best] = free_slots_.back();
-          free_slots_.pop_back();
-          if (viewed(t, st.dst.count * es)) {
-            // The slot is only a token here: it bounds the views held, as it bounds staging.
-            if constexpr (one_sided_transport<T>)
-              t.recv_view(st.peer, call.env, st.dst.count * es, ops_[best]);
-          } else {
-            t.recv(st.peer, call.env, {staging_.get() + slot_of_[best] * slot_bytes, st.dst.count * es},
-                   ops_[best]);
-          }
-          start_op(best);
-          ++heads_[best_q];
-          progressed = true;
-        }
-        // Complete what has arrived; reduce staged data as it comes.
-        for (std::size_t k = 0; k < inflight_.size();) {
-          const std::size_t i = inflight_[k];
-          current = i;
-          if (state_[i] == started) {
-            if (!t.test(ops_[i])) {
-              ++k;
-              continue;
-            }
-            state_[i] = arrived;
-            progressed = true;
-          }
-          const step& st = s.steps[i];
-          if (st.kind == step_kind::recv_reduce) {
-            if (!deps_done(s, i)) {
-              ++k;
-              continue;
-            }
-            if (viewed(t, st.dst.count * es)) {
-              if constexpr (one_sided_transport<T>) {
-                reduce(call.type, call.op, bytes(st.dst), bytes(st.src), t.view(ops_[i]), st.dst.count);
-                t.release(ops_[i]);
-              }
-            } else {
-              reduce(call.type, call.op, bytes(st.dst), bytes(st.src),
-                     staging_.get() + slot_of_[i] * slot_bytes, st.dst.count);
-            }
-            free_slots_.push_back(slot_of_[i]);
-          }
-          state_[i] = finished;
-          ++done;
-          inflight_[k] = inflight_.back();
-          inflight_.pop_back();
-          progressed = true;
-        }
-        if (done == n || progressed) continue;
-        const auto now = std::chrono::steady_clock::now();
-        if (now >= deadline) {
-          current = oldest_waiting(s);
-          throw_timeout(s, call, current, std::chrono::duration_cast<std::chrono::milliseconds>(now - start));
-        }
-        t.poll(std::min<std::chrono::nanoseconds>(deadline - now, defaults::poll_slice));
-      }
+      progress(r);
     } catch (const error& e) {
       cancel_all(t);
       if (!e.collective().empty()) throw;
       throw error(e.kind(), to_string(s.coll), s.rank, e.peer(),
-                  e.detail() + " (step #" + std::to_string(current) + " of " + std::to_string(n) + " in " +
-                      call.env.describe() + ")");
+                  e.detail() + " (step #" + std::to_string(r.current) + " of " +
+                      std::to_string(s.steps.size()) + " in " + call.env.describe() + ")");
     } catch (...) {
       cancel_all(t);
       throw;
@@ -217,6 +94,171 @@ class host_executor {
   }
 
  private:
+  // One call under way.
+  struct running {
+    T& t;
+    const plan& pl;
+    const schedule& s;
+    exec_buffers bufs;
+    const exec_call& call;
+    std::size_t es;           // element size
+    std::size_t slot_bytes;   // of a staging slot
+    std::size_t done = 0;     // steps finished
+    std::size_t current = 0;  // the step being started or completed, for error reports
+
+    std::byte* bytes(const region& g) const {
+      std::byte* base = g.buf == buffer::output    ? bufs.output
+                        : g.buf == buffer::scratch ? bufs.scratch
+                                                   : const_cast<std::byte*>(bufs.input);
+      return base + g.offset * es;
+    }
+  };
+
+  // Until every step has finished: start what may start, complete what has arrived, and
+  // when nothing moved, wait on the transport, bounded by the call's deadline.
+  void progress(running& r) {
+    const std::size_t n = r.s.steps.size();
+    const auto start = std::chrono::steady_clock::now();
+    // A century stands for "forever": milliseconds::max() would overflow the clock.
+    const auto deadline =
+        start + std::min<std::chrono::milliseconds>(r.call.timeout, std::chrono::hours(24 * 365 * 100));
+    while (r.done < n) {
+      bool progressed = start_ready(r);
+      progressed = post_reductions(r) || progressed;
+      progressed = complete_arrived(r) || progressed;
+      if (r.done == n || progressed) continue;
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= deadline) {
+        r.current = oldest_waiting(r.s);
+        throw_timeout(r.s, r.call, r.current,
+                      std::chrono::duration_cast<std::chrono::milliseconds>(now - start));
+      }
+      r.t.poll(std::min<std::chrono::nanoseconds>(deadline - now, defaults::poll_slice));
+    }
+  }
+
+  // Starts each channel's next steps while their turn has come. Whether any started.
+  bool start_ready(running& r) {
+    bool progressed = false;
+    for (std::size_t qi = 0; qi < r.pl.queues.size(); ++qi) {
+      const auto& queue = r.pl.queues[qi];
+      for (auto& h = heads_[qi]; h < queue.size(); ++h) {
+        const std::size_t i = queue[h];
+        const step& st = r.s.steps[i];
+        if (st.kind == step_kind::recv_reduce || !deps_done(r.s, i)) break;
+        r.current = i;
+        switch (st.kind) {
+          case step_kind::copy:
+            if (st.src.count != 0) std::memmove(r.bytes(st.dst), r.bytes(st.src), st.src.count * r.es);
+            state_[i] = finished;
+            ++r.done;
+            break;
+          case step_kind::send:
+            r.t.send(st.peer, r.call.env, {r.bytes(st.src), st.src.count * r.es}, ops_[i]);
+            start_op(i);
+            break;
+          case step_kind::recv:
+            r.t.recv(st.peer, r.call.env, {r.bytes(st.dst), st.dst.count * r.es}, ops_[i]);
+            start_op(i);
+            break;
+          case step_kind::recv_reduce: break;
+        }
+        progressed = true;
+      }
+    }
+    return progressed;
+  }
+
+  // A receive-and-reduce lands in a staging slot, so it is posted on its channel turn
+  // without waiting for its dependencies, which gate only the reduction (waiting could
+  // deadlock a rendezvous transport: two partners that each must finish a send before
+  // posting the receive the other's send needs). Among the channels' next steps, slots
+  // go to the earliest, so a later step does not take the slot an earlier one it may
+  // depend on needs (handing them out channel by channel deadlocked folded recursive
+  // doubling). A receive-and-reduce queued behind a plain receive that waits is not yet
+  // a candidate. Whether any was posted.
+  bool post_reductions(running& r) {
+    bool progressed = false;
+    const std::size_t n = r.s.steps.size();
+    while (!free_slots_.empty()) {
+      std::size_t best = n;
+      std::size_t best_q = 0;
+      for (std::size_t qi = r.pl.queues.size() / 2; qi + 1 < r.pl.queues.size(); ++qi) {
+        const auto& queue = r.pl.queues[qi];
+        if (heads_[qi] == queue.size()) continue;
+        const std::size_t i = queue[heads_[qi]];
+        if (r.s.steps[i].kind == step_kind::recv_reduce && i < best) {
+          best = i;
+          best_q = qi;
+        }
+      }
+      if (best == n) break;
+      const step& st = r.s.steps[best];
+      r.current = best;
+      slot_of_[best] = free_slots_.back();
+      free_slots_.pop_back();
+      if (viewed(r.t, st.dst.count * r.es)) {
+        // The slot is only a token here: it bounds the views held, as it bounds staging.
+        if constexpr (one_sided_transport<T>)
+          r.t.recv_view(st.peer, r.call.env, st.dst.count * r.es, ops_[best]);
+      } else {
+        r.t.recv(st.peer, r.call.env, {staging_.get() + slot_of_[best] * r.slot_bytes, st.dst.count * r.es},
+                 ops_[best]);
+      }
+      start_op(best);
+      ++heads_[best_q];
+      progressed = true;
+    }
+    return progressed;
+  }
+
+  // Completes what has arrived, and reduces staged data as it comes. Whether any did.
+  bool complete_arrived(running& r) {
+    bool progressed = false;
+    for (std::size_t k = 0; k < inflight_.size();) {
+      const std::size_t i = inflight_[k];
+      r.current = i;
+      if (state_[i] == started) {
+        if (!r.t.test(ops_[i])) {
+          ++k;
+          continue;
+        }
+        state_[i] = arrived;
+        progressed = true;
+      }
+      const step& st = r.s.steps[i];
+      if (st.kind == step_kind::recv_reduce) {
+        if (!deps_done(r.s, i)) {
+          ++k;
+          continue;
+        }
+        reduce_arrived(r, i);
+      }
+      state_[i] = finished;
+      ++r.done;
+      inflight_[k] = inflight_.back();
+      inflight_.pop_back();
+      progressed = true;
+    }
+    return progressed;
+  }
+
+  // Reduces the message of receive-and-reduce step i, in a view or a staging slot, and
+  // frees its slot.
+  void reduce_arrived(running& r, std::size_t i) {
+    const step& st = r.s.steps[i];
+    if (viewed(r.t, st.dst.count * r.es)) {
+      if constexpr (one_sided_transport<T>) {
+        reduce(r.call.type, r.call.op, r.bytes(st.dst), r.bytes(st.src), r.t.view(ops_[i]), st.dst.count);
+        r.t.release(ops_[i]);
+      }
+    } else {
+      reduce(r.call.type, r.call.op, r.bytes(st.dst), r.bytes(st.src),
+             staging_.get() + slot_of_[i] * r.slot_bytes, st.dst.count);
+    }
+    free_slots_.push_back(slot_of_[i]);
+  }
+
   enum : unsigned char { waiting, started, arrived, finished };
 
   bool deps_done(const schedule& s, std::size_t i) const noexcept {

@@ -172,169 +172,207 @@ inline std::string check_races(const schedule& s) {
   return {};
 }
 
+// What can be checked on one rank's schedule alone: that it describes the call rank 0's
+// does, that no step reaches past a buffer or writes the caller's input, that a
+// reduction's or copy's two sides have one size, and that it has no race.
+inline verify_result check_steps(const schedule& s, int r, const schedule& s0, int p) {
+  const collective coll = s0.coll;
+  const std::size_t n = s0.count;
+  const bool in_place = s0.in_place;
+  if (s.rank != r || s.ranks != p || s.coll != coll || s.count != n || s.in_place != in_place) {
+    return {false, "schedule " + std::to_string(r) + " describes a different call"};
+  }
+  for (std::size_t i = 0; i < s.steps.size(); ++i) {
+    const auto& st = s.steps[i];
+    for (const auto& a : accesses(st)) {
+      const std::size_t extent = a.r.buf == buffer::input    ? (in_place ? 0 : input_extent(coll, p, n))
+                                 : a.r.buf == buffer::output ? output_extent(coll, p, n, in_place)
+                                                             : s.scratch_count;
+      if (a.r.end() > extent) {
+        return {false, step_name(r, i, st) + " reaches past the end of " + std::string(to_string(a.r.buf))};
+      }
+      if (a.write && a.r.buf == buffer::input)
+        return {false, step_name(r, i, st) + " writes the caller's input"};
+    }
+    if ((st.kind == step_kind::recv_reduce || st.kind == step_kind::copy) && st.src.count != st.dst.count) {
+      return {false, step_name(r, i, st) + " has source and destination of different sizes"};
+    }
+  }
+  if (auto race = check_races(s); !race.empty()) return {false, race};
+  return {};
+}
+
+// Every rank's buffers as symbols, run through the schedules, then checked against what
+// the collective defines.
+class symbolic_ranks {
+ public:
+  // Initial symbols: input_r[i] is "one copy of rank r's element i".
+  explicit symbolic_ranks(std::span<const schedule> all)
+      : all_(all),
+        p_(static_cast<int>(all.size())),
+        coll_(all[0].coll),
+        n_(all[0].count),
+        in_place_(all[0].in_place),
+        state_(all.size()),
+        sent_(all.size()) {
+    for (int r = 0; r < p_; ++r) {
+      auto& x = state_[index(r)];
+      const std::size_t in_n = input_extent(coll_, p_, n_);
+      x.in = run_map(in_place_ ? 0 : in_n);
+      x.out = run_map(output_extent(coll_, p_, n_, in_place_));
+      x.tmp = run_map(all_[index(r)].scratch_count);
+      std::vector<run> init;
+      if (in_n > 0) init.push_back({0, in_n, true, 0, unit(r)});
+      if (in_place_) {
+        x.out.write(in_place_input(coll_, r, n_, p_).offset, init);
+      } else {
+        x.in.write(0, init);
+      }
+      sent_[index(r)].resize(all_[index(r)].steps.size());
+    }
+  }
+
+  // Runs every step in an order the schedules allow; messages carry the symbols their
+  // source held when the send ran.
+  verify_result execute() {
+    std::string why;
+    auto outcome = walk(all_, [&](int r, std::size_t i, int from, std::size_t idx) {
+      const auto& stp = all_[index(r)].steps[i];
+      switch (stp.kind) {
+        case step_kind::send: sent_[index(r)][i] = read(r, stp.src); return true;
+        case step_kind::copy:
+          if (stp.src.count != 0) map_of(r, stp.dst.buf).write(stp.dst.offset, read(r, stp.src));
+          return true;
+        case step_kind::recv:
+        case step_kind::recv_reduce: return deliver(r, i, from, idx, why);
+      }
+      return true;
+    });
+    if (!outcome.ok) return {false, why.empty() ? outcome.problem : why};
+    return {};
+  }
+
+  // Every element of every result must hold exactly what the collective defines.
+  verify_result check_outputs() const {
+    for (int r = 0; r < p_; ++r) {
+      const auto& out = state_[index(r)].out;
+      for (const auto& x : out.read(0, out.size())) {
+        for (std::size_t pos = x.begin; pos < x.end;) {
+          const expect e = expected(r, pos);
+          const std::size_t stop = std::min(e.until, x.end);
+          const run y = clip(x, pos, stop);
+          if (!y.defined || y.src != e.src || y.mult != e.mult) {
+            return {false, "rank " + std::to_string(r) + " output[" + std::to_string(pos) + ".." +
+                               std::to_string(stop) + ") holds " + describe(y) + ", expected element " +
+                               std::to_string(e.src)};
+          }
+          pos = stop;
+        }
+      }
+    }
+    return {};
+  }
+
+ private:
+  struct rank_state {
+    run_map in, out, tmp;
+  };
+  // What output element pos of rank r must hold: the source index and multiplicities,
+  // and the end of the range over which that continues with rising source indices.
+  struct expect {
+    long long src;
+    std::vector<std::uint16_t> mult;
+    std::size_t until;
+  };
+
+  static std::size_t index(int r) noexcept { return static_cast<std::size_t>(r); }
+
+  std::vector<std::uint16_t> unit(int r) const {
+    std::vector<std::uint16_t> m(index(p_), 0);
+    m[index(r)] = 1;
+    return m;
+  }
+
+  run_map& map_of(int r, buffer b) {
+    auto& x = state_[index(r)];
+    return b == buffer::input ? x.in : b == buffer::output ? x.out : x.tmp;
+  }
+  std::vector<run> read(int r, const region& g) { return map_of(r, g.buf).read(g.offset, g.end()); }
+
+  // Step i of rank r receives the message of step idx of rank `from`.
+  bool deliver(int r, std::size_t i, int from, std::size_t idx, std::string& why) {
+    const auto& stp = all_[index(r)].steps[i];
+    auto msg = std::move(sent_[index(from)][idx]);
+    const auto& sender = all_[index(from)].steps[idx];
+    if (sender.src.count != stp.dst.count) {
+      why = step_name(r, i, stp) + " expects " + std::to_string(stp.dst.count) + " elements but " +
+            step_name(from, idx, sender) + " sends " + std::to_string(sender.src.count);
+      return false;
+    }
+    if (stp.dst.count == 0) return true;
+    if (stp.kind == step_kind::recv) {
+      map_of(r, stp.dst.buf).write(stp.dst.offset, msg);
+      return true;
+    }
+    std::vector<run> reduced;
+    if (!combine(read(r, stp.src), msg, reduced, why)) {
+      why = step_name(r, i, stp) + " " + why;
+      return false;
+    }
+    map_of(r, stp.dst.buf).write(stp.dst.offset, reduced);
+    return true;
+  }
+
+  expect expected(int r, std::size_t pos) const {
+    const std::vector<std::uint16_t> all_ones(index(p_), 1);
+    const auto ln = static_cast<long long>(n_);
+    const auto lpos = static_cast<long long>(pos);
+    switch (coll_) {
+      case collective::all_reduce: return {lpos, all_ones, n_};
+      case collective::all_gather: {
+        const std::size_t j = pos / n_;
+        return {lpos - static_cast<long long>(j) * ln, unit(static_cast<int>(j)), (j + 1) * n_};
+      }
+      case collective::reduce_scatter: {
+        if (!in_place_) return {static_cast<long long>(index(r) * n_) + lpos, all_ones, n_};
+        const std::size_t j = pos / n_;
+        // The result block is the reduction; every other block is left as the caller had it.
+        return {lpos, j == index(r) ? all_ones : unit(r), (j + 1) * n_};
+      }
+    }
+    return {0, {}, 0};
+  }
+
+  std::string describe(const run& y) const {
+    if (!y.defined) return "undefined";
+    std::string got = "element " + std::to_string(y.src) + " with contributions";
+    for (std::size_t q = 0; q < index(p_); ++q) {
+      if (y.mult[q] != 0) got += " " + std::to_string(q) + "x" + std::to_string(y.mult[q]);
+    }
+    return got;
+  }
+
+  std::span<const schedule> all_;
+  int p_;
+  collective coll_;
+  std::size_t n_;
+  bool in_place_;
+  std::vector<rank_state> state_;
+  std::vector<std::vector<std::vector<run>>> sent_;  // [rank][step]: what a send carried
+};
+
 }  // namespace detail
 
 // Proves that the schedules (one per rank, in rank order) compute their collective.
 inline verify_result verify(std::span<const schedule> all) {
-  using detail::run;
   const int p = static_cast<int>(all.size());
   if (p == 0) return {false, "no schedules"};
-  const auto& s0 = all[0];
-  const collective coll = s0.coll;
-  const std::size_t n = s0.count;
-  const bool in_place = s0.in_place;
-  const auto up = static_cast<std::size_t>(p);
   for (int r = 0; r < p; ++r) {
-    const auto& s = all[static_cast<std::size_t>(r)];
-    if (s.rank != r || s.ranks != p || s.coll != coll || s.count != n || s.in_place != in_place) {
-      return {false, "schedule " + std::to_string(r) + " describes a different call"};
-    }
-    for (std::size_t i = 0; i < s.steps.size(); ++i) {
-      const auto& st = s.steps[i];
-      for (const auto& a : detail::accesses(st)) {
-        const std::size_t extent = a.r.buf == buffer::input    ? (in_place ? 0 : input_extent(coll, p, n))
-                                   : a.r.buf == buffer::output ? output_extent(coll, p, n, in_place)
-                                                               : s.scratch_count;
-        if (a.r.end() > extent) {
-          return {false, detail::step_name(r, i, st) + " reaches past the end of " +
-                             std::string(to_string(a.r.buf))};
-        }
-        if (a.write && a.r.buf == buffer::input) {
-          return {false, detail::step_name(r, i, st) + " writes the caller's input"};
-        }
-      }
-      if (st.kind == step_kind::recv_reduce || st.kind == step_kind::copy) {
-        if (st.src.count != st.dst.count) {
-          return {false, detail::step_name(r, i, st) + " has source and destination of different sizes"};
-        }
-      }
-    }
-    if (auto race = detail::check_races(s); !race.empty()) return {false, race};
+    if (auto bad = detail::check_steps(all[static_cast<std::size_t>(r)], r, all[0], p); !bad) return bad;
   }
-
-  // Initial symbols: input_r[i] is "one copy of rank r's element i".
-  struct state {
-    detail::run_map in, out, tmp;
-  };
-  std::vector<state> st(up);
-  auto unit = [&](int r) {
-    std::vector<std::uint16_t> m(up, 0);
-    m[static_cast<std::size_t>(r)] = 1;
-    return m;
-  };
-  for (int r = 0; r < p; ++r) {
-    auto& x = st[static_cast<std::size_t>(r)];
-    const std::size_t in_n = input_extent(coll, p, n);
-    x.in = detail::run_map(in_place ? 0 : in_n);
-    x.out = detail::run_map(output_extent(coll, p, n, in_place));
-    x.tmp = detail::run_map(all[static_cast<std::size_t>(r)].scratch_count);
-    std::vector<run> init;
-    if (in_n > 0) init.push_back({0, in_n, true, 0, unit(r)});
-    if (in_place) {
-      x.out.write(in_place_input(coll, r, n, p).offset, init);
-    } else {
-      x.in.write(0, init);
-    }
-  }
-  auto map_of = [&](int r, buffer b) -> detail::run_map& {
-    auto& x = st[static_cast<std::size_t>(r)];
-    return b == buffer::input ? x.in : b == buffer::output ? x.out : x.tmp;
-  };
-  auto read = [&](int r, const region& g) { return map_of(r, g.buf).read(g.offset, g.end()); };
-
-  // Messages carry the symbols their source held when the send ran.
-  std::vector<std::vector<std::vector<run>>> sent(up);
-  for (int r = 0; r < p; ++r)
-    sent[static_cast<std::size_t>(r)].resize(all[static_cast<std::size_t>(r)].steps.size());
-  std::string why;
-  auto outcome = detail::walk(all, [&](int r, std::size_t i, int from, std::size_t idx) {
-    const auto& s = all[static_cast<std::size_t>(r)];
-    const auto& stp = s.steps[i];
-    switch (stp.kind) {
-      case step_kind::send: sent[static_cast<std::size_t>(r)][i] = read(r, stp.src); return true;
-      case step_kind::copy:
-        if (stp.src.count != 0) map_of(r, stp.dst.buf).write(stp.dst.offset, read(r, stp.src));
-        return true;
-      case step_kind::recv:
-      case step_kind::recv_reduce: {
-        auto msg = std::move(sent[static_cast<std::size_t>(from)][idx]);
-        const auto& sender = all[static_cast<std::size_t>(from)].steps[idx];
-        if (sender.src.count != stp.dst.count) {
-          why = detail::step_name(r, i, stp) + " expects " + std::to_string(stp.dst.count) +
-                " elements but " + detail::step_name(from, idx, sender) + " sends " +
-                std::to_string(sender.src.count);
-          return false;
-        }
-        if (stp.dst.count == 0) return true;
-        if (stp.kind == step_kind::recv) {
-          map_of(r, stp.dst.buf).write(stp.dst.offset, msg);
-          return true;
-        }
-        std::vector<run> reduced;
-        if (!detail::combine(read(r, stp.src), msg, reduced, why)) {
-          why = detail::step_name(r, i, stp) + " " + why;
-          return false;
-        }
-        map_of(r, stp.dst.buf).write(stp.dst.offset, reduced);
-        return true;
-      }
-    }
-    return true;
-  });
-  if (!outcome.ok) return {false, why.empty() ? outcome.problem : why};
-
-  // Every element of every result must hold exactly what the collective defines.
-  for (int r = 0; r < p; ++r) {
-    const auto& out = st[static_cast<std::size_t>(r)].out;
-    // expect(pos) -> (source index, multiplicities) of output element pos, and the end
-    // of the range over which that expectation continues with rising source indices.
-    struct expect {
-      long long src;
-      std::vector<std::uint16_t> mult;
-      std::size_t until;
-    };
-    const std::vector<std::uint16_t> all_ones(up, 1);
-    auto expected = [&](std::size_t pos) -> expect {
-      const auto ln = static_cast<long long>(n);
-      const auto lpos = static_cast<long long>(pos);
-      switch (coll) {
-        case collective::all_reduce: return {lpos, all_ones, n};
-        case collective::all_gather: {
-          const std::size_t j = pos / n;
-          return {lpos - static_cast<long long>(j) * ln, unit(static_cast<int>(j)), (j + 1) * n};
-        }
-        case collective::reduce_scatter: {
-          if (!in_place) return {static_cast<long long>(static_cast<std::size_t>(r) * n) + lpos, all_ones, n};
-          const std::size_t j = pos / n;
-          // The result block is the reduction; every other block is left as the caller had it.
-          return {lpos, j == static_cast<std::size_t>(r) ? all_ones : unit(r), (j + 1) * n};
-        }
-      }
-      return {0, {}, 0};
-    };
-    for (const auto& x : out.read(0, out.size())) {
-      std::size_t pos = x.begin;
-      while (pos < x.end) {
-        const expect e = expected(pos);
-        const std::size_t stop = std::min(e.until, x.end);
-        const run y = detail::clip(x, pos, stop);
-        if (!y.defined || y.src != e.src || y.mult != e.mult) {
-          std::string got = "undefined";
-          if (y.defined) {
-            got = "element " + std::to_string(y.src) + " with contributions";
-            for (std::size_t q = 0; q < up; ++q) {
-              if (y.mult[q] != 0) got += " " + std::to_string(q) + "x" + std::to_string(y.mult[q]);
-            }
-          }
-          return {false, "rank " + std::to_string(r) + " output[" + std::to_string(pos) + ".." +
-                             std::to_string(stop) + ") holds " + got + ", expected element " +
-                             std::to_string(e.src)};
-        }
-        pos = stop;
-      }
-    }
-  }
-  return {};
+  detail::symbolic_ranks world(all);
+  if (auto bad = world.execute(); !bad) return bad;
+  return world.check_outputs();
 }
 
 }  // namespace collx
