@@ -101,6 +101,41 @@ TEST_CASE("reduce works on long runs and in place, and finish_avg divides") {
   CHECK(static_cast<float>(h[4]) == 1.5f);
 }
 
+TEST_CASE("the envelope's wire form carries every field, and every field changes the signature") {
+  collx::envelope e;
+  e.seq = 0x0102030405060708ull;
+  e.count = 1000003;
+  e.segment = 4099;
+  e.tag = 77;
+  e.coll = collx::collective::reduce_scatter;
+  e.type = dtype::bf16;
+  e.op = reduce_op::max;
+  e.algo = collx::algorithm::tree;
+  const auto w = collx::envelope_wire::of(e);
+  std::byte bytes[sizeof w];
+  std::memcpy(bytes, &w, sizeof w);
+  collx::envelope_wire back;
+  std::memcpy(&back, bytes, sizeof back);
+  CHECK(back.decoded() == e);
+  // One field at a time differs: the signature must differ too (the peer executor's
+  // only check that ranks made the same call).
+  const std::uint64_t sig = collx::signature(e);
+  CHECK(sig != 0);
+  auto differs = [&](auto change) {
+    collx::envelope f = e;
+    change(f);
+    return collx::signature(f) != sig && !(f == e);
+  };
+  CHECK(differs([](auto& f) { ++f.seq; }));
+  CHECK(differs([](auto& f) { ++f.count; }));
+  CHECK(differs([](auto& f) { ++f.segment; }));
+  CHECK(differs([](auto& f) { ++f.tag; }));
+  CHECK(differs([](auto& f) { f.coll = collx::collective::all_gather; }));
+  CHECK(differs([](auto& f) { f.type = dtype::f16; }));
+  CHECK(differs([](auto& f) { f.op = reduce_op::min; }));
+  CHECK(differs([](auto& f) { f.algo = collx::algorithm::ring; }));
+}
+
 TEST_CASE("collx::error is a system_error that names the call, rank and peer") {
   const collx::error e(collx::errc::timeout, "all_reduce", 2, 3, "waited too long");
   const std::system_error& base = e;

@@ -7,7 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <collx/algorithms/select.hpp>
-#include <collx/exec/peer.hpp>
+#include <collx/exec/peer_program.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -118,8 +118,8 @@ void check_case(const shape& s, std::uint32_t slots, std::uint64_t slot_bytes) {
     std::vector<std::thread> threads;
     for (int r = 0; r < s.p; ++r) {
       threads.emplace_back([&, r] {
-        st[static_cast<std::size_t>(r)] = run_rank<T, Op>(hw, s, r, bufs[static_cast<std::size_t>(r)],
-                                                          peer::signature(env), 20'000'000'000ull);
+        st[static_cast<std::size_t>(r)] =
+            run_rank<T, Op>(hw, s, r, bufs[static_cast<std::size_t>(r)], signature(env), 20'000'000'000ull);
       });
     }
     for (auto& t : threads) t.join();
@@ -221,7 +221,7 @@ TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on eve
     for (int r = 0; r < 2; ++r) {
       threads.emplace_back([&, r] {
         st[static_cast<std::size_t>(r)] = run_rank<float, reduce_op::sum>(
-            hw, s, r, bufs[static_cast<std::size_t>(r)], peer::signature(env), 200'000'000ull);
+            hw, s, r, bufs[static_cast<std::size_t>(r)], signature(env), 200'000'000ull);
       });
     }
     for (auto& t : threads) t.join();
@@ -254,17 +254,17 @@ TEST_CASE("peer executor: ranks that make different calls find out at the first 
   const envelope ea{0, a.count, a.segment, 0, a.coll, dtype::f32, reduce_op::sum, a.algo};
   const envelope eb{0, b.count, b.segment, 0, b.coll, dtype::f32, reduce_op::sum, b.algo};
   std::thread t0(
-      [&] { st0 = run_rank<float, reduce_op::sum>(hw, a, 0, b0, peer::signature(ea), 5'000'000'000ull); });
+      [&] { st0 = run_rank<float, reduce_op::sum>(hw, a, 0, b0, signature(ea), 5'000'000'000ull); });
   std::thread t1(
-      [&] { st1 = run_rank<float, reduce_op::sum>(hw, b, 1, b1, peer::signature(eb), 5'000'000'000ull); });
+      [&] { st1 = run_rank<float, reduce_op::sum>(hw, b, 1, b1, signature(eb), 5'000'000'000ull); });
   t0.join();
   t1.join();
   const bool saw = st0[0].code == peer::outcome::mismatch || st1[0].code == peer::outcome::mismatch;
   CHECK(saw);
   if (st0[0].code == peer::outcome::mismatch) {
     CHECK(st0[0].peer == 1);
-    CHECK(st0[0].expected == peer::signature(ea));
-    CHECK(st0[0].got == peer::signature(eb));
+    CHECK(st0[0].expected == signature(ea));
+    CHECK(st0[0].got == signature(eb));
   }
   CHECK(st0[0].code != peer::outcome::ok);
   CHECK(st1[0].code != peer::outcome::ok);

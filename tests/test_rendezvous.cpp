@@ -100,6 +100,39 @@ TEST_CASE("file_store: set, get that waits, add and barrier across 4 clients") {
   std::filesystem::remove_all(dir);
 }
 
+TEST_CASE("a prefixed view keeps its keys under its prefix, nests, and works as a store across 3 clients") {
+  const auto dir = temp_dir();
+  {
+    file_store under(dir);
+    prefix_store job(under, "job");
+    prefix_store notes = job.view("stuck/7");
+    job.set("nonce", "42");
+    notes.set("0", "1");
+    CHECK(under.get("job/nonce", 1s) == "42");
+    CHECK(under.get("job/stuck/7/0", 1s) == "1");
+    CHECK(job.get("stuck/7/0", 1s) == "1");
+    CHECK(job.add("n", 2) == 2);
+    CHECK(under.add("job/n", 1) == 3);
+    // Another prefix sees none of it.
+    prefix_store other(under, "other");
+    CHECK_THROWS_AS(other.get("nonce", 50ms), error);
+  }
+  exercise(
+      [&](int) -> std::unique_ptr<store> {
+        struct owning_view : store {
+          explicit owning_view(const std::string& d) : under(d), view(under, "a/b") {}
+          void set(std::string_view k, std::string_view v) override { view.set(k, v); }
+          std::string get(std::string_view k, std::chrono::milliseconds t) override { return view.get(k, t); }
+          std::int64_t add(std::string_view k, std::int64_t d) override { return view.add(k, d); }
+          file_store under;
+          prefix_store view;
+        };
+        return std::make_unique<owning_view>(dir);
+      },
+      3);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("a key that never appears is a timeout error, not a hang") {
   const auto port = free_port();
   tcp_store s("127.0.0.1", port, true, 5s);

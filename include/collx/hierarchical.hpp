@@ -116,21 +116,26 @@ struct hier_base {
   communicator across;
 };
 
+// The hierarchy's view of the job's store.
+inline prefix_store hier_keys(collx::store& st) { return prefix_store(st, "collx/hier"); }
+
 inline hier_base hier_setup(const std::shared_ptr<collx::store>& st, const launch_info& li,
                             communicator_config cfg) {
   node_layout t = node_layout::discover(*st, li.rank, li.size, cfg.timeout);
   // Segment names must differ between nodes that share a /dev/shm (emulated hosts).
   std::string job = env_str("COLLX_JOB_ID");
   if (job.empty()) {
-    if (li.rank == 0) st->set("collx/topology/job", std::to_string(std::random_device{}()));
-    job = "h" + st->get("collx/topology/job", cfg.timeout);
+    prefix_store topology(*st, "collx/topology");
+    if (li.rank == 0) topology.set("job", std::to_string(std::random_device{}()));
+    job = "h" + topology.get("job", cfg.timeout);
   }
+  prefix_store hier = hier_keys(*st);
   const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
-  cfg.model = agree(*st, li, cfg, "collx/hier").model;  // one automatic choice
-  communicator world(tcp_transport(*st, li.rank, li.size, host, tcp_options{}, "collx/hier/world"), cfg, st);
-  communicator across(tcp_transport(*st, t.node, t.nodes, host, tcp_options{},
-                                    "collx/hier/across" + std::to_string(t.local) + "/tcp"),
-                      cfg, st);
+  cfg.model = agree(hier, li, cfg).model;  // one automatic choice
+  communicator world(tcp_transport(hier, li.rank, li.size, host, tcp_options{}, "world"), cfg, st);
+  communicator across(
+      tcp_transport(hier, t.node, t.nodes, host, tcp_options{}, "across" + std::to_string(t.local) + "/tcp"),
+      cfg, st);
   std::string node_job = job + "-n" + std::to_string(t.node);
   return {std::move(t), std::move(node_job), cfg, std::move(world), std::move(across)};
 }
@@ -175,9 +180,10 @@ class hierarchical {
     shm_options so;
     so.timeout = b.cfg.timeout;
     so.job_id = b.node_job;
-    communicator node(shm_transport(*st, b.t.local, b.t.per_node, so,
-                                    "collx/hier/node" + std::to_string(b.t.node) + "/shm"),
-                      b.cfg, st);
+    prefix_store hier = detail::hier_keys(*st);
+    communicator node(
+        shm_transport(hier, b.t.local, b.t.per_node, so, "node" + std::to_string(b.t.node) + "/shm"), b.cfg,
+        st);
     return hierarchical(std::move(b.t), std::move(b.world), std::move(node), std::move(b.across), ho);
   }
 

@@ -53,7 +53,7 @@
 #include "collx/config.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
-#include "collx/exec/peer.hpp"
+#include "collx/exec/peer_program.hpp"
 #include "collx/front/check.hpp"
 #include "collx/front/program.hpp"
 #include "collx/front/resolve.hpp"
@@ -86,7 +86,7 @@ struct ipc_context : peer::host_context {
   }
   template <class T, reduce_op Op>
   COLLX_HD void reduce(T* dst, const T* a, const T* b, std::uint64_t n) {
-    COLLX_HOST_ONLY(api->template reduce < T, Op == reduce_op::avg ? reduce_op::sum : Op > (dst, a, b, n);)
+    COLLX_HOST_ONLY(api->template reduce<T, collx::detail::combining<Op>>(dst, a, b, n);)
     (void)dst, (void)a, (void)b, (void)n;
   }
 };
@@ -119,7 +119,8 @@ class ipc_communicator {
     }
     if (opt_.timeout <= std::chrono::milliseconds::zero()) bad("timeout must be positive");
     cfg_.timeout = opt_.timeout;
-    setup(st, prefix);
+    prefix_store keys(st, prefix);
+    setup(keys);
   }
 
   ipc_communicator(ipc_communicator&&) = delete;  // the world's table points into it
@@ -187,8 +188,8 @@ class ipc_communicator {
         inbox, reinterpret_cast<std::uint64_t*>(control + sizeof(detail::ipc_control_header)), size_);
   }
 
-  void setup(store& st, const std::string& prefix) {
-    const std::string job = detail::job_id_for(opt_.job_id, st, prefix, rank_, opt_.timeout);
+  void setup(store& keys) {
+    const std::string job = detail::job_id_for(opt_.job_id, keys, rank_, opt_.timeout);
     const auto p = static_cast<std::size_t>(size_);
     controls_.resize(p);
     inboxes_.resize(p);
@@ -205,13 +206,13 @@ class ipc_communicator {
     header->pid = ::getpid();
     own_inbox_ = api_.alloc(inbox_bytes());
     api_.zero(own_inbox_.get(), inbox_bytes());
-    st.set(prefix + "/" + std::to_string(rank_), name + "|" + api_.export_handle(own_inbox_));
+    keys.set(std::to_string(rank_), name + "|" + api_.export_handle(own_inbox_));
 
     std::vector<peer::mailbox> boxes(p);
     for (std::size_t q = 0; q < p; ++q) {
       std::byte* inbox = nullptr;
       if (q != static_cast<std::size_t>(rank_)) {
-        const std::string v = st.get(prefix + "/" + std::to_string(q), opt_.timeout);
+        const std::string v = keys.get(std::to_string(q), opt_.timeout);
         const auto bar = v.find('|');
         if (bar == std::string::npos) {
           throw error(errc::transport, "ipc_communicator", rank_, static_cast<int>(q),
@@ -241,7 +242,7 @@ class ipc_communicator {
     w_.boxes = boxes_.data();
     w_.abort_word = reinterpret_cast<std::uint64_t*>(zero);
     w_.waiting = w_.abort_word + 1;
-    st.barrier(prefix + "/mapped", size_, opt_.timeout);
+    keys.barrier("mapped", size_, opt_.timeout);
     ::shm_unlink(name.c_str());
     guard.armed = false;
     if constexpr (requires { api_.mapped(); }) api_.mapped();
@@ -286,20 +287,16 @@ class ipc_communicator {
     call.in = c.in;
     call.out = c.out;
     call.scratch = scratch_bytes_ != 0 ? scratch_.get() : nullptr;
-    call.sig = peer::signature(r.env);
+    call.sig = signature(r.env);
     call.timeout_ns = detail::timeout_ns(r.timeout);
     call.st = &st;
     detail::ipc_context<Api> ctx(&api_);
     bool done = false;
     detail::visit_dtype(t, [&](auto tag) {
       using T = decltype(tag);
-      switch (op) {
-        case reduce_op::sum: done = peer::run_lane<T, reduce_op::sum>(ctx, call, w_); break;
-        case reduce_op::prod: done = peer::run_lane<T, reduce_op::prod>(ctx, call, w_); break;
-        case reduce_op::min: done = peer::run_lane<T, reduce_op::min>(ctx, call, w_); break;
-        case reduce_op::max: done = peer::run_lane<T, reduce_op::max>(ctx, call, w_); break;
-        case reduce_op::avg: done = peer::run_lane<T, reduce_op::sum>(ctx, call, w_); break;
-      }
+      detail::visit_reduce_op(op, [&](auto reduction) {
+        done = peer::run_lane<T, detail::combining<decltype(reduction)::value>>(ctx, call, w_);
+      });
     });
     if (!done) {
       const error e =

@@ -120,15 +120,30 @@ void reduce_loop(void* dst, const void* a, const void* b, std::size_t n) noexcep
   for (std::size_t i = 0; i < n; ++i) d[i] = apply<T, Op>(x[i], y[i]);
 }
 
+// The one switch from a reduction named at run time to one known at compile time:
+// calls f(std::integral_constant<reduce_op, op>{}). Every executor and kernel launch
+// dispatches through it (avg included: the caller decides how avg reduces).
+template <class F>
+constexpr decltype(auto) visit_reduce_op(reduce_op op, F&& f) {
+  using enum reduce_op;
+  switch (op) {
+    case sum: return f(std::integral_constant<reduce_op, sum>{});
+    case prod: return f(std::integral_constant<reduce_op, prod>{});
+    case min: return f(std::integral_constant<reduce_op, min>{});
+    case max: return f(std::integral_constant<reduce_op, max>{});
+    case avg: return f(std::integral_constant<reduce_op, avg>{});
+  }
+  return f(std::integral_constant<reduce_op, sum>{});
+}
+
+// How a reduction combines two contributions: avg as sum (its division comes last).
+template <reduce_op Op>
+inline constexpr reduce_op combining = Op == reduce_op::avg ? reduce_op::sum : Op;
+
 template <class T>
 void reduce_typed(reduce_op op, void* dst, const void* a, const void* b, std::size_t n) noexcept {
-  switch (op) {
-    case reduce_op::sum:
-    case reduce_op::avg: reduce_loop<T, reduce_op::sum>(dst, a, b, n); return;
-    case reduce_op::prod: reduce_loop<T, reduce_op::prod>(dst, a, b, n); return;
-    case reduce_op::min: reduce_loop<T, reduce_op::min>(dst, a, b, n); return;
-    case reduce_op::max: reduce_loop<T, reduce_op::max>(dst, a, b, n); return;
-  }
+  visit_reduce_op(
+      op, [&](auto reduction) { reduce_loop<T, combining<decltype(reduction)::value>>(dst, a, b, n); });
 }
 
 template <class F>

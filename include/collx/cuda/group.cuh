@@ -34,12 +34,12 @@
 
 #include "collx/algorithms/select.hpp"
 #include "collx/config.hpp"
-#include "collx/front/check.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
 #include "collx/cuda/staged.hpp"
 #include "collx/exec/cuda.cuh"
 #include "collx/exec/peer.hpp"
+#include "collx/front/check.hpp"
 #include "collx/front/program.hpp"
 #include "collx/front/resolve.hpp"
 
@@ -126,66 +126,9 @@ class group {
   explicit group(std::vector<int> devices, group_options opt = {})
       : s_(std::make_shared<detail::group_state>()) {
     const int p = static_cast<int>(devices.size());
-    auto bad = [](const std::string& why) {
-      throw error(errc::invalid_argument, "cuda::group", error::no_rank, error::no_rank, why);
-    };
-    if (p < 1 || p > peer::max_ranks) bad("a group has 1 to " + std::to_string(peer::max_ranks) + " ranks");
-    if (opt.lanes < 1 || opt.lanes > cuda::detail::max_lanes) {
-      bad("lanes must be 1 to " + std::to_string(cuda::detail::max_lanes));
-    }
-    if (opt.threads < 32 || opt.threads > 1024 || opt.threads % 32 != 0)
-      bad("threads must be a multiple of 32 up to 1024");
-    if (opt.slots < 1) bad("slots must be at least 1");
-    if (opt.slot_bytes < 16 || opt.slot_bytes % 16 != 0) bad("slot_bytes must be a positive multiple of 16");
-    if (opt.timeout <= std::chrono::milliseconds::zero()) bad("timeout must be positive");
-    int count = 0;
-    cuda::check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
-    for (int d : devices) {
-      if (d < 0 || d >= count)
-        bad("device " + std::to_string(d) + " does not exist (" + std::to_string(count) + " found)");
-    }
-    // Ranks on different GPUs write each other's mailboxes: they need peer access.
-    for (int a : devices) {
-      for (int b : devices) {
-        if (a == b) continue;
-        int can = 0;
-        cuda::check(cudaDeviceCanAccessPeer(&can, a, b), "cudaDeviceCanAccessPeer");
-        if (can == 0)
-          bad("GPU " + std::to_string(a) + " cannot access GPU " + std::to_string(b) + "'s memory");
-        detail::device_guard g(a);
-        const cudaError_t e = cudaDeviceEnablePeerAccess(b, 0);
-        if (e == cudaErrorPeerAccessAlreadyEnabled) {
-          cudaGetLastError();
-        } else {
-          cuda::check(e, "cudaDeviceEnablePeerAccess");
-        }
-      }
-    }
-    // Every rank's kernel must be resident at once, since each waits for the others': the
-    // blocks must fit the GPU, and the streams its hardware queues (a stream that shares
-    // a queue can sit behind another rank's next call, which waits for this one).
-    for (int d : devices) {
-      const auto here = static_cast<int>(std::count(devices.begin(), devices.end(), d));
-      int sms = 0, per_sm = 0;
-      detail::device_guard g(d);
-      cuda::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, d), "cudaDeviceGetAttribute");
-      cuda::check(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-              &per_sm, cuda::detail::peer_kernel<float, reduce_op::sum>, static_cast<int>(opt.threads), 0),
-          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-      if (static_cast<long>(here) * opt.lanes > static_cast<long>(sms) * per_sm) {
-        bad(std::to_string(here) + " ranks of " + std::to_string(opt.lanes) + " lanes need " +
-            std::to_string(here * opt.lanes) + " resident blocks on GPU " + std::to_string(d) +
-            ", which holds " + std::to_string(sms * per_sm) + ": fewer lanes or threads");
-      }
-      const char* conn = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
-      const int queues = conn != nullptr && *conn != '\0' ? std::atoi(conn) : 8;
-      if (here > queues) {
-        bad(std::to_string(here) + " ranks on GPU " + std::to_string(d) + " need as many hardware queues; " +
-            "CUDA_DEVICE_MAX_CONNECTIONS is " + std::to_string(queues) +
-            ": set it (up to 32) in the environment before the program's first CUDA call");
-      }
-    }
+    check_arguments(devices, opt);
+    open_peer_access(devices);
+    check_kernels_fit(devices, opt);
     install_device_memory_probe();
     auto& s = *s_;
     s.opt = opt;
@@ -195,40 +138,8 @@ class group {
     s.w.lanes = opt.lanes;
     s.w.slots = opt.slots;
     s.w.slot_bytes = opt.slot_bytes;
-    const auto lanes = static_cast<std::size_t>(opt.lanes);
-    const auto up = static_cast<std::size_t>(p);
-    const std::size_t control_bytes =
-        (1 + up * lanes) * sizeof(std::uint64_t) + up * lanes * sizeof(peer::status);
-    cuda::check(cudaHostAlloc(&s.control, control_bytes, cudaHostAllocMapped | cudaHostAllocPortable),
-                "cudaHostAlloc of the control words");
-    std::memset(s.control, 0, control_bytes);
-    s.abort_word = static_cast<std::uint64_t*>(s.control);
-    s.waiting = s.abort_word + 1;
-    s.status = reinterpret_cast<peer::status*>(s.waiting + up * lanes);
-    for (std::size_t i = 0; i < up * lanes; ++i) s.status[i] = peer::status{};
-    // With unified addressing (every 64-bit platform CUDA supports) the mapped host
-    // pointer is the device pointer too.
-    s.w.abort_word = s.abort_word;
-    s.w.waiting = s.waiting;
-
-    const std::size_t each = (peer::mailbox_bytes(s.w) + 255) / 256 * 256;
-    std::vector<peer::mailbox> table(up * lanes);
-    for (std::size_t r = 0; r < up; ++r) {
-      auto mem = detail::device_alloc<std::byte>(s.devices[r], each * lanes);
-      detail::device_guard g(s.devices[r]);
-      cuda::check(cudaMemset(mem.get(), 0, each * lanes), "cudaMemset of the mailboxes");
-      for (std::size_t j = 0; j < lanes; ++j)
-        table[r * lanes + j] = peer::mailbox_at(mem.get() + j * each, s.w);
-      s.box_memory.push_back(std::move(mem));
-    }
-    for (std::size_t r = 0; r < up; ++r) {
-      auto t = detail::device_alloc<peer::mailbox>(s.devices[r], table.size() * sizeof(peer::mailbox));
-      detail::device_guard g(s.devices[r]);
-      cuda::check(
-          cudaMemcpy(t.get(), table.data(), table.size() * sizeof(peer::mailbox), cudaMemcpyHostToDevice),
-          "copying the mailbox table");
-      s.box_tables.push_back(std::move(t));
-    }
+    map_control_words();
+    upload_mailbox_tables(allocate_mailboxes());
     for (int d : s.devices) {
       detail::device_guard g(d);
       cuda::check(cudaDeviceSynchronize(), "setting up the group");
@@ -245,6 +156,133 @@ class group {
   void abort() noexcept { std::atomic_ref<std::uint64_t>(*s_->abort_word).store(aborted_by_host); }
 
  private:
+  [[noreturn]] static void invalid(const std::string& why) {
+    throw error(errc::invalid_argument, "cuda::group", error::no_rank, error::no_rank, why);
+  }
+
+  static void check_arguments(const std::vector<int>& devices, const group_options& opt) {
+    const int p = static_cast<int>(devices.size());
+    if (p < 1 || p > peer::max_ranks)
+      invalid("a group has 1 to " + std::to_string(peer::max_ranks) + " ranks");
+    if (opt.lanes < 1 || opt.lanes > cuda::detail::max_lanes) {
+      invalid("lanes must be 1 to " + std::to_string(cuda::detail::max_lanes));
+    }
+    if (opt.threads < 32 || opt.threads > 1024 || opt.threads % 32 != 0)
+      invalid("threads must be a multiple of 32 up to 1024");
+    if (opt.slots < 1) invalid("slots must be at least 1");
+    if (opt.slot_bytes < 16 || opt.slot_bytes % 16 != 0)
+      invalid("slot_bytes must be a positive multiple of 16");
+    if (opt.timeout <= std::chrono::milliseconds::zero()) invalid("timeout must be positive");
+    int count = 0;
+    cuda::check(cudaGetDeviceCount(&count), "cudaGetDeviceCount");
+    for (int d : devices) {
+      if (d < 0 || d >= count)
+        invalid("device " + std::to_string(d) + " does not exist (" + std::to_string(count) + " found)");
+    }
+  }
+
+  // Ranks on different GPUs write each other's mailboxes: they need peer access.
+  static void open_peer_access(const std::vector<int>& devices) {
+    for (int a : devices) {
+      for (int b : devices) {
+        if (a == b) continue;
+        int can = 0;
+        cuda::check(cudaDeviceCanAccessPeer(&can, a, b), "cudaDeviceCanAccessPeer");
+        if (can == 0)
+          invalid("GPU " + std::to_string(a) + " cannot access GPU " + std::to_string(b) + "'s memory");
+        detail::device_guard g(a);
+        const cudaError_t e = cudaDeviceEnablePeerAccess(b, 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) {
+          cudaGetLastError();
+        } else {
+          cuda::check(e, "cudaDeviceEnablePeerAccess");
+        }
+      }
+    }
+  }
+
+  // Every rank's kernel must be resident at once, since each waits for the others': the
+  // blocks must fit the GPU, and the streams its hardware queues (a stream that shares
+  // a queue can sit behind another rank's next call, which waits for this one).
+  static void check_kernels_fit(const std::vector<int>& devices, const group_options& opt) {
+    for (int d : devices) {
+      const auto here = static_cast<int>(std::count(devices.begin(), devices.end(), d));
+      int sms = 0, per_sm = 0;
+      detail::device_guard g(d);
+      cuda::check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, d), "cudaDeviceGetAttribute");
+      cuda::check(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+              &per_sm, cuda::detail::peer_kernel<float, reduce_op::sum>, static_cast<int>(opt.threads), 0),
+          "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+      if (static_cast<long>(here) * opt.lanes > static_cast<long>(sms) * per_sm) {
+        invalid(std::to_string(here) + " ranks of " + std::to_string(opt.lanes) + " lanes need " +
+                std::to_string(here * opt.lanes) + " resident blocks on GPU " + std::to_string(d) +
+                ", which holds " + std::to_string(sms * per_sm) + ": fewer lanes or threads");
+      }
+      const char* conn = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+      const int queues = conn != nullptr && *conn != '\0' ? std::atoi(conn) : 8;
+      if (here > queues) {
+        invalid(std::to_string(here) + " ranks on GPU " + std::to_string(d) +
+                " need as many hardware queues; " + "CUDA_DEVICE_MAX_CONNECTIONS is " +
+                std::to_string(queues) +
+                ": set it (up to 32) in the environment before the program's first CUDA call");
+      }
+    }
+  }
+
+  // The abort word, the waits and the status words, in mapped host memory.
+  void map_control_words() {
+    auto& s = *s_;
+    const auto lanes = static_cast<std::size_t>(s.opt.lanes);
+    const auto up = static_cast<std::size_t>(s.w.ranks);
+    const std::size_t control_bytes =
+        (1 + up * lanes) * sizeof(std::uint64_t) + up * lanes * sizeof(peer::status);
+    cuda::check(cudaHostAlloc(&s.control, control_bytes, cudaHostAllocMapped | cudaHostAllocPortable),
+                "cudaHostAlloc of the control words");
+    std::memset(s.control, 0, control_bytes);
+    s.abort_word = static_cast<std::uint64_t*>(s.control);
+    s.waiting = s.abort_word + 1;
+    s.status = reinterpret_cast<peer::status*>(s.waiting + up * lanes);
+    for (std::size_t i = 0; i < up * lanes; ++i) s.status[i] = peer::status{};
+    // With unified addressing (every 64-bit platform CUDA supports) the mapped host
+    // pointer is the device pointer too.
+    s.w.abort_word = s.abort_word;
+    s.w.waiting = s.waiting;
+  }
+
+  // Each rank's lanes' mailboxes, zeroed on its GPU; returns every mailbox's address,
+  // [rank * lanes + lane].
+  std::vector<peer::mailbox> allocate_mailboxes() {
+    auto& s = *s_;
+    const auto lanes = static_cast<std::size_t>(s.opt.lanes);
+    const auto up = static_cast<std::size_t>(s.w.ranks);
+    const std::size_t each = (peer::mailbox_bytes(s.w) + 255) / 256 * 256;
+    std::vector<peer::mailbox> table(up * lanes);
+    for (std::size_t r = 0; r < up; ++r) {
+      auto mem = detail::device_alloc<std::byte>(s.devices[r], each * lanes);
+      detail::device_guard g(s.devices[r]);
+      cuda::check(cudaMemset(mem.get(), 0, each * lanes), "cudaMemset of the mailboxes");
+      for (std::size_t j = 0; j < lanes; ++j)
+        table[r * lanes + j] = peer::mailbox_at(mem.get() + j * each, s.w);
+      s.box_memory.push_back(std::move(mem));
+    }
+    return table;
+  }
+
+  // A copy of the mailbox table on each rank's GPU.
+  void upload_mailbox_tables(const std::vector<peer::mailbox>& table) {
+    auto& s = *s_;
+    const auto up = static_cast<std::size_t>(s.w.ranks);
+    for (std::size_t r = 0; r < up; ++r) {
+      auto t = detail::device_alloc<peer::mailbox>(s.devices[r], table.size() * sizeof(peer::mailbox));
+      detail::device_guard g(s.devices[r]);
+      cuda::check(
+          cudaMemcpy(t.get(), table.data(), table.size() * sizeof(peer::mailbox), cudaMemcpyHostToDevice),
+          "copying the mailbox table");
+      s.box_tables.push_back(std::move(t));
+    }
+  }
+
   std::shared_ptr<detail::group_state> s_;
 };
 
@@ -402,8 +440,38 @@ class communicator {
       ++seq_;
       return;
     }
-    // Both buffers must be memory this rank's GPU can address: device memory, managed
-    // memory or mapped host memory. Pageable host memory would fault in the kernel.
+    check_addressable(name, in, out);
+
+    detail::device_guard guard(device());
+    const auto& s = *g_;
+    // The call number is taken below, once nothing can refuse the call.
+    collx::detail::resolved_call r =
+        collx::detail::resolve(coll, count, t, op, o, s.cfg, size(), seq_, s.opt.slots * s.opt.slot_bytes);
+
+    // Everything that can refuse the call comes first (programs and scratch refuse in a
+    // capture): a call refused on one rank must not use up a call number, or its later
+    // calls would carry signatures its peers' do not.
+    const int lanes = coll == collective::all_reduce ? s.opt.lanes : 1;
+    cuda::detail::launch_args args = prepare_lanes(coll, k, count, es, op, r, lanes, stream);
+    ensure_scratch(stream, name, es * static_cast<std::size_t>(lanes));
+    for (int j = 0; j < lanes; ++j) {
+      args.lanes[j].scratch = scratch_.get() + static_cast<std::size_t>(j) * scratch_need_ * es;
+    }
+    const bool capturing = is_capturing(stream);
+    order_after_last_call(stream, capturing);
+
+    r.env.seq = seq_++;
+    for (int j = 0; j < lanes; ++j) args.lanes[j].sig = signature(r.env);
+    cuda::detail::launch_peer(t, op, args, lanes, s.opt.threads, stream);
+    if (!capturing) {
+      cuda::check(cudaEventRecord(done_.get(), stream), "cudaEventRecord");
+      last_ = stream;
+    }
+  }
+
+  // Both buffers must be memory this rank's GPU can address: device memory, managed
+  // memory or mapped host memory. Pageable host memory would fault in the kernel.
+  void check_addressable(std::string_view name, const void* in, void* out) const {
     for (const void* ptr : {in, static_cast<const void*>(out)}) {
       cudaPointerAttributes at{};
       const cudaError_t e = cudaPointerGetAttributes(&at, ptr);
@@ -414,47 +482,48 @@ class communicator {
                           "host vectors go through collx::communicator");
       }
     }
-    const bool in_place = k.in_place;
+  }
 
-    detail::device_guard guard(device());
+  // The kernel's arguments but for scratch and signatures: each lane's program (fetched,
+  // or uploaded on first use), buffers and status word.
+  cuda::detail::launch_args prepare_lanes(collective coll, const collx::detail::checked_call& checked,
+                                          std::size_t count, std::size_t element_size, reduce_op op,
+                                          const collx::detail::resolved_call& resolved, int lanes,
+                                          cudaStream_t stream) {
     const auto& s = *g_;
-    // The call number is taken below, once nothing can refuse the call.
-    collx::detail::resolved_call r =
-        collx::detail::resolve(coll, count, t, op, o, s.cfg, size(), seq_, s.opt.slots * s.opt.slot_bytes);
-    const algorithm a = r.algo;
-    const std::size_t segment = r.segment;
-
-    // Everything that can refuse the call comes first (programs and scratch refuse in a
-    // capture): a call refused on one rank must not use up a call number, or its later
-    // calls would carry signatures its peers' do not.
+    const algorithm a = resolved.algo;
+    const std::size_t segment = resolved.segment;
+    const bool in_place = checked.in_place;
     cuda::detail::launch_args args{};
     args.w = s.w;
     args.w.boxes = s.box_tables[static_cast<std::size_t>(rank_)].get();
     args.divisor = op == reduce_op::avg ? size() : 0;
-    const int lanes = coll == collective::all_reduce ? s.opt.lanes : 1;
     for (int j = 0; j < lanes; ++j) {
       std::uint64_t lo = 0, n = count;
-      if (lanes > 1) peer::lane_slice(count, es, lanes, j, lo, n);
+      if (lanes > 1) peer::lane_slice(count, element_size, lanes, j, lo, n);
       peer::lane_call& c = args.lanes[j];
       c.prog = program(coll, a, n, segment, in_place, stream);
       c.rank = rank_;
       c.lane = j;
-      c.in = k.in == nullptr ? nullptr : k.in + lo * es;
-      c.out = k.out + lo * es;
-      c.timeout_ns = collx::detail::timeout_ns(r.timeout);
+      c.in = checked.in == nullptr ? nullptr : checked.in + lo * element_size;
+      c.out = checked.out + lo * element_size;
+      c.timeout_ns = collx::detail::timeout_ns(resolved.timeout);
       c.st = &s.status[static_cast<std::size_t>(rank_) * static_cast<std::size_t>(s.w.lanes) +
                        static_cast<std::size_t>(j)];
       const region res = result_region(coll, rank_, count, in_place, size());
-      args.divide_at[j] = coll == collective::all_reduce ? c.out : k.out + res.offset * es;
+      args.divide_at[j] = coll == collective::all_reduce ? c.out : checked.out + res.offset * element_size;
       args.divide_count[j] = coll == collective::all_reduce ? n : res.count;
     }
-    ensure_scratch(stream, name, es * static_cast<std::size_t>(lanes));
-    for (int j = 0; j < lanes; ++j) {
-      args.lanes[j].scratch = scratch_.get() + static_cast<std::size_t>(j) * scratch_need_ * es;
-    }
+    return args;
+  }
+
+  static bool is_capturing(cudaStream_t stream) {
     cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
     cuda::check(cudaStreamIsCapturing(stream, &cs), "cudaStreamIsCapturing");
-    const bool capturing = cs != cudaStreamCaptureStatusNone;
+    return cs != cudaStreamCaptureStatusNone;
+  }
+
+  void order_after_last_call(cudaStream_t stream, bool capturing) {
     if (!done_) {
       cudaEvent_t ev = nullptr;
       cuda::check(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming), "cudaEventCreate");
@@ -465,14 +534,6 @@ class communicator {
     // the caller orders).
     if (!capturing && last_ != nullptr && last_ != stream) {
       cuda::check(cudaStreamWaitEvent(stream, done_.get(), 0), "cudaStreamWaitEvent");
-    }
-
-    r.env.seq = seq_++;
-    for (int j = 0; j < lanes; ++j) args.lanes[j].sig = peer::signature(r.env);
-    cuda::detail::launch_peer(t, op, args, lanes, s.opt.threads, stream);
-    if (!capturing) {
-      cuda::check(cudaEventRecord(done_.get(), stream), "cudaEventRecord");
-      last_ = stream;
     }
   }
 

@@ -28,10 +28,10 @@
 #include <string_view>
 
 #include "collx/algorithms/hierarchical.hpp"
+#include "collx/cuda/ipc.cuh"
 #include "collx/cuda/probe.hpp"
 #include "collx/cuda/staged.hpp"
 #include "collx/hierarchical.hpp"
-#include "collx/cuda/ipc.cuh"
 
 namespace collx::cuda {
 
@@ -75,8 +75,9 @@ class hierarchical {
     }
     io.timeout = b_.cfg.timeout;
     if (io.job_id.empty()) io.job_id = b_.node_job;
-    node_ = std::make_unique<ipc_communicator>(*st, b_.t.local, b_.t.per_node, device, std::move(io),
-                                               "collx/hier/node" + std::to_string(b_.t.node) + "/cuda_ipc");
+    prefix_store hier = collx::detail::hier_keys(*st);
+    node_ = std::make_unique<ipc_communicator>(hier, b_.t.local, b_.t.per_node, device, std::move(io),
+                                               "node" + std::to_string(b_.t.node) + "/cuda_ipc");
   }
 
   hierarchical(const hierarchical&) = delete;  // the staged levels point into it

@@ -55,7 +55,7 @@ struct device_context {
   }
   template <class T, reduce_op Op>
   __device__ static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) {
-    reduce_range<T, Op == reduce_op::avg ? reduce_op::sum : Op>(dst, a, b, n, threadIdx.x, blockDim.x);
+    reduce_range<T, collx::detail::combining<Op>>(dst, a, b, n, threadIdx.x, blockDim.x);
   }
 };
 
@@ -96,15 +96,12 @@ inline void launch_peer(dtype t, reduce_op op, const launch_args& a, int lanes, 
                         cudaStream_t stream) {
   collx::detail::visit_dtype(t, [&](auto tag) {
     using T = decltype(tag);
-    switch (op) {
-      case reduce_op::sum: launch_peer<T, reduce_op::sum>(a, lanes, threads, stream); break;
-      case reduce_op::prod: launch_peer<T, reduce_op::prod>(a, lanes, threads, stream); break;
-      case reduce_op::min: launch_peer<T, reduce_op::min>(a, lanes, threads, stream); break;
-      case reduce_op::max: launch_peer<T, reduce_op::max>(a, lanes, threads, stream); break;
-      case reduce_op::avg:
-        if constexpr (is_floating(dtype_v<T>)) launch_peer<T, reduce_op::avg>(a, lanes, threads, stream);
-        break;
-    }
+    collx::detail::visit_reduce_op(op, [&](auto reduction) {
+      constexpr reduce_op Op = decltype(reduction)::value;
+      // avg exists for the floating types only (front/check.hpp refuses it for others).
+      if constexpr (Op != reduce_op::avg || is_floating(dtype_v<T>))
+        launch_peer<T, Op>(a, lanes, threads, stream);
+    });
   });
   check(cudaGetLastError(), "launching the collective's kernel");
 }

@@ -334,13 +334,9 @@ void launch_reduce(void* dst, const void* a, const void* b, std::size_t n, cudaS
 template <class T>
 void launch_reduce_typed(reduce_op op, void* dst, const void* a, const void* b, std::size_t n,
                          cudaStream_t stream) {
-  switch (op) {
-    case reduce_op::sum:
-    case reduce_op::avg: launch_reduce<T, reduce_op::sum>(dst, a, b, n, stream); return;
-    case reduce_op::prod: launch_reduce<T, reduce_op::prod>(dst, a, b, n, stream); return;
-    case reduce_op::min: launch_reduce<T, reduce_op::min>(dst, a, b, n, stream); return;
-    case reduce_op::max: launch_reduce<T, reduce_op::max>(dst, a, b, n, stream); return;
-  }
+  collx::detail::visit_reduce_op(op, [&](auto reduction) {
+    launch_reduce<T, collx::detail::combining<decltype(reduction)::value>>(dst, a, b, n, stream);
+  });
 }
 
 }  // namespace detail

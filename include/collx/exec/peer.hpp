@@ -28,6 +28,9 @@
 // All-reduce runs as `lanes` independent all-reduces over contiguous slices of the
 // buffer, one per lane (as NCCL's channels do): more thread blocks, more bandwidth.
 // All-gather and reduce-scatter run on one lane.
+//
+// This header is what a lane sees (host-device code); the program it reads is compiled
+// on the host by exec/peer_program.hpp.
 
 #include <atomic>
 #include <chrono>
@@ -35,12 +38,9 @@
 #include <cstdint>
 #include <cstring>
 #include <thread>
-#include <vector>
 
-#include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/schedule/schedule.hpp"
-#include "collx/transport/concept.hpp"
 
 #if defined(__CUDACC__)
 #define COLLX_HD __host__ __device__
@@ -84,104 +84,6 @@ struct program_view {
   std::uint32_t nqueues = 0;
   std::uint64_t scratch_count = 0;
 };
-
-// A schedule compiled into one position-independent block of bytes, to be copied where
-// the lane runs (device memory, or left on the host).
-struct program_image {
-  std::vector<std::byte> bytes;
-  std::size_t ops_at = 0, deps_at = 0, order_at = 0, begin_at = 0;
-  std::uint32_t nqueues = 0;
-  std::uint64_t scratch_count = 0;
-
-  program_view view_at(const std::byte* base) const noexcept {
-    program_view v;
-    v.ops = reinterpret_cast<const op*>(base + ops_at);
-    v.deps = reinterpret_cast<const dep*>(base + deps_at);
-    v.order = reinterpret_cast<const std::uint32_t*>(base + order_at);
-    v.queue_begin = reinterpret_cast<const std::uint32_t*>(base + begin_at);
-    v.nqueues = nqueues;
-    v.scratch_count = scratch_count;
-    return v;
-  }
-};
-
-// What a compiled program is cached under: the call shape that built it.
-struct program_key {
-  collective coll = collective::all_reduce;
-  algorithm algo = algorithm::ring;
-  std::size_t count = 0, segment = 1;
-  bool in_place = false;
-  friend bool operator==(const program_key&, const program_key&) = default;
-};
-
-// Queue of a step: sends to q at q, receives from q at p+q, local copies at 2p, as in
-// the host executor's plan.
-inline std::uint32_t queue_of(const step& st, int ranks) noexcept {
-  const auto p = static_cast<std::uint32_t>(ranks);
-  if (st.kind == step_kind::copy) return 2 * p;
-  const auto q = static_cast<std::uint32_t>(st.peer);
-  return st.kind == step_kind::send ? q : p + q;
-}
-
-inline program_image compile(const schedule& s) {
-  const std::uint32_t nq = 2 * static_cast<std::uint32_t>(s.ranks) + 1;
-  const std::size_t n = s.steps.size();
-  std::vector<std::uint32_t> queue(n), pos(n), count(nq, 0);
-  for (std::size_t i = 0; i < n; ++i) {
-    queue[i] = queue_of(s.steps[i], s.ranks);
-    pos[i] = count[queue[i]]++;
-  }
-  std::vector<std::uint32_t> begin(nq + 1, 0);
-  for (std::uint32_t q = 0; q < nq; ++q) begin[q + 1] = begin[q] + count[q];
-  std::vector<std::uint32_t> order(n);
-  for (std::size_t i = 0; i < n; ++i) order[begin[queue[i]] + pos[i]] = static_cast<std::uint32_t>(i);
-
-  program_image img;
-  img.nqueues = nq;
-  img.scratch_count = s.scratch_count;
-  auto place = [&](std::size_t bytes) {
-    const std::size_t at = (img.bytes.size() + 15) / 16 * 16;
-    img.bytes.resize(at + bytes);
-    return at;
-  };
-  img.ops_at = place(n * sizeof(op));
-  img.deps_at = place(s.deps.size() * sizeof(dep));
-  img.order_at = place(n * sizeof(std::uint32_t));
-  img.begin_at = place((nq + 1) * sizeof(std::uint32_t));
-  for (std::size_t i = 0; i < n; ++i) {
-    const step& st = s.steps[i];
-    op o;
-    o.kind = static_cast<std::uint8_t>(st.kind);
-    o.src_buf = static_cast<std::uint8_t>(st.src.buf);
-    o.dst_buf = static_cast<std::uint8_t>(st.dst.buf);
-    o.peer = st.peer;
-    o.src_off = st.src.offset;
-    o.dst_off = st.dst.offset;
-    o.count = st.count();
-    o.dep_begin = st.dep_begin;
-    o.dep_count = st.dep_count;
-    std::memcpy(img.bytes.data() + img.ops_at + i * sizeof(op), &o, sizeof(op));
-  }
-  for (std::size_t k = 0; k < s.deps.size(); ++k) {
-    const dep d{queue[s.deps[k]], pos[s.deps[k]]};
-    std::memcpy(img.bytes.data() + img.deps_at + k * sizeof(dep), &d, sizeof(dep));
-  }
-  if (n != 0) std::memcpy(img.bytes.data() + img.order_at, order.data(), n * sizeof(std::uint32_t));
-  std::memcpy(img.bytes.data() + img.begin_at, begin.data(), (nq + 1) * sizeof(std::uint32_t));
-  return img;
-}
-
-// The largest message of a schedule, in elements. A message must fit in a channel's
-// slots: a sender whose message needs more room than the slots hold waits for its
-// receiver to consume, and a receiver whose reduction waits on its own send (recursive
-// doubling's exchange) never will. Executors cut schedules into segments that fit.
-inline std::uint64_t max_message(const schedule& s) noexcept {
-  std::uint64_t m = 0;
-  for (const auto& st : s.steps) {
-    if (st.kind != step_kind::copy && st.count() > m) m = st.count();
-  }
-  return m;
-}
 
 // One receiver's mailboxes, for one lane: arrays indexed by sender.
 struct mailbox {
@@ -237,64 +139,6 @@ struct status {
   std::uint64_t waited_ns = 0;
 };
 
-// The error a stopped lane's status stands for. `who` names what must be calling, in
-// the timeout's advice ("Is every rank's thread calling", "Is every rank's process ...").
-// `called`: the call as this rank made it (envelope::describe), when the caller has it.
-inline error to_error(const status& s, std::string_view coll, int rank, int ranks, std::string_view who,
-                      const std::string& called = {}) {
-  const bool named = s.peer >= 0 && s.peer < ranks;
-  const std::string ms = std::to_string(s.waited_ns / 1'000'000);
-  errc kind = errc::peer_failure;
-  std::string why;
-  switch (s.code) {
-    case outcome::timeout:
-      kind = errc::timeout;
-      why = "timed out after " + ms + " ms waiting for peer " + std::to_string(s.waited_for) + " (step #" +
-            std::to_string(s.step) + ", lane " + std::to_string(s.lane) + ")";
-      if (s.peer != s.waited_for) {
-        why += "; peer " + std::to_string(s.waited_for) + " was itself waiting, down to peer " +
-               std::to_string(s.peer) + ", which waited for no one: peer " + std::to_string(s.peer) +
-               " is the one stuck";
-      }
-      why += ". " + std::string(who) + ", and did each make the same call?";
-      break;
-    case outcome::mismatch:
-      kind = errc::mismatch;
-      why = "peer " + std::to_string(s.peer) + " made a different call (step #" + std::to_string(s.step) +
-            ": its signature " + std::to_string(s.got) + ", ours " + std::to_string(s.expected) +
-            "): every rank must make the same calls, with the same count, type, reduction and algorithm, "
-            "in the same order";
-      break;
-    default:
-      kind = named ? errc::peer_failure : errc::aborted;
-      why = named ? "rank " + std::to_string(s.peer) + " failed, so this call stopped"
-                  : "the group was aborted";
-      break;
-  }
-  if (!called.empty()) why += " (this rank called " + called + ")";
-  return error(kind, coll, rank, named ? s.peer : error::no_rank, why);
-}
-
-// The signature a piece carries: every field of the envelope, so that ranks that made
-// different calls (another collective, count, type, reduction, algorithm, segment or
-// call number) find out at the first piece instead of computing garbage. Never 0.
-constexpr std::uint64_t signature(const envelope& e) noexcept {
-  std::uint64_t h = 1469598103934665603ull;
-  auto mix = [&](std::uint64_t v) {
-    for (int i = 0; i < 8; ++i) {
-      h ^= (v >> (8 * i)) & 0xffu;
-      h *= 1099511628211ull;
-    }
-  };
-  mix(e.seq);
-  mix(e.count);
-  mix(e.segment);
-  mix(e.tag);
-  mix(static_cast<std::uint64_t>(e.coll) | static_cast<std::uint64_t>(e.type) << 8 |
-      static_cast<std::uint64_t>(e.op) << 16 | static_cast<std::uint64_t>(e.algo) << 24);
-  return h == 0 ? 1 : h;
-}
-
 // The slice of an all-reduce of `count` elements that lane j of `lanes` runs: whole
 // 256-byte units, so that every lane's slice starts 16-byte aligned when the buffer does.
 constexpr void lane_slice(std::uint64_t count, std::size_t elem, int lanes, int j, std::uint64_t& lo,
@@ -339,207 +183,269 @@ struct action {
   std::uint64_t n = 0;  // bytes for copy, elements for reduce
 };
 
-// Runs one lane. Ctx is where it runs (host_context below, or the CUDA executor's):
-// leader(), barrier(), the atomics, the clock, and the cooperative copy and reduce.
-// T is the element's storage type, Op the reduction (avg reduces as sum).
-// Returns whether the lane finished (false: it stopped, and its status says why).
+// One lane of one rank, running: the leader's bookkeeping and its choice of the next
+// piece (decide), and the loop in which every thread of the lane moves it (run).
+// Ctx is where it runs (host_context below, or the CUDA executor's): leader(),
+// barrier(), the atomics, the clock, and the cooperative copy and reduce. T is the
+// element's storage type, Op the reduction (avg reduces as sum).
 template <class T, reduce_op Op, class Ctx>
-COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
-  constexpr std::uint64_t es = sizeof(T);
-  const program_view& pg = c.prog;
-  const auto S = static_cast<std::uint64_t>(w.slots);
-  const std::uint64_t piece_elems = w.slot_bytes / es;
-  const mailbox& mine = w.boxes[c.rank * w.lanes + c.lane];
-
-  // Leader-only state: the head of each queue and how many pieces of its step are done
-  // (the context's, so that on a GPU it lies in shared memory, not in every thread's
-  // stack), and what the current action will publish once its bytes have moved.
-  std::uint32_t* const head = ctx.leader_state().head;
-  std::uint64_t* const pieces = ctx.leader_state().pieces;
-  std::uint32_t pending_queue = 0;
-  std::uint64_t* pending_word = nullptr;  // ready (a send) or acked (a receive)
-  std::uint64_t pending_value = 0;
-  bool pending_finishes = false;
-  std::uint64_t start = 0;
-  if (ctx.leader()) {
-    for (std::uint32_t q = 0; q < pg.nqueues; ++q) head[q] = 0, pieces[q] = 0;
-    start = ctx.now_ns();
+class lane_runner {
+ public:
+  COLLX_HD lane_runner(Ctx& ctx, const lane_call& c, const world_view& w)
+      : ctx_(ctx),
+        c_(c),
+        w_(w),
+        pg_(c.prog),
+        slots_(static_cast<std::uint64_t>(w.slots)),
+        piece_elems_(w.slot_bytes / es),
+        mine_(w.boxes[c.rank * w.lanes + c.lane]),
+        head_(ctx.leader_state().head),
+        pieces_(ctx.leader_state().pieces),
+        my_wait_(w.waiting + c.rank * w.lanes + c.lane) {
+    if (ctx_.leader()) {
+      for (std::uint32_t q = 0; q < pg_.nqueues; ++q) head_[q] = 0, pieces_[q] = 0;
+      start_ = ctx_.now_ns();
+    }
   }
 
-  auto base = [&](std::uint8_t buf) -> std::byte* {
-    return buf == static_cast<std::uint8_t>(buffer::output)    ? c.out
-           : buf == static_cast<std::uint8_t>(buffer::scratch) ? c.scratch
-                                                               : const_cast<std::byte*>(c.in);
-  };
-  auto deps_done = [&](const op& o) {
+  // Returns whether the lane finished (false: it stopped, and its status says why).
+  COLLX_HD bool run() {
+    for (;;) {
+      if (ctx_.leader()) ctx_.shared_action() = decide();
+      ctx_.barrier();
+      const action a = ctx_.shared_action();
+      if (a.what == action::done || a.what == action::stop) return a.what == action::done;
+      if (a.what == action::copy) {
+        ctx_.copy(a.dst, a.a, a.n);
+      } else {
+        ctx_.template reduce<T, Op>(reinterpret_cast<T*>(a.dst), reinterpret_cast<const T*>(a.a),
+                                    reinterpret_cast<const T*>(a.b), a.n);
+      }
+      ctx_.barrier();  // every thread's bytes have landed (or been read) before they are published
+      if (ctx_.leader()) publish();
+    }
+  }
+
+ private:
+  static constexpr std::uint64_t es = sizeof(T);
+
+  COLLX_HD std::byte* base(std::uint8_t buf) const {
+    return buf == static_cast<std::uint8_t>(buffer::output)    ? c_.out
+           : buf == static_cast<std::uint8_t>(buffer::scratch) ? c_.scratch
+                                                               : const_cast<std::byte*>(c_.in);
+  }
+
+  COLLX_HD bool deps_done(const op& o) const {
     for (std::uint32_t k = 0; k < o.dep_count; ++k) {
-      const dep d = pg.deps[o.dep_begin + k];
-      if (d.pos >= head[d.queue]) return false;
+      const dep d = pg_.deps[o.dep_begin + k];
+      if (d.pos >= head_[d.queue]) return false;
     }
     return true;
-  };
-  auto finish = [&](std::uint32_t q) {
-    ++head[q];
-    pieces[q] = 0;
-  };
+  }
+
+  COLLX_HD void finish(std::uint32_t q) {
+    ++head_[q];
+    pieces_[q] = 0;
+  }
+
   // A rank that times out waiting for a peer that is itself waiting names the rank at
   // the end of the chain: the one stuck, not a neighbour that waits like itself. (A
   // cycle, as when ranks made different calls, names the immediate peer.)
-  auto stuck_rank = [&](int peer) {
+  COLLX_HD int stuck_rank(int peer) const {
     int at = peer;
-    for (int hops = 0; at >= 0 && hops < w.ranks; ++hops) {
-      const std::uint64_t next = ctx.load_acquire(w.waiting + at * w.lanes + c.lane);
+    for (int hops = 0; at >= 0 && hops < w_.ranks; ++hops) {
+      const std::uint64_t next = ctx_.load_acquire(w_.waiting + at * w_.lanes + c_.lane);
       if (next == 0) return at;
       at = static_cast<int>(next) - 1;
     }
     return peer;
-  };
-  auto fail = [&](outcome why, int peer, std::uint32_t stp, std::uint64_t expected, std::uint64_t got) {
-    status& s = *c.st;
+  }
+
+  COLLX_HD action fail(outcome why, int peer, std::uint32_t at_step, std::uint64_t expected,
+                       std::uint64_t got) {
+    status& s = *c_.st;
     s.waited_for = peer;
     s.peer = why == outcome::timeout ? stuck_rank(peer) : peer;
-    s.step = stp;
-    s.lane = static_cast<std::uint32_t>(c.lane);
+    s.step = at_step;
+    s.lane = static_cast<std::uint32_t>(c_.lane);
     s.expected = expected;
     s.got = got;
-    s.waited_ns = ctx.now_ns() - start;
-    ctx.fence();  // the code last: whoever sees it sees the rest
+    s.waited_ns = ctx_.now_ns() - start_;
+    ctx_.fence();  // the code last: whoever sees it sees the rest
     s.code = why;
     // The first failure poisons the world: everyone else stops at its next wait.
-    if (why != outcome::peer_failed) ctx.cas(w.abort_word, 0, static_cast<std::uint64_t>(c.rank) + 1);
+    if (why != outcome::peer_failed) ctx_.cas(w_.abort_word, 0, static_cast<std::uint64_t>(c_.rank) + 1);
     action a;
     a.what = action::stop;
     return a;
+  }
+
+  // What publish() does once the action's bytes have moved.
+  COLLX_HD void pend(std::uint32_t q, std::uint64_t* word, std::uint64_t value, bool finishes) {
+    pending_queue_ = q;
+    pending_word_ = word;
+    pending_value_ = value;
+    pending_finishes_ = finishes;
+  }
+
+  COLLX_HD void publish() {
+    if (pending_word_ != nullptr) {
+      ctx_.fence();
+      ctx_.store_release(pending_word_, pending_value_);
+    }
+    if (pending_finishes_) {
+      finish(pending_queue_);
+    } else {
+      ++pieces_[pending_queue_];
+    }
+  }
+
+  // Where the head of queue q stands: its step, and the piece of it that moves next.
+  struct piece {
+    std::uint32_t step;
+    std::uint64_t first, n;
+    bool last;
   };
+  COLLX_HD piece next_piece(std::uint32_t q, const op& o, std::uint32_t i) const {
+    const std::uint64_t first = pieces_[q] * piece_elems_;
+    const std::uint64_t n = o.count - first < piece_elems_ ? o.count - first : piece_elems_;
+    return {i, first, n, first + n == o.count};
+  }
+
+  COLLX_HD action start_copy(std::uint32_t q, const op& o) {
+    pend(q, nullptr, 0, true);
+    action a;
+    a.what = action::copy;
+    a.dst = base(o.dst_buf) + o.dst_off * es;
+    a.a = base(o.src_buf) + o.src_off * es;
+    a.n = o.count * es;
+    return a;
+  }
+
+  // A send: its piece needs room in the receiver's slots. False: no room yet.
+  COLLX_HD bool start_send(std::uint32_t q, const op& o, const piece& pc, action& a) {
+    const mailbox& theirs = w_.boxes[o.peer * w_.lanes + c_.lane];
+    std::uint64_t* ready = theirs.ready + c_.rank;
+    const std::uint64_t m = ctx_.load_acquire(ready) + 1;
+    if (m > ctx_.load_acquire(theirs.acked + c_.rank) + slots_) return false;
+    const std::uint64_t slot = (m - 1) % slots_;
+    theirs.sig[static_cast<std::uint64_t>(c_.rank) * slots_ + slot] = c_.sig;
+    pend(q, ready, m, pc.last);
+    a.what = action::copy;
+    a.dst = theirs.slots + (static_cast<std::uint64_t>(c_.rank) * slots_ + slot) * w_.slot_bytes;
+    a.a = base(o.src_buf) + (o.src_off + pc.first) * es;
+    a.n = pc.n * es;
+    return true;
+  }
+
+  // A receive: its piece must have arrived, with this call's signature. False: not yet.
+  COLLX_HD bool start_recv(std::uint32_t q, const op& o, const piece& pc, action& a) {
+    std::uint64_t* acked = mine_.acked + o.peer;
+    const std::uint64_t m = ctx_.load_acquire(acked) + 1;
+    if (ctx_.load_acquire(mine_.ready + o.peer) < m) return false;
+    const std::uint64_t slot = (m - 1) % slots_;
+    const std::uint64_t got = mine_.sig[static_cast<std::uint64_t>(o.peer) * slots_ + slot];
+    if (got != c_.sig) {
+      a = fail(outcome::mismatch, o.peer, pc.step, c_.sig, got);
+      return true;
+    }
+    pend(q, acked, m, pc.last);
+    a.dst = base(o.dst_buf) + (o.dst_off + pc.first) * es;
+    a.b = mine_.slots + (static_cast<std::uint64_t>(o.peer) * slots_ + slot) * w_.slot_bytes;
+    if (static_cast<step_kind>(o.kind) == step_kind::recv) {
+      a.what = action::copy;
+      a.a = a.b;
+      a.n = pc.n * es;
+    } else {
+      a.what = action::reduce;
+      a.a = base(o.src_buf) + (o.src_off + pc.first) * es;
+      a.n = pc.n;
+    }
+    return true;
+  }
+
+  // One pass over the queue heads: the first piece that can move, if any. Sets all_done
+  // when every queue has finished, and names the earliest blocked step and its peer.
+  COLLX_HD bool scan(action& a, bool& all_done, std::uint32_t& blocked_step, int& blocked_peer) {
+    all_done = true;
+    for (std::uint32_t q = 0; q < pg_.nqueues; ++q) {
+      const std::uint32_t qlen = pg_.queue_begin[q + 1] - pg_.queue_begin[q];
+      // Empty steps move nothing: both ends of an empty message see the same count, so
+      // they skip it alike, and a step that waits on an empty one loses nothing.
+      while (head_[q] < qlen && pg_.ops[pg_.order[pg_.queue_begin[q] + head_[q]]].count == 0) finish(q);
+      if (head_[q] == qlen) continue;
+      all_done = false;
+      const std::uint32_t i = pg_.order[pg_.queue_begin[q] + head_[q]];
+      const op& o = pg_.ops[i];
+      if (!deps_done(o)) continue;
+      const auto kind = static_cast<step_kind>(o.kind);
+      if (kind == step_kind::copy) {
+        a = start_copy(q, o);
+        return true;
+      }
+      const piece pc = next_piece(q, o, i);
+      if (kind == step_kind::send ? start_send(q, o, pc, a) : start_recv(q, o, pc, a)) return true;
+      if (i < blocked_step) blocked_step = i, blocked_peer = o.peer;
+    }
+    return false;
+  }
 
   // The leader's choice of the next piece to move. Spins, bounded, until one can move.
-  std::uint64_t* const my_wait = w.waiting + c.rank * w.lanes + c.lane;
-  std::uint64_t announced = 0;
   // The bound is on waiting: `timeout` without a piece moving, so a long call that keeps
   // moving never times out, and one whose peer never comes does after `timeout`.
-  auto decide = [&]() -> action {
-    if (announced != 0) {
-      announced = 0;
-      ctx.store_release(my_wait, 0);
+  COLLX_HD action decide() {
+    if (announced_ != 0) {
+      announced_ = 0;
+      ctx_.store_release(my_wait_, 0);
     }
-    start = ctx.now_ns();
+    start_ = ctx_.now_ns();
     for (;;) {
+      action a;
       bool all_done = true;
       std::uint32_t blocked_step = 0xffffffffu;
       int blocked_peer = -1;
-      for (std::uint32_t q = 0; q < pg.nqueues; ++q) {
-        const std::uint32_t qlen = pg.queue_begin[q + 1] - pg.queue_begin[q];
-        // Empty steps move nothing: both ends of an empty message see the same count, so
-        // they skip it alike, and a step that waits on an empty one loses nothing.
-        while (head[q] < qlen && pg.ops[pg.order[pg.queue_begin[q] + head[q]]].count == 0) finish(q);
-        if (head[q] == qlen) continue;
-        all_done = false;
-        const std::uint32_t i = pg.order[pg.queue_begin[q] + head[q]];
-        const op& o = pg.ops[i];
-        if (!deps_done(o)) continue;
-        const std::uint64_t k = pieces[q];
-        const std::uint64_t first = k * piece_elems;
-        const std::uint64_t n = o.count - first < piece_elems ? o.count - first : piece_elems;
-        const bool last = first + n == o.count;
-        const auto kind = static_cast<step_kind>(o.kind);
-        if (kind == step_kind::copy) {
-          pending_queue = q;
-          pending_word = nullptr;
-          pending_finishes = true;
-          action a;
-          a.what = action::copy;
-          a.dst = base(o.dst_buf) + o.dst_off * es;
-          a.a = base(o.src_buf) + o.src_off * es;
-          a.n = o.count * es;
-          return a;
-        }
-        const mailbox& theirs = w.boxes[o.peer * w.lanes + c.lane];
-        if (kind == step_kind::send) {
-          std::uint64_t* ready = theirs.ready + c.rank;
-          const std::uint64_t m = ctx.load_acquire(ready) + 1;
-          if (m > ctx.load_acquire(theirs.acked + c.rank) + S) {
-            if (i < blocked_step) blocked_step = i, blocked_peer = o.peer;
-            continue;
-          }
-          const std::uint64_t slot = (m - 1) % S;
-          theirs.sig[static_cast<std::uint64_t>(c.rank) * S + slot] = c.sig;
-          pending_queue = q;
-          pending_word = ready;
-          pending_value = m;
-          pending_finishes = last;
-          action a;
-          a.what = action::copy;
-          a.dst = theirs.slots + (static_cast<std::uint64_t>(c.rank) * S + slot) * w.slot_bytes;
-          a.a = base(o.src_buf) + (o.src_off + first) * es;
-          a.n = n * es;
-          return a;
-        }
-        // A receive: its piece must have arrived.
-        std::uint64_t* acked = mine.acked + o.peer;
-        const std::uint64_t m = ctx.load_acquire(acked) + 1;
-        if (ctx.load_acquire(mine.ready + o.peer) < m) {
-          if (i < blocked_step) blocked_step = i, blocked_peer = o.peer;
-          continue;
-        }
-        const std::uint64_t slot = (m - 1) % S;
-        const std::uint64_t got = mine.sig[static_cast<std::uint64_t>(o.peer) * S + slot];
-        if (got != c.sig) return fail(outcome::mismatch, o.peer, i, c.sig, got);
-        pending_queue = q;
-        pending_word = acked;
-        pending_value = m;
-        pending_finishes = last;
-        action a;
-        a.dst = base(o.dst_buf) + (o.dst_off + first) * es;
-        a.b = mine.slots + (static_cast<std::uint64_t>(o.peer) * S + slot) * w.slot_bytes;
-        if (kind == step_kind::recv) {
-          a.what = action::copy;
-          a.a = a.b;
-          a.n = n * es;
-        } else {
-          a.what = action::reduce;
-          a.a = base(o.src_buf) + (o.src_off + first) * es;
-          a.n = n;
-        }
-        return a;
-      }
+      if (scan(a, all_done, blocked_step, blocked_peer)) return a;
       if (all_done) return action{};
-      const std::uint64_t failed = ctx.load_acquire(w.abort_word);
+      const std::uint64_t failed = ctx_.load_acquire(w_.abort_word);
       if (failed != 0) return fail(outcome::peer_failed, static_cast<int>(failed - 1), blocked_step, 0, 0);
-      if (ctx.now_ns() - start > c.timeout_ns)
+      if (ctx_.now_ns() - start_ > c_.timeout_ns)
         return fail(outcome::timeout, blocked_peer, blocked_step, 0, 0);
       // Say whom this lane waits for (once per change: a store, not one per spin).
-      if (static_cast<std::uint64_t>(blocked_peer + 1) != announced) {
-        announced = static_cast<std::uint64_t>(blocked_peer + 1);
-        ctx.store_release(my_wait, announced);
+      if (static_cast<std::uint64_t>(blocked_peer + 1) != announced_) {
+        announced_ = static_cast<std::uint64_t>(blocked_peer + 1);
+        ctx_.store_release(my_wait_, announced_);
       }
-      ctx.pause();
-    }
-  };
-
-  for (;;) {
-    if (ctx.leader()) ctx.shared_action() = decide();
-    ctx.barrier();
-    const action a = ctx.shared_action();
-    if (a.what == action::done || a.what == action::stop) return a.what == action::done;
-    if (a.what == action::copy) {
-      ctx.copy(a.dst, a.a, a.n);
-    } else {
-      ctx.template reduce<T, Op>(reinterpret_cast<T*>(a.dst), reinterpret_cast<const T*>(a.a),
-                                 reinterpret_cast<const T*>(a.b), a.n);
-    }
-    ctx.barrier();  // every thread's bytes have landed (or been read) before they are published
-    if (ctx.leader()) {
-      if (pending_word != nullptr) {
-        ctx.fence();
-        ctx.store_release(pending_word, pending_value);
-      }
-      if (pending_finishes) {
-        finish(pending_queue);
-      } else {
-        ++pieces[pending_queue];
-      }
+      ctx_.pause();
     }
   }
+
+  Ctx& ctx_;
+  const lane_call& c_;
+  const world_view& w_;
+  const program_view& pg_;
+  const std::uint64_t slots_;
+  const std::uint64_t piece_elems_;
+  const mailbox& mine_;
+  // Leader-only state: the head of each queue and how many pieces of its step are done
+  // (the context's, so that on a GPU it lies in shared memory, not in every thread's
+  // stack), and what the current action will publish once its bytes have moved.
+  std::uint32_t* const head_;
+  std::uint64_t* const pieces_;
+  std::uint64_t* const my_wait_;
+  std::uint64_t announced_ = 0;
+  std::uint64_t start_ = 0;
+  std::uint32_t pending_queue_ = 0;
+  std::uint64_t* pending_word_ = nullptr;  // ready (a send) or acked (a receive)
+  std::uint64_t pending_value_ = 0;
+  bool pending_finishes_ = false;
+};
+
+// Runs one lane (see lane_runner). Returns whether the lane finished (false: it
+// stopped, and its status says why).
+template <class T, reduce_op Op, class Ctx>
+COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
+  lane_runner<T, Op, Ctx> lane(ctx, c, w);
+  return lane.run();
 }
 
 // The host's context: one thread is the whole lane. The tests run lanes on threads.
@@ -587,8 +493,7 @@ struct host_context {
   }
   template <class T, reduce_op Op>
   COLLX_HD static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) noexcept {
-    COLLX_HOST_ONLY(collx::detail::reduce_loop < T,
-                    Op == reduce_op::avg ? reduce_op::sum : Op > (dst, a, b, n);)
+    COLLX_HOST_ONLY(collx::detail::reduce_loop<T, collx::detail::combining<Op>>(dst, a, b, n);)
     (void)dst, (void)a, (void)b, (void)n;
   }
 };

@@ -4,7 +4,7 @@
 // is its choice) and hands the peer executor only the compiled program.
 
 #include "collx/algorithms/select.hpp"
-#include "collx/exec/peer.hpp"
+#include "collx/exec/peer_program.hpp"
 
 namespace collx::peer {
 

@@ -143,13 +143,13 @@ inline std::string this_host() {
   return name;
 }
 
-// True when every rank runs on this host, by hostname through the store.
-inline bool all_on_this_host(collx::store& st, const launch_info& li, std::chrono::milliseconds timeout) {
+// True when every rank runs on this host, by hostname through `hosts`, a view of the store.
+inline bool all_on_this_host(collx::store& hosts, const launch_info& li, std::chrono::milliseconds timeout) {
   if (li.local_size > 0) return li.local_size == li.size;
   const std::string me = this_host();
-  st.set("collx/host/" + std::to_string(li.rank), me);
+  hosts.set(std::to_string(li.rank), me);
   bool same = true;
-  for (int q = 0; q < li.size; ++q) same = same && st.get("collx/host/" + std::to_string(q), timeout) == me;
+  for (int q = 0; q < li.size; ++q) same = same && hosts.get(std::to_string(q), timeout) == me;
   return same;
 }
 
@@ -178,20 +178,20 @@ struct agreed {
   std::string id;
 };
 
-inline agreed agree(collx::store& st, const launch_info& li, const communicator_config& cfg,
-                    const std::string& prefix) {
-  const std::string key = prefix + "/agreed";
+// `keys`: the communicator's view of the store.
+inline agreed agree(collx::store& keys, const launch_info& li, const communicator_config& cfg) {
+  const std::string key = "agreed";
   char id[32] = {};
   if (li.rank == 0) {
     std::random_device rd;
     std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
     char text[160];
     std::snprintf(text, sizeof text, "%a %a %a %s", cfg.model.alpha, cfg.model.beta, cfg.model.gamma, id);
-    st.set(key, text);
+    keys.set(key, text);
     return {cfg.model, id};
   }
   agreed a;
-  const std::string text = st.get(key, cfg.timeout);
+  const std::string text = keys.get(key, cfg.timeout);
   if (std::sscanf(text.c_str(), "%la %la %la %31s", &a.model.alpha, &a.model.beta, &a.model.gamma, id) != 4) {
     throw error(errc::transport, "init", li.rank, 0, "rank 0's settings came malformed: '" + text + "'");
   }
@@ -199,15 +199,15 @@ inline agreed agree(collx::store& st, const launch_info& li, const communicator_
   return a;
 }
 
-// Lets c's timed-out ranks compare notes through st (communicator::explain_timeouts):
-// each notes whom it waited for under `key`, then follows the others' notes until a
-// rank that noted nothing within the grace.
-inline void explain_timeouts(communicator& c, std::shared_ptr<collx::store> st, std::string key) {
-  c.explain_timeouts([st = std::move(st), key = std::move(key), me = c.rank(), p = c.size()](
-                         int peer, std::chrono::milliseconds grace) -> std::pair<int, std::string> {
+// Lets c's timed-out ranks compare notes through `notes`, a view of the store st
+// (communicator::explain_timeouts): each notes whom it waited for under its rank, then
+// follows the others' notes until a rank that noted nothing within the grace.
+inline void explain_timeouts(communicator& c, std::shared_ptr<collx::store> st, prefix_store notes) {
+  c.explain_timeouts([st = std::move(st), notes = std::move(notes), me = c.rank(), p = c.size()](
+                         int peer, std::chrono::milliseconds grace) mutable -> std::pair<int, std::string> {
     try {
       const auto until = clock::now() + grace;
-      st->set(key + std::to_string(me), std::to_string(peer));
+      notes.set(std::to_string(me), std::to_string(peer));
       std::vector<bool> seen(static_cast<std::size_t>(p));
       seen[static_cast<std::size_t>(me)] = true;
       int at = peer;
@@ -219,7 +219,7 @@ inline void explain_timeouts(communicator& c, std::shared_ptr<collx::store> st, 
         if (left.count() <= 0) break;
         std::string next;
         try {
-          next = st->get(key + std::to_string(at), left);
+          next = notes.get(std::to_string(at), left);
         } catch (const error& e) {
           if (e.kind() == errc::timeout) break;  // `at` noted nothing: it is the one stuck
           throw;
@@ -256,12 +256,16 @@ communicator communicator_over(T t, const communicator_config& cfg, std::shared_
 inline communicator make_communicator(const std::shared_ptr<store>& st, const launch_info& li,
                                       std::string transport, communicator_config cfg = {},
                                       const std::string& prefix = "collx") {
-  if (transport == "auto") transport = detail::all_on_this_host(*st, li, cfg.timeout) ? "shm" : "tcp";
-  const detail::agreed agreed = detail::agree(*st, li, cfg, prefix);
+  prefix_store keys(*st, prefix);
+  if (transport == "auto") {
+    prefix_store hosts = keys.view("host");
+    transport = detail::all_on_this_host(hosts, li, cfg.timeout) ? "shm" : "tcp";
+  }
+  const detail::agreed agreed = detail::agree(keys, li, cfg);
   cfg.model = agreed.model;
   // (A file store is retired once init_from_env is done with it: no notes there.)
   auto explained = [&](communicator c) {
-    if (li.store_dir.empty()) detail::explain_timeouts(c, st, prefix + "/stuck/" + agreed.id + "/");
+    if (li.store_dir.empty()) detail::explain_timeouts(c, st, keys.view("stuck/" + agreed.id));
     return c;
   };
   if (transport == "shm") {
@@ -269,15 +273,14 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
     so.timeout = cfg.timeout;
     if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
     if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
-    return explained(
-        detail::communicator_over(shm_transport(*st, li.rank, li.size, so, prefix + "/shm"), cfg, st));
+    return explained(detail::communicator_over(shm_transport(keys, li.rank, li.size, so, "shm"), cfg, st));
   }
   if (transport == "tcp") {
     tcp_options to;
     to.timeout = cfg.timeout;
     const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
     return explained(
-        detail::communicator_over(tcp_transport(*st, li.rank, li.size, host, to, prefix + "/tcp"), cfg, st));
+        detail::communicator_over(tcp_transport(keys, li.rank, li.size, host, to, "tcp"), cfg, st));
   }
   throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
               "transport '" + transport +

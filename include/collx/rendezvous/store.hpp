@@ -63,6 +63,34 @@ class store {
   }
 };
 
+// A store seen through a key prefix (Gloo's and PyTorch's PrefixStore): key k of the
+// view is "prefix/k" of the store under it. Each user of a shared store (a transport,
+// the launcher, node discovery) takes its own view, so nobody joins keys by hand and
+// two users cannot collide. The store under it must outlive the view.
+class prefix_store final : public store {
+ public:
+  prefix_store(store& under, std::string prefix) : under_(under), prefix_(std::move(prefix) + "/") {}
+
+  void set(std::string_view key, std::string_view value) override { under_.set(full(key), value); }
+  std::string get(std::string_view key, std::chrono::milliseconds timeout) override {
+    return under_.get(full(key), timeout);
+  }
+  std::int64_t add(std::string_view key, std::int64_t delta) override { return under_.add(full(key), delta); }
+
+  // The view of this view's keys under `sub`: key k of it is "prefix/sub/k".
+  prefix_store view(std::string_view sub) const { return prefix_store(under_, prefix_ + std::string(sub)); }
+
+ private:
+  std::string full(std::string_view key) const {
+    std::string k = prefix_;
+    k += key;
+    return k;
+  }
+
+  store& under_;
+  std::string prefix_;
+};
+
 namespace detail {
 
 enum class store_cmd : std::uint8_t { set = 1, get = 2, add = 3 };

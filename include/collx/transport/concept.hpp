@@ -20,37 +20,10 @@
 #include <string>
 #include <string_view>
 
-#include "collx/core/dtype.hpp"
+#include "collx/core/envelope.hpp"
 #include "collx/core/error.hpp"
-#include "collx/core/options.hpp"
-#include "collx/core/reduce.hpp"
 
 namespace collx {
-
-struct envelope {
-  std::uint64_t seq = 0;      // the call's number on this communicator
-  std::uint64_t count = 0;    // elements per rank
-  std::uint64_t segment = 0;  // pipeline segment, elements: ranks must cut alike
-  std::uint32_t tag = 0;
-  collective coll = collective::all_reduce;
-  dtype type = dtype::u8;
-  reduce_op op = reduce_op::sum;
-  algorithm algo = algorithm::ring;
-
-  friend bool operator==(const envelope&, const envelope&) = default;
-
-  std::string describe() const {
-    std::string s(to_string(coll));
-    s += "(";
-    s += to_string(type);
-    if (coll != collective::all_gather) s.append(", ").append(to_string(op));
-    s += ", count=" + std::to_string(count) + ", " + std::string(to_string(algo)) +
-         ", segment=" + std::to_string(segment);
-    if (tag != 0) s += ", tag=" + std::to_string(tag);
-    s += ") as call #" + std::to_string(seq);
-    return s;
-  }
-};
 
 template <class T>
 concept transport = std::movable<T> && std::default_initializable<typename T::op> &&

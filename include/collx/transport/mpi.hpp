@@ -129,7 +129,7 @@ namespace detail {
 
 inline constexpr std::uint32_t mpi_magic = 0x584c4f43;        // "COLX" in little-endian memory
 inline constexpr std::uint32_t mpi_abort_magic = 0x54524241;  // "ABRT"
-inline constexpr std::size_t mpi_header_size = 48;
+inline constexpr std::size_t mpi_header_size = 8 + sizeof(envelope_wire) + 8;
 // Small enough to go eagerly on every Open MPI transport (vader's eager limit is 4 KiB),
 // so an abort message never waits for its receiver to post a receive.
 inline constexpr std::size_t mpi_abort_size = 1024;
@@ -158,35 +158,20 @@ T get_bytes(const std::byte* p) noexcept {
   return v;
 }
 
-// Ranks of one job share a byte order, so fields go in native order; a rank that did
-// not would fail the magic number check rather than be misread.
+// The header: the magic number, 4 bytes of zero, the envelope's wire form, the byte count.
 inline void encode_header(mpi_header& h, const envelope& env, std::uint64_t bytes) noexcept {
   std::byte* p = h.data();
   put_bytes(p, mpi_magic);
-  put_bytes(p + 4, env.tag);
-  put_bytes(p + 8, env.seq);
-  put_bytes(p + 16, env.count);
-  put_bytes(p + 24, env.segment);
-  put_bytes(p + 32, bytes);
-  put_bytes(p + 40, static_cast<std::uint8_t>(env.coll));
-  put_bytes(p + 41, static_cast<std::uint8_t>(env.type));
-  put_bytes(p + 42, static_cast<std::uint8_t>(env.op));
-  put_bytes(p + 43, static_cast<std::uint8_t>(env.algo));
-  put_bytes(p + 44, std::uint32_t{0});
+  put_bytes(p + 4, std::uint32_t{0});
+  put_bytes(p + 8, envelope_wire::of(env));
+  put_bytes(p + 8 + sizeof(envelope_wire), bytes);
 }
 
 inline bool decode_header(const mpi_header& h, envelope& env, std::uint64_t& bytes) noexcept {
   const std::byte* p = h.data();
   if (get_bytes<std::uint32_t>(p) != mpi_magic) return false;
-  env.tag = get_bytes<std::uint32_t>(p + 4);
-  env.seq = get_bytes<std::uint64_t>(p + 8);
-  env.count = get_bytes<std::uint64_t>(p + 16);
-  env.segment = get_bytes<std::uint64_t>(p + 24);
-  bytes = get_bytes<std::uint64_t>(p + 32);
-  env.coll = static_cast<collective>(get_bytes<std::uint8_t>(p + 40));
-  env.type = static_cast<dtype>(get_bytes<std::uint8_t>(p + 41));
-  env.op = static_cast<reduce_op>(get_bytes<std::uint8_t>(p + 42));
-  env.algo = static_cast<algorithm>(get_bytes<std::uint8_t>(p + 43));
+  env = get_bytes<envelope_wire>(p + 8).decoded();
+  bytes = get_bytes<std::uint64_t>(p + 8 + sizeof(envelope_wire));
   return true;
 }
 

@@ -71,35 +71,16 @@ struct shm_options {
 
 namespace detail {
 
+// A slot's header: the message's envelope and which of its bytes the slot holds.
 struct shm_meta {
-  std::uint64_t seq, count, segment, total, offset, bytes;
-  std::uint32_t tag;
-  std::uint8_t coll, type, op, algo;
+  envelope_wire env;
+  std::uint64_t total, offset, bytes;
 
   void set(const envelope& e, std::uint64_t msg_bytes, std::uint64_t off, std::uint64_t len) {
-    seq = e.seq;
-    count = e.count;
-    segment = e.segment;
-    tag = e.tag;
-    coll = static_cast<std::uint8_t>(e.coll);
-    type = static_cast<std::uint8_t>(e.type);
-    op = static_cast<std::uint8_t>(e.op);
-    algo = static_cast<std::uint8_t>(e.algo);
+    env = envelope_wire::of(e);
     total = msg_bytes;
     offset = off;
     bytes = len;
-  }
-  envelope env() const {
-    envelope e;
-    e.seq = seq;
-    e.count = count;
-    e.segment = segment;
-    e.tag = tag;
-    e.coll = static_cast<collective>(coll);
-    e.type = static_cast<dtype>(type);
-    e.op = static_cast<reduce_op>(op);
-    e.algo = static_cast<algorithm>(algo);
-    return e;
   }
 };
 
@@ -169,7 +150,8 @@ struct shm_mapping {
 
 // The job's name for its segments: `job` if set, else COLLX_JOB_ID, else one rank 0 draws
 // and shares through the store. Slashes would make it a path.
-inline std::string job_id_for(std::string job, collx::store& st, const std::string& prefix, int rank,
+// `keys`: the caller's view of the store.
+inline std::string job_id_for(std::string job, collx::store& keys, int rank,
                               std::chrono::milliseconds timeout) {
   if (job.empty()) {
     if (const char* v = std::getenv("COLLX_JOB_ID"); v != nullptr && *v != '\0') job = v;
@@ -179,9 +161,9 @@ inline std::string job_id_for(std::string job, collx::store& st, const std::stri
       std::random_device rd;
       char id[32];
       std::snprintf(id, sizeof id, "%d-%08x", static_cast<int>(::getpid()), rd());
-      st.set(prefix + "/job", id);
+      keys.set("job", id);
     }
-    job = st.get(prefix + "/job", timeout);
+    job = keys.get("job", timeout);
   }
   for (char& ch : job) {
     if (ch == '/' || ch == '|') ch = '_';
@@ -260,7 +242,8 @@ class shm_transport {
       throw error(errc::invalid_argument, "shm_transport", rank, error::no_rank,
                   "needs at least 2 slots of at least 4096 bytes, a multiple of 64");
     }
-    setup(st, prefix);
+    prefix_store keys(st, prefix);
+    setup(keys);
   }
 
   shm_transport(shm_transport&&) noexcept = default;
@@ -568,7 +551,7 @@ class shm_transport {
 
   // The first chunk of a message: it must be what this rank expects.
   bool check(int q, op& o, const detail::shm_meta& m) {
-    const envelope got = m.env();
+    const envelope got = m.env.decoded();
     std::string msg;
     if (!(got == o.env)) {
       msg = "this rank called " + o.env.describe() + " but peer " + std::to_string(q) + " called " +
@@ -632,8 +615,8 @@ class shm_transport {
     return true;
   }
 
-  void setup(store& st, const std::string& prefix) {
-    const std::string job = detail::job_id_for(opt_.job_id, st, prefix, rank_, opt_.timeout);
+  void setup(store& keys) {
+    const std::string job = detail::job_id_for(opt_.job_id, keys, rank_, opt_.timeout);
     const std::string name = "/collx-" + job + "-" + std::to_string(rank_);
     segs_.resize(static_cast<std::size_t>(size_));
     peers_.resize(static_cast<std::size_t>(size_));
@@ -651,11 +634,11 @@ class shm_transport {
     c.slot_bytes = opt_.slot_bytes;
     c.slots = opt_.slots;
     c.ranks = static_cast<std::uint64_t>(size_);
-    st.set(prefix + "/" + std::to_string(rank_), name);
+    keys.set(std::to_string(rank_), name);
 
     for (int q = 0; q < size_; ++q) {
       if (q == rank_) continue;
-      const std::string peer_name = st.get(prefix + "/" + std::to_string(q), opt_.timeout);
+      const std::string peer_name = keys.get(std::to_string(q), opt_.timeout);
       detail::open_segment(segs_[static_cast<std::size_t>(q)], peer_name, segment_bytes(), q,
                            "the shm transport needs every rank on one host");
       const auto& pc = control(q);
@@ -664,7 +647,7 @@ class shm_transport {
                     "peer " + std::to_string(q) + " was set up with different slot sizes or rank count");
       }
     }
-    st.barrier(prefix + "/mapped", size_, opt_.timeout);
+    keys.barrier("mapped", size_, opt_.timeout);
     ::shm_unlink(name.c_str());
     guard.armed = false;
   }

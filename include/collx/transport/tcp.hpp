@@ -70,38 +70,15 @@ inline constexpr std::uint32_t tcp_hello_magic = 0x6f6c6c68;
 
 struct tcp_header {
   std::uint32_t magic = tcp_magic;
-  std::uint32_t kind = 0;  // 0 data, 1 abort (size is then the reason's length)
-  std::uint64_t seq = 0;
-  std::uint64_t count = 0;
-  std::uint64_t segment = 0;
-  std::uint64_t size = 0;
-  std::uint32_t tag = 0;
-  std::uint8_t coll = 0, type = 0, op = 0, algo = 0;
+  std::uint32_t kind = 0;  // 0 data, 1 abort (env.seq is then the call given up on)
+  envelope_wire env;
+  std::uint64_t size = 0;  // data: the message's bytes; abort: the reason's
 
   static tcp_header of(const envelope& e, std::uint64_t bytes) {
     tcp_header h;
-    h.seq = e.seq;
-    h.count = e.count;
-    h.segment = e.segment;
+    h.env = envelope_wire::of(e);
     h.size = bytes;
-    h.tag = e.tag;
-    h.coll = static_cast<std::uint8_t>(e.coll);
-    h.type = static_cast<std::uint8_t>(e.type);
-    h.op = static_cast<std::uint8_t>(e.op);
-    h.algo = static_cast<std::uint8_t>(e.algo);
     return h;
-  }
-  envelope env() const {
-    envelope e;
-    e.seq = seq;
-    e.count = count;
-    e.segment = segment;
-    e.tag = tag;
-    e.coll = static_cast<collective>(coll);
-    e.type = static_cast<dtype>(type);
-    e.op = static_cast<reduce_op>(op);
-    e.algo = static_cast<algorithm>(algo);
-    return e;
   }
 };
 
@@ -176,7 +153,7 @@ inline tcp_header_parsed parse_tcp_header(std::span<const std::byte> in, const e
     r.reason_bytes = static_cast<std::size_t>(std::min<std::uint64_t>(h.size, tcp_max_reason));
     return r;
   }
-  const envelope got = h.env();
+  const envelope got = h.env.decoded();
   if (!(got == expect)) {
     r.kind = errc::mismatch;
     r.message = "this rank called " + expect.describe() + " but peer " + std::to_string(q) + " called " +
@@ -258,7 +235,8 @@ class tcp_transport {
     }
     peers_.resize(static_cast<std::size_t>(size));
     for (auto& p : peers_) p.streams.resize(static_cast<std::size_t>(opt_.streams));
-    connect_mesh(st, size, host_hint, prefix);
+    prefix_store job(st, prefix);
+    connect_mesh(job, size, host_hint);
   }
 
   tcp_transport(tcp_transport&&) noexcept = default;
@@ -344,7 +322,7 @@ class tcp_transport {
     aborted_ = true;
     detail::tcp_header h;
     h.kind = 1;
-    h.seq = seq;
+    h.env.seq = seq;
     h.size = why.size();
     for (int q = 0; q < size(); ++q) {
       if (q == rank_) continue;
@@ -447,7 +425,7 @@ class tcp_transport {
   void queue(int peer, op& o, std::deque<detail::tcp_piece> detail::tcp_stream::*q) {
     o.parts_left = 0;
     for (int s = 0; s < opt_.streams; ++s) {
-      const auto [b, e] = stripe(o.size, o.sending ? o.hdr.env() : o.expect, s);
+      const auto [b, e] = stripe(o.size, o.sending ? o.hdr.env.decoded() : o.expect, s);
       if (s != 0 && b == e) continue;
       (stream(peer, s).*q).push_back({&o, b, e, 0, s == 0});
       ++o.parts_left;
@@ -596,7 +574,7 @@ class tcp_transport {
   void peer_gave_up(int q, const detail::tcp_header& h, const std::string& why) {
     fail_peer(q, errc::peer_failure,
               "peer " + std::to_string(q) + " failed: " + (why.empty() ? "(reason lost)" : why));
-    peer_of(q).gave_up_at = std::min(peer_of(q).gave_up_at, h.seq);
+    peer_of(q).gave_up_at = std::min(peer_of(q).gave_up_at, h.env.seq);
   }
 
   // After a failed send to q: when q's first stream is between messages, read what q
@@ -613,7 +591,7 @@ class tcp_transport {
       // Classified as a receive would, expecting whatever data message it is.
       detail::tcp_header h;
       std::memcpy(&h, bytes.data(), sizeof h);
-      const auto r = detail::parse_tcp_header(bytes, h.env(), h.size, q);
+      const auto r = detail::parse_tcp_header(bytes, h.env.decoded(), h.size, q);
       if (r.status != detail::parse_status::done) return false;  // corrupt: nothing to learn
       if (r.abort) {
         std::string why(r.reason_bytes, '\0');
@@ -623,7 +601,7 @@ class tcp_transport {
         return true;
       }
       // A data message: its first stripe rides on this stream.
-      for (std::size_t left = stripe(h.size, h.env(), 0).second; left > 0;) {
+      for (std::size_t left = stripe(h.size, h.env.decoded(), 0).second; left > 0;) {
         const ssize_t n = ::recv(st.fd.get(), skip.data(), std::min(left, skip.size()), MSG_DONTWAIT);
         if (n <= 0) return false;
         left -= static_cast<std::size_t>(n);
@@ -700,47 +678,62 @@ class tcp_transport {
     }
   }
 
-  void connect_mesh(store& st, int size, const std::string& host_hint, const std::string& prefix) {
+  // Every pair connected by opt_.streams sockets, met through `job` (this transport's
+  // view of the store), each socket watched by epoll.
+  void connect_mesh(store& job, int size, const std::string& host_hint) {
     const auto deadline = detail::clock::now() + opt_.timeout;
+    detail::fd_t listener = detail::listen_on(listen_host(host_hint), "0");
+    agree_with_rank0(job);
+    job.set(std::to_string(rank_), detail::local_endpoint(listener.get()));
+    // Higher ranks connect to lower ones; the kernel completes a connection before
+    // accept(), so connecting everything first and accepting after cannot deadlock.
+    connect_to_lower(job, deadline);
+    accept_from_higher(listener, size, deadline);
+    watch_streams(size);
+  }
+
+  // The address to listen on: the interface tcp_options::ifname or COLLX_SOCKET_IFNAME
+  // names, else the one that routes to the store's host.
+  std::string listen_host(const std::string& host_hint) const {
     std::string ifname = opt_.ifname;
     if (ifname.empty()) {
       if (const char* v = std::getenv("COLLX_SOCKET_IFNAME")) ifname = v;
     }
-    std::string host;
-    if (!ifname.empty()) {
-      host = detail::interface_address(ifname);
-      if (host.empty()) {
-        throw error(errc::invalid_argument, "tcp_transport", rank_, error::no_rank,
-                    "COLLX_SOCKET_IFNAME names '" + ifname + "', which has no usable address here");
-      }
-    } else {
-      host = detail::route_address(host_hint);
-      if (host.empty()) host = "127.0.0.1";
+    if (ifname.empty()) {
+      const std::string host = detail::route_address(host_hint);
+      return host.empty() ? "127.0.0.1" : host;
     }
-    detail::fd_t listener = detail::listen_on(host, "0");
-    // The job's nonce: rank 0 draws it, everyone learns it with the endpoints.
+    std::string host = detail::interface_address(ifname);
+    if (host.empty()) {
+      throw error(errc::invalid_argument, "tcp_transport", rank_, error::no_rank,
+                  "COLLX_SOCKET_IFNAME names '" + ifname + "', which has no usable address here");
+    }
+    return host;
+  }
+
+  // The job's nonce (rank 0 draws it) and striping: both ends of a pair decide alike how
+  // to stripe a message only if their options agree, so rank 0's are the job's and a
+  // rank with others refuses to start.
+  void agree_with_rank0(store& job) {
     if (rank_ == 0) {
       std::random_device rd;
       const std::uint64_t nonce = (static_cast<std::uint64_t>(rd()) << 32) | rd();
-      st.set(prefix + "/nonce", std::to_string(nonce));
+      job.set("nonce", std::to_string(nonce));
     }
-    nonce_ = std::stoull(st.get(prefix + "/nonce", opt_.timeout));
-    // Both ends of a pair decide alike how to stripe a message only if their options
-    // agree: rank 0's are the job's, and a rank with others refuses to start.
+    nonce_ = std::stoull(job.get("nonce", opt_.timeout));
     const std::string stripes = std::to_string(opt_.streams) + " " + std::to_string(opt_.stripe_min_bytes) +
                                 " " + std::to_string(opt_.stripe_max_call_bytes);
-    if (rank_ == 0) st.set(prefix + "/stripes", stripes);
-    if (const std::string job = st.get(prefix + "/stripes", opt_.timeout); job != stripes) {
+    if (rank_ == 0) job.set("stripes", stripes);
+    if (const std::string rank0 = job.get("stripes", opt_.timeout); rank0 != stripes) {
       throw error(errc::invalid_argument, "tcp_transport", rank_, 0,
                   "this rank's streams, stripe_min_bytes and stripe_max_call_bytes are " + stripes +
-                      ", rank 0's are " + job + " (COLLX_SOCKETS_PER_PEER and tcp_options must agree)");
+                      ", rank 0's are " + rank0 + " (COLLX_SOCKETS_PER_PEER and tcp_options must agree)");
     }
-    st.set(prefix + "/" + std::to_string(rank_), detail::local_endpoint(listener.get()));
+  }
 
-    // Higher ranks connect to lower ones; the kernel completes a connection before
-    // accept(), so connecting everything first and accepting after cannot deadlock.
+  void connect_to_lower(store& job, detail::clock::time_point deadline) {
     for (int q = 0; q < rank_; ++q) {
-      const auto [h, port] = detail::split_endpoint(st.get(prefix + "/" + std::to_string(q), left(deadline)));
+      const auto [h, port] = detail::split_endpoint(job.get(std::to_string(q), left(deadline)));
       for (int s = 0; s < opt_.streams; ++s) {
         detail::fd_t fd = detail::connect_to(h, port, deadline);
         detail::tcp_hello hello;
@@ -751,6 +744,9 @@ class tcp_transport {
         stream(q, s).fd = std::move(fd);
       }
     }
+  }
+
+  void accept_from_higher(const detail::fd_t& listener, int size, detail::clock::time_point deadline) {
     int expected = (size - 1 - rank_) * opt_.streams;
     while (expected > 0) {
       pollfd pf{listener.get(), POLLIN, 0};
@@ -759,38 +755,40 @@ class tcp_transport {
                     "timed out waiting for " + std::to_string(expected) +
                         " connections from higher ranks: did every rank start?");
       }
-      sockaddr_storage sa{};
-      socklen_t salen = sizeof sa;
-      detail::fd_t fd(::accept4(listener.get(), reinterpret_cast<sockaddr*>(&sa), &salen, SOCK_CLOEXEC));
-      if (!fd) continue;
-      const std::string from = detail::endpoint_text(reinterpret_cast<const sockaddr*>(&sa));
-      auto drop = [&](const char* why) {
-        std::fprintf(stderr, "collx: tcp_transport rank %d refused a connection from %s: %s\n", rank_,
-                     from.c_str(), why);
-      };
-      // A peer sends its hello at once; a stranger gets a short window, not the timeout.
-      const auto hello_by = std::min(deadline, detail::clock::now() + std::chrono::seconds(2));
-      std::array<std::byte, sizeof(detail::tcp_hello)> bytes{};
-      try {
-        detail::read_all(fd.get(), bytes, hello_by, "a connecting peer");
-      } catch (const error&) {
-        drop("no hello");
-        continue;
-      }
-      const auto r = detail::parse_tcp_hello(bytes, nonce_, rank_, size, opt_.streams);
-      if (r.status != detail::parse_status::done) {
-        drop(r.why != nullptr ? r.why : "no hello");
-        continue;
-      }
-      const detail::tcp_hello& hello = r.hello;
-      if (stream(hello.rank, hello.stream).fd) {
-        drop("a rank or stream that is not expected here");
-        continue;
-      }
-      stream(hello.rank, hello.stream).fd = std::move(fd);
-      --expected;
+      if (accept_one(listener, size, deadline)) --expected;
     }
+  }
 
+  // Accepts one connection and keeps it if it is a higher rank of this job opening a
+  // stream not yet open; anything else is dropped and logged.
+  bool accept_one(const detail::fd_t& listener, int size, detail::clock::time_point deadline) {
+    sockaddr_storage sa{};
+    socklen_t salen = sizeof sa;
+    detail::fd_t fd(::accept4(listener.get(), reinterpret_cast<sockaddr*>(&sa), &salen, SOCK_CLOEXEC));
+    if (!fd) return false;
+    const std::string from = detail::endpoint_text(reinterpret_cast<const sockaddr*>(&sa));
+    auto drop = [&](const char* why) {
+      std::fprintf(stderr, "collx: tcp_transport rank %d refused a connection from %s: %s\n", rank_,
+                   from.c_str(), why);
+      return false;
+    };
+    // A peer sends its hello at once; a stranger gets a short window, not the timeout.
+    const auto hello_by = std::min(deadline, detail::clock::now() + std::chrono::seconds(2));
+    std::array<std::byte, sizeof(detail::tcp_hello)> bytes{};
+    try {
+      detail::read_all(fd.get(), bytes, hello_by, "a connecting peer");
+    } catch (const error&) {
+      return drop("no hello");
+    }
+    const auto r = detail::parse_tcp_hello(bytes, nonce_, rank_, size, opt_.streams);
+    if (r.status != detail::parse_status::done) return drop(r.why != nullptr ? r.why : "no hello");
+    const detail::tcp_hello& hello = r.hello;
+    if (stream(hello.rank, hello.stream).fd) return drop("a rank or stream that is not expected here");
+    stream(hello.rank, hello.stream).fd = std::move(fd);
+    return true;
+  }
+
+  void watch_streams(int size) {
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_) detail::throw_sys(errc::transport, "epoll_create1", errno);
     for (int q = 0; q < size; ++q) {

@@ -1,0 +1,157 @@
+#pragma once
+
+// The peer-memory executor's host side: a schedule compiled into the position-independent
+// program its lanes read (exec/peer.hpp), and the error a stopped lane's status stands
+// for. Host code only; what a GPU kernel sees is in exec/peer.hpp.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "collx/core/envelope.hpp"
+#include "collx/core/error.hpp"
+#include "collx/exec/peer.hpp"
+#include "collx/schedule/schedule.hpp"
+
+namespace collx::peer {
+
+// A schedule compiled into one position-independent block of bytes, to be copied where
+// the lane runs (device memory, or left on the host).
+struct program_image {
+  std::vector<std::byte> bytes;
+  std::size_t ops_at = 0, deps_at = 0, order_at = 0, begin_at = 0;
+  std::uint32_t nqueues = 0;
+  std::uint64_t scratch_count = 0;
+
+  program_view view_at(const std::byte* base) const noexcept {
+    program_view v;
+    v.ops = reinterpret_cast<const op*>(base + ops_at);
+    v.deps = reinterpret_cast<const dep*>(base + deps_at);
+    v.order = reinterpret_cast<const std::uint32_t*>(base + order_at);
+    v.queue_begin = reinterpret_cast<const std::uint32_t*>(base + begin_at);
+    v.nqueues = nqueues;
+    v.scratch_count = scratch_count;
+    return v;
+  }
+};
+
+// What a compiled program is cached under: the call shape that built it.
+struct program_key {
+  collective coll = collective::all_reduce;
+  algorithm algo = algorithm::ring;
+  std::size_t count = 0, segment = 1;
+  bool in_place = false;
+  friend bool operator==(const program_key&, const program_key&) = default;
+};
+
+// Queue of a step: sends to q at q, receives from q at p+q, local copies at 2p, as in
+// the host executor's plan.
+inline std::uint32_t queue_of(const step& st, int ranks) noexcept {
+  const auto p = static_cast<std::uint32_t>(ranks);
+  if (st.kind == step_kind::copy) return 2 * p;
+  const auto q = static_cast<std::uint32_t>(st.peer);
+  return st.kind == step_kind::send ? q : p + q;
+}
+
+inline program_image compile(const schedule& s) {
+  const std::uint32_t nq = 2 * static_cast<std::uint32_t>(s.ranks) + 1;
+  const std::size_t n = s.steps.size();
+  std::vector<std::uint32_t> queue(n), pos(n), count(nq, 0);
+  for (std::size_t i = 0; i < n; ++i) {
+    queue[i] = queue_of(s.steps[i], s.ranks);
+    pos[i] = count[queue[i]]++;
+  }
+  std::vector<std::uint32_t> begin(nq + 1, 0);
+  for (std::uint32_t q = 0; q < nq; ++q) begin[q + 1] = begin[q] + count[q];
+  std::vector<std::uint32_t> order(n);
+  for (std::size_t i = 0; i < n; ++i) order[begin[queue[i]] + pos[i]] = static_cast<std::uint32_t>(i);
+
+  program_image img;
+  img.nqueues = nq;
+  img.scratch_count = s.scratch_count;
+  auto place = [&](std::size_t bytes) {
+    const std::size_t at = (img.bytes.size() + 15) / 16 * 16;
+    img.bytes.resize(at + bytes);
+    return at;
+  };
+  img.ops_at = place(n * sizeof(op));
+  img.deps_at = place(s.deps.size() * sizeof(dep));
+  img.order_at = place(n * sizeof(std::uint32_t));
+  img.begin_at = place((nq + 1) * sizeof(std::uint32_t));
+  for (std::size_t i = 0; i < n; ++i) {
+    const step& st = s.steps[i];
+    op o;
+    o.kind = static_cast<std::uint8_t>(st.kind);
+    o.src_buf = static_cast<std::uint8_t>(st.src.buf);
+    o.dst_buf = static_cast<std::uint8_t>(st.dst.buf);
+    o.peer = st.peer;
+    o.src_off = st.src.offset;
+    o.dst_off = st.dst.offset;
+    o.count = st.count();
+    o.dep_begin = st.dep_begin;
+    o.dep_count = st.dep_count;
+    std::memcpy(img.bytes.data() + img.ops_at + i * sizeof(op), &o, sizeof(op));
+  }
+  for (std::size_t k = 0; k < s.deps.size(); ++k) {
+    const dep d{queue[s.deps[k]], pos[s.deps[k]]};
+    std::memcpy(img.bytes.data() + img.deps_at + k * sizeof(dep), &d, sizeof(dep));
+  }
+  if (n != 0) std::memcpy(img.bytes.data() + img.order_at, order.data(), n * sizeof(std::uint32_t));
+  std::memcpy(img.bytes.data() + img.begin_at, begin.data(), (nq + 1) * sizeof(std::uint32_t));
+  return img;
+}
+
+// The largest message of a schedule, in elements. A message must fit in a channel's
+// slots: a sender whose message needs more room than the slots hold waits for its
+// receiver to consume, and a receiver whose reduction waits on its own send (recursive
+// doubling's exchange) never will. Executors cut schedules into segments that fit.
+inline std::uint64_t max_message(const schedule& s) noexcept {
+  std::uint64_t m = 0;
+  for (const auto& st : s.steps) {
+    if (st.kind != step_kind::copy && st.count() > m) m = st.count();
+  }
+  return m;
+}
+
+// The error a stopped lane's status stands for. `who` names what must be calling, in
+// the timeout's advice ("Is every rank's thread calling", "Is every rank's process ...").
+// `called`: the call as this rank made it (envelope::describe), when the caller has it.
+inline error to_error(const status& s, std::string_view coll, int rank, int ranks, std::string_view who,
+                      const std::string& called = {}) {
+  const bool named = s.peer >= 0 && s.peer < ranks;
+  const std::string ms = std::to_string(s.waited_ns / 1'000'000);
+  errc kind = errc::peer_failure;
+  std::string why;
+  switch (s.code) {
+    case outcome::timeout:
+      kind = errc::timeout;
+      why = "timed out after " + ms + " ms waiting for peer " + std::to_string(s.waited_for) + " (step #" +
+            std::to_string(s.step) + ", lane " + std::to_string(s.lane) + ")";
+      if (s.peer != s.waited_for) {
+        why += "; peer " + std::to_string(s.waited_for) + " was itself waiting, down to peer " +
+               std::to_string(s.peer) + ", which waited for no one: peer " + std::to_string(s.peer) +
+               " is the one stuck";
+      }
+      why += ". " + std::string(who) + ", and did each make the same call?";
+      break;
+    case outcome::mismatch:
+      kind = errc::mismatch;
+      why = "peer " + std::to_string(s.peer) + " made a different call (step #" + std::to_string(s.step) +
+            ": its signature " + std::to_string(s.got) + ", ours " + std::to_string(s.expected) +
+            "): every rank must make the same calls, with the same count, type, reduction and algorithm, "
+            "in the same order";
+      break;
+    default:
+      kind = named ? errc::peer_failure : errc::aborted;
+      why = named ? "rank " + std::to_string(s.peer) + " failed, so this call stopped"
+                  : "the group was aborted";
+      break;
+  }
+  if (!called.empty()) why += " (this rank called " + called + ")";
+  return error(kind, coll, rank, named ? s.peer : error::no_rank, why);
+}
+
+}  // namespace collx::peer
