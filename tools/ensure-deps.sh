@@ -23,6 +23,8 @@ need clang command -v clang++
 need libclang-rt-dev sh -c 'ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a'
 # The emulated-cluster tests make network namespaces, veth links and tc limits.
 need iproute2 command -v ip
+# The function-length check (tests/CMakeLists.txt)
+need universal-ctags sh -c 'ctags --version 2>/dev/null | grep -q "Universal Ctags"'
 # Ninja: optional (the Makefile falls back to Unix Makefiles), but it makes the build
 # faster, so it is installed where this script can install things.
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
