@@ -147,30 +147,37 @@ void for_halving(const fold& f, int v, F&& step) {
   }
 }
 
-inline schedule start(collective c, algorithm a, const recursive_params& prm) {
-  schedule s;
-  s.coll = c;
-  s.algo = a;
-  s.rank = prm.rank;
-  s.ranks = prm.ranks;
-  s.count = prm.count;
-  s.in_place = prm.in_place;
-  return s;
+inline schedule start(collective c, algorithm a, const recursive_params& params) {
+  return empty_schedule(c, a, params.rank, params.ranks, params.count, params.in_place);
 }
+
+// What every recursive schedule starts from: the call's sizes, this rank, and the fold
+// of its ranks to a power of two.
+struct recursive_position {
+  std::size_t n, seg;  // elements per rank, per segment
+  int r;               // this rank
+  fold f;
+  std::size_t up;  // ranks, as a size
+
+  explicit recursive_position(const recursive_params& params)
+      : n(params.count),
+        seg(std::max<std::size_t>(params.segment, 1)),
+        r(params.rank),
+        f(params.ranks),
+        up(static_cast<std::size_t>(params.ranks)) {}
+};
 
 // all-reduce by recursive doubling (whole buffer every step), or by Rabenseifner
 // (halving then doubling over the p chunks of the buffer).
-inline schedule all_reduce_recursive(algorithm a, const recursive_params& prm) {
-  schedule s = start(collective::all_reduce, a, prm);
+inline schedule all_reduce_recursive(algorithm a, const recursive_params& params) {
+  schedule s = start(collective::all_reduce, a, params);
   schedule_builder b(s);
-  const std::size_t n = prm.count;
-  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
-  const int r = prm.rank;
-  const fold f(prm.ranks);
+  const recursive_position at(params);
+  const auto& [n, seg, r, f, up] = at;
   if (n == 0) return s;
-  const buffer in = prm.in_place ? buffer::output : buffer::input;
-  if (prm.ranks == 1) {
-    if (!prm.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
+  const buffer in = params.in_place ? buffer::output : buffer::input;
+  if (params.ranks == 1) {
+    if (!params.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
     return s;
   }
   // Out of place, a rank's data stays in the input until it is first reduced into output.
@@ -220,8 +227,8 @@ inline schedule all_reduce_recursive(algorithm a, const recursive_params& prm) {
 
 }  // namespace detail
 
-inline schedule rabenseifner(const recursive_params& prm) {
-  return detail::all_reduce_recursive(algorithm::rabenseifner, prm);
+inline schedule rabenseifner(const recursive_params& params) {
+  return detail::all_reduce_recursive(algorithm::rabenseifner, params);
 }
 
 namespace detail {
@@ -229,19 +236,16 @@ namespace detail {
 // reduce-scatter by recursive halving over the p blocks of the input. Partial sums
 // live in scratch (the caller's input is never written, and in place the other ranks'
 // blocks are left alone); the rank's own block lands in output at the last step.
-inline schedule reduce_scatter_halving(const recursive_params& prm) {
-  schedule s = start(collective::reduce_scatter, algorithm::recursive_doubling, prm);
+inline schedule reduce_scatter_halving(const recursive_params& params) {
+  schedule s = start(collective::reduce_scatter, algorithm::recursive_doubling, params);
   schedule_builder b(s);
-  const std::size_t n = prm.count;
-  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
-  const int r = prm.rank;
-  const fold f(prm.ranks);
-  const auto up = static_cast<std::size_t>(prm.ranks);
+  const recursive_position at(params);
+  const auto& [n, seg, r, f, up] = at;
   if (n == 0) return s;
-  const buffer in = prm.in_place ? buffer::output : buffer::input;
-  const std::size_t result = prm.in_place ? static_cast<std::size_t>(r) * n : 0;
-  if (prm.ranks == 1) {
-    if (!prm.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
+  const buffer in = params.in_place ? buffer::output : buffer::input;
+  const std::size_t result = params.in_place ? static_cast<std::size_t>(r) * n : 0;
+  if (params.ranks == 1) {
+    if (!params.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
     return s;
   }
   s.scratch_count = up * n;
@@ -286,24 +290,21 @@ inline schedule reduce_scatter_halving(const recursive_params& prm) {
 }
 
 // all-gather by recursive doubling over the p blocks of the output.
-inline schedule all_gather_doubling(const recursive_params& prm) {
-  schedule s = start(collective::all_gather, algorithm::recursive_doubling, prm);
+inline schedule all_gather_doubling(const recursive_params& params) {
+  schedule s = start(collective::all_gather, algorithm::recursive_doubling, params);
   schedule_builder b(s);
-  const std::size_t n = prm.count;
-  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
-  const int r = prm.rank;
-  const fold f(prm.ranks);
-  const auto up = static_cast<std::size_t>(prm.ranks);
+  const recursive_position at(params);
+  const auto& [n, seg, r, f, up] = at;
   if (n == 0) return s;
   const std::size_t own = static_cast<std::size_t>(r) * n;
-  if (!prm.in_place) b.copy({buffer::input, 0, n}, {buffer::output, own, n}, 0);
-  if (prm.ranks == 1) return s;
+  if (!params.in_place) b.copy({buffer::input, 0, n}, {buffer::output, own, n}, 0);
+  if (params.ranks == 1) return s;
   std::uint32_t phase = 0;
   if (f.paired(r)) {
     // The even rank's block travels to its odd partner, which gathers for both.
     detail::for_segments(0, n, seg, [&](std::size_t o, std::size_t k) {
       if (r % 2 == 0) {
-        b.send(r + 1, {prm.in_place ? buffer::output : buffer::input, (prm.in_place ? own : 0) + o, k},
+        b.send(r + 1, {params.in_place ? buffer::output : buffer::input, (params.in_place ? own : 0) + o, k},
                phase);
       } else {
         b.recv(r - 1, {buffer::output, own - n + o, k}, phase);
@@ -329,11 +330,11 @@ inline schedule all_gather_doubling(const recursive_params& prm) {
 
 }  // namespace detail
 
-inline schedule recursive_doubling(collective c, const recursive_params& prm) {
+inline schedule recursive_doubling(collective c, const recursive_params& params) {
   switch (c) {
-    case collective::all_reduce: return detail::all_reduce_recursive(algorithm::recursive_doubling, prm);
-    case collective::reduce_scatter: return detail::reduce_scatter_halving(prm);
-    case collective::all_gather: return detail::all_gather_doubling(prm);
+    case collective::all_reduce: return detail::all_reduce_recursive(algorithm::recursive_doubling, params);
+    case collective::reduce_scatter: return detail::reduce_scatter_halving(params);
+    case collective::all_gather: return detail::all_gather_doubling(params);
   }
   return {};
 }

@@ -63,25 +63,42 @@ namespace detail {
 
 // The schedule's header, with no steps yet.
 inline schedule empty_ring_schedule(collective coll, const ring_params& params) {
-  schedule s;
-  s.coll = coll;
-  s.algo = algorithm::ring;
-  s.rank = params.rank;
-  s.ranks = params.ranks;
-  s.count = params.count;
-  s.in_place = params.in_place;
-  return s;
+  return empty_schedule(coll, algorithm::ring, params.rank, params.ranks, params.count, params.in_place);
 }
+
+// Where this rank stands on the ring, and the call's sizes: what every collective's
+// ring starts from.
+struct ring_position {
+  int p, r;            // ranks, this rank
+  std::size_t n, seg;  // elements per rank, per segment
+  buffer in;           // where this rank's input lies (the output, in place)
+  int right, left;     // the neighbours it sends to and receives from
+  std::uint32_t last;  // the last step of a p-1-step pass
+
+  explicit ring_position(const ring_params& params)
+      : p(params.ranks),
+        r(params.rank),
+        n(params.count),
+        seg(std::max<std::size_t>(params.segment, 1)),
+        in(params.in_place ? buffer::output : buffer::input),
+        right((r + 1) % p),
+        left((r + p - 1) % p),
+        last(static_cast<std::uint32_t>(p - 2)) {}
+
+  // The chunk this rank sends at `step` of a pass that starts with its own chunk shifted
+  // back by `shift`, and the one it receives.
+  std::size_t sent(std::uint32_t step, long long shift) const {
+    return mod(r - static_cast<long long>(step) - shift, p);
+  }
+  std::size_t received(std::uint32_t step, long long shift) const { return sent(step, shift + 1); }
+};
 
 // count 0, or a single rank: the same for every collective.
 inline schedule ring_empty_or_single_rank(collective coll, const ring_params& params) {
   schedule s = empty_ring_schedule(coll, params);
   schedule_builder b(s);
-  const int p = params.ranks;
-  const int r = params.rank;
-  const std::size_t n = params.count;
-  const int right = (r + 1) % p;
-  const int left = (r + p - 1) % p;
+  const ring_position at(params);
+  const auto [p, r, n, seg, in, right, left, last] = at;
   if (n == 0) {
     // Nothing to move, but one empty message around the ring still carries the call's
     // signature, so that a rank passing count 0 where its peers pass more is told so.
@@ -102,14 +119,8 @@ inline schedule ring_empty_or_single_rank(collective coll, const ring_params& pa
 inline schedule ring_all_reduce(const ring_params& params) {
   schedule s = empty_ring_schedule(collective::all_reduce, params);
   schedule_builder b(s);
-  const int p = params.ranks;
-  const int r = params.rank;
-  const std::size_t n = params.count;
-  const std::size_t seg = std::max<std::size_t>(params.segment, 1);
-  const buffer in = params.in_place ? buffer::output : buffer::input;
-  const int right = (r + 1) % p;
-  const int left = (r + p - 1) % p;
-  const auto last = static_cast<std::uint32_t>(p - 2);
+  const ring_position at(params);
+  const auto [p, r, n, seg, in, right, left, last] = at;
   const chunking ch{n, static_cast<std::size_t>(p)};
   auto piece = [&](buffer buf, std::size_t c, std::size_t k) {
     return detail::segment(buf, ch.offset(c), ch.size(c), seg, k);
@@ -117,8 +128,8 @@ inline schedule ring_all_reduce(const ring_params& params) {
   // Reduce-scatter half: out of place, the first hop reads the input directly and
   // every later one accumulates into output, so the input is never copied.
   for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = mod(r - static_cast<long long>(step) - 1, p);
-    const std::size_t rc = mod(r - static_cast<long long>(step) - 2, p);
+    const std::size_t sc = at.sent(step, 1);
+    const std::size_t rc = at.received(step, 1);
     const std::size_t ks = std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = piece(step == 0 ? in : buffer::output, sc, k);
@@ -129,8 +140,8 @@ inline schedule ring_all_reduce(const ring_params& params) {
   }
   // All-gather half: pass on the complete chunk received one step earlier.
   for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = mod(r - static_cast<long long>(step), p);
-    const std::size_t rc = mod(r - static_cast<long long>(step) - 1, p);
+    const std::size_t sc = at.sent(step, 0);
+    const std::size_t rc = at.received(step, 0);
     const std::size_t ks = std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = piece(buffer::output, sc, k);
@@ -146,14 +157,8 @@ inline schedule ring_all_reduce(const ring_params& params) {
 inline schedule ring_reduce_scatter(const ring_params& params) {
   schedule s = empty_ring_schedule(collective::reduce_scatter, params);
   schedule_builder b(s);
-  const int p = params.ranks;
-  const int r = params.rank;
-  const std::size_t n = params.count;
-  const std::size_t seg = std::max<std::size_t>(params.segment, 1);
-  const buffer in = params.in_place ? buffer::output : buffer::input;
-  const int right = (r + 1) % p;
-  const int left = (r + p - 1) % p;
-  const auto last = static_cast<std::uint32_t>(p - 2);
+  const ring_position at(params);
+  const auto [p, r, n, seg, in, right, left, last] = at;
   // Chunks are the p blocks of `n` elements; partial sums travel through two
   // scratch slots (one being sent while the next arrives) so that neither the
   // caller's input nor, in place, the other ranks' blocks are overwritten.
@@ -161,8 +166,8 @@ inline schedule ring_reduce_scatter(const ring_params& params) {
   const std::size_t ks = detail::segments(n, seg);
   const std::size_t result = params.in_place ? static_cast<std::size_t>(r) * n : 0;
   for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = mod(r - static_cast<long long>(step) - 1, p);
-    const std::size_t rc = mod(r - static_cast<long long>(step) - 2, p);
+    const std::size_t sc = at.sent(step, 1);
+    const std::size_t rc = at.received(step, 1);
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = step == 0 ? detail::segment(in, sc * n, n, seg, k)
                                    : detail::segment(buffer::scratch, ((step - 1) % 2) * n, n, seg, k);
@@ -180,13 +185,8 @@ inline schedule ring_reduce_scatter(const ring_params& params) {
 inline schedule ring_all_gather(const ring_params& params) {
   schedule s = empty_ring_schedule(collective::all_gather, params);
   schedule_builder b(s);
-  const int p = params.ranks;
-  const int r = params.rank;
-  const std::size_t n = params.count;
-  const std::size_t seg = std::max<std::size_t>(params.segment, 1);
-  const int right = (r + 1) % p;
-  const int left = (r + p - 1) % p;
-  const auto last = static_cast<std::uint32_t>(p - 2);
+  const ring_position at(params);
+  const auto [p, r, n, seg, in, right, left, last] = at;
   // Out of place, the first hop sends straight from the input while the local copy
   // into the rank's own block of the output proceeds beside it.
   const std::size_t ks = detail::segments(n, seg);
@@ -194,8 +194,8 @@ inline schedule ring_all_gather(const ring_params& params) {
     b.copy({buffer::input, 0, n}, {buffer::output, static_cast<std::size_t>(r) * n, n}, 0);
   }
   for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = mod(r - static_cast<long long>(step), p);
-    const std::size_t rc = mod(r - static_cast<long long>(step) - 1, p);
+    const std::size_t sc = at.sent(step, 0);
+    const std::size_t rc = at.received(step, 0);
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = step == 0 && !params.in_place ? detail::segment(buffer::input, 0, n, seg, k)
                                                        : detail::segment(buffer::output, sc * n, n, seg, k);

@@ -110,6 +110,19 @@ struct schedule {
   }
 };
 
+// A schedule for the call, with no steps yet: where every algorithm starts.
+inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ranks, std::size_t count,
+                               bool in_place) {
+  schedule s;
+  s.coll = coll;
+  s.algo = algo;
+  s.rank = rank;
+  s.ranks = ranks;
+  s.count = count;
+  s.in_place = in_place;
+  return s;
+}
+
 // Elements in each of the caller's buffers for a collective of `count` per rank.
 // all_reduce: in = out = count. all_gather: in = count, out = ranks*count.
 // reduce_scatter: in = ranks*count, out = count; in place, out is the whole ranks*count
