@@ -24,9 +24,9 @@ namespace {
 
 // Mailboxes for every (receiver, lane), in host memory.
 struct host_world {
-  peer::world_view w;
+  peer_memory::world_view w;
   std::vector<std::uint64_t> mem;  // 8-byte aligned
-  std::vector<peer::mailbox> boxes;
+  std::vector<peer_memory::mailbox> boxes;
   std::uint64_t abort_word = 0;
   std::vector<std::uint64_t> waiting;
 
@@ -35,11 +35,11 @@ struct host_world {
     w.lanes = lanes;
     w.slots = slots;
     w.slot_bytes = slot_bytes;
-    const std::size_t each = (peer::mailbox_bytes(w) + 15) / 16 * 16;
+    const std::size_t each = (peer_memory::mailbox_bytes(w) + 15) / 16 * 16;
     const auto n = static_cast<std::size_t>(ranks * lanes);
     mem.assign(each * n / 8 + 2, 0);
     auto* base = reinterpret_cast<std::byte*>(mem.data());
-    for (std::size_t i = 0; i < n; ++i) boxes.push_back(peer::mailbox_at(base + i * each, w));
+    for (std::size_t i = 0; i < n; ++i) boxes.push_back(peer_memory::mailbox_at(base + i * each, w));
     w.boxes = boxes.data();
     w.abort_word = &abort_word;
     waiting.assign(static_cast<std::size_t>(ranks * lanes), 0);
@@ -71,18 +71,18 @@ std::size_t segment_for(const host_world& hw, const shape& s) {
 
 // One rank's part of a call: each lane's program over its slice, lane after lane.
 template <class T, reduce_op Op>
-std::vector<peer::status> run_rank(host_world& hw, const shape& s, int r, test::case_buffers<T>& b,
+std::vector<peer_memory::status> run_rank(host_world& hw, const shape& s, int r, test::case_buffers<T>& b,
                                    std::uint64_t sig, std::uint64_t timeout_ns) {
   const int lanes = s.coll == collective::all_reduce ? s.lanes : 1;
-  std::vector<peer::status> st(static_cast<std::size_t>(lanes));
+  std::vector<peer_memory::status> st(static_cast<std::size_t>(lanes));
   for (int j = 0; j < lanes; ++j) {
     std::uint64_t lo = 0, n = s.count;
-    if (lanes > 1) peer::lane_slice(s.count, sizeof(T), lanes, j, lo, n);
+    if (lanes > 1) peer_memory::lane_slice(s.count, sizeof(T), lanes, j, lo, n);
     const schedule sched = algorithms::build(s.algo, {s.coll, r, s.p, n, segment_for<T>(hw, s), s.in_place});
-    REQUIRE(peer::max_message(sched) <= hw.w.slots * hw.w.slot_bytes / sizeof(T));
-    const peer::program_image img = peer::compile(sched);
+    REQUIRE(peer_memory::max_message(sched) <= hw.w.slots * hw.w.slot_bytes / sizeof(T));
+    const peer_memory::program_image img = peer_memory::compile(sched);
     std::vector<T> scratch(sched.scratch_count + 1);
-    peer::lane_call c;
+    peer_memory::lane_call c;
     c.prog = img.view_at(img.bytes.data());
     c.rank = r;
     c.lane = j;
@@ -92,9 +92,9 @@ std::vector<peer::status> run_rank(host_world& hw, const shape& s, int r, test::
     c.sig = sig;
     c.timeout_ns = timeout_ns;
     c.st = &st[static_cast<std::size_t>(j)];
-    peer::host_context ctx;
-    peer::run_lane<T, Op>(ctx, c, hw.w);
-    if (st[static_cast<std::size_t>(j)].code != peer::outcome::ok) break;
+    peer_memory::host_context ctx;
+    peer_memory::run_lane<T, Op>(ctx, c, hw.w);
+    if (st[static_cast<std::size_t>(j)].code != peer_memory::outcome::ok) break;
   }
   if (Op == reduce_op::avg && s.coll != collective::all_gather) {
     finish_avg(dtype_v<T>, b.out.data() + b.first, b.n, s.p);
@@ -107,7 +107,7 @@ void check_case(const shape& s, std::uint32_t slots, std::uint64_t slot_bytes) {
   host_world hw(s.p, s.lanes, slots, slot_bytes);
   std::vector<test::case_buffers<T>> bufs;
   for (int r = 0; r < s.p; ++r) bufs.emplace_back(s.coll, s.p, r, s.count, s.in_place);
-  std::vector<std::vector<peer::status>> st(static_cast<std::size_t>(s.p));
+  std::vector<std::vector<peer_memory::status>> st(static_cast<std::size_t>(s.p));
   // Two calls back to back: the mailbox counters carry on from the first.
   for (std::uint64_t call = 0; call < 2; ++call) {
     if (call == 1) {
@@ -126,7 +126,7 @@ void check_case(const shape& s, std::uint32_t slots, std::uint64_t slot_bytes) {
     for (int r = 0; r < s.p; ++r) {
       for (const auto& x : st[static_cast<std::size_t>(r)]) {
         INFO(describe(s, to_string(dtype_v<T>), Op), " rank ", r, " peer ", x.peer, " step ", x.step);
-        REQUIRE(x.code == peer::outcome::ok);
+        REQUIRE(x.code == peer_memory::outcome::ok);
       }
       INFO(describe(s, to_string(dtype_v<T>), Op), " rank ", r, " call ", call);
       CHECK(bufs[static_cast<std::size_t>(r)].wrong(Op) == 0);
@@ -195,7 +195,7 @@ TEST_CASE("peer executor: all-reduce split over lanes, each its own all-reduce")
     std::uint64_t next = 0;
     for (int j = 0; j < 3; ++j) {
       std::uint64_t lo = 0, n = 0;
-      peer::lane_slice(count, 4, 3, j, lo, n);
+      peer_memory::lane_slice(count, 4, 3, j, lo, n);
       CHECK(lo == next);
       CHECK((lo % 64 == 0 || lo == count));
       next = lo + n;
@@ -215,7 +215,7 @@ TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on eve
     std::vector<test::case_buffers<float>> bufs;
     for (int r = 0; r < 3; ++r) bufs.emplace_back(s.coll, 3, r, s.count, false);
     const envelope env{0, s.count, s.segment, 0, s.coll, dtype::f32, reduce_op::sum, s.algo};
-    std::vector<std::vector<peer::status>> st(2);
+    std::vector<std::vector<peer_memory::status>> st(2);
     std::vector<std::thread> threads;
     const auto t0 = std::chrono::steady_clock::now();
     for (int r = 0; r < 2; ++r) {
@@ -230,14 +230,14 @@ TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on eve
     for (int r = 0; r < 2; ++r) {
       const auto& x = st[static_cast<std::size_t>(r)][0];
       INFO("rank ", r, " code ", static_cast<int>(x.code), " peer ", x.peer, " waited for ", x.waited_for);
-      if (x.code == peer::outcome::timeout) {
+      if (x.code == peer_memory::outcome::timeout) {
         ++timeouts;
         CHECK(x.peer == 2);
         // Rank 0 waits for 2's data; rank 1 for 0's data, or for room in 2's slots.
         CHECK((r == 0 ? x.waited_for == 2 : (x.waited_for == 0 || x.waited_for == 2)));
         CHECK(hw.abort_word != 0);  // raised by the first to time out (both may)
       } else {
-        CHECK(x.code == peer::outcome::peer_failed);
+        CHECK(x.code == peer_memory::outcome::peer_failed);
       }
     }
     CHECK(timeouts >= 1);
@@ -247,7 +247,7 @@ TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on eve
 TEST_CASE("peer executor: ranks that make different calls find out at the first piece") {
   // Rank 1 calls with another count: every receive from it sees a foreign signature.
   host_world hw(2, 1, 2, 64);
-  std::vector<peer::status> st0, st1;
+  std::vector<peer_memory::status> st0, st1;
   const shape a{collective::all_reduce, algorithm::ring, 2, 100, false};
   const shape b{collective::all_reduce, algorithm::ring, 2, 101, false};
   test::case_buffers<float> b0(a.coll, 2, 0, a.count, false), b1(b.coll, 2, 1, b.count, false);
@@ -259,13 +259,13 @@ TEST_CASE("peer executor: ranks that make different calls find out at the first 
       [&] { st1 = run_rank<float, reduce_op::sum>(hw, b, 1, b1, signature(eb), 5'000'000'000ull); });
   t0.join();
   t1.join();
-  const bool saw = st0[0].code == peer::outcome::mismatch || st1[0].code == peer::outcome::mismatch;
+  const bool saw = st0[0].code == peer_memory::outcome::mismatch || st1[0].code == peer_memory::outcome::mismatch;
   CHECK(saw);
-  if (st0[0].code == peer::outcome::mismatch) {
+  if (st0[0].code == peer_memory::outcome::mismatch) {
     CHECK(st0[0].peer == 1);
     CHECK(st0[0].expected == signature(ea));
     CHECK(st0[0].got == signature(eb));
   }
-  CHECK(st0[0].code != peer::outcome::ok);
-  CHECK(st1[0].code != peer::outcome::ok);
+  CHECK(st0[0].code != peer_memory::outcome::ok);
+  CHECK(st1[0].code != peer_memory::outcome::ok);
 }

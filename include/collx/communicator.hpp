@@ -35,6 +35,7 @@
 #include "collx/core/request.hpp"
 #include "collx/exec/host.hpp"
 #include "collx/front/check.hpp"
+#include "collx/front/failure.hpp"
 #include "collx/front/resolve.hpp"
 #include "collx/schedule/schedule.hpp"
 #include "collx/transport/concept.hpp"
@@ -110,9 +111,7 @@ struct comm_state {
   static constexpr std::size_t plan_cache_size = 16;
   std::vector<std::pair<plan_key, std::shared_ptr<const plan>>> plans;
 
-  std::mutex fail_m;
-  std::string failure;         // set once, on the first failed call
-  std::uint64_t finished = 0;  // calls that succeeded: the next call's number, or the failed one's
+  failure_latch failed;  // the first failure, and how many calls finished before it
 
   timeout_explainer explain;  // set by explain_timeouts()
 
@@ -327,10 +326,7 @@ class communicator {
 
   // Empty while healthy; after a failed call, why it failed. A failed communicator
   // refuses further calls: create a new one.
-  std::string failure() const {
-    std::lock_guard lock(s_->fail_m);
-    return s_->failure;
-  }
+  std::string failure() const { return s_->failed.why(); }
 
  private:
   template <class R>
@@ -382,12 +378,7 @@ class communicator {
 
   // A failed communicator refuses every call.
   static void check_healthy(detail::comm_state& s, std::string_view name) {
-    std::lock_guard lock(s.fail_m);
-    if (!s.failure.empty()) {
-      throw error(
-          errc::aborted, name, s.rank, error::no_rank,
-          "this communicator failed earlier (" + s.failure + "); create a new one over a new transport");
-    }
+    s.failed.check(name, s.rank, "create a new one over a new transport");
   }
 
   // Everything that can be known locally is checked here, before any byte moves.
@@ -524,35 +515,17 @@ class communicator {
       fail(s, errc::transport, e.what());
       throw;
     }
-    settle(s, c);
+    s.failed.settle(to_string(c.coll), s.rank, c.seq);
     if (c.op == reduce_op::avg && c.coll != collective::all_gather) {
       const region res = result_region(c.coll, s.rank, c.count, c.in_place, s.size);
       finish_avg(c.type, c.out + res.offset * es, res.count, s.size);
     }
   }
 
-  // The call ran to its end on this rank. Counted as done unless this communicator
-  // failed meanwhile (abort() from another thread): its peers were then told that this
-  // rank gave up on this call, so it must not succeed here either.
-  static void settle(detail::comm_state& s, const detail::call& c) {
-    std::lock_guard lock(s.fail_m);
-    if (!s.failure.empty()) {
-      throw error(errc::aborted, to_string(c.coll), s.rank, error::no_rank,
-                  "this communicator failed while the call ran (" + s.failure + ")");
-    }
-    s.finished = c.seq + 1;
-  }
-
   // The peers learn which call this rank gave up on: the first it did not finish.
   static void fail(detail::comm_state& s, errc kind, const std::string& why) {
     std::uint64_t first_unfinished = 0;
-    {
-      std::lock_guard lock(s.fail_m);
-      if (!s.failure.empty()) return;
-      s.failure = why;
-      first_unfinished = s.finished;
-    }
-    s.core->abort(kind, why, first_unfinished);
+    if (s.failed.set(why, &first_unfinished)) s.core->abort(kind, why, first_unfinished);
   }
   void fail(errc kind, const std::string& why) { fail(*s_, kind, why); }
 

@@ -55,6 +55,7 @@
 #include "collx/core/options.hpp"
 #include "collx/exec/peer_program.hpp"
 #include "collx/front/check.hpp"
+#include "collx/front/failure.hpp"
 #include "collx/front/program.hpp"
 #include "collx/front/resolve.hpp"
 #include "collx/net/socket.hpp"
@@ -76,7 +77,7 @@ namespace detail {
 
 // The host side of a piece's wait, and its moves through the Api.
 template <class Api>
-struct ipc_context : peer::host_context {
+struct ipc_context : peer_memory::host_context {
   Api* api;
 
   explicit ipc_context(Api* a) : api(a) {}
@@ -110,9 +111,9 @@ class ipc_communicator {
     auto bad = [&](const std::string& why) {
       throw error(errc::invalid_argument, "ipc_communicator", rank, error::no_rank, why);
     };
-    if (size < 1 || size > peer::max_ranks || rank < 0 || rank >= size) {
+    if (size < 1 || size > peer_memory::max_ranks || rank < 0 || rank >= size) {
       bad("rank " + std::to_string(rank) + " of " + std::to_string(size) + " (at most " +
-          std::to_string(peer::max_ranks) + " ranks)");
+          std::to_string(peer_memory::max_ranks) + " ranks)");
     }
     if (opt_.slots < 1 || opt_.slot_bytes < 16 || opt_.slot_bytes % 16 != 0) {
       bad("needs at least one slot of a multiple of 16 bytes");
@@ -160,16 +161,16 @@ class ipc_communicator {
 
   // Gives up: every peer's waits end with an error naming this rank; later calls fail.
   void abort() noexcept {
-    peer::host_context::cas(w_.abort_word, 0, static_cast<std::uint64_t>(rank_) + 1);
-    if (failure_.empty()) failure_ = "aborted by the application";
+    peer_memory::host_context::cas(w_.abort_word, 0, static_cast<std::uint64_t>(rank_) + 1);
+    failed_.set("aborted by the application");
   }
 
-  std::string failure() const { return failure_; }
+  std::string failure() const { return failed_.why(); }
 
  private:
   struct cached {
-    peer::program_key key;
-    peer::program_image image;
+    peer_memory::program_key key;
+    peer_memory::program_image image;
   };
 
   std::size_t counters_bytes() const {
@@ -183,8 +184,8 @@ class ipc_communicator {
   std::size_t inbox_bytes() const { return static_cast<std::size_t>(size_) * opt_.slots * opt_.slot_bytes; }
 
   // The counters follow the header in each rank's control segment; the slots are its inbox.
-  peer::mailbox mailbox_of(std::byte* control, std::byte* inbox) const {
-    return peer::mailbox_over(
+  peer_memory::mailbox mailbox_of(std::byte* control, std::byte* inbox) const {
+    return peer_memory::mailbox_over(
         inbox, reinterpret_cast<std::uint64_t*>(control + sizeof(detail::ipc_control_header)), size_);
   }
 
@@ -208,7 +209,7 @@ class ipc_communicator {
     api_.zero(own_inbox_.get(), inbox_bytes());
     keys.set(std::to_string(rank_), name + "|" + api_.export_handle(own_inbox_));
 
-    std::vector<peer::mailbox> boxes(p);
+    std::vector<peer_memory::mailbox> boxes(p);
     for (std::size_t q = 0; q < p; ++q) {
       std::byte* inbox = nullptr;
       if (q != static_cast<std::size_t>(rank_)) {
@@ -252,22 +253,19 @@ class ipc_communicator {
     throw error(errc::invalid_argument, coll, rank_, error::no_rank, why);
   }
 
-  const peer::program_image& program(const peer::program_key& key) {
+  const peer_memory::program_image& program(const peer_memory::program_key& key) {
     for (auto& c : programs_) {
       if (c.key == key) return c.image;
     }
     if (programs_.size() == 32) programs_.erase(programs_.begin());
-    programs_.push_back({key, peer::program_for(key, rank_, size_)});
+    programs_.push_back({key, peer_memory::program_for(key, rank_, size_)});
     return programs_.back().image;
   }
 
   void run(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
            const options& o) {
     const std::string_view name = to_string(coll);
-    if (!failure_.empty()) {
-      throw error(errc::aborted, name, rank_, error::no_rank,
-                  "this communicator failed earlier (" + failure_ + "); create a new one");
-    }
+    failed_.check(name, rank_, "create a new one");
     const detail::checked_call c =
         detail::check_call(coll, in, out, count, t, op, o, rank_, size_, !Api::device_memory);
     const std::uint64_t seq = seq_++;
@@ -275,13 +273,13 @@ class ipc_communicator {
     const std::size_t es = size_of(t);
     const detail::resolved_call r =
         detail::resolve(coll, count, t, op, o, cfg_, size_, seq, opt_.slots * opt_.slot_bytes);
-    const peer::program_image& img = program({coll, r.algo, count, r.segment, c.in_place});
+    const peer_memory::program_image& img = program({coll, r.algo, count, r.segment, c.in_place});
     if (img.scratch_count * es > scratch_bytes_) {
       scratch_ = api_.alloc(img.scratch_count * es);
       scratch_bytes_ = img.scratch_count * es;
     }
-    peer::status st;
-    peer::lane_call call;
+    peer_memory::status st;
+    peer_memory::lane_call call;
     call.prog = img.view_at(img.bytes.data());
     call.rank = rank_;
     call.in = c.in;
@@ -295,13 +293,13 @@ class ipc_communicator {
     detail::visit_dtype(t, [&](auto tag) {
       using T = decltype(tag);
       detail::visit_reduce_op(op, [&](auto reduction) {
-        done = peer::run_lane<T, detail::combining<decltype(reduction)::value>>(ctx, call, w_);
+        done = peer_memory::run_lane<T, detail::combining<decltype(reduction)::value>>(ctx, call, w_);
       });
     });
     if (!done) {
       const error e =
-          peer::to_error(st, name, rank_, size_, "Is every rank's process calling", r.env.describe());
-      failure_ = e.what();
+          peer_memory::to_error(st, name, rank_, size_, "Is every rank's process calling", r.env.describe());
+      failed_.set(e.what());
       throw e;
     }
     if (op == reduce_op::avg && coll != collective::all_gather) {
@@ -318,13 +316,13 @@ class ipc_communicator {
   std::vector<detail::shm_mapping> controls_;
   typename Api::memory own_inbox_;
   std::vector<typename Api::mapping> inboxes_;
-  std::vector<peer::mailbox> boxes_;
-  peer::world_view w_;
+  std::vector<peer_memory::mailbox> boxes_;
+  peer_memory::world_view w_;
   std::vector<cached> programs_;
   typename Api::memory scratch_;
   std::size_t scratch_bytes_ = 0;
   std::uint64_t seq_ = 0;
-  std::string failure_;
+  detail::failure_latch failed_;
 };
 
 // Host memory in POSIX shared memory: the ipc protocol on any machine, for the tests.

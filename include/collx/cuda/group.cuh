@@ -40,6 +40,7 @@
 #include "collx/exec/cuda.cuh"
 #include "collx/exec/peer.hpp"
 #include "collx/front/check.hpp"
+#include "collx/front/failure.hpp"
 #include "collx/front/program.hpp"
 #include "collx/front/resolve.hpp"
 
@@ -99,13 +100,14 @@ struct group_state {
   group_options opt;
   communicator_config cfg;  // the timeout is opt's; the rest from the environment
   std::vector<int> devices;
-  peer::world_view w;
-  std::vector<device_ptr<std::byte>> box_memory;      // per rank: its lanes' mailboxes
-  std::vector<device_ptr<peer::mailbox>> box_tables;  // per rank: every mailbox's address, on its GPU
-  void* control = nullptr;                            // cudaHostAlloc'd, mapped
+  peer_memory::world_view w;
+  std::vector<device_ptr<std::byte>> box_memory;             // per rank: its lanes' mailboxes
+  std::vector<device_ptr<peer_memory::mailbox>> box_tables;  // per rank: every mailbox's address, on its GPU
+  void* control = nullptr;                                   // cudaHostAlloc'd, mapped
   std::uint64_t* abort_word = nullptr;
   std::uint64_t* waiting = nullptr;
-  peer::status* status = nullptr;  // [rank * lanes + lane]
+  peer_memory::status* status = nullptr;                   // [rank * lanes + lane]
+  std::unique_ptr<collx::detail::failure_latch[]> failed;  // [rank]: each rank's first failure
 
   ~group_state() {
     if (control != nullptr) cudaFreeHost(control);
@@ -138,6 +140,7 @@ class group {
     s.w.lanes = opt.lanes;
     s.w.slots = opt.slots;
     s.w.slot_bytes = opt.slot_bytes;
+    s.failed = std::make_unique<collx::detail::failure_latch[]>(static_cast<std::size_t>(p));
     map_control_words();
     upload_mailbox_tables(allocate_mailboxes());
     for (int d : s.devices) {
@@ -162,8 +165,8 @@ class group {
 
   static void check_arguments(const std::vector<int>& devices, const group_options& opt) {
     const int p = static_cast<int>(devices.size());
-    if (p < 1 || p > peer::max_ranks)
-      invalid("a group has 1 to " + std::to_string(peer::max_ranks) + " ranks");
+    if (p < 1 || p > peer_memory::max_ranks)
+      invalid("a group has 1 to " + std::to_string(peer_memory::max_ranks) + " ranks");
     if (opt.lanes < 1 || opt.lanes > cuda::detail::max_lanes) {
       invalid("lanes must be 1 to " + std::to_string(cuda::detail::max_lanes));
     }
@@ -236,14 +239,14 @@ class group {
     const auto lanes = static_cast<std::size_t>(s.opt.lanes);
     const auto up = static_cast<std::size_t>(s.w.ranks);
     const std::size_t control_bytes =
-        (1 + up * lanes) * sizeof(std::uint64_t) + up * lanes * sizeof(peer::status);
+        (1 + up * lanes) * sizeof(std::uint64_t) + up * lanes * sizeof(peer_memory::status);
     cuda::check(cudaHostAlloc(&s.control, control_bytes, cudaHostAllocMapped | cudaHostAllocPortable),
                 "cudaHostAlloc of the control words");
     std::memset(s.control, 0, control_bytes);
     s.abort_word = static_cast<std::uint64_t*>(s.control);
     s.waiting = s.abort_word + 1;
-    s.status = reinterpret_cast<peer::status*>(s.waiting + up * lanes);
-    for (std::size_t i = 0; i < up * lanes; ++i) s.status[i] = peer::status{};
+    s.status = reinterpret_cast<peer_memory::status*>(s.waiting + up * lanes);
+    for (std::size_t i = 0; i < up * lanes; ++i) s.status[i] = peer_memory::status{};
     // With unified addressing (every 64-bit platform CUDA supports) the mapped host
     // pointer is the device pointer too.
     s.w.abort_word = s.abort_word;
@@ -252,33 +255,34 @@ class group {
 
   // Each rank's lanes' mailboxes, zeroed on its GPU; returns every mailbox's address,
   // [rank * lanes + lane].
-  std::vector<peer::mailbox> allocate_mailboxes() {
+  std::vector<peer_memory::mailbox> allocate_mailboxes() {
     auto& s = *s_;
     const auto lanes = static_cast<std::size_t>(s.opt.lanes);
     const auto up = static_cast<std::size_t>(s.w.ranks);
-    const std::size_t each = (peer::mailbox_bytes(s.w) + 255) / 256 * 256;
-    std::vector<peer::mailbox> table(up * lanes);
+    const std::size_t each = (peer_memory::mailbox_bytes(s.w) + 255) / 256 * 256;
+    std::vector<peer_memory::mailbox> table(up * lanes);
     for (std::size_t r = 0; r < up; ++r) {
       auto mem = detail::device_alloc<std::byte>(s.devices[r], each * lanes);
       detail::device_guard g(s.devices[r]);
       cuda::check(cudaMemset(mem.get(), 0, each * lanes), "cudaMemset of the mailboxes");
       for (std::size_t j = 0; j < lanes; ++j)
-        table[r * lanes + j] = peer::mailbox_at(mem.get() + j * each, s.w);
+        table[r * lanes + j] = peer_memory::mailbox_at(mem.get() + j * each, s.w);
       s.box_memory.push_back(std::move(mem));
     }
     return table;
   }
 
   // A copy of the mailbox table on each rank's GPU.
-  void upload_mailbox_tables(const std::vector<peer::mailbox>& table) {
+  void upload_mailbox_tables(const std::vector<peer_memory::mailbox>& table) {
     auto& s = *s_;
     const auto up = static_cast<std::size_t>(s.w.ranks);
     for (std::size_t r = 0; r < up; ++r) {
-      auto t = detail::device_alloc<peer::mailbox>(s.devices[r], table.size() * sizeof(peer::mailbox));
+      auto t = detail::device_alloc<peer_memory::mailbox>(s.devices[r],
+                                                          table.size() * sizeof(peer_memory::mailbox));
       detail::device_guard g(s.devices[r]);
-      cuda::check(
-          cudaMemcpy(t.get(), table.data(), table.size() * sizeof(peer::mailbox), cudaMemcpyHostToDevice),
-          "copying the mailbox table");
+      cuda::check(cudaMemcpy(t.get(), table.data(), table.size() * sizeof(peer_memory::mailbox),
+                             cudaMemcpyHostToDevice),
+                  "copying the mailbox table");
       s.box_tables.push_back(std::move(t));
     }
   }
@@ -334,17 +338,17 @@ class communicator {
   }
 
   // Empty while healthy; after a failure, why.
-  std::string failure() const { return failure_; }
+  std::string failure() const { return latch().why(); }
 
  private:
   friend class group;
   communicator(std::shared_ptr<detail::group_state> g, int r) : g_(std::move(g)), rank_(r) {}
 
   struct cached_program {
-    peer::program_key key;
-    peer::program_image image;  // the host copy stays: the upload is asynchronous
+    peer_memory::program_key key;
+    peer_memory::program_image image;  // the host copy stays: the upload is asynchronous
     detail::device_ptr<std::byte> bytes;
-    peer::program_view view;
+    peer_memory::program_view view;
   };
 
   [[noreturn]] void invalid(std::string_view coll, const std::string& why) const {
@@ -353,30 +357,27 @@ class communicator {
 
   // A kernel of this rank that stopped left its reason in the status words.
   void check_async(std::string_view coll) {
-    if (!failure_.empty()) {
-      throw error(errc::aborted, coll, rank_, error::no_rank,
-                  "this communicator failed earlier (" + failure_ + "); make a new group");
-    }
+    latch().check(coll, rank_, "make a new group");
     const auto lanes = static_cast<std::size_t>(g_->w.lanes);
-    const peer::status* worst = nullptr;
+    const peer_memory::status* worst = nullptr;
     for (std::size_t j = 0; j < lanes; ++j) {
-      const peer::status& s = g_->status[static_cast<std::size_t>(rank_) * lanes + j];
-      const auto code =
-          std::atomic_ref<peer::outcome>(const_cast<peer::outcome&>(s.code)).load(std::memory_order_acquire);
-      if (code == peer::outcome::ok) continue;
+      const peer_memory::status& s = g_->status[static_cast<std::size_t>(rank_) * lanes + j];
+      const auto code = std::atomic_ref<peer_memory::outcome>(const_cast<peer_memory::outcome&>(s.code))
+                            .load(std::memory_order_acquire);
+      if (code == peer_memory::outcome::ok) continue;
       if (worst == nullptr ||
-          (worst->code == peer::outcome::peer_failed && code != peer::outcome::peer_failed))
+          (worst->code == peer_memory::outcome::peer_failed && code != peer_memory::outcome::peer_failed))
         worst = &s;
     }
     if (worst == nullptr) {
       const std::uint64_t word =
           std::atomic_ref<std::uint64_t>(*g_->abort_word).load(std::memory_order_acquire);
       if (word != aborted_by_host) return;
-      failure_ = "the group was aborted";
-      throw error(errc::aborted, coll, rank_, error::no_rank, failure_);
+      latch().set("the group was aborted");
+      throw error(errc::aborted, coll, rank_, error::no_rank, "the group was aborted");
     }
-    const error e = peer::to_error(*worst, coll, rank_, size(), "Is every rank's thread calling");
-    failure_ = e.what();
+    const error e = peer_memory::to_error(*worst, coll, rank_, size(), "Is every rank's thread calling");
+    latch().set(e.what());
     throw e;
   }
 
@@ -408,14 +409,14 @@ class communicator {
     }
   }
 
-  const peer::program_view& program(collective coll, algorithm a, std::size_t count, std::size_t segment,
-                                    bool in_place, cudaStream_t stream) {
-    const peer::program_key key{coll, a, count, segment, in_place};
+  const peer_memory::program_view& program(collective coll, algorithm a, std::size_t count,
+                                           std::size_t segment, bool in_place, cudaStream_t stream) {
+    const peer_memory::program_key key{coll, a, count, segment, in_place};
     for (auto& c : programs_) {
       if (c.key == key) return c.view;
     }
     refuse_in_capture(stream, to_string(coll), "this call's shape has no program on the GPU yet");
-    cached_program c{key, peer::program_for(key, rank_, size()), {}, {}};
+    cached_program c{key, peer_memory::program_for(key, rank_, size()), {}, {}};
     c.bytes = allocate(c.image.bytes.size());
     cuda::check(cudaMemcpyAsync(c.bytes.get(), c.image.bytes.data(), c.image.bytes.size(),
                                 cudaMemcpyHostToDevice, upload_stream()),
@@ -500,8 +501,8 @@ class communicator {
     args.divisor = op == reduce_op::avg ? size() : 0;
     for (int j = 0; j < lanes; ++j) {
       std::uint64_t lo = 0, n = count;
-      if (lanes > 1) peer::lane_slice(count, element_size, lanes, j, lo, n);
-      peer::lane_call& c = args.lanes[j];
+      if (lanes > 1) peer_memory::lane_slice(count, element_size, lanes, j, lo, n);
+      peer_memory::lane_call& c = args.lanes[j];
       c.prog = program(coll, a, n, segment, in_place, stream);
       c.rank = rank_;
       c.lane = j;
@@ -567,7 +568,7 @@ class communicator {
   std::unique_ptr<CUstream_st, stream_free> upload_;
   std::unique_ptr<CUevent_st, event_free> done_;
   cudaStream_t last_ = nullptr;  // the stream of the last call launched outside a capture
-  std::string failure_;
+  collx::detail::failure_latch& latch() const { return g_->failed[static_cast<std::size_t>(rank_)]; }
 };
 
 inline communicator group::rank(int r) const {

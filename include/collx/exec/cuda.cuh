@@ -23,13 +23,13 @@
 namespace collx::cuda::detail {
 
 struct device_context {
-  peer::action& act;
-  peer::leader_state& ls;
+  peer_memory::action& act;
+  peer_memory::leader_state& ls;
 
-  __device__ peer::leader_state& leader_state() const { return ls; }
+  __device__ peer_memory::leader_state& leader_state() const { return ls; }
   __device__ bool leader() const { return threadIdx.x == 0; }
   __device__ void barrier() const { __syncthreads(); }
-  __device__ peer::action& shared_action() const { return act; }
+  __device__ peer_memory::action& shared_action() const { return act; }
   __device__ static std::uint64_t load_acquire(std::uint64_t* p) {
     return ::cuda::atomic_ref<std::uint64_t, ::cuda::thread_scope_system>(*p).load(
         ::cuda::memory_order_acquire);
@@ -63,8 +63,8 @@ inline constexpr int max_lanes = 8;
 
 // Everything a rank's kernel needs, by value: kernel parameters are read-only and free.
 struct launch_args {
-  peer::world_view w;
-  peer::lane_call lanes[max_lanes];
+  peer_memory::world_view w;
+  peer_memory::lane_call lanes[max_lanes];
   // avg: each lane divides its part of the result once its all-reduce has finished.
   std::byte* divide_at[max_lanes];
   std::uint64_t divide_count[max_lanes];
@@ -73,11 +73,11 @@ struct launch_args {
 
 template <class T, reduce_op Op>
 __global__ void __launch_bounds__(1024) peer_kernel(const launch_args a) {
-  __shared__ peer::action act;
-  __shared__ peer::leader_state ls;
+  __shared__ peer_memory::action act;
+  __shared__ peer_memory::leader_state ls;
   device_context ctx{act, ls};
   const unsigned j = blockIdx.x;
-  const bool ok = peer::run_lane<T, Op>(ctx, a.lanes[j], a.w);
+  const bool ok = peer_memory::run_lane<T, Op>(ctx, a.lanes[j], a.w);
   if constexpr (Op == reduce_op::avg) {
     if (ok && a.divisor > 1) {
       divide_range<T>(reinterpret_cast<T*>(a.divide_at[j]), a.divide_count[j], a.divisor, threadIdx.x,

@@ -48,14 +48,14 @@
 #define COLLX_HD
 #endif
 
-namespace collx::peer {
+namespace collx::peer_memory {
 
 // Ranks a world may have: sizes the leader's per-queue state (leader_state), which lies
 // in shared memory on a GPU.
 inline constexpr int max_ranks = 32;
 
 // One schedule step, flattened for a kernel.
-struct op {
+struct flat_step {
   std::uint8_t kind = 0;  // step_kind
   std::uint8_t src_buf = 0;
   std::uint8_t dst_buf = 0;
@@ -77,7 +77,7 @@ struct dep {
 
 // What a lane reads: every array lies in one allocation (program_image).
 struct program_view {
-  const op* ops = nullptr;
+  const flat_step* ops = nullptr;
   const dep* deps = nullptr;
   const std::uint32_t* order = nullptr;        // step indices, queue after queue
   const std::uint32_t* queue_begin = nullptr;  // nqueues + 1 offsets into order
@@ -235,7 +235,7 @@ class lane_runner {
                                                                : const_cast<std::byte*>(c_.in);
   }
 
-  COLLX_HD bool deps_done(const op& o) const {
+  COLLX_HD bool deps_done(const flat_step& o) const {
     for (std::uint32_t k = 0; k < o.dep_count; ++k) {
       const dep d = pg_.deps[o.dep_begin + k];
       if (d.pos >= head_[d.queue]) return false;
@@ -306,13 +306,13 @@ class lane_runner {
     std::uint64_t first, n;
     bool last;
   };
-  COLLX_HD piece next_piece(std::uint32_t q, const op& o, std::uint32_t i) const {
+  COLLX_HD piece next_piece(std::uint32_t q, const flat_step& o, std::uint32_t i) const {
     const std::uint64_t first = pieces_[q] * piece_elems_;
     const std::uint64_t n = o.count - first < piece_elems_ ? o.count - first : piece_elems_;
     return {i, first, n, first + n == o.count};
   }
 
-  COLLX_HD action start_copy(std::uint32_t q, const op& o) {
+  COLLX_HD action start_copy(std::uint32_t q, const flat_step& o) {
     pend(q, nullptr, 0, true);
     action a;
     a.what = action::copy;
@@ -323,7 +323,7 @@ class lane_runner {
   }
 
   // A send: its piece needs room in the receiver's slots. False: no room yet.
-  COLLX_HD bool start_send(std::uint32_t q, const op& o, const piece& pc, action& a) {
+  COLLX_HD bool start_send(std::uint32_t q, const flat_step& o, const piece& pc, action& a) {
     const mailbox& theirs = w_.boxes[o.peer * w_.lanes + c_.lane];
     std::uint64_t* ready = theirs.ready + c_.rank;
     const std::uint64_t m = ctx_.load_acquire(ready) + 1;
@@ -339,7 +339,7 @@ class lane_runner {
   }
 
   // A receive: its piece must have arrived, with this call's signature. False: not yet.
-  COLLX_HD bool start_recv(std::uint32_t q, const op& o, const piece& pc, action& a) {
+  COLLX_HD bool start_recv(std::uint32_t q, const flat_step& o, const piece& pc, action& a) {
     std::uint64_t* acked = mine_.acked + o.peer;
     const std::uint64_t m = ctx_.load_acquire(acked) + 1;
     if (ctx_.load_acquire(mine_.ready + o.peer) < m) return false;
@@ -376,7 +376,7 @@ class lane_runner {
       if (head_[q] == qlen) continue;
       all_done = false;
       const std::uint32_t i = pg_.order[pg_.queue_begin[q] + head_[q]];
-      const op& o = pg_.ops[i];
+      const flat_step& o = pg_.ops[i];
       if (!deps_done(o)) continue;
       const auto kind = static_cast<step_kind>(o.kind);
       if (kind == step_kind::copy) {
@@ -460,8 +460,8 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
 #endif
 struct host_context {
   action act;
-  peer::leader_state ls;
-  COLLX_HD peer::leader_state& leader_state() noexcept { return ls; }
+  peer_memory::leader_state ls;
+  COLLX_HD peer_memory::leader_state& leader_state() noexcept { return ls; }
   COLLX_HD bool leader() const noexcept { return true; }
   COLLX_HD void barrier() noexcept {}
   COLLX_HD action& shared_action() noexcept { return act; }
@@ -498,4 +498,4 @@ struct host_context {
   }
 };
 
-}  // namespace collx::peer
+}  // namespace collx::peer_memory

@@ -16,7 +16,7 @@
 #include "collx/exec/peer.hpp"
 #include "collx/schedule/schedule.hpp"
 
-namespace collx::peer {
+namespace collx::peer_memory {
 
 // A schedule compiled into one position-independent block of bytes, to be copied where
 // the lane runs (device memory, or left on the host).
@@ -28,7 +28,7 @@ struct program_image {
 
   program_view view_at(const std::byte* base) const noexcept {
     program_view v;
-    v.ops = reinterpret_cast<const op*>(base + ops_at);
+    v.ops = reinterpret_cast<const flat_step*>(base + ops_at);
     v.deps = reinterpret_cast<const dep*>(base + deps_at);
     v.order = reinterpret_cast<const std::uint32_t*>(base + order_at);
     v.queue_begin = reinterpret_cast<const std::uint32_t*>(base + begin_at);
@@ -77,13 +77,13 @@ inline program_image compile(const schedule& s) {
     img.bytes.resize(at + bytes);
     return at;
   };
-  img.ops_at = place(n * sizeof(op));
+  img.ops_at = place(n * sizeof(flat_step));
   img.deps_at = place(s.deps.size() * sizeof(dep));
   img.order_at = place(n * sizeof(std::uint32_t));
   img.begin_at = place((nq + 1) * sizeof(std::uint32_t));
   for (std::size_t i = 0; i < n; ++i) {
     const step& st = s.steps[i];
-    op o;
+    flat_step o;
     o.kind = static_cast<std::uint8_t>(st.kind);
     o.src_buf = static_cast<std::uint8_t>(st.src.buf);
     o.dst_buf = static_cast<std::uint8_t>(st.dst.buf);
@@ -93,7 +93,7 @@ inline program_image compile(const schedule& s) {
     o.count = st.count();
     o.dep_begin = st.dep_begin;
     o.dep_count = st.dep_count;
-    std::memcpy(img.bytes.data() + img.ops_at + i * sizeof(op), &o, sizeof(op));
+    std::memcpy(img.bytes.data() + img.ops_at + i * sizeof(flat_step), &o, sizeof(flat_step));
   }
   for (std::size_t k = 0; k < s.deps.size(); ++k) {
     const dep d{queue[s.deps[k]], pos[s.deps[k]]};
@@ -154,4 +154,4 @@ inline error to_error(const status& s, std::string_view coll, int rank, int rank
   return error(kind, coll, rank, named ? s.peer : error::no_rank, why);
 }
 
-}  // namespace collx::peer
+}  // namespace collx::peer_memory
