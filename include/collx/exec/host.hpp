@@ -21,6 +21,7 @@
 #include "collx/config.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
+#include "collx/schedule/channels.hpp"
 #include "collx/schedule/schedule.hpp"
 #include "collx/schedule/walk.hpp"
 #include "collx/transport/concept.hpp"
@@ -28,27 +29,13 @@
 namespace collx {
 
 // A schedule with what executors derive from it once, so a cached plan costs nothing
-// per call.
+// per call: its channels (schedule/channels.hpp) and its largest staged message.
 struct plan {
   schedule sched;
-  // The steps of each channel in posting order: sends to peer q at [q], receives from
-  // peer q at [ranks + q], local copies last. Only a queue's head can start next, so
-  // the executor looks at 2p+1 candidates per round, not at every step.
-  std::vector<std::vector<std::uint32_t>> queues;
+  channel_layout channels;
   std::size_t staged = 0;  // largest staged message, elements
 
-  explicit plan(schedule s) : sched(std::move(s)), staged(sched.max_staged()) {
-    const auto p = static_cast<std::size_t>(sched.ranks);
-    queues.resize(2 * p + 1);
-    for (std::size_t i = 0; i < sched.steps.size(); ++i) {
-      const step& st = sched.steps[i];
-      const auto q = static_cast<std::size_t>(st.peer);
-      auto& queue = st.kind == step_kind::copy   ? queues[2 * p]
-                    : st.kind == step_kind::send ? queues[q]
-                                                 : queues[p + q];
-      queue.push_back(static_cast<std::uint32_t>(i));
-    }
-  }
+  explicit plan(schedule s) : sched(std::move(s)), channels(sched), staged(sched.max_staged()) {}
 };
 
 struct exec_buffers {
@@ -77,7 +64,7 @@ class host_executor {
     inflight_.clear();
     free_slots_.clear();
     for (std::size_t k = 0; k < slots(); ++k) free_slots_.push_back(k);
-    heads_.assign(pl.queues.size(), 0);
+    heads_.assign(pl.channels.count, 0);
     try {
       progress(r);
     } catch (const error& e) {
@@ -140,8 +127,8 @@ class host_executor {
   // Starts each channel's next steps while their turn has come. Whether any started.
   bool start_ready(running& r) {
     bool progressed = false;
-    for (std::size_t qi = 0; qi < r.pl.queues.size(); ++qi) {
-      const auto& queue = r.pl.queues[qi];
+    for (std::size_t qi = 0; qi < r.pl.channels.count; ++qi) {
+      const auto queue = r.pl.channels.steps_of(qi);
       for (auto& h = heads_[qi]; h < queue.size(); ++h) {
         const std::size_t i = queue[h];
         const step& st = r.s.steps[i];
@@ -183,8 +170,9 @@ class host_executor {
     while (!free_slots_.empty()) {
       std::size_t best = n;
       std::size_t best_q = 0;
-      for (std::size_t qi = r.pl.queues.size() / 2; qi + 1 < r.pl.queues.size(); ++qi) {
-        const auto& queue = r.pl.queues[qi];
+      // The receive channels: p..2p-1.
+      for (std::size_t qi = r.pl.channels.count / 2; qi + 1 < r.pl.channels.count; ++qi) {
+        const auto queue = r.pl.channels.steps_of(qi);
         if (heads_[qi] == queue.size()) continue;
         const std::size_t i = queue[heads_[qi]];
         if (r.s.steps[i].kind == step_kind::recv_reduce && i < best) {

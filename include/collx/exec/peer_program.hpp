@@ -14,6 +14,7 @@
 #include "collx/core/envelope.hpp"
 #include "collx/core/error.hpp"
 #include "collx/exec/peer.hpp"
+#include "collx/schedule/channels.hpp"
 #include "collx/schedule/schedule.hpp"
 
 namespace collx::peer_memory {
@@ -47,27 +48,10 @@ struct program_key {
   friend bool operator==(const program_key&, const program_key&) = default;
 };
 
-// Queue of a step: sends to q at q, receives from q at p+q, local copies at 2p, as in
-// the host executor's plan.
-inline std::uint32_t queue_of(const step& st, int ranks) noexcept {
-  const auto p = static_cast<std::uint32_t>(ranks);
-  if (st.kind == step_kind::copy) return 2 * p;
-  const auto q = static_cast<std::uint32_t>(st.peer);
-  return st.kind == step_kind::send ? q : p + q;
-}
-
 inline program_image compile(const schedule& s) {
-  const std::uint32_t nq = 2 * static_cast<std::uint32_t>(s.ranks) + 1;
+  const channel_layout channels(s);
+  const std::uint32_t nq = channels.count;
   const std::size_t n = s.steps.size();
-  std::vector<std::uint32_t> queue(n), pos(n), count(nq, 0);
-  for (std::size_t i = 0; i < n; ++i) {
-    queue[i] = queue_of(s.steps[i], s.ranks);
-    pos[i] = count[queue[i]]++;
-  }
-  std::vector<std::uint32_t> begin(nq + 1, 0);
-  for (std::uint32_t q = 0; q < nq; ++q) begin[q + 1] = begin[q] + count[q];
-  std::vector<std::uint32_t> order(n);
-  for (std::size_t i = 0; i < n; ++i) order[begin[queue[i]] + pos[i]] = static_cast<std::uint32_t>(i);
 
   program_image img;
   img.nqueues = nq;
@@ -96,11 +80,11 @@ inline program_image compile(const schedule& s) {
     std::memcpy(img.bytes.data() + img.ops_at + i * sizeof(flat_step), &o, sizeof(flat_step));
   }
   for (std::size_t k = 0; k < s.deps.size(); ++k) {
-    const dep d{queue[s.deps[k]], pos[s.deps[k]]};
+    const dep d{channels.channel[s.deps[k]], channels.position[s.deps[k]]};
     std::memcpy(img.bytes.data() + img.deps_at + k * sizeof(dep), &d, sizeof(dep));
   }
-  if (n != 0) std::memcpy(img.bytes.data() + img.order_at, order.data(), n * sizeof(std::uint32_t));
-  std::memcpy(img.bytes.data() + img.begin_at, begin.data(), (nq + 1) * sizeof(std::uint32_t));
+  if (n != 0) std::memcpy(img.bytes.data() + img.order_at, channels.order.data(), n * sizeof(std::uint32_t));
+  std::memcpy(img.bytes.data() + img.begin_at, channels.begin.data(), (nq + 1) * sizeof(std::uint32_t));
   return img;
 }
 
