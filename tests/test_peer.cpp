@@ -8,6 +8,8 @@
 
 #include <collx/algorithms/select.hpp>
 #include <collx/exec/peer_program.hpp>
+#include <collx/front/program.hpp>
+#include <collx/front/resolve.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -16,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "common.hpp"
 #include "reference.hpp"
 
 using namespace collx;
@@ -72,7 +75,7 @@ std::size_t segment_for(const host_world& hw, const shape& s) {
 // One rank's part of a call: each lane's program over its slice, lane after lane.
 template <class T, reduce_op Op>
 std::vector<peer_memory::status> run_rank(host_world& hw, const shape& s, int r, test::case_buffers<T>& b,
-                                   std::uint64_t sig, std::uint64_t timeout_ns) {
+                                          std::uint64_t sig, std::uint64_t timeout_ns) {
   const int lanes = s.coll == collective::all_reduce ? s.lanes : 1;
   std::vector<peer_memory::status> st(static_cast<std::size_t>(lanes));
   for (int j = 0; j < lanes; ++j) {
@@ -145,6 +148,61 @@ void for_shapes(F&& f) {
         }
       }
     }
+  }
+}
+
+// Call #0 of an f32 sum all-reduce of `count` elements on p threads, resolved as the
+// GPU group and the ipc front end resolve theirs: options, config and environment
+// through detail::resolve with the slots as the message limit, then the call shape's
+// program (front/program.hpp). Rank `absent` never calls.
+struct resolved_run {
+  detail::resolved_call call;
+  std::vector<peer_memory::status> status;
+  std::vector<test::case_buffers<float>> bufs;
+  std::chrono::steady_clock::duration took{};
+};
+
+resolved_run run_resolved(int p, std::size_t count, std::uint32_t slots, std::uint64_t slot_bytes,
+                          int absent = -1) {
+  host_world hw(p, 1, slots, slot_bytes);
+  const communicator_config cfg;
+  resolved_run run;
+  run.call = detail::resolve(collective::all_reduce, count, dtype::f32, reduce_op::sum, options{}, cfg, p, 0,
+                             slots * slot_bytes);
+  const peer_memory::program_key key{collective::all_reduce, run.call.algo, count, run.call.segment, false};
+  run.status.resize(static_cast<std::size_t>(p));
+  for (int r = 0; r < p; ++r) run.bufs.emplace_back(collective::all_reduce, p, r, count, false);
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads;
+  for (int r = 0; r < p; ++r) {
+    if (r == absent) continue;
+    threads.emplace_back([&, r] {
+      const peer_memory::program_image img = peer_memory::program_for(key, r, p);
+      std::vector<float> scratch(img.scratch_count + 1);
+      auto& b = run.bufs[static_cast<std::size_t>(r)];
+      peer_memory::lane_call c;
+      c.prog = img.view_at(img.bytes.data());
+      c.rank = r;
+      c.in = reinterpret_cast<const std::byte*>(b.in.data());
+      c.out = reinterpret_cast<std::byte*>(b.out.data());
+      c.scratch = reinterpret_cast<std::byte*>(scratch.data());
+      c.sig = signature(run.call.env);
+      c.timeout_ns = detail::timeout_ns(run.call.timeout);
+      c.st = &run.status[static_cast<std::size_t>(r)];
+      peer_memory::host_context ctx;
+      peer_memory::run_lane<float, reduce_op::sum>(ctx, c, hw.w);
+    });
+  }
+  for (auto& t : threads) t.join();
+  run.took = std::chrono::steady_clock::now() - start;
+  return run;
+}
+
+void check_all_right(const resolved_run& run) {
+  for (std::size_t r = 0; r < run.bufs.size(); ++r) {
+    INFO("rank ", r);
+    CHECK(run.status[r].code == peer_memory::outcome::ok);
+    CHECK(run.bufs[r].wrong(reduce_op::sum) == 0);
   }
 }
 
@@ -259,7 +317,8 @@ TEST_CASE("peer executor: ranks that make different calls find out at the first 
       [&] { st1 = run_rank<float, reduce_op::sum>(hw, b, 1, b1, signature(eb), 5'000'000'000ull); });
   t0.join();
   t1.join();
-  const bool saw = st0[0].code == peer_memory::outcome::mismatch || st1[0].code == peer_memory::outcome::mismatch;
+  const bool saw =
+      st0[0].code == peer_memory::outcome::mismatch || st1[0].code == peer_memory::outcome::mismatch;
   CHECK(saw);
   if (st0[0].code == peer_memory::outcome::mismatch) {
     CHECK(st0[0].peer == 1);
@@ -268,4 +327,53 @@ TEST_CASE("peer executor: ranks that make different calls find out at the first 
   }
   CHECK(st0[0].code != peer_memory::outcome::ok);
   CHECK(st1[0].code != peer_memory::outcome::ok);
+}
+
+TEST_CASE(
+    "peer executor: COLLX_ALGO, COLLX_SEGMENT_BYTES, COLLX_TIMEOUT and automatic reach its calls through "
+    "the front end's resolve, as on the host") {
+  using namespace std::chrono_literals;
+  {
+    // tree: neither the model's choice for this call nor a ring default. 8 KiB segments
+    // fit the 16 KiB of slots, so they are not cut.
+    test::scoped_env timeout("COLLX_TIMEOUT", "0.5"), algo("COLLX_ALGO", "tree"),
+        seg("COLLX_SEGMENT_BYTES", "8192");
+    const resolved_run run = run_resolved(3, 3000, 4, 4096);
+    CHECK(run.call.algo == algorithm::tree);
+    CHECK(run.call.segment == 2048);
+    CHECK(run.call.timeout == 500ms);
+    CHECK(run.call.env.algo == algorithm::tree);
+    CHECK(run.call.env.segment == 2048);
+    check_all_right(run);
+  }
+  {
+    // A segment larger than the slots is cut to them: the peer executor's one limit.
+    test::scoped_env algo("COLLX_ALGO", "rd"), seg("COLLX_SEGMENT_BYTES", "65536");
+    const resolved_run run = run_resolved(5, 20000, 4, 4096);
+    CHECK(run.call.algo == algorithm::recursive_doubling);
+    CHECK(run.call.segment == 4 * 4096 / sizeof(float));
+    check_all_right(run);
+  }
+  {
+    // automatic: the model's choice for the call, as the host communicator makes it.
+    test::scoped_env algo("COLLX_ALGO", "");
+    const communicator_config cfg;
+    const resolved_run run = run_resolved(3, 3000, 4, 4096);
+    CHECK(run.call.algo == algorithms::choose(collective::all_reduce, 3, 3000 * 4.0, cfg.model));
+    check_all_right(run);
+  }
+  {
+    // COLLX_TIMEOUT bounds the wait: rank 2 never calls, and the others stop after about
+    // half a second, not the default five minutes.
+    test::scoped_env timeout("COLLX_TIMEOUT", "0.5"), algo("COLLX_ALGO", "ring");
+    const resolved_run run = run_resolved(3, 3000, 4, 4096, 2);
+    CHECK(run.call.timeout == 500ms);
+    // The first to time out stops the other (peer_failed).
+    CHECK(run.status[0].code != peer_memory::outcome::ok);
+    CHECK(run.status[1].code != peer_memory::outcome::ok);
+    CHECK((run.status[0].code == peer_memory::outcome::timeout ||
+           run.status[1].code == peer_memory::outcome::timeout));
+    CHECK(run.took >= 400ms);
+    CHECK(run.took < 5s);
+  }
 }

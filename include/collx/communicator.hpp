@@ -37,6 +37,7 @@
 #include "collx/front/check.hpp"
 #include "collx/front/failure.hpp"
 #include "collx/front/resolve.hpp"
+#include "collx/front/untyped.hpp"
 #include "collx/schedule/schedule.hpp"
 #include "collx/transport/concept.hpp"
 
@@ -151,7 +152,7 @@ concept async_pair =
 
 }  // namespace detail
 
-class communicator {
+class communicator : public detail::untyped_calls<communicator> {
  public:
   template <transport T>
   explicit communicator(T t, communicator_config cfg = {}) : communicator(std::move(t), cfg, nullptr) {}
@@ -299,17 +300,10 @@ class communicator {
                                const options& o = {}) {
     return submit(collective::reduce_scatter, in, out, count, t, op, o);
   }
-  void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-                  const options& o = {}) {
-    run_now(collective::all_reduce, in, out, count, t, op, o);
-  }
-  void all_gather(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
-    run_now(collective::all_gather, in, out, count, t, reduce_op::sum, o);
-  }
-  void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-                      const options& o = {}) {
-    run_now(collective::reduce_scatter, in, out, count, t, op, o);
-  }
+  // The blocking forms (front/untyped.hpp).
+  using untyped_calls::all_gather;
+  using untyped_calls::all_reduce;
+  using untyped_calls::reduce_scatter;
 
   // A rank that times out waiting for a peer cannot tell a stalled peer from one that is
   // itself waiting. With an explainer (one that compares notes through the rendezvous
@@ -329,6 +323,8 @@ class communicator {
   std::string failure() const { return s_->failed.why(); }
 
  private:
+  friend class detail::untyped_calls<communicator>;
+
   template <class R>
   static constexpr dtype dtype_of_range() noexcept {
     return dtype_v<detail::elem_t<R>>;

@@ -58,6 +58,7 @@
 #include "collx/front/failure.hpp"
 #include "collx/front/program.hpp"
 #include "collx/front/resolve.hpp"
+#include "collx/front/untyped.hpp"
 #include "collx/net/socket.hpp"
 #include "collx/rendezvous/store.hpp"
 #include "collx/transport/shm.hpp"
@@ -103,7 +104,7 @@ struct ipc_control_header {
 
 // Rank `rank` of `size` processes. Api: see above.
 template <class Api>
-class ipc_communicator {
+class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
  public:
   ipc_communicator(store& st, int rank, int size, Api api, ipc_options opt = {},
                    const std::string& prefix = "collx/ipc")
@@ -146,18 +147,8 @@ class ipc_communicator {
   int size() const noexcept { return size_; }
   Api& api() noexcept { return api_; }
 
-  // In place as in collx::communicator. Blocks until the call is done on this rank.
-  void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-                  const options& o = {}) {
-    run(collective::all_reduce, in, out, count, t, op, o);
-  }
-  void all_gather(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
-    run(collective::all_gather, in, out, count, t, reduce_op::sum, o);
-  }
-  void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-                      const options& o = {}) {
-    run(collective::reduce_scatter, in, out, count, t, op, o);
-  }
+  // all_reduce, all_gather, reduce_scatter: the untyped calls (front/untyped.hpp), in
+  // place as in collx::communicator; each blocks until the call is done on this rank.
 
   // Gives up: every peer's waits end with an error naming this rank; later calls fail.
   void abort() noexcept {
@@ -262,8 +253,10 @@ class ipc_communicator {
     return programs_.back().image;
   }
 
-  void run(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-           const options& o) {
+  friend class detail::untyped_calls<ipc_communicator>;
+
+  void run_now(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+               const options& o) {
     const std::string_view name = to_string(coll);
     failed_.check(name, rank_, "create a new one");
     const detail::checked_call c =

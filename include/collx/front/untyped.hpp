@@ -1,0 +1,36 @@
+#pragma once
+
+// The untyped blocking calls, as in NCCL (pointers, a count per rank and a dtype),
+// written once for every host entry. Entry runs a call with
+// run_now(collective, in, out, count, type, op, options) and befriends this class.
+// In place when in == out (all_reduce), in == out + rank*count*size (all_gather), or
+// out == in + rank*count*size (reduce_scatter).
+
+#include <cstddef>
+
+#include "collx/core/dtype.hpp"
+#include "collx/core/options.hpp"
+#include "collx/core/reduce.hpp"
+
+namespace collx::detail {
+
+template <class Entry>
+class untyped_calls {
+ public:
+  void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                  const options& o = {}) {
+    entry().run_now(collective::all_reduce, in, out, count, t, op, o);
+  }
+  void all_gather(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
+    entry().run_now(collective::all_gather, in, out, count, t, reduce_op::sum, o);
+  }
+  void reduce_scatter(const void* in, void* out, std::size_t count, dtype t, reduce_op op,
+                      const options& o = {}) {
+    entry().run_now(collective::reduce_scatter, in, out, count, t, op, o);
+  }
+
+ private:
+  Entry& entry() noexcept { return static_cast<Entry&>(*this); }
+};
+
+}  // namespace collx::detail
