@@ -169,7 +169,7 @@ resolved_run run_resolved(int p, std::size_t count, std::uint32_t slots, std::ui
   resolved_run run;
   run.call = detail::resolve(collective::all_reduce, count, dtype::f32, reduce_op::sum, options{}, cfg, p, 0,
                              slots * slot_bytes);
-  const peer_memory::program_key key{collective::all_reduce, run.call.algo, count, run.call.segment, false};
+  const detail::call_shape key{collective::all_reduce, run.call.algo, count, run.call.segment, false};
   run.status.resize(static_cast<std::size_t>(p));
   for (int r = 0; r < p; ++r) run.bufs.emplace_back(collective::all_reduce, p, r, count, false);
   const auto start = std::chrono::steady_clock::now();

@@ -36,6 +36,7 @@
 #include "collx/exec/host.hpp"
 #include "collx/front/check.hpp"
 #include "collx/front/failure.hpp"
+#include "collx/front/program.hpp"
 #include "collx/front/resolve.hpp"
 #include "collx/front/untyped.hpp"
 #include "collx/schedule/schedule.hpp"
@@ -89,15 +90,6 @@ struct call {
   std::shared_ptr<request_state> done;
 };
 
-struct plan_key {
-  collective coll;
-  algorithm algo;
-  std::size_t count;
-  std::size_t segment;
-  bool in_place;
-  friend bool operator==(const plan_key&, const plan_key&) = default;
-};
-
 struct comm_state {
   // What the transport was built with and must outlive it (the rendezvous store, whose
   // server rank 0 keeps for the job's lifetime); declared first, so destroyed last.
@@ -110,7 +102,7 @@ struct comm_state {
   // Plans of recent call shapes, most recent first. Building is the only allocation
   // of a call, so a training loop that repeats its shapes allocates nothing.
   static constexpr std::size_t plan_cache_size = 16;
-  std::vector<std::pair<plan_key, std::shared_ptr<const plan>>> plans;
+  std::vector<std::pair<call_shape, std::shared_ptr<const plan>>> plans;
 
   failure_latch failed;  // the first failure, and how many calls finished before it
 
@@ -461,7 +453,7 @@ class communicator : public detail::untyped_calls<communicator> {
 
   static std::shared_ptr<const plan> plan_for(detail::comm_state& s, const detail::call& c, algorithm a,
                                               std::size_t segment) {
-    const detail::plan_key key{c.coll, a, c.count, segment, c.in_place};
+    const detail::call_shape key{c.coll, a, c.count, segment, c.in_place};
     auto& v = s.plans;
     for (std::size_t i = 0; i < v.size(); ++i) {
       if (v[i].first == key) {
@@ -470,8 +462,7 @@ class communicator : public detail::untyped_calls<communicator> {
         return v.front().second;
       }
     }
-    auto p = std::make_shared<const plan>(
-        algorithms::build(a, {c.coll, s.rank, s.size, c.count, segment, c.in_place}));
+    auto p = std::make_shared<const plan>(detail::schedule_for(key, s.rank, s.size));
     if (v.size() == detail::comm_state::plan_cache_size) v.pop_back();
     v.insert(v.begin(), {key, p});
     return p;

@@ -160,7 +160,7 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
 
  private:
   struct cached {
-    peer_memory::program_key key;
+    detail::call_shape key;
     peer_memory::program_image image;
   };
 
@@ -244,7 +244,7 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     throw error(errc::invalid_argument, coll, rank_, error::no_rank, why);
   }
 
-  const peer_memory::program_image& program(const peer_memory::program_key& key) {
+  const peer_memory::program_image& program(const detail::call_shape& key) {
     for (auto& c : programs_) {
       if (c.key == key) return c.image;
     }

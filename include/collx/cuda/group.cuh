@@ -345,7 +345,7 @@ class communicator {
   communicator(std::shared_ptr<detail::group_state> g, int r) : g_(std::move(g)), rank_(r) {}
 
   struct cached_program {
-    peer_memory::program_key key;
+    collx::detail::call_shape key;
     peer_memory::program_image image;  // the host copy stays: the upload is asynchronous
     detail::device_ptr<std::byte> bytes;
     peer_memory::program_view view;
@@ -411,7 +411,7 @@ class communicator {
 
   const peer_memory::program_view& program(collective coll, algorithm a, std::size_t count,
                                            std::size_t segment, bool in_place, cudaStream_t stream) {
-    const peer_memory::program_key key{coll, a, count, segment, in_place};
+    const collx::detail::call_shape key{coll, a, count, segment, in_place};
     for (auto& c : programs_) {
       if (c.key == key) return c.view;
     }

@@ -59,7 +59,7 @@ class host_executor {
     const std::size_t es = size_of(call.type);
     reserve(s.steps.size(), pl.staged * es, s.scratch_count * es);
     if (bufs.scratch == nullptr) bufs.scratch = scratch_.get();
-    running r{t, pl, s, bufs, call, es, pl.staged * es};
+    running r{t, pl, bufs, call, es, pl.staged * es};
     std::fill_n(state_.get(), s.steps.size(), waiting);
     inflight_.clear();
     free_slots_.clear();
@@ -85,13 +85,13 @@ class host_executor {
   struct running {
     T& t;
     const plan& pl;
-    const schedule& s;
     exec_buffers bufs;
     const exec_call& call;
     std::size_t es;           // element size
     std::size_t slot_bytes;   // of a staging slot
     std::size_t done = 0;     // steps finished
     std::size_t current = 0;  // the step being started or completed, for error reports
+    const schedule& s = pl.sched;
 
     std::byte* bytes(const region& g) const {
       std::byte* base = g.buf == buffer::output    ? bufs.output

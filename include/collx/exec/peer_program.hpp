@@ -39,15 +39,6 @@ struct program_image {
   }
 };
 
-// What a compiled program is cached under: the call shape that built it.
-struct program_key {
-  collective coll = collective::all_reduce;
-  algorithm algo = algorithm::ring;
-  std::size_t count = 0, segment = 1;
-  bool in_place = false;
-  friend bool operator==(const program_key&, const program_key&) = default;
-};
-
 inline program_image compile(const schedule& s) {
   const channel_layout channels(s);
   const std::uint32_t nq = channels.count;

@@ -1,15 +1,36 @@
 #pragma once
 
-// The peer program of one call shape: the front end builds the schedule (the algorithm
-// is its choice) and hands the peer executor only the compiled program.
+// A call's shape and what is built from it: the front end builds the schedule (the
+// algorithm is its choice) and hands each executor only what it runs, the host plan or
+// the peer program. Every entry caches what it built under the call's shape.
 
 #include "collx/algorithms/select.hpp"
 #include "collx/exec/peer_program.hpp"
 
-namespace collx::peer_memory {
+namespace collx {
+namespace detail {
 
-inline program_image program_for(const program_key& k, int rank, int ranks) {
-  return compile(algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place}));
+// What a plan or program is cached under: the call shape that built it.
+struct call_shape {
+  collective coll = collective::all_reduce;
+  algorithm algo = algorithm::ring;
+  std::size_t count = 0, segment = 1;
+  bool in_place = false;
+  friend bool operator==(const call_shape&, const call_shape&) = default;
+};
+
+// This rank's schedule of a call shape.
+inline schedule schedule_for(const call_shape& k, int rank, int ranks) {
+  return algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place});
 }
 
-}  // namespace collx::peer_memory
+}  // namespace detail
+
+namespace peer_memory {
+
+inline program_image program_for(const detail::call_shape& k, int rank, int ranks) {
+  return compile(detail::schedule_for(k, rank, ranks));
+}
+
+}  // namespace peer_memory
+}  // namespace collx

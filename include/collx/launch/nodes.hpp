@@ -29,11 +29,10 @@ struct node_layout {
                               const std::string& prefix = "collx/topology") {
     std::string id = detail::env_str("COLLX_NODE_ID");
     if (id.empty()) id = detail::this_host();
-    prefix_store nodes(st, prefix);
-    nodes.set("node/" + std::to_string(rank), id);
+    prefix_store nodes = prefix_store(st, prefix).view("node");
+    nodes.set(std::to_string(rank), id);
     std::vector<std::string> ids(static_cast<std::size_t>(size));
-    for (int q = 0; q < size; ++q)
-      ids[static_cast<std::size_t>(q)] = nodes.get("node/" + std::to_string(q), timeout);
+    for (int q = 0; q < size; ++q) ids[static_cast<std::size_t>(q)] = nodes.get(std::to_string(q), timeout);
     node_layout t;
     std::map<std::string, int> index;
     for (int q = 0; q < size; ++q) {
