@@ -30,6 +30,7 @@ struct baseline_case {
   // What collx is asked to run (--algo): the GPU runners of collx pass it on; the
   // baselines choose their own algorithms and ignore it.
   collx::algorithm algo = collx::algorithm::automatic;
+  int root = 0;  // broadcast's source, reduce's destination (-r)
 };
 
 struct baseline_result {
@@ -38,7 +39,7 @@ struct baseline_result {
   std::string algorithm;  // what the library ran, e.g. "MPI_Allreduce", "ring"
 };
 
-// Elements of one rank's input and of its result.
+// Elements of one rank's input and of its result (a reduce's result is the root's only).
 inline std::size_t input_elements(const baseline_case& c, int ranks) {
   return c.coll == collx::collective::reduce_scatter ? c.count * static_cast<std::size_t>(ranks) : c.count;
 }

@@ -1,7 +1,8 @@
 #pragma once
 
 // The baselines collx-bench runs beside collx in the same run: MPI's own collectives
-// (MPI_Allreduce, MPI_Allgather, MPI_Reduce_scatter_block) and Gloo's over its TCP
+// (MPI_Allreduce, MPI_Allgather, MPI_Reduce_scatter_block, MPI_Bcast, MPI_Reduce) and
+// Gloo's (allreduce, allgather, reduce-scatter, broadcast, reduce) over its TCP
 // transport on loopback. Each is compiled in only where CMake found its library
 // (COLLX_BENCH_HAVE_MPI, COLLX_BENCH_HAVE_GLOO), so collx-bench builds without either;
 // one that cannot run says why instead of returning a figure.
@@ -47,8 +48,10 @@
 #include <gloo/allgather.h>
 #include <gloo/allreduce.h>
 #include <gloo/barrier.h>
+#include <gloo/broadcast.h>
 #include <gloo/context.h>
 #include <gloo/math.h>
+#include <gloo/reduce.h>
 #include <gloo/reduce_scatter.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/file_store.h>
@@ -63,62 +66,126 @@ namespace detail {
 // collx-bench's inputs: small integers, so sums and products are exact in every type and
 // a correct result is bit-exact. 0..6, or 0..1 where p ranks of 6 would pass 256, the
 // largest integer bf16 holds exactly.
-inline void reference_fill(const baseline_case& c, int ranks, int rank, std::size_t first, void* buf,
-                           std::size_t n) {
+inline int reference_value(const baseline_case& c, int ranks, int rank, std::size_t k) {
   const auto range = static_cast<std::size_t>(ranks * 6 <= 256 ? 7 : 2);
   const auto r = static_cast<std::size_t>(rank);
+  return c.op == collx::reduce_op::prod ? 1 + static_cast<int>((k + r) % 7 == 0)
+                                        : static_cast<int>((k * 3 + r * 5) % range);
+}
+
+template <class T>
+T from_double(double x) {
+  if constexpr (std::is_same_v<T, collx::half> || std::is_same_v<T, collx::bfloat16>) {
+    return T(static_cast<float>(x));
+  } else if constexpr (std::is_integral_v<T>) {
+    return static_cast<T>(static_cast<long long>(x));  // modular, as collx's integer arithmetic
+  } else {
+    return static_cast<T>(x);
+  }
+}
+
+template <class T>
+double to_double(T x) {
+  if constexpr (std::is_same_v<T, collx::half> || std::is_same_v<T, collx::bfloat16>) {
+    return static_cast<double>(static_cast<float>(x));
+  } else {
+    return static_cast<double>(x);
+  }
+}
+
+inline void reference_fill(const baseline_case& c, int ranks, int rank, std::size_t first, void* buf,
+                           std::size_t n) {
   collx::detail::visit_dtype(c.type, [&](auto tag) {
     using T = decltype(tag);
     auto* v = static_cast<T*>(buf);
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::size_t k = first + i;
-      const int x = c.op == collx::reduce_op::prod ? 1 + static_cast<int>((k + r) % 7 == 0)
-                                                   : static_cast<int>((k * 3 + r * 5) % range);
-      if constexpr (std::is_same_v<T, collx::half> || std::is_same_v<T, collx::bfloat16>) {
-        v[i] = T(static_cast<float>(x));
-      } else {
-        v[i] = static_cast<T>(x);
-      }
-    }
+    for (std::size_t i = 0; i < n; ++i) v[i] = from_double<T>(reference_value(c, ranks, rank, first + i));
   });
 }
 
-inline long long count_wrong(const std::byte* got, const std::byte* want, std::size_t n, std::size_t es) {
+// Element k of the reduction over all ranks, computed here and not by collx: exact
+// integers (modulo 2^64, then the type's width, as integer types wrap), the average in
+// double.
+inline double reference_reduction(const baseline_case& c, int ranks, std::size_t k) {
+  std::uint64_t acc = static_cast<std::uint64_t>(reference_value(c, ranks, 0, k));
+  double wide = static_cast<double>(acc);  // the same in double, for the floating types' products
+  for (int r = 1; r < ranks; ++r) {
+    const int x = reference_value(c, ranks, r, k);
+    switch (c.op) {
+      case collx::reduce_op::sum:
+      case collx::reduce_op::avg: acc += static_cast<std::uint64_t>(x); break;
+      case collx::reduce_op::prod:
+        acc *= static_cast<std::uint64_t>(x);
+        wide *= x;
+        break;
+      case collx::reduce_op::min: acc = std::min(acc, static_cast<std::uint64_t>(x)); break;
+      case collx::reduce_op::max: acc = std::max(acc, static_cast<std::uint64_t>(x)); break;
+    }
+  }
+  if (c.op == collx::reduce_op::avg) return static_cast<double>(acc) / ranks;
+  if (c.op == collx::reduce_op::prod && collx::is_floating(c.type)) return wide;
+  return static_cast<double>(static_cast<std::int64_t>(acc));
+}
+
+// Elements of got[0..n) that differ from want(k); bit-exact but for the average, which
+// rounds once to the type.
+template <class Want>
+long long count_wrong(const baseline_case& c, const void* got, std::size_t n, Want&& want) {
   long long w = 0;
-  for (std::size_t i = 0; i < n; ++i) w += std::memcmp(got + i * es, want + i * es, es) != 0 ? 1 : 0;
+  collx::detail::visit_dtype(c.type, [&](auto tag) {
+    using T = decltype(tag);
+    const auto* g = static_cast<const T*>(got);
+    const double tol = std::is_same_v<T, collx::half>       ? 1e-3
+                       : std::is_same_v<T, collx::bfloat16> ? 8e-3
+                       : std::is_same_v<T, float>           ? 1e-6
+                                                            : 1e-12;
+    for (std::size_t i = 0; i < n; ++i) {
+      const double x = want(i);
+      if (c.op == collx::reduce_op::avg && collx::is_floating(c.type)) {
+        w += std::abs(to_double(g[i]) - x) <= tol * std::max(1.0, std::abs(x)) ? 0 : 1;
+      } else {
+        const T t = from_double<T>(x);
+        w += std::memcmp(&g[i], &t, sizeof(T)) != 0 ? 1 : 0;
+      }
+    }
+  });
   return w;
 }
 
 }  // namespace detail
 
-// collx-bench's inputs and its serial reference (reduction in rank order with collx's own
-// arithmetic), for a harness that has none of its own to pass, and for baselines_check.
+// collx-bench's inputs and its serial reference, computed independently of collx's own
+// reduction code, for every contender: collx, the baselines, the GPU runners.
 inline baseline_data reference_data(const baseline_case& c, int ranks) {
   baseline_data d;
   d.fill = [c, ranks](void* buf, int rank, std::size_t n) {
     detail::reference_fill(c, ranks, rank, 0, buf, n);
   };
   d.check = [c, ranks](const void* result, int rank, std::size_t n) -> long long {
-    const std::size_t es = collx::size_of(c.type);
-    const auto* got = static_cast<const std::byte*>(result);
-    std::vector<std::byte> want(c.count * es), x(c.count * es);
-    if (c.coll == collx::collective::all_gather) {
-      long long w = 0;
-      for (int j = 0; j < ranks && static_cast<std::size_t>(j) * c.count < n; ++j) {
-        detail::reference_fill(c, ranks, j, 0, want.data(), c.count);
-        w += detail::count_wrong(got + static_cast<std::size_t>(j) * c.count * es, want.data(), c.count, es);
+    const std::size_t m = std::min(n, c.count);
+    switch (c.coll) {
+      case collx::collective::all_gather: {
+        long long w = 0;
+        const std::size_t es = collx::size_of(c.type);
+        for (int j = 0; j < ranks && static_cast<std::size_t>(j) * c.count < n; ++j) {
+          const auto* block =
+              static_cast<const std::byte*>(result) + static_cast<std::size_t>(j) * c.count * es;
+          w += detail::count_wrong(c, block, c.count,
+                                   [&](std::size_t k) { return detail::reference_value(c, ranks, j, k); });
+        }
+        return w;
       }
-      return w;
+      case collx::collective::broadcast:
+        return detail::count_wrong(
+            c, result, m, [&](std::size_t k) { return detail::reference_value(c, ranks, c.root, k); });
+      case collx::collective::reduce:
+        if (rank != c.root) return 0;  // the other ranks' output is not the call's
+        break;
+      default: break;
     }
     const std::size_t first =
         c.coll == collx::collective::reduce_scatter ? static_cast<std::size_t>(rank) * c.count : 0;
-    detail::reference_fill(c, ranks, 0, first, want.data(), c.count);
-    for (int r = 1; r < ranks; ++r) {
-      detail::reference_fill(c, ranks, r, first, x.data(), c.count);
-      collx::reduce(c.type, c.op, want.data(), want.data(), x.data(), c.count);
-    }
-    if (c.op == collx::reduce_op::avg) collx::finish_avg(c.type, want.data(), c.count, ranks);
-    return detail::count_wrong(got, want.data(), std::min(n, c.count), es);
+    return detail::count_wrong(
+        c, result, m, [&](std::size_t k) { return detail::reference_reduction(c, ranks, first + k); });
   };
   return d;
 }
@@ -296,7 +363,7 @@ class mpi_baseline {
       return std::nullopt;
     }
     if (!detail::valid_case(c, why)) return std::nullopt;
-    const bool reduces = c.coll != collx::collective::all_gather;
+    const bool reduces = collx::reduces(c.coll);
     MPI_Datatype t = MPI_DATATYPE_NULL;
     switch (c.type) {
       case collx::dtype::i8: t = MPI_INT8_T; break;
@@ -332,6 +399,9 @@ class mpi_baseline {
     const int n = static_cast<int>(c.count);
     const MPI_Comm comm = comm_;
     const bool in_place = c.in_place;
+    const int root = c.root;
+    const int me = rank_;
+    const std::size_t bytes = c.count * collx::size_of(c.type);
     baseline_result meta;
     auto make = [&](std::byte* send, std::byte* recv) -> std::function<void()> {
       void* s = in_place ? MPI_IN_PLACE : send;
@@ -346,6 +416,19 @@ class mpi_baseline {
         case collx::collective::reduce_scatter:
           meta.algorithm = "MPI_Reduce_scatter_block";
           return [=] { MPI_Reduce_scatter_block(s, recv, n, t, op, comm); };
+        case collx::collective::broadcast:
+          meta.algorithm = "MPI_Bcast";
+          // MPI_Bcast has only the in-place form: out of place, the root first copies its
+          // input to its output, as a user of MPI would.
+          return [=] {
+            if (!in_place && me == root) std::memcpy(recv, send, bytes);
+            MPI_Bcast(recv, n, t, root, comm);
+          };
+        case collx::collective::reduce:
+          meta.algorithm = "MPI_Reduce";
+          // In place, the root passes MPI_IN_PLACE and the others their buffer as the input.
+          return [=] { MPI_Reduce(in_place && me != root ? send : s, recv, n, t, op, root, comm); };
+        default: break;
       }
       return [] {};
     };
@@ -591,7 +674,7 @@ class gloo_baseline {
                                      const baseline_data& data = {}) {
 #if COLLX_BENCH_HAVE_GLOO
     if (!detail::valid_case(c, why)) return std::nullopt;
-    const bool reduces = c.coll != collx::collective::all_gather;
+    const bool reduces = collx::reduces(c.coll);
     if (reduces && c.type == collx::dtype::bf16) {
       why = "Gloo has no bf16 arithmetic";
       return std::nullopt;
@@ -666,6 +749,35 @@ class gloo_baseline {
             };
           });
           break;
+        case collx::collective::broadcast: {
+          algorithm = "one_to_all";
+          auto o = std::make_shared<gloo::BroadcastOptions>(ctx_);
+          // The root's input, when it has one apart; everyone's output.
+          if (!in_place && rank_ == c.root) o->setInput(reinterpret_cast<std::uint8_t*>(send), count * es);
+          o->setOutput(reinterpret_cast<std::uint8_t*>(recv), count * es);
+          o->setRoot(c.root);
+          f = [this, o] {
+            o->setTag(next_tag());
+            gloo::broadcast(*o);
+          };
+          break;
+        }
+        case collx::collective::reduce:
+          algorithm = "ring";
+          detail::gloo_visit(c.type, [&](auto tag) {
+            using T = decltype(tag);
+            auto o = std::make_shared<gloo::ReduceOptions>(ctx_);
+            if (!in_place) o->setInput(reinterpret_cast<T*>(send), count);
+            o->setOutput(reinterpret_cast<T*>(recv), count);
+            o->setRoot(c.root);
+            o->setReduceFunction(detail::gloo_function<T>(c.op));
+            f = [this, o] {
+              o->setTag(next_tag());
+              gloo::reduce(*o);
+            };
+          });
+          break;
+        default: break;
       }
       // Gloo's algorithms are not all ready for empty vectors; there is nothing to move.
       if (count == 0) f = [] {};

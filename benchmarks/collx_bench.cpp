@@ -1,16 +1,18 @@
 // collx-bench: the nccl-tests-style harness.
 //
-//   collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]
+//   collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce] [-r ROOT] [--algo NAME|auto]
 //               [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] [--gpu]
 //               [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
 //               [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
 //
 // Options mean what they mean in nccl-tests. size is nccl-tests' size: the whole buffer
-// of all-reduce, the whole gathered (all-gather) or scattered (reduce-scatter) buffer.
-// time is the mean over -n iterations after -w warm-up ones, the maximum over ranks.
-// algbw = size / time; busbw = algbw * 2(p-1)/p for all-reduce, (p-1)/p otherwise.
-// With -c 1 every rank checks its result against a serial reduction of the inputs it
-// can compute for every rank; #wrong counts the elements that differ.
+// of all-reduce, broadcast and reduce, the whole gathered (all-gather) or scattered
+// (reduce-scatter) buffer. time is the mean over -n iterations after -w warm-up ones, the
+// maximum over ranks. algbw = size / time; busbw = algbw * 2(p-1)/p for all-reduce, 1
+// for broadcast and reduce, (p-1)/p otherwise. With -c 1 every rank checks its result
+// against a serial reference of the inputs it can compute for every rank, computed in
+// exact integers (or double, for avg) and not by collx's reduction code
+// (baselines.hpp); #wrong counts the elements that differ.
 //
 // Ranks: --transport local runs them as threads of this process. Every other transport
 // runs them as processes: those of a launcher (collx-run, mpirun, srun, torchrun-style
@@ -79,6 +81,7 @@ struct settings {
   bool check = true;
   reduce_op op = reduce_op::sum;
   dtype type = dtype::f32;
+  int root = 0;  // broadcast's and reduce's (-r), as nccl-tests
   std::vector<std::string> vs;
   std::string json;
   std::string csv;
@@ -133,67 +136,25 @@ bool parse_op(std::string_view s, reduce_op& op) {
   return false;
 }
 
-// Small integers: sums and products of them are exact in every type, so a correct
-// result is bit-exact and the check is strict. Values run 0..6, or 0..1 where p ranks of
-// 6 would pass 256, the largest integer bf16 holds exactly; main() refuses f16/bf16
-// checks past 256 ranks.
-int value_range(int ranks) { return ranks * 6 <= 256 ? 7 : 2; }
+// The whole buffer is the size for all-reduce, broadcast and reduce; the gathered (or
+// scattered) one, p blocks, for all-gather and reduce-scatter.
+bool whole_buffer(collective c) { return c == collective::all_reduce || rooted(c); }
 
-void fill(dtype t, reduce_op op, int rank, std::size_t first, std::byte* p, std::size_t n, int ranks) {
-  detail::visit_dtype(t, [&](auto tag) {
-    using T = decltype(tag);
-    auto* v = reinterpret_cast<T*>(p);
-    for (std::size_t i = 0; i < n; ++i) {
-      const std::size_t k = first + i;
-      const int x = op == reduce_op::prod
-                        ? 1 + static_cast<int>((k + static_cast<std::size_t>(rank)) % 7 == 0)
-                        : static_cast<int>((k * 3 + static_cast<std::size_t>(rank) * 5) %
-                                           static_cast<std::size_t>(value_range(ranks)));
-      if constexpr (std::is_same_v<T, half> || std::is_same_v<T, bfloat16>) {
-        v[i] = T(static_cast<float>(x));
-      } else {
-        v[i] = static_cast<T>(x);
-      }
-    }
-  });
-}
-
-// The expected result of elements [first, first+n) of the reduced vector, by serial
-// reduction in rank order with collx's own arithmetic.
-std::vector<std::byte> expected(const settings& s, std::size_t first, std::size_t n) {
-  const std::size_t es = size_of(s.type);
-  std::vector<std::byte> acc(n * es), x(n * es);
-  fill(s.type, s.op, 0, first, acc.data(), n, s.np);
-  for (int r = 1; r < s.np; ++r) {
-    fill(s.type, s.op, r, first, x.data(), n, s.np);
-    reduce(s.type, s.op, acc.data(), acc.data(), x.data(), n);
-  }
-  if (s.op == reduce_op::avg) finish_avg(s.type, acc.data(), n, s.np);
-  return acc;
-}
-
-long long count_wrong(const std::byte* got, const std::byte* want, std::size_t n, std::size_t es) {
-  long long w = 0;
-  for (std::size_t i = 0; i < n; ++i) w += std::memcmp(got + i * es, want + i * es, es) != 0 ? 1 : 0;
-  return w;
-}
-
-// Elements of rank `rank`'s result that differ from the reference; count is per rank (a
-// block of all-gather and reduce-scatter, the whole buffer of all-reduce).
-long long wrong_elements(const settings& s, const std::byte* got, int rank, std::size_t count) {
-  const std::size_t es = size_of(s.type);
-  if (s.coll == collective::all_gather) {
-    std::vector<std::byte> want(count * es);
-    long long w = 0;
-    for (int j = 0; j < s.np; ++j) {
-      fill(s.type, s.op, j, 0, want.data(), count, s.np);
-      w += count_wrong(got + static_cast<std::size_t>(j) * count * es, want.data(), count, es);
-    }
-    return w;
-  }
-  const std::size_t first = s.coll == collective::reduce_scatter ? static_cast<std::size_t>(rank) * count : 0;
-  const auto want = expected(s, first, count);
-  return count_wrong(got, want.data(), count, es);
+// The case as the baselines take it: its inputs and its reference (baselines.hpp), which
+// collx's rows use too. count is per rank.
+bench::baseline_case case_of(const settings& s, std::size_t count, bool in_place) {
+  bench::baseline_case bc;
+  bc.coll = s.coll;
+  bc.type = s.type;
+  bc.op = s.op;
+  bc.count = count;
+  bc.in_place = in_place;
+  bc.iters = s.iters;
+  bc.warmup = s.warmup;
+  bc.check = s.check;
+  bc.algo = s.algo;
+  bc.root = s.root;
+  return bc;
 }
 
 std::vector<std::string> split(std::string_view list) {
@@ -221,12 +182,13 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
   const auto ur = static_cast<std::size_t>(r);
   const std::size_t es = size_of(s.type);
   const bool whole_in = s.coll == collective::reduce_scatter;
-  const std::size_t count = s.coll == collective::all_reduce ? bytes / es : bytes / es / up;  // per rank
+  const std::size_t count = whole_buffer(s.coll) ? bytes / es : bytes / es / up;  // per rank
   row out;
   const communicator_config cfg;  // what the communicators were built with
-  out.algo = algorithms::resolve(s.algo, cfg.algo, s.coll, p, static_cast<double>(count * es), cfg.model);
-  out.bytes = s.coll == collective::all_reduce ? count * es : count * es * up;
-  out.count = s.coll == collective::all_reduce ? count : count * up;
+  out.algo = algorithms::resolve(s.algo, cfg.algo, s.coll, p, static_cast<double>(count * es), cfg.model,
+                                 static_cast<double>(cfg.segment_bytes));
+  out.bytes = whole_buffer(s.coll) ? count * es : count * es * up;
+  out.count = whole_buffer(s.coll) ? count : count * up;
   out.in_place = in_place;
   options o;
   o.algo = s.algo;
@@ -235,7 +197,8 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
   const std::size_t buf_n = in_place ? std::max(in_n, out_n) : 0;
   std::vector<std::byte> in(in_n * es), outb(out_n * es), inplace(buf_n * es);
   // Each rank's contribution: the vector it reduces, or its block of the gather.
-  fill(s.type, s.op, r, 0, in.data(), in_n, p);
+  const bench::baseline_data data = bench::reference_data(case_of(s, count, in_place), p);
+  data.fill(in.data(), r, in_n);
   std::byte* send = in.data();
   std::byte* recv = outb.data();
   auto prepare = [&] {
@@ -252,6 +215,9 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
       case collective::all_reduce: c.all_reduce(send, recv, count, s.type, s.op, o); break;
       case collective::all_gather: c.all_gather(send, recv, count, s.type, o); break;
       case collective::reduce_scatter: c.reduce_scatter(send, recv, count, s.type, s.op, o); break;
+      case collective::broadcast: c.broadcast(send, recv, count, s.type, s.root, o); break;
+      case collective::reduce: c.reduce(send, recv, count, s.type, s.op, s.root, o); break;
+      case collective::barrier: c.barrier(o); break;
     }
   };
   prepare();
@@ -274,7 +240,7 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
     once();
     const std::byte* got = recv;
     if (s.plant_error && r == 0 && out_n > 0) const_cast<std::byte*>(got)[0] ^= std::byte{0x41};
-    wrong += wrong_elements(s, got, r, count);
+    wrong += out_n > 0 ? data.check(got, r, out_n) : 0;
     std::int64_t w = wrong;
     c.all_reduce(std::span(&w, 1), reduce_op::sum);
     wrong = w;
@@ -289,7 +255,8 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
 int usage() {
   std::fprintf(
       stderr,
-      "usage: collx-bench [--coll allreduce|allgather|reducescatter] [--algo NAME|auto]\n"
+      "usage: collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce] [-r ROOT]\n"
+      "                   [--algo NAME|auto]\n"
       "                   [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] "
       "[--gpu]\n"
       "                   [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP] [-c 0|1]\n"
@@ -320,46 +287,23 @@ contender collx_contender(const settings& s, communicator& c, std::string transp
           }};
 }
 
-bench::baseline_data baseline_checks(const settings& s) {
-  bench::baseline_data d;
-  d.fill = [&s](void* buf, int rank, std::size_t n) {
-    fill(s.type, s.op, rank, 0, static_cast<std::byte*>(buf), n, s.np);
-  };
-  d.check = [&s](const void* result, int rank, std::size_t n) -> long long {
-    // n: the result's elements, which for all-gather are every rank's block.
-    const std::size_t count = s.coll == collective::all_gather ? n / static_cast<std::size_t>(s.np) : n;
-    return wrong_elements(s, static_cast<const std::byte*>(result), rank, count);
-  };
-  return d;
-}
-
 // A baseline as a contender: the same sizes, inputs and reference as collx. Also collx's
 // GPU runners (impl "collx"), which have the baselines' run() and say what algorithm ran.
 template <class Baseline>
 contender baseline_contender(const settings& s, std::string impl, std::string transport, Baseline& b) {
   return {std::move(impl), std::move(transport),
-          [&s, &b, data = baseline_checks(s)](std::size_t bytes,
-                                              std::string& why) -> std::optional<std::pair<row, row>> {
+          [&s, &b](std::size_t bytes, std::string& why) -> std::optional<std::pair<row, row>> {
             const std::size_t es = size_of(s.type);
             const auto up = static_cast<std::size_t>(s.np);
-            const std::size_t count = s.coll == collective::all_reduce ? bytes / es : bytes / es / up;
+            const std::size_t count = whole_buffer(s.coll) ? bytes / es : bytes / es / up;
             std::pair<row, row> out;
             for (bool ip : {false, true}) {
-              bench::baseline_case bc;
-              bc.coll = s.coll;
-              bc.type = s.type;
-              bc.op = s.op;
-              bc.count = count;
-              bc.in_place = ip;
-              bc.iters = s.iters;
-              bc.warmup = s.warmup;
-              bc.check = s.check;
-              bc.algo = s.algo;
-              const auto res = b.run(bc, why, data);
+              const bench::baseline_case bc = case_of(s, count, ip);
+              const auto res = b.run(bc, why, bench::reference_data(bc, s.np));
               if (!res) return std::nullopt;
               row& x = ip ? out.second : out.first;
-              x.bytes = s.coll == collective::all_reduce ? count * es : count * es * up;
-              x.count = s.coll == collective::all_reduce ? count : count * up;
+              x.bytes = whole_buffer(s.coll) ? count * es : count * es * up;
+              x.count = whole_buffer(s.coll) ? count : count * up;
               x.in_place = ip;
               x.time_us = res->time_us;
               const double t = res->time_us * 1e-6;
@@ -398,8 +342,7 @@ int sweep(const settings& s, std::vector<contender>& who,
   double bus_sum = 0;
   int bus_n = 0;
   std::vector<std::string> failed(who.size());  // a baseline that could not run, and why
-  const std::size_t unit =
-      size_of(s.type) * (s.coll == collective::all_reduce ? 1 : static_cast<std::size_t>(s.np));
+  const std::size_t unit = size_of(s.type) * (whole_buffer(s.coll) ? 1 : static_cast<std::size_t>(s.np));
   // One untimed pass at the first size: the first row would otherwise carry what the
   // start of a job costs (other ranks still starting, pages, caches, a sleeping peer).
   for (std::size_t k = 0; k < who.size(); ++k) {
@@ -432,9 +375,9 @@ int sweep(const settings& s, std::vector<contender>& who,
       }
       if (print) {
         std::printf("  %10zu %12zu %8s %6s %6d %9.2f %7.2f %7.2f %6lld %9.2f %7.2f %7.2f %6lld  %-10s %s\n",
-                    oop.bytes, oop.count, dtype_name(s.type), std::string(to_string(s.op)).c_str(), -1,
-                    oop.time_us, oop.algbw, oop.busbw, oop.wrong, ip.time_us, ip.algbw, ip.busbw, ip.wrong,
-                    label.c_str(), ratio.c_str());
+                    oop.bytes, oop.count, dtype_name(s.type), std::string(to_string(s.op)).c_str(),
+                    rooted(s.coll) ? s.root : -1, oop.time_us, oop.algbw, oop.busbw, oop.wrong, ip.time_us,
+                    ip.algbw, ip.busbw, ip.wrong, label.c_str(), ratio.c_str());
       }
       for (const row& x : {oop, ip}) {
         const std::string algo = who[k].impl == "collx" ? std::string(to_string(x.algo)) : x.peer_algo;
@@ -949,6 +892,9 @@ int main(int argc, char** argv) {
       s.check = v != "0";
     } else if (a == "-o") {
       ok = parse_op(v, s.op);
+    } else if (a == "-r" || a == "--root") {
+      s.root = std::atoi(std::string(v).c_str());
+      ok = s.root >= 0;
     } else if (a == "-d") {
       ok = parse_dtype(v, s.type);
     } else if (a == "--vs") {
@@ -973,6 +919,14 @@ int main(int argc, char** argv) {
   if (!supports(s.type, s.op)) {
     std::fprintf(stderr, "collx-bench: %s needs a floating-point type\n",
                  std::string(to_string(s.op)).c_str());
+    return 2;
+  }
+  if (s.coll == collective::barrier) {
+    std::fprintf(stderr, "collx-bench: --coll barrier is not measured here yet (it moves no bytes)\n");
+    return 2;
+  }
+  if (rooted(s.coll) && s.root >= s.np) {
+    std::fprintf(stderr, "collx-bench: root %d is not one of %d ranks\n", s.root, s.np);
     return 2;
   }
   if (!implements(s.algo, s.coll)) {

@@ -24,8 +24,8 @@
 
 #include "collx/cuda/group.cuh"
 #include "collx/cuda/hierarchical.cuh"
-#include "collx/cuda/staged.hpp"
 #include "collx/cuda/ipc.cuh"
+#include "collx/cuda/staged.hpp"
 #include "cuda_contenders.hpp"
 
 #if COLLX_BENCH_HAVE_NCCL_H
@@ -168,6 +168,7 @@ class comm_runner final : public rank_runner {
             return [=] { comm->all_gather(send, recv, c.count, c.type, s, o); };
           case collx::collective::reduce_scatter:
             return [=] { comm->reduce_scatter(send, recv, c.count, c.type, c.op, s, o); };
+          default: break;
         }
         return [] {};
       };
@@ -201,9 +202,8 @@ class comm_runner final : public rank_runner {
 // as on the host (front/resolve.hpp), from --algo, then COLLX_ALGO, then the model.
 inline std::string as_resolved(const baseline_case& c, int ranks) {
   static const collx::communicator_config cfg;
-  return std::string(collx::to_string(collx::detail::resolve(c.coll, c.count, c.type, c.op, {.algo = c.algo}, cfg,
-                                                             ranks, 0)
-                                          .algo));
+  return std::string(collx::to_string(
+      collx::detail::resolve(c.coll, c.count, c.type, c.op, {.algo = c.algo}, cfg, ranks, 0).algo));
 }
 
 class group_impl final : public thread_group {
@@ -377,6 +377,7 @@ class nccl_runner final : public rank_runner {
           case collx::collective::reduce_scatter:
             algorithm = "ncclReduceScatter";
             return [=] { check(api.ReduceScatter(send, recv, n, t, op, comm, s), "ncclReduceScatter"); };
+          default: break;
         }
         return [] {};
       };
@@ -432,8 +433,8 @@ std::unique_ptr<rank_runner> make_staged(collx::communicator& host, int device, 
 
 std::unique_ptr<rank_runner> make_ipc(collx::store& st, int rank, int size, int device, std::size_t max_bytes,
                                       group_ops ops) {
-  return std::make_unique<comm_runner<collx::cuda::ipc_communicator>>(
-      device, max_bytes, std::move(ops), as_resolved, st, rank, size, device);
+  return std::make_unique<comm_runner<collx::cuda::ipc_communicator>>(device, max_bytes, std::move(ops),
+                                                                      as_resolved, st, rank, size, device);
 }
 
 std::unique_ptr<rank_runner> make_hier(const std::shared_ptr<collx::store>& st, const collx::launch_info& li,

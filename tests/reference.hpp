@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -35,11 +36,22 @@ inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
   return op == collx::reduce_op::avg ? acc / p : acc;
 }
 
-// Conversions that also serve the 16-bit storage types.
+// A 64-bit mix (splitmix64's finalizer): inputs hashed from (rank, index) cannot alias
+// the way a short period can.
+inline std::uint64_t mix(std::uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  return x ^ (x >> 33);
+}
+
+// Conversions that also serve the 16-bit storage types. An integer wraps to the type's
+// width (through long long: C++20's conversion is modular), as collx's arithmetic does.
 template <class T>
 T from_d(double v) {
   if constexpr (std::is_integral_v<T>) {
-    return static_cast<T>(v);
+    return static_cast<T>(static_cast<long long>(v));
   } else {
     return T(static_cast<float>(v));
   }
@@ -113,6 +125,7 @@ struct case_buffers {
       case collx::collective::all_reduce: return ref_reduce(op, p, i);
       case collx::collective::reduce_scatter: return ref_reduce(op, p, static_cast<std::size_t>(me) * n + i);
       case collx::collective::all_gather: return input(static_cast<int>(i / n), i % n);
+      default: break;  // the rooted collectives and barrier: tests/test_rooted.cpp
     }
     return 0;
   }

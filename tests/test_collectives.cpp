@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "reference.hpp"
 
 using collx::collective;
 using collx::dtype;
@@ -45,18 +46,10 @@ std::size_t max_count() {
   return cap;
 }
 
-std::uint64_t mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  return x ^ (x >> 33);
-}
-
 // Deterministic inputs. Products use small magnitudes so that p of them stay in range.
 template <class T>
 T input(int rank, std::size_t i, reduce_op op) {
-  const std::uint64_t h = mix(static_cast<std::uint64_t>(rank) * 0x9e3779b97f4a7c15ULL + i);
+  const std::uint64_t h = test::mix(static_cast<std::uint64_t>(rank) * 0x9e3779b97f4a7c15ULL + i);
   if constexpr (std::is_integral_v<T>) {
     if (op == reduce_op::prod) {
       constexpr int small[] = {1, 2, 3, -1, -2};
@@ -68,15 +61,6 @@ T input(int rank, std::size_t i, reduce_op op) {
     const double u = static_cast<double>(h >> 11) / 9007199254740992.0;  // [0, 1)
     const double v = op == reduce_op::prod ? 0.5 + 1.5 * u : 2.0 * u - 1.0;
     return T(static_cast<float>(v));
-  }
-}
-
-template <class T>
-double as_double(T v) {
-  if constexpr (std::is_arithmetic_v<T>) {
-    return static_cast<double>(v);
-  } else {
-    return static_cast<double>(static_cast<float>(v));
   }
 }
 
@@ -108,10 +92,10 @@ reference<T> reduce_ref(reduce_op op, int p, Input&& input_of) {
     }
     ref.exact = static_cast<T>(acc);
   } else {
-    double acc = as_double(input_of(0));
+    double acc = test::to_d(input_of(0));
     double mag = std::fabs(acc);
     for (int r = 1; r < p; ++r) {
-      const double x = as_double(input_of(r));
+      const double x = test::to_d(input_of(r));
       switch (op) {
         case reduce_op::sum:
         case reduce_op::avg: acc += x; break;
@@ -147,7 +131,7 @@ bool matches(T got, const reference<T>& ref, reduce_op op, int p) {
   if constexpr (std::is_integral_v<T>) {
     return got == ref.exact;
   } else {
-    const double g = as_double(got);
+    const double g = test::to_d(got);
     if (op == reduce_op::min || op == reduce_op::max) return g == ref.value;
     // Each of the p-1 hops rounds once (twice for f16/bf16: operands are exact, the
     // sum is rounded), and avg rounds once more.
@@ -274,6 +258,7 @@ void run_case(const fixture<T>& fx, collx::algorithm algo, bool in_place, std::s
         }
         result = out;
         break;
+      default: break;
     }
     rep.input_intact = digest<T>(std::span<const T>(in)) == in_digest;
     rep.digest = digest(result);
@@ -286,7 +271,7 @@ void run_case(const fixture<T>& fx, collx::algorithm algo, bool in_place, std::s
         ok = matches(result[i], fx.expected[at], fx.op, p);
       }
       if (!ok && ++rep.wrong <= 3) {
-        rep.first += " [" + std::to_string(i) + "] = " + std::to_string(as_double(result[i]));
+        rep.first += " [" + std::to_string(i) + "] = " + std::to_string(test::to_d(result[i]));
       }
     }
   }));

@@ -14,6 +14,7 @@
 #include <collx/ipc.hpp>
 #include <collx/rendezvous/store.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -120,6 +121,7 @@ long long call_and_check(ipc_communicator<host_ipc_api>& c, collective coll, alg
     case collective::all_reduce: c.all_reduce(in, dst, n, dtype_v<T>, op, o); break;
     case collective::all_gather: c.all_gather(in, dst, n, dtype_v<T>, o); break;
     case collective::reduce_scatter: c.reduce_scatter(in, dst, n, dtype_v<T>, op, o); break;
+    default: break;
   }
   const long long bad = b.wrong(op);
   if (bad != 0) {
@@ -154,6 +156,44 @@ TEST_CASE("ipc: every algorithm and collective across processes, p = 2, 3, 5") {
       bad += call_and_check<half>(c, collective::all_reduce, algorithm::ring, reduce_op::sum, 333, false);
       bad +=
           call_and_check<std::int8_t>(c, collective::all_reduce, algorithm::tree, reduce_op::min, 333, true);
+      return bad == 0 ? 0 : 1;
+    });
+    for (int r = 0; r < p; ++r) {
+      INFO("p = ", p, ", rank ", r);
+      CHECK(codes[static_cast<std::size_t>(r)] == 0);
+    }
+  }
+  CHECK(leftovers() == 0);
+}
+
+// broadcast and reduce from every root, and barriers, over the peer executor: the
+// rooted schedules' empty messages and their ordering run there too.
+TEST_CASE("ipc: broadcast, reduce and barrier across processes, p = 2, 3, 5, every root") {
+  for (int p : {2, 3, 5}) {
+    const auto codes = fork_ranks(p, [p](int r, store& st) {
+      ipc_communicator<host_ipc_api> c(st, r, p, host_ipc_api{}, small_slots());
+      long long bad = 0;
+      for (int root = 0; root < p; ++root) {
+        for (auto a : {algorithm::binomial, algorithm::chain}) {
+          for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{1001}}) {
+            std::vector<float> in(n), out(n, 99.0f);
+            for (std::size_t i = 0; i < n; ++i) in[i] = static_cast<float>(test::input(r, i));
+            options o;
+            o.algo = a;
+            c.broadcast(r == root ? in.data() : nullptr, out.data(), n, dtype::f32, root, o);
+            for (std::size_t i = 0; i < n; ++i)
+              bad += out[i] == static_cast<float>(test::input(root, i)) ? 0 : 1;
+            std::fill(out.begin(), out.end(), 99.0f);
+            c.reduce(in.data(), out.data(), n, dtype::f32, reduce_op::sum, root, o);
+            for (std::size_t i = 0; i < n; ++i) {
+              const double want = r == root ? test::ref_reduce(reduce_op::sum, p, i) : 99.0;
+              bad += out[i] == static_cast<float>(want) ? 0 : 1;
+            }
+          }
+        }
+        c.barrier();
+      }
+      if (bad != 0) std::printf("rank %d: %lld wrong\n", r, bad);
       return bad == 0 ? 0 : 1;
     });
     for (int r = 0; r < p; ++r) {

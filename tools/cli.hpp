@@ -72,12 +72,16 @@ inline std::optional<collective> parse_collective(std::string_view s) {
   if (s == "allreduce" || s == "all_reduce") return collective::all_reduce;
   if (s == "allgather" || s == "all_gather") return collective::all_gather;
   if (s == "reducescatter" || s == "reduce_scatter") return collective::reduce_scatter;
+  for (auto c : {collective::broadcast, collective::reduce, collective::barrier}) {
+    if (s == to_string(c)) return c;
+  }
   return std::nullopt;
 }
 
-// nccl-tests' bus bandwidth factor: busbw = algbw * factor.
+// nccl-tests' bus bandwidth factor: busbw = algbw * factor (broadcast and reduce: 1).
 inline double busbw_factor(collective c, int p) {
   const double n = p;
+  if (c == collective::broadcast || c == collective::reduce) return 1.0;
   return c == collective::all_reduce ? 2 * (n - 1) / n : (n - 1) / n;
 }
 

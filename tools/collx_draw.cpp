@@ -67,7 +67,8 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
     << "<rect width='100%' height='100%' fill='white'/>\n"
     << "<text x='10' y='20' font-size='14'>" << title << "</text>\n"
     << "<text x='10' y='38' fill='#c0392b'>red: received and reduced</text>"
-    << "<text x='220' y='38' fill='#2471a3'>blue: received and stored</text>\n";
+    << "<text x='220' y='38' fill='#2471a3'>blue: received and stored</text>"
+    << "<text x='430' y='38' fill='#888'>grey dashed: empty message (a signal)</text>\n";
   for (int r = 0; r < p; ++r) {
     const int y = top + r * row + row / 2;
     f << "<text x='10' y='" << y + 4 << "'>rank " << r << "</text>"
@@ -84,12 +85,16 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
     const int x2 = x1 + col - 30;
     const int y1 = top + m.from * row + row / 2;
     const int y2 = top + m.to * row + row / 2;
-    const char* color = m.reduce ? "#c0392b" : "#2471a3";
-    const int k = stacked[{m.phase, m.from}]++;
+    const bool empty = m.dst.count == 0;  // a signal: a barrier's, or a rooted call's closing round
+    const char* color = empty ? "#888" : m.reduce ? "#c0392b" : "#2471a3";
     f << "<line x1='" << x1 << "' y1='" << y1 << "' x2='" << x2 << "' y2='" << y2 << "' stroke='" << color
-      << "' stroke-width='1.5' marker-end='url(#a)'/>"
-      << "<text x='" << x1 << "' y='" << y1 - 4 - 11 * k << "' fill='" << color << "'>" << to_string(m.dst)
-      << "</text>\n";
+      << "' stroke-width='1.5' marker-end='url(#a)'" << (empty ? " stroke-dasharray='4 3'" : "") << "/>";
+    if (!empty) {
+      const int k = stacked[{m.phase, m.from}]++;
+      f << "<text x='" << x1 << "' y='" << y1 - 4 - 11 * k << "' fill='" << color << "'>" << to_string(m.dst)
+        << "</text>";
+    }
+    f << "\n";
   }
   f << "</svg>\n";
 }
@@ -97,9 +102,9 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
 int usage() {
   std::fprintf(
       stderr,
-      "usage: collx-draw --coll allreduce|allgather|reducescatter --algo ring|rd|rabenseifner|bruck|tree "
-      "-p RANKS\n"
-      "                  [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
+      "usage: collx-draw --coll allreduce|allgather|reducescatter|broadcast|reduce|barrier\n"
+      "                  --algo ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination -p RANKS\n"
+      "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return 2;
 }
 
@@ -111,6 +116,7 @@ int main(int argc, char** argv) {
   int p = 0;
   std::size_t count = 0;
   std::size_t segment = 0;
+  int root = 0;
   bool in_place = false;
   bool steps = false;
   std::string svg_path;
@@ -136,6 +142,9 @@ int main(int argc, char** argv) {
     } else if (a == "--segment") {
       segment = std::strtoull(v, nullptr, 10);
       ++i;
+    } else if (a == "--root") {
+      root = std::atoi(v);
+      ++i;
     } else if (a == "--in-place") {
       in_place = true;
     } else if (a == "--steps") {
@@ -147,21 +156,26 @@ int main(int argc, char** argv) {
       return usage();
     }
   }
-  if (p < 1 || p > 4096) return usage();
+  if (p < 1 || p > 4096 || root < 0 || root >= p) return usage();
   if (!implements(algo, coll)) {
     std::fprintf(stderr, "collx-draw: %s does not implement %s\n", std::string(to_string(algo)).c_str(),
                  std::string(to_string(coll)).c_str());
     return 2;
   }
-  if (count == 0) count = coll == collective::all_reduce ? 2 * static_cast<std::size_t>(p) : 2;
+  if (count == 0 && coll != collective::barrier) {
+    count = coll == collective::all_reduce ? 2 * static_cast<std::size_t>(p) : 2;
+  }
   if (segment == 0) segment = count * static_cast<std::size_t>(p);  // one message per block
   std::vector<schedule> all;
-  for (int r = 0; r < p; ++r) all.push_back(algorithms::build(algo, {coll, r, p, count, segment, in_place}));
+  for (int r = 0; r < p; ++r) {
+    all.push_back(algorithms::build(algo, {coll, r, p, count, segment, in_place, root}));
+  }
   const auto proof = verify(all);
   const auto msgs = messages(all);
   const auto cost = predict(all, {1.0, 0.0, 0.0}, 1);
   const std::string title = std::string(to_string(algo)) + " " + std::string(to_string(coll)) +
                             ", p = " + std::to_string(p) + ", count = " + std::to_string(count) +
+                            (rooted(coll) ? ", root " + std::to_string(root) : std::string()) +
                             (in_place ? ", in place" : "");
   std::printf(
       "# %s\n# %zu messages, %zu on the busiest rank, %g latency steps on the critical path; verifier: %s\n",
@@ -173,7 +187,10 @@ int main(int argc, char** argv) {
       std::printf("step %u\n", phase);
     }
     std::printf("  %3d -> %-3d %-16s -> %-16s %s\n", m.from, m.to, to_string(m.src).c_str(),
-                to_string(m.dst).c_str(), m.reduce ? "reduce" : "copy");
+                to_string(m.dst).c_str(),
+                m.dst.count == 0 ? "signal"
+                : m.reduce       ? "reduce"
+                                 : "copy");
   }
   if (steps) {
     for (const auto& s : all) std::printf("%s", to_text(s).c_str());

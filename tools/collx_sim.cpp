@@ -2,10 +2,14 @@
 // collective at any rank count, from the closed-form costs the automatic choice uses.
 //
 //   collx-sim --coll allreduce -p 65536 --bytes 256M --alpha 2us --beta 25GB/s --gamma 50GB/s [--json]
+//   collx-sim --coll broadcast --root 3 -p 65536 --bytes 256M --segment 512K
 //
 // bytes is the buffer size as nccl-tests counts it: the whole vector for all-reduce,
-// the whole gathered (or scattered) buffer for all-gather and reduce-scatter.
-// algbw = bytes / time; busbw = algbw * 2(p-1)/p for all-reduce, (p-1)/p otherwise.
+// broadcast and reduce, the whole gathered (or scattered) buffer for all-gather and
+// reduce-scatter; a barrier has none. algbw = bytes / time; busbw = algbw * 2(p-1)/p for
+// all-reduce, 1 for broadcast and reduce, (p-1)/p otherwise. The segment (the pipeline's,
+// default the library's) prices the pipelined chain; the root changes no cost (every
+// rank's tree has the same shape), and is checked against p.
 
 #include <algorithm>
 #include <cstdio>
@@ -18,10 +22,12 @@
 namespace {
 
 int usage() {
-  std::fprintf(stderr,
-               "usage: collx-sim --coll allreduce|allgather|reducescatter -p RANKS --bytes SIZE\n"
-               "                 [--alpha TIME] [--beta BANDWIDTH] [--gamma BANDWIDTH] [--json]\n"
-               "  SIZE like 256M, TIME like 2us, BANDWIDTH like 25GB/s\n");
+  std::fprintf(
+      stderr,
+      "usage: collx-sim --coll allreduce|allgather|reducescatter|broadcast|reduce|barrier -p RANKS\n"
+      "                 --bytes SIZE [--root RANK] [--segment SIZE] [--alpha TIME] [--beta BANDWIDTH]\n"
+      "                 [--gamma BANDWIDTH] [--json]\n"
+      "  SIZE like 256M, TIME like 2us, BANDWIDTH like 25GB/s\n");
   return 2;
 }
 
@@ -32,6 +38,8 @@ int main(int argc, char** argv) {
   collective coll = collective::all_reduce;
   int p = 0;
   double bytes = -1;
+  int root = 0;
+  double segment = static_cast<double>(defaults::segment_bytes);
   cost_params m{2e-6, 1.0 / 25e9, 1.0 / 50e9};
   bool json = false;
   for (int i = 1; i < argc; ++i) {
@@ -47,10 +55,14 @@ int main(int argc, char** argv) {
       p = std::atoi(v);
       ok = p >= 1 && p <= (1 << 24);  // keeps the model's int arithmetic exact, far past any job
       ++i;
-    } else if (a == "--bytes") {
+    } else if (a == "--bytes" || a == "--segment") {
       auto b = cli::parse_bytes(v);
-      ok = b.has_value();
-      if (ok) bytes = *b;
+      ok = b.has_value() && (a == "--bytes" || *b >= 1);
+      if (ok) (a == "--bytes" ? bytes : segment) = *b;
+      ++i;
+    } else if (a == "--root") {
+      root = std::atoi(v);
+      ok = root >= 0;
       ++i;
     } else if (a == "--alpha") {
       auto t = cli::parse_seconds(v);
@@ -72,13 +84,25 @@ int main(int argc, char** argv) {
       return usage();
     }
   }
+  if (coll == collective::barrier && bytes < 0) bytes = 0;
   if (p < 1 || bytes < 0) return usage();
+  if (rooted(coll) && root >= p) {
+    std::fprintf(stderr, "collx-sim: root %d is not one of %d ranks\n", root, p);
+    return usage();
+  }
 
   // The API's count is per rank; the model takes bytes per rank the same way.
-  const double per_rank = coll == collective::all_reduce ? bytes : bytes / p;
+  auto rank_bytes = [&](double b) {
+    return coll == collective::all_gather || coll == collective::reduce_scatter ? b / p : b;
+  };
+  const double per_rank = rank_bytes(bytes);
   const double factor = cli::busbw_factor(coll, p);
+  auto predict = [&](algorithm a, double b) {
+    return algorithms::predicted_seconds(a, coll, p, rank_bytes(b), m, segment);
+  };
+  auto winner = [&](double b) { return algorithms::choose(coll, p, rank_bytes(b), m, segment); };
   auto row = [&](algorithm a, double b) {
-    const double t = algorithms::predicted_seconds(a, coll, p, coll == collective::all_reduce ? b : b / p, m);
+    const double t = predict(a, b);
     const double algbw = t > 0 ? b / t / 1e9 : 0;
     return std::pair{t, algbw};
   };
@@ -87,7 +111,7 @@ int main(int argc, char** argv) {
   for (auto a : all_algorithms) {
     if (implements(a, coll)) algos.push_back(a);
   }
-  const algorithm pick = algorithms::choose(coll, p, per_rank, m);
+  const algorithm pick = algorithms::choose(coll, p, per_rank, m, segment);
   if (json) {
     std::printf(
         "{\"collective\": \"%s\", \"ranks\": %d, \"bytes\": %.0f, \"alpha_s\": %g, \"beta_s_per_byte\": %g, "
@@ -101,7 +125,7 @@ int main(int argc, char** argv) {
     }
     std::printf("], \"winners\": [");
     for (double b = 8;; b = std::min(b * 4, bytes)) {
-      const algorithm w = algorithms::choose(coll, p, coll == collective::all_reduce ? b : b / p, m);
+      const algorithm w = winner(b);
       std::printf("%s{\"bytes\": %.0f, \"algorithm\": \"%s\"}", b == 8 ? "" : ", ", b,
                   std::string(to_string(w)).c_str());
       if (b >= bytes) break;
@@ -120,10 +144,8 @@ int main(int argc, char** argv) {
   }
   std::printf("# which algorithm wins where\n# %12s %-14s %14s\n", "bytes", "algorithm", "time(us)");
   for (double b = 8;; b = std::min(b * 4, bytes)) {
-    const double pb = coll == collective::all_reduce ? b : b / p;
-    const algorithm w = algorithms::choose(coll, p, pb, m);
-    std::printf("  %12.0f %-14s %14.2f\n", b, std::string(to_string(w)).c_str(),
-                algorithms::predicted_seconds(w, coll, p, pb, m) * 1e6);
+    const algorithm w = winner(b);
+    std::printf("  %12.0f %-14s %14.2f\n", b, std::string(to_string(w)).c_str(), predict(w, b) * 1e6);
     if (b >= bytes) break;
   }
   return 0;

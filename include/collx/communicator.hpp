@@ -86,6 +86,7 @@ struct call {
   reduce_op op = reduce_op::sum;
   options opt;
   bool in_place = false;
+  int root = 0;
   std::uint64_t seq = 0;
   std::shared_ptr<request_state> done;
 };
@@ -278,6 +279,71 @@ class communicator : public detail::untyped_calls<communicator> {
                   n, dtype_of_range<Data>(), op, o);
   }
 
+  // data = the root's data, on every rank.
+  template <class Data>
+  requires detail::output_range<Data>
+  void broadcast(Data&& data, int root, const options& o = {}) {
+    auto* p = data_of(data);
+    run_now(collective::broadcast, p, p, std::ranges::size(data), dtype_of_range<Data>(), reduce_op::sum, o,
+            root);
+  }
+  template <class Data>
+  requires detail::async_output<Data> request broadcast_async(Data&& data, int root, const options& o = {}) {
+    auto* p = data_of(data);
+    return submit(collective::broadcast, p, p, std::ranges::size(data), dtype_of_range<Data>(),
+                  reduce_op::sum, o, root);
+  }
+  // out = the root's in, on every rank; in.size() == out.size(), or in is empty on the
+  // ranks other than the root (only the root's is read).
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void broadcast(const In& in, Out&& out, int root, const options& o = {}) {
+    const void* from = rooted_side("broadcast", in, std::ranges::size(out), root);
+    run_now(collective::broadcast, from, data_of(out), std::ranges::size(out), dtype_of_range<Out>(),
+            reduce_op::sum, o, root);
+  }
+  template <class In, class Out>
+  requires detail::async_pair<In, Out> request broadcast_async(In&& in, Out&& out, int root,
+                                                               const options& o = {}) {
+    const void* from = rooted_side("broadcast", in, std::ranges::size(out), root);
+    return submit(collective::broadcast, from, data_of(out), std::ranges::size(out), dtype_of_range<Out>(),
+                  reduce_op::sum, o, root);
+  }
+
+  // On the root, out[i] = op over ranks of in[i]; in.size() == out.size() there. The
+  // other ranks' out is not touched, and may be empty.
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void reduce(const In& in, Out&& out, reduce_op op, int root, const options& o = {}) {
+    void* to = rooted_side("reduce", out, std::ranges::size(in), root);
+    run_now(collective::reduce, data_of(in), to, std::ranges::size(in), dtype_of_range<Out>(), op, o, root);
+  }
+  template <class In, class Out>
+  requires detail::async_pair<In, Out> request reduce_async(In&& in, Out&& out, reduce_op op, int root,
+                                                            const options& o = {}) {
+    void* to = rooted_side("reduce", out, std::ranges::size(in), root);
+    return submit(collective::reduce, data_of(in), to, std::ranges::size(in), dtype_of_range<Out>(), op, o,
+                  root);
+  }
+  // In place: on the root data[i] = op over ranks of data[i]; elsewhere data is left as it was.
+  template <class Data>
+  requires detail::output_range<Data>
+  void reduce(Data&& data, reduce_op op, int root, const options& o = {}) {
+    auto* p = data_of(data);
+    run_now(collective::reduce, p, p, std::ranges::size(data), dtype_of_range<Data>(), op, o, root);
+  }
+  template <class Data>
+  requires detail::async_output<Data> request reduce_async(Data&& data, reduce_op op, int root,
+                                                           const options& o = {}) {
+    auto* p = data_of(data);
+    return submit(collective::reduce, p, p, std::ranges::size(data), dtype_of_range<Data>(), op, o, root);
+  }
+
+  // Returns once every rank has called it (the blocking form is in front/untyped.hpp).
+  request barrier_async(const options& o = {}) {
+    return submit(collective::barrier, nullptr, nullptr, 0, dtype::u8, reduce_op::sum, o);
+  }
+
   // ---- untyped API, as in NCCL: pointers, a count per rank and a dtype ----
   // In place when in == out (all_reduce), in == out + rank*count*size (all_gather),
   // or out == in + rank*count*size (reduce_scatter).
@@ -292,9 +358,22 @@ class communicator : public detail::untyped_calls<communicator> {
                                const options& o = {}) {
     return submit(collective::reduce_scatter, in, out, count, t, op, o);
   }
+  // in is read on the root only (it may be null elsewhere); in place when in == out.
+  request broadcast_async(const void* in, void* out, std::size_t count, dtype t, int root,
+                          const options& o = {}) {
+    return submit(collective::broadcast, in, out, count, t, reduce_op::sum, o, root);
+  }
+  // out is written on the root only (it may be null elsewhere); in place when in == out.
+  request reduce_async(const void* in, void* out, std::size_t count, dtype t, reduce_op op, int root,
+                       const options& o = {}) {
+    return submit(collective::reduce, in, out, count, t, op, o, root);
+  }
   // The blocking forms (front/untyped.hpp).
   using untyped_calls::all_gather;
   using untyped_calls::all_reduce;
+  using untyped_calls::barrier;
+  using untyped_calls::broadcast;
+  using untyped_calls::reduce;
   using untyped_calls::reduce_scatter;
 
   // A rank that times out waiting for a peer cannot tell a stalled peer from one that is
@@ -364,6 +443,21 @@ class communicator : public detail::untyped_calls<communicator> {
     return total / usize();
   }
 
+  // The side of a rooted call that only the root uses (broadcast's input, reduce's
+  // output): the size of the other side, or empty (null) on another rank.
+  template <class R>
+  auto* rooted_side(std::string_view coll, R&& r, std::size_t n, int root) const {
+    const std::size_t got = std::ranges::size(r);
+    if (got != n && (got != 0 || root == rank())) {
+      invalid(coll, "input and output must have one size (" + std::to_string(n) +
+                        " elements; on ranks other than "
+                        "the root the " +
+                        std::string(coll == "broadcast" ? "input" : "output") + " may be empty), got " +
+                        std::to_string(got));
+    }
+    return got == 0 ? nullptr : data_of(r);
+  }
+
   // A failed communicator refuses every call.
   static void check_healthy(detail::comm_state& s, std::string_view name) {
     s.failed.check(name, s.rank, "create a new one over a new transport");
@@ -371,9 +465,10 @@ class communicator : public detail::untyped_calls<communicator> {
 
   // Everything that can be known locally is checked here, before any byte moves.
   detail::call check(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-                     const options& o) const {
+                     const options& o, int root) const {
     check_healthy(*s_, to_string(coll));
-    const detail::checked_call k = detail::check_call(coll, in, out, count, t, op, o, rank(), size());
+    const detail::checked_call k =
+        detail::check_call(coll, in, out, count, t, op, o, rank(), size(), true, root);
     detail::call c;
     c.coll = coll;
     c.count = count;
@@ -381,14 +476,15 @@ class communicator : public detail::untyped_calls<communicator> {
     c.op = op;
     c.opt = o;
     c.in_place = k.in_place;
+    c.root = root;
     c.in = k.in;
     c.out = k.out;
     return c;
   }
 
   request submit(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-                 const options& o) {
-    detail::call c = check(coll, in, out, count, t, op, o);
+                 const options& o, int root = 0) {
+    detail::call c = check(coll, in, out, count, t, op, o, root);
     auto st = std::make_shared<detail::request_state>();
     c.done = st;
     {
@@ -405,8 +501,8 @@ class communicator : public detail::untyped_calls<communicator> {
   // A blocking call runs on the caller's thread once the calls issued before it have
   // run: no hand-off to the worker and back, which is most of a small call's latency.
   void run_now(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-               const options& o) {
-    detail::call c = check(coll, in, out, count, t, op, o);
+               const options& o, int root = 0) {
+    detail::call c = check(coll, in, out, count, t, op, o, root);
     auto& s = *s_;
     {
       std::unique_lock lock(s.qm);
@@ -453,7 +549,7 @@ class communicator : public detail::untyped_calls<communicator> {
 
   static std::shared_ptr<const plan> plan_for(detail::comm_state& s, const detail::call& c, algorithm a,
                                               std::size_t segment) {
-    const detail::call_shape key{c.coll, a, c.count, segment, c.in_place};
+    const detail::call_shape key{c.coll, a, c.count, segment, c.in_place, c.root};
     auto& v = s.plans;
     for (std::size_t i = 0; i < v.size(); ++i) {
       if (v[i].first == key) {
@@ -472,8 +568,8 @@ class communicator : public detail::untyped_calls<communicator> {
     const std::string_view name = to_string(c.coll);
     check_healthy(s, name);  // again: a call queued before a failure must not run after it
     const std::size_t es = size_of(c.type);
-    const detail::resolved_call r =
-        detail::resolve(c.coll, c.count, c.type, c.op, c.opt, s.cfg, s.size, c.seq);
+    const detail::resolved_call r = detail::resolve(c.coll, c.count, c.type, c.op, c.opt, s.cfg, s.size,
+                                                    c.seq, detail::no_message_limit, c.root);
     exec_call ec;
     ec.type = c.type;
     ec.op = c.op;
@@ -503,9 +599,9 @@ class communicator : public detail::untyped_calls<communicator> {
       throw;
     }
     s.failed.settle(to_string(c.coll), s.rank, c.seq);
-    if (c.op == reduce_op::avg && c.coll != collective::all_gather) {
-      const region res = result_region(c.coll, s.rank, c.count, c.in_place, s.size);
-      finish_avg(c.type, c.out + res.offset * es, res.count, s.size);
+    if (c.op == reduce_op::avg && reduces(c.coll)) {
+      const region res = result_region(c.coll, s.rank, c.count, c.in_place, s.size, c.root);
+      if (res.count != 0) finish_avg(c.type, c.out + res.offset * es, res.count, s.size);
     }
   }
 

@@ -256,17 +256,17 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
   friend class detail::untyped_calls<ipc_communicator>;
 
   void run_now(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
-               const options& o) {
+               const options& o, int root = 0) {
     const std::string_view name = to_string(coll);
     failed_.check(name, rank_, "create a new one");
     const detail::checked_call c =
-        detail::check_call(coll, in, out, count, t, op, o, rank_, size_, !Api::device_memory);
+        detail::check_call(coll, in, out, count, t, op, o, rank_, size_, !Api::device_memory, root);
     const std::uint64_t seq = seq_++;
-    if (count == 0) return;
+    if (count == 0 && coll != collective::barrier) return;
     const std::size_t es = size_of(t);
     const detail::resolved_call r =
-        detail::resolve(coll, count, t, op, o, cfg_, size_, seq, opt_.slots * opt_.slot_bytes);
-    const peer_memory::program_image& img = program({coll, r.algo, count, r.segment, c.in_place});
+        detail::resolve(coll, count, t, op, o, cfg_, size_, seq, opt_.slots * opt_.slot_bytes, root);
+    const peer_memory::program_image& img = program({coll, r.algo, count, r.segment, c.in_place, root});
     if (img.scratch_count * es > scratch_bytes_) {
       scratch_ = api_.alloc(img.scratch_count * es);
       scratch_bytes_ = img.scratch_count * es;
@@ -295,9 +295,9 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
       failed_.set(e.what());
       throw e;
     }
-    if (op == reduce_op::avg && coll != collective::all_gather) {
-      const region res = result_region(coll, rank_, count, c.in_place, size_);
-      api_.finish_avg(t, c.out + res.offset * es, res.count, size_);
+    if (op == reduce_op::avg && reduces(coll)) {
+      const region res = result_region(coll, rank_, count, c.in_place, size_, root);
+      if (res.count != 0) api_.finish_avg(t, c.out + res.offset * es, res.count, size_);
     }
   }
 

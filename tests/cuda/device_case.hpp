@@ -88,6 +88,7 @@ long long device_call(device_rank<Comm>& env, collx::collective coll, collx::alg
     case collective::all_reduce: env.comm.all_reduce(in, dst, n, t, op, env.stream, o); break;
     case collective::all_gather: env.comm.all_gather(in, dst, n, t, env.stream, o); break;
     case collective::reduce_scatter: env.comm.reduce_scatter(in, dst, n, t, op, env.stream, o); break;
+    default: break;  // the GPU paths run the first three only
   }
   cuda_ok(cudaMemcpyAsync(b.out.data(), env.d_out, out_bytes, cudaMemcpyDeviceToHost, env.stream),
           "copy back");

@@ -51,9 +51,11 @@ def tcp_hello(rank, stream):
     return struct.pack("<IiiIQ", TCP_HELLO_MAGIC, rank, stream, 0, NONCE)
 
 
-# magic, kind, the envelope's wire form (seq, count, segment, tag, coll, type, op, algo), size
-def tcp_header(seq, count, size, kind=0, segment=0, tag=0, coll=0, dtype=6, op=0, algo=1):
-    return struct.pack("<IIQQQIBBBBQ", TCP_MAGIC, kind, seq, count, segment, tag, coll, dtype, op, algo, size)
+# magic, kind, the envelope's wire form (seq, count, segment, tag, root, coll, type, op,
+# algo, spare), size
+def tcp_header(seq, count, size, kind=0, segment=0, tag=0, root=0, coll=0, dtype=6, op=0, algo=1):
+    return struct.pack("<IIQQQiIBBBBIQ", TCP_MAGIC, kind, seq, count, segment, tag, root, coll, dtype, op, algo,
+                       0, size)
 
 
 # rank 0 of 2, 2 streams: bits 2-3 give size-rank-1, bits 4-5 streams-1.

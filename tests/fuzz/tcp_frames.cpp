@@ -3,7 +3,7 @@
 // against the envelope and size the receive expects.
 //
 // Input: byte 0 sets this rank (0..3), the job's size (rank+1..rank+4) and its streams
-// per peer (1..4); then a 24-byte hello; then 48 bytes whose envelope and size are what
+// per peer (1..4); then a 24-byte hello; then 56 bytes whose envelope and size are what
 // the first receive expects (later receives expect the next call numbers); then frames:
 // a header, and after a data header its payload (as many bytes as it claims, or what is
 // left), until an abort frame or a refused header ends the connection.
@@ -32,7 +32,7 @@ constexpr std::uint64_t nonce = 0x0123456789abcdefull;
 constexpr int peer = 5;
 constexpr std::size_t message_alloc_limit = 1024;
 
-static_assert(sizeof(detail::tcp_hello) == 24 && sizeof(detail::tcp_header) == 48, "no padding on the wire");
+static_assert(sizeof(detail::tcp_hello) == 24 && sizeof(detail::tcp_header) == 56, "no padding on the wire");
 
 template <class T>
 bool same_bytes(const T& v, std::span<const std::byte> bytes) {

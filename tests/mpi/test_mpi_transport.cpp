@@ -189,6 +189,7 @@ std::size_t run_collective(collx::communicator& c, collective coll, const collx:
       }
       break;
     }
+    default: break;
   }
   return bad;
 }

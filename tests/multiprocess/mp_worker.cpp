@@ -3,10 +3,14 @@
 //
 //   mp_worker collectives   every collective, every algorithm that implements it, odd
 //                           and edge counts, in place and out of place, several types,
-//                           each result checked against a serial reference in double
+//                           every root of the rooted ones, each result checked against
+//                           a serial reference in double; barriers between
 //   mp_worker kill VICTIM   a few good calls, then VICTIM SIGKILLs itself; every other
 //                           rank must get a collx::error (not hang) and says so
 //   mp_worker mismatch      rank 0 calls a different count: every rank gets an error
+//   mp_worker mismatch-root the ranks broadcast from different roots: every rank gets
+//                           the mismatch error
+//   mp_worker kill-broadcast VICTIM  as kill, the calls broadcasts
 //   mp_worker fault VICTIM  mixed collectives while COLLX_FAULT strikes rank VICTIM (or
 //                           nobody: delays and slow ranks must leave every result right);
 //                           each rank that fails says when and whom it blamed, checks
@@ -117,6 +121,7 @@ void one_case(communicator& comm, collective c, algorithm a, std::size_t n, bool
       }
       len = n * up;
       break;
+    default: break;  // the rooted ones: rooted_case
   }
   long long wrong = 0;
   for (std::size_t i = 0; i < len; ++i) {
@@ -142,6 +147,66 @@ void one_case(communicator& comm, collective c, algorithm a, std::size_t n, bool
   }
 }
 
+// broadcast or reduce from `root`: every rank's result (broadcast), the root's (reduce),
+// and, on the other ranks of a reduce, a buffer left as it was.
+template <class T>
+void rooted_case(communicator& comm, collective c, algorithm a, std::size_t n, bool in_place, reduce_op op,
+                 int root) {
+  const int me = comm.rank();
+  options o;
+  o.algo = a;
+  if (n == 1001) o.segment_bytes = 40;  // many segments: the pipeline runs
+  ++cases;
+  std::vector<T> in(n), out(n, from_d<T>(99));
+  for (std::size_t i = 0; i < n; ++i) in[i] = from_d<T>(input(me, i));
+  if (c == collective::broadcast) {
+    if (in_place) {
+      comm.broadcast(in, root, o);
+    } else {
+      comm.broadcast(in, out, root, o);
+    }
+  } else if (in_place) {
+    comm.reduce(in, op, root, o);
+  } else {
+    comm.reduce(in, out, op, root, o);
+  }
+  const std::vector<T>& got = in_place ? in : out;
+  long long wrong = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const double want = c == collective::broadcast ? input(root, i)
+                        : me == root               ? ref_reduce(op, comm.size(), i)
+                        : in_place                 ? input(me, i)
+                                                   : 99.0;
+    if (!close_enough(got[i], want, c == collective::broadcast || me != root ? reduce_op::sum : op)) ++wrong;
+  }
+  if (wrong != 0) {
+    ++failures;
+    std::printf("FAILED %s %s root %d n=%zu %s %s: %lld wrong\n", std::string(to_string(c)).c_str(),
+                std::string(to_string(a)).c_str(), root, n, in_place ? "in-place" : "out-of-place",
+                std::string(to_string(op)).c_str(), wrong);
+  }
+}
+
+void rooted_collectives(communicator& comm) {
+  for (collective c : {collective::broadcast, collective::reduce}) {
+    for (algorithm a : {algorithm::binomial, algorithm::chain, algorithm::automatic}) {
+      for (int root = 0; root < comm.size(); ++root) {
+        for (std::size_t n :
+             {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}, std::size_t{300007}}) {
+          for (bool ip : {false, true}) {
+            rooted_case<float>(comm, c, a, n, ip, reduce_op::sum, root);
+            if (n <= 1001 && c == collective::reduce) {
+              rooted_case<std::int32_t>(comm, c, a, n, ip, reduce_op::max, root);
+              rooted_case<double>(comm, c, a, n, ip, reduce_op::avg, root);
+            }
+          }
+        }
+        comm.barrier();
+      }
+    }
+  }
+}
+
 int collectives(communicator& comm) {
   const std::size_t counts[] = {0, 1, 7, 1001, 300007};
   for (collective c : {collective::all_reduce, collective::reduce_scatter, collective::all_gather}) {
@@ -162,6 +227,7 @@ int collectives(communicator& comm) {
   one_case<float>(comm, collective::all_reduce, algorithm::automatic, 1 << 20, false, reduce_op::sum);
   one_case<float>(comm, collective::all_reduce, algorithm::ring, (1 << 22) + 3, true, reduce_op::sum);
   one_case<bfloat16>(comm, collective::all_reduce, algorithm::automatic, 4099, true, reduce_op::sum);
+  rooted_collectives(comm);
   if (failures != 0) return 1;
   std::printf("OK %d cases\n", cases);
   return 0;
@@ -178,11 +244,22 @@ int report(const error& e, long long ms) {
   return 0;
 }
 
+// One call of the kill scenarios: an all-reduce, or (kill-broadcast) a broadcast from
+// the last rank.
+bool broadcasts = false;
+void kill_call(communicator& comm, std::vector<float>& v) {
+  if (broadcasts) {
+    comm.broadcast(v, comm.size() - 1);
+  } else {
+    comm.all_reduce(v, reduce_op::sum);
+  }
+}
+
 // Calls on until the victim's failure reaches this rank.
 int kill_or_abort_wait(communicator& comm, std::vector<float>& v) {
   const auto t0 = clk::now();
   try {
-    for (int i = 0; i < 1000; ++i) comm.all_reduce(v, reduce_op::sum);
+    for (int i = 0; i < 1000; ++i) kill_call(comm, v);
   } catch (const error& e) {
     return report(e, ms_since(t0));
   }
@@ -195,7 +272,7 @@ int kill_scenario(communicator& comm, int victim) {
   // that they noticed by themselves.
   std::signal(SIGTERM, SIG_IGN);
   std::vector<float> v(1 << 18, 1.0f);
-  for (int i = 0; i < 3; ++i) comm.all_reduce(v, reduce_op::sum);
+  for (int i = 0; i < 3; ++i) kill_call(comm, v);
   if (comm.rank() == victim) {
     std::fflush(stdout);
     std::raise(SIGKILL);
@@ -203,11 +280,16 @@ int kill_scenario(communicator& comm, int victim) {
   return kill_or_abort_wait(comm, v);
 }
 
-int mismatch_scenario(communicator& comm) {
-  std::vector<float> v(comm.rank() == 0 ? 5 : 6, 1.0f);
+// mismatch: rank 0 passes another count; mismatch-root: the ranks name different roots.
+int mismatch_scenario(communicator& comm, bool roots) {
+  std::vector<float> v(comm.rank() == 0 && !roots ? 5 : 6, 1.0f);
   const auto t0 = clk::now();
   try {
-    comm.all_reduce(v, reduce_op::sum);
+    if (roots) {
+      comm.broadcast(v, comm.rank() % 2);
+    } else {
+      comm.all_reduce(v, reduce_op::sum);
+    }
   } catch (const error& e) {
     return report(e, ms_since(t0));
   }
@@ -447,9 +529,11 @@ int main(int argc, char** argv) {
     communicator comm = init_from_env(cfg);
 #endif
     if (scenario == "collectives") return collectives(comm);
-    if (scenario == "kill") return kill_scenario(comm, victim);
+    broadcasts = scenario == "kill-broadcast";
+    if (scenario == "kill" || broadcasts) return kill_scenario(comm, victim);
     if (scenario == "abort") return abort_scenario(comm, victim);
-    if (scenario == "mismatch") return mismatch_scenario(comm);
+    if (scenario == "mismatch" || scenario == "mismatch-root")
+      return mismatch_scenario(comm, scenario != "mismatch");
     if (scenario == "late") return late_scenario(comm, victim);
     std::fprintf(stderr, "unknown scenario '%s'\n", scenario.c_str());
     return 2;

@@ -174,7 +174,6 @@ inline schedule all_reduce_recursive(algorithm a, const recursive_params& params
   schedule_builder b(s);
   const recursive_position at(params);
   const auto& [n, seg, r, f, up] = at;
-  if (n == 0) return s;
   const buffer in = params.in_place ? buffer::output : buffer::input;
   if (params.ranks == 1) {
     if (!params.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
@@ -227,7 +226,9 @@ inline schedule all_reduce_recursive(algorithm a, const recursive_params& params
 
 }  // namespace detail
 
+// count 0 moves nothing: the bodies below assume at least one element.
 inline schedule rabenseifner(const recursive_params& params) {
+  if (params.count == 0) return detail::start(collective::all_reduce, algorithm::rabenseifner, params);
   return detail::all_reduce_recursive(algorithm::rabenseifner, params);
 }
 
@@ -241,7 +242,6 @@ inline schedule reduce_scatter_halving(const recursive_params& params) {
   schedule_builder b(s);
   const recursive_position at(params);
   const auto& [n, seg, r, f, up] = at;
-  if (n == 0) return s;
   const buffer in = params.in_place ? buffer::output : buffer::input;
   const std::size_t result = params.in_place ? static_cast<std::size_t>(r) * n : 0;
   if (params.ranks == 1) {
@@ -295,7 +295,6 @@ inline schedule all_gather_doubling(const recursive_params& params) {
   schedule_builder b(s);
   const recursive_position at(params);
   const auto& [n, seg, r, f, up] = at;
-  if (n == 0) return s;
   const std::size_t own = static_cast<std::size_t>(r) * n;
   if (!params.in_place) b.copy({buffer::input, 0, n}, {buffer::output, own, n}, 0);
   if (params.ranks == 1) return s;
@@ -331,10 +330,12 @@ inline schedule all_gather_doubling(const recursive_params& params) {
 }  // namespace detail
 
 inline schedule recursive_doubling(collective c, const recursive_params& params) {
+  if (params.count == 0) return detail::start(c, algorithm::recursive_doubling, params);
   switch (c) {
     case collective::all_reduce: return detail::all_reduce_recursive(algorithm::recursive_doubling, params);
     case collective::reduce_scatter: return detail::reduce_scatter_halving(params);
     case collective::all_gather: return detail::all_gather_doubling(params);
+    default: break;
   }
   return {};
 }

@@ -91,35 +91,33 @@ struct ring_position {
     return mod(r - static_cast<long long>(step) - shift, p);
   }
   std::size_t received(std::uint32_t step, long long shift) const { return sent(step, shift + 1); }
+
+  // Every step of one pass, in order: visit(step, chunk sent, chunk received).
+  template <class Visit>
+  void pass(long long shift, Visit&& visit) const {
+    for (std::uint32_t step = 0; step <= last; ++step) visit(step, sent(step, shift), received(step, shift));
+  }
 };
 
 // count 0, or a single rank: the same for every collective.
-inline schedule ring_empty_or_single_rank(collective coll, const ring_params& params) {
-  schedule s = empty_ring_schedule(coll, params);
+inline void ring_empty_or_single_rank(schedule& s, const ring_position& at, const ring_params& params) {
   schedule_builder b(s);
-  const ring_position at(params);
-  const auto [p, r, n, seg, in, right, left, last] = at;
-  if (n == 0) {
+  if (at.n == 0) {
     // Nothing to move, but one empty message around the ring still carries the call's
     // signature, so that a rank passing count 0 where its peers pass more is told so.
-    if (p > 1) {
-      b.send(right, {buffer::output, 0, 0}, 0);
-      b.recv(left, {buffer::output, 0, 0}, 0);
+    if (at.p > 1) {
+      b.send(at.right, {buffer::output, 0, 0}, 0);
+      b.recv(at.left, {buffer::output, 0, 0}, 0);
     }
-    return s;
+  } else if (!params.in_place) {  // one rank: out of place, the input is the answer
+    b.copy({buffer::input, 0, at.n}, {buffer::output, 0, at.n}, 0);
   }
-  if (p == 1) {  // nothing to exchange; out of place, the input is the answer
-    if (!params.in_place) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
-  }
-  return s;
 }
 
 // all-reduce: the reduce-scatter half over the p chunks of the buffer, then the
 // all-gather half.
-inline schedule ring_all_reduce(const ring_params& params) {
-  schedule s = empty_ring_schedule(collective::all_reduce, params);
+inline void ring_all_reduce(schedule& s, const ring_position& at, const ring_params&) {
   schedule_builder b(s);
-  const ring_position at(params);
   const auto [p, r, n, seg, in, right, left, last] = at;
   const chunking ch{n, static_cast<std::size_t>(p)};
   auto piece = [&](buffer buf, std::size_t c, std::size_t k) {
@@ -127,9 +125,7 @@ inline schedule ring_all_reduce(const ring_params& params) {
   };
   // Reduce-scatter half: out of place, the first hop reads the input directly and
   // every later one accumulates into output, so the input is never copied.
-  for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = at.sent(step, 1);
-    const std::size_t rc = at.received(step, 1);
+  at.pass(1, [&](std::uint32_t step, std::size_t sc, std::size_t rc) {
     const std::size_t ks = std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = piece(step == 0 ? in : buffer::output, sc, k);
@@ -137,11 +133,9 @@ inline schedule ring_all_reduce(const ring_params& params) {
       const region acc = piece(buffer::output, rc, k);
       if (acc.count != 0) b.recv_reduce(left, piece(in, rc, k), acc, step);
     }
-  }
+  });
   // All-gather half: pass on the complete chunk received one step earlier.
-  for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = at.sent(step, 0);
-    const std::size_t rc = at.received(step, 0);
+  at.pass(0, [&](std::uint32_t step, std::size_t sc, std::size_t rc) {
     const std::size_t ks = std::max(detail::segments(ch.size(sc), seg), detail::segments(ch.size(rc), seg));
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = piece(buffer::output, sc, k);
@@ -149,15 +143,12 @@ inline schedule ring_all_reduce(const ring_params& params) {
       const region got = piece(buffer::output, rc, k);
       if (got.count != 0) b.recv(left, got, last + 1 + step);
     }
-  }
-  return s;
+  });
 }
 
 // reduce-scatter over the p blocks of the input.
-inline schedule ring_reduce_scatter(const ring_params& params) {
-  schedule s = empty_ring_schedule(collective::reduce_scatter, params);
+inline void ring_reduce_scatter(schedule& s, const ring_position& at, const ring_params& params) {
   schedule_builder b(s);
-  const ring_position at(params);
   const auto [p, r, n, seg, in, right, left, last] = at;
   // Chunks are the p blocks of `n` elements; partial sums travel through two
   // scratch slots (one being sent while the next arrives) so that neither the
@@ -165,9 +156,7 @@ inline schedule ring_reduce_scatter(const ring_params& params) {
   s.scratch_count = 2 * n;
   const std::size_t ks = detail::segments(n, seg);
   const std::size_t result = params.in_place ? static_cast<std::size_t>(r) * n : 0;
-  for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = at.sent(step, 1);
-    const std::size_t rc = at.received(step, 1);
+  at.pass(1, [&](std::uint32_t step, std::size_t sc, std::size_t rc) {
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = step == 0 ? detail::segment(in, sc * n, n, seg, k)
                                    : detail::segment(buffer::scratch, ((step - 1) % 2) * n, n, seg, k);
@@ -177,15 +166,12 @@ inline schedule ring_reduce_scatter(const ring_params& params) {
                                       : detail::segment(buffer::scratch, (step % 2) * n, n, seg, k);
       b.recv_reduce(left, operand, acc, step);
     }
-  }
-  return s;
+  });
 }
 
 // all-gather over the p blocks of the output.
-inline schedule ring_all_gather(const ring_params& params) {
-  schedule s = empty_ring_schedule(collective::all_gather, params);
+inline void ring_all_gather(schedule& s, const ring_position& at, const ring_params& params) {
   schedule_builder b(s);
-  const ring_position at(params);
   const auto [p, r, n, seg, in, right, left, last] = at;
   // Out of place, the first hop sends straight from the input while the local copy
   // into the rank's own block of the output proceeds beside it.
@@ -193,29 +179,32 @@ inline schedule ring_all_gather(const ring_params& params) {
   if (!params.in_place) {
     b.copy({buffer::input, 0, n}, {buffer::output, static_cast<std::size_t>(r) * n, n}, 0);
   }
-  for (std::uint32_t step = 0; step <= last; ++step) {
-    const std::size_t sc = at.sent(step, 0);
-    const std::size_t rc = at.received(step, 0);
+  at.pass(0, [&](std::uint32_t step, std::size_t sc, std::size_t rc) {
     for (std::size_t k = 0; k < ks; ++k) {
       const region out = step == 0 && !params.in_place ? detail::segment(buffer::input, 0, n, seg, k)
                                                        : detail::segment(buffer::output, sc * n, n, seg, k);
       b.send(right, out, step);
       b.recv(left, detail::segment(buffer::output, rc * n, n, seg, k), step);
     }
-  }
-  return s;
+  });
 }
 
 }  // namespace detail
 
 inline schedule ring(collective coll, const ring_params& params) {
-  if (params.count == 0 || params.ranks == 1) return detail::ring_empty_or_single_rank(coll, params);
-  switch (coll) {
-    case collective::all_reduce: return detail::ring_all_reduce(params);
-    case collective::reduce_scatter: return detail::ring_reduce_scatter(params);
-    case collective::all_gather: return detail::ring_all_gather(params);
+  schedule s = detail::empty_ring_schedule(coll, params);
+  const detail::ring_position at(params);
+  if (params.count == 0 || params.ranks == 1) {
+    detail::ring_empty_or_single_rank(s, at, params);
+    return s;
   }
-  return detail::empty_ring_schedule(coll, params);
+  switch (coll) {
+    case collective::all_reduce: detail::ring_all_reduce(s, at, params); break;
+    case collective::reduce_scatter: detail::ring_reduce_scatter(s, at, params); break;
+    case collective::all_gather: detail::ring_all_gather(s, at, params); break;
+    default: break;  // not a ring collective: implements() keeps it from here
+  }
+  return s;
 }
 
 }  // namespace collx::algorithms

@@ -17,9 +17,11 @@
 #include <optional>
 #include <string>
 
+#include "collx/algorithms/barrier.hpp"
 #include "collx/algorithms/bruck.hpp"
 #include "collx/algorithms/recursive.hpp"
 #include "collx/algorithms/ring.hpp"
+#include "collx/algorithms/rooted.hpp"
 #include "collx/algorithms/tree.hpp"
 #include "collx/core/error.hpp"
 #include "collx/core/options.hpp"
@@ -35,13 +37,40 @@ struct call_shape {
   std::size_t count = 0;
   std::size_t segment = 1;  // elements
   bool in_place = false;
+  int root = 0;
 };
 
-// Predicted seconds for one call, unsegmented. bytes is count * element size (per rank,
-// as in the API); the whole buffer is bytes for all-reduce and p*bytes otherwise.
-inline double predicted_seconds(algorithm a, collective c, int p, double bytes, const cost_params& m) {
-  if (p <= 1 || bytes <= 0) return 0.0;
+namespace detail {
+
+// The rooted collectives and the barrier (algorithms/rooted.hpp, barrier.hpp). The chain
+// is priced pipelined, in segments of segment_bytes (0: one segment), as it runs, with
+// its L signal rounds; the binomial tree unsegmented, as the small messages it is chosen
+// for run. Out of place, a broadcast's root also copies its buffer, beside the sends.
+inline double predicted_rooted(algorithm a, collective c, int p, double n, double segment_bytes,
+                               const cost_params& m) {
+  const double L = ceil_log2(p);
+  if (c == collective::barrier) return L * m.alpha;
+  const double ga = c == collective::reduce ? m.gamma : 0.0;
+  const double root_copy = c == collective::broadcast ? n * m.gamma : 0.0;
+  if (a == algorithm::binomial) return std::max(L * (m.alpha + n * m.beta + n * ga), root_copy);
+  const double s = segment_bytes > 0 ? std::min(segment_bytes, n) : n;
+  const double S = std::ceil(n / s);
+  const double fill = (p - 1) * (m.alpha + s * m.beta + s * ga);
+  const double stream = (S - 1) * std::max(m.alpha + s * m.beta, s * ga);
+  return std::max(fill + stream + L * m.alpha, root_copy);
+}
+
+}  // namespace detail
+
+// Predicted seconds for one call, unsegmented but for the chain. bytes is count * element
+// size (per rank, as in the API); the whole buffer is bytes for all-reduce, broadcast
+// and reduce, and p*bytes for all-gather and reduce-scatter.
+inline double predicted_seconds(algorithm a, collective c, int p, double bytes, const cost_params& m,
+                                double segment_bytes = 0) {
   if (!implements(a, c) || a == algorithm::automatic) return std::numeric_limits<double>::infinity();
+  if (p <= 1 || (bytes <= 0 && c != collective::barrier)) return 0.0;
+  if (rooted(c) || c == collective::barrier)
+    return detail::predicted_rooted(a, c, p, bytes, segment_bytes, m);
   const double P = p;
   const double al = m.alpha;
   const double be = m.beta;
@@ -95,11 +124,11 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
   return std::numeric_limits<double>::infinity();
 }
 
-inline algorithm choose(collective c, int p, double bytes, const cost_params& m) {
+inline algorithm choose(collective c, int p, double bytes, const cost_params& m, double segment_bytes = 0) {
   algorithm best = algorithm::ring;
   double best_t = std::numeric_limits<double>::infinity();
   for (auto a : all_algorithms) {
-    const double t = predicted_seconds(a, c, p, bytes, m);
+    const double t = predicted_seconds(a, c, p, bytes, m, segment_bytes);
     if (t < best_t) {
       best_t = t;
       best = a;
@@ -112,9 +141,9 @@ inline algorithm choose(collective c, int p, double bytes, const cost_params& m)
 // yields to the automatic one for a collective it does not implement: bruck, say, set
 // for all-gathers, when an all-reduce comes), else the model's. bytes is per rank.
 inline algorithm resolve(algorithm call, algorithm communicator_default, collective c, int p, double bytes,
-                         const cost_params& m) {
+                         const cost_params& m, double segment_bytes = 0) {
   algorithm a = call != algorithm::automatic ? call : communicator_default;
-  if (a == algorithm::automatic || !implements(a, c)) a = choose(c, p, bytes, m);
+  if (a == algorithm::automatic || !implements(a, c)) a = choose(c, p, bytes, m, segment_bytes);
   return a;
 }
 
@@ -125,7 +154,8 @@ inline algorithm algorithm_from_env(algorithm fallback) {
   if (v == nullptr || *v == '\0') return fallback;
   if (auto a = parse_algorithm(v)) return *a;
   throw error(errc::invalid_argument, "COLLX_ALGO", error::no_rank, error::no_rank,
-              std::string("unknown algorithm '") + v + "'; use auto, ring, rd, rabenseifner, bruck or tree");
+              std::string("unknown algorithm '") + v +
+                  "'; use auto, ring, rd, rabenseifner, bruck, tree, binomial, chain or dissemination");
 }
 
 inline schedule build(algorithm a, const call_shape& c) {
@@ -135,11 +165,16 @@ inline schedule build(algorithm a, const call_shape& c) {
         errc::unsupported, to_string(c.coll), c.rank, error::no_rank,
         "algorithm " + std::string(to_string(a)) + " does not implement " + std::string(to_string(c.coll)));
   }
+  if (c.coll == collective::barrier) return dissemination(c.rank, c.ranks);
+  if (rooted(c.coll)) {
+    return rooted(c.coll, a, {c.rank, c.ranks, c.count, c.segment, c.in_place, c.root});
+  }
   if (c.count == 0) {
     // Every algorithm shares ring's empty round for count 0: it still carries the call's
     // signature (algorithm included) to a neighbour, so mismatches are caught.
     schedule s = ring(c.coll, {c.rank, c.ranks, 0, c.segment, c.in_place});
     s.algo = a;
+    s.root = c.root;
     return s;
   }
   switch (a) {
@@ -148,6 +183,9 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::rabenseifner: return rabenseifner(rp);
     case algorithm::bruck: return bruck(rp);
     case algorithm::tree: return double_binary_tree(rp);
+    case algorithm::binomial:
+    case algorithm::chain:
+    case algorithm::dissemination:
     case algorithm::automatic: break;
   }
   return {};

@@ -24,6 +24,7 @@ struct envelope {
   dtype type = dtype::u8;
   reduce_op op = reduce_op::sum;
   algorithm algo = algorithm::ring;
+  std::int32_t root = 0;  // broadcast's and reduce's; 0 for the others
 
   friend bool operator==(const envelope&, const envelope&) = default;
 
@@ -31,7 +32,8 @@ struct envelope {
     std::string s(to_string(coll));
     s += "(";
     s += to_string(type);
-    if (coll != collective::all_gather) s.append(", ").append(to_string(op));
+    if (reduces(coll)) s.append(", ").append(to_string(op));
+    if (rooted(coll)) s += ", root=" + std::to_string(root);
     s += ", count=" + std::to_string(count) + ", " + std::string(to_string(algo)) +
          ", segment=" + std::to_string(segment);
     if (tag != 0) s += ", tag=" + std::to_string(tag);
@@ -40,14 +42,16 @@ struct envelope {
   }
 };
 
-// The envelope as it travels: 32 bytes, no padding, fields in native byte order (ranks
+// The envelope as it travels: 40 bytes, no padding, fields in native byte order (ranks
 // of one job share one; each transport's magic number catches a rank that does not).
 struct envelope_wire {
   std::uint64_t seq = 0;
   std::uint64_t count = 0;
   std::uint64_t segment = 0;
   std::uint32_t tag = 0;
+  std::int32_t root = 0;
   std::uint8_t coll = 0, type = 0, op = 0, algo = 0;
+  std::uint32_t spare = 0;  // zero: room for a field without changing the size
 
   static constexpr envelope_wire of(const envelope& e) noexcept {
     envelope_wire w;
@@ -55,6 +59,7 @@ struct envelope_wire {
     w.count = e.count;
     w.segment = e.segment;
     w.tag = e.tag;
+    w.root = e.root;
     w.coll = static_cast<std::uint8_t>(e.coll);
     w.type = static_cast<std::uint8_t>(e.type);
     w.op = static_cast<std::uint8_t>(e.op);
@@ -68,6 +73,7 @@ struct envelope_wire {
     e.count = count;
     e.segment = segment;
     e.tag = tag;
+    e.root = root;
     e.coll = static_cast<collective>(coll);
     e.type = static_cast<dtype>(type);
     e.op = static_cast<reduce_op>(op);
@@ -75,7 +81,7 @@ struct envelope_wire {
     return e;
   }
 };
-static_assert(sizeof(envelope_wire) == 32, "the envelope's wire form has no padding");
+static_assert(sizeof(envelope_wire) == 40, "the envelope's wire form has no padding");
 
 // The envelope as one word, for a transport with room for no more (the peer executor's
 // slots): a hash of the wire form's fields, never 0.
@@ -91,7 +97,7 @@ constexpr std::uint64_t signature(const envelope& e) noexcept {
   mix(w.seq);
   mix(w.count);
   mix(w.segment);
-  mix(w.tag);
+  mix(w.tag | static_cast<std::uint64_t>(static_cast<std::uint32_t>(w.root)) << 32);
   mix(static_cast<std::uint64_t>(w.coll) | static_cast<std::uint64_t>(w.type) << 8 |
       static_cast<std::uint64_t>(w.op) << 16 | static_cast<std::uint64_t>(w.algo) << 24);
   return h == 0 ? 1 : h;

@@ -83,6 +83,13 @@ class error : public std::system_error {
   int peer_;
 };
 
+// What a rank's failure is to the peers that learn of it through its abort: a mismatch
+// stays one (the call was mismatched, whichever rank saw it, and every rank says so);
+// anything else is that peer's failure.
+constexpr errc as_seen_by_peers(errc kind) noexcept {
+  return kind == errc::mismatch ? errc::mismatch : errc::peer_failure;
+}
+
 }  // namespace collx
 
 template <>

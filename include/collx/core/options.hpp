@@ -8,24 +8,53 @@
 
 namespace collx {
 
-enum class collective : std::uint8_t { all_reduce, all_gather, reduce_scatter };
+// The values travel in every message's envelope: new ones are added at the end.
+enum class collective : std::uint8_t { all_reduce, all_gather, reduce_scatter, broadcast, reduce, barrier };
+
+inline constexpr collective all_collectives[] = {collective::all_reduce,     collective::all_gather,
+                                                 collective::reduce_scatter, collective::broadcast,
+                                                 collective::reduce,         collective::barrier};
 
 constexpr std::string_view to_string(collective c) noexcept {
   switch (c) {
     case collective::all_reduce: return "all_reduce";
     case collective::all_gather: return "all_gather";
     case collective::reduce_scatter: return "reduce_scatter";
+    case collective::broadcast: return "broadcast";
+    case collective::reduce: return "reduce";
+    case collective::barrier: return "barrier";
   }
   return "?";
 }
 
+// Whether one rank, the root, is the source (broadcast) or the destination (reduce).
+constexpr bool rooted(collective c) noexcept { return c == collective::broadcast || c == collective::reduce; }
+
+// Whether the call combines values with a reduce_op.
+constexpr bool reduces(collective c) noexcept {
+  return c == collective::all_reduce || c == collective::reduce_scatter || c == collective::reduce;
+}
+
 // The algorithms this build knows. automatic lets the library choose by the cost model.
 // recursive_doubling ("rd") is recursive doubling for all-reduce and all-gather and its
-// mirror, recursive halving, for reduce-scatter.
-enum class algorithm : std::uint8_t { automatic, ring, recursive_doubling, rabenseifner, bruck, tree };
+// mirror, recursive halving, for reduce-scatter. binomial and chain are the rooted
+// collectives' trees (algorithms/rooted.hpp); dissemination is the barrier's.
+enum class algorithm : std::uint8_t {
+  automatic,
+  ring,
+  recursive_doubling,
+  rabenseifner,
+  bruck,
+  tree,
+  binomial,
+  chain,
+  dissemination
+};
 
-inline constexpr algorithm all_algorithms[] = {algorithm::ring, algorithm::recursive_doubling,
-                                               algorithm::rabenseifner, algorithm::bruck, algorithm::tree};
+inline constexpr algorithm all_algorithms[] = {
+    algorithm::ring, algorithm::recursive_doubling, algorithm::rabenseifner, algorithm::bruck,
+    algorithm::tree, algorithm::binomial,           algorithm::chain,        algorithm::dissemination};
+inline constexpr algorithm last_algorithm = algorithm::dissemination;
 
 constexpr std::string_view to_string(algorithm a) noexcept {
   switch (a) {
@@ -35,6 +64,9 @@ constexpr std::string_view to_string(algorithm a) noexcept {
     case algorithm::rabenseifner: return "rabenseifner";
     case algorithm::bruck: return "bruck";
     case algorithm::tree: return "tree";
+    case algorithm::binomial: return "binomial";
+    case algorithm::chain: return "chain";
+    case algorithm::dissemination: return "dissemination";
   }
   return "?";
 }
@@ -51,12 +83,16 @@ constexpr std::optional<algorithm> parse_algorithm(std::string_view s) noexcept 
 // Which collectives each algorithm implements.
 constexpr bool implements(algorithm a, collective c) noexcept {
   switch (a) {
-    case algorithm::automatic:
+    case algorithm::automatic: return true;
     case algorithm::ring:
-    case algorithm::recursive_doubling: return true;
+    case algorithm::recursive_doubling:
+      return c == collective::all_reduce || c == collective::all_gather || c == collective::reduce_scatter;
     case algorithm::rabenseifner:
     case algorithm::tree: return c == collective::all_reduce;
     case algorithm::bruck: return c == collective::all_gather;
+    case algorithm::binomial:
+    case algorithm::chain: return rooted(c);
+    case algorithm::dissemination: return c == collective::barrier;
   }
   return false;
 }

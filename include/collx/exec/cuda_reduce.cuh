@@ -50,30 +50,46 @@ inline constexpr unsigned unroll = 4;
 
 // ---- element arithmetic --------------------------------------------------------------
 
+// collx's 16-bit storage types beside the CUDA type that computes on them.
+template <class T>
+struct native16 {
+  static constexpr bool is = false;
+};
+template <>
+struct native16<collx::half> {
+  static constexpr bool is = true;
+  static __device__ __forceinline__ __half in(unsigned short bits) { return __ushort_as_half(bits); }
+  static __device__ __forceinline__ unsigned short out(__half x) { return __half_as_ushort(x); }
+  static __device__ __forceinline__ __half2 join(__half lo, __half hi) { return __halves2half2(lo, hi); }
+  static __device__ __forceinline__ __half low(__half2 h) { return __low2half(h); }
+  static __device__ __forceinline__ __half high(__half2 h) { return __high2half(h); }
+};
+template <>
+struct native16<collx::bfloat16> {
+  static constexpr bool is = true;
+  static __device__ __forceinline__ __nv_bfloat16 in(unsigned short bits) {
+    return __ushort_as_bfloat16(bits);
+  }
+  static __device__ __forceinline__ unsigned short out(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
+  static __device__ __forceinline__ __nv_bfloat162 join(__nv_bfloat16 lo, __nv_bfloat16 hi) {
+    return __halves2bfloat162(lo, hi);
+  }
+  static __device__ __forceinline__ __nv_bfloat16 low(__nv_bfloat162 h) { return __low2bfloat16(h); }
+  static __device__ __forceinline__ __nv_bfloat16 high(__nv_bfloat162 h) { return __high2bfloat16(h); }
+};
+
 template <class T, reduce_op Op>
 __device__ __forceinline__ T apply(T a, T b) {
-  if constexpr (std::is_same_v<T, collx::half>) {
-    const __half x = __ushort_as_half(a.bits);
-    const __half y = __ushort_as_half(b.bits);
+  if constexpr (native16<T>::is) {
+    const auto x = native16<T>::in(a.bits);
+    const auto y = native16<T>::in(b.bits);
     if constexpr (Op == reduce_op::min) {
       return __hlt(y, x) ? b : a;
     } else if constexpr (Op == reduce_op::max) {
       return __hlt(x, y) ? b : a;
     } else {
-      collx::half r;
-      r.bits = __half_as_ushort(Op == reduce_op::prod ? __hmul(x, y) : __hadd(x, y));
-      return r;
-    }
-  } else if constexpr (std::is_same_v<T, collx::bfloat16>) {
-    const __nv_bfloat16 x = __ushort_as_bfloat16(a.bits);
-    const __nv_bfloat16 y = __ushort_as_bfloat16(b.bits);
-    if constexpr (Op == reduce_op::min) {
-      return __hlt(y, x) ? b : a;
-    } else if constexpr (Op == reduce_op::max) {
-      return __hlt(x, y) ? b : a;
-    } else {
-      collx::bfloat16 r;
-      r.bits = __bfloat16_as_ushort(Op == reduce_op::prod ? __hmul(x, y) : __hadd(x, y));
+      T r;
+      r.bits = native16<T>::out(Op == reduce_op::prod ? __hmul(x, y) : __hadd(x, y));
       return r;
     }
   } else if constexpr (Op == reduce_op::min) {
@@ -95,42 +111,33 @@ __device__ __forceinline__ T apply(T a, T b) {
 
 // ---- 16-byte vectors -----------------------------------------------------------------
 
-__device__ __forceinline__ __half2 as_half2(unsigned w) {
-  // The lower address is the low 16 bits; __halves2half2 puts its first argument there.
-  return __halves2half2(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu)),
-                        __ushort_as_half(static_cast<unsigned short>(w >> 16)));
+// Two 16-bit lanes of a 32-bit word as the CUDA pair type; the lower address is the low
+// 16 bits, and join puts its first argument there.
+template <class T>
+__device__ __forceinline__ auto as_pair(unsigned w) {
+  using N = native16<T>;
+  return N::join(N::in(static_cast<unsigned short>(w & 0xffffu)),
+                 N::in(static_cast<unsigned short>(w >> 16)));
 }
-__device__ __forceinline__ unsigned bits_of(__half2 h) {
-  return static_cast<unsigned>(__half_as_ushort(__low2half(h))) |
-         (static_cast<unsigned>(__half_as_ushort(__high2half(h))) << 16);
-}
-__device__ __forceinline__ __nv_bfloat162 as_bfloat162(unsigned w) {
-  return __halves2bfloat162(__ushort_as_bfloat16(static_cast<unsigned short>(w & 0xffffu)),
-                            __ushort_as_bfloat16(static_cast<unsigned short>(w >> 16)));
-}
-__device__ __forceinline__ unsigned bits_of(__nv_bfloat162 h) {
-  return static_cast<unsigned>(__bfloat16_as_ushort(__low2bfloat16(h))) |
-         (static_cast<unsigned>(__bfloat16_as_ushort(__high2bfloat16(h))) << 16);
+template <class T, class Pair>
+__device__ __forceinline__ unsigned bits_of(Pair h) {
+  using N = native16<T>;
+  return static_cast<unsigned>(N::out(N::low(h))) | (static_cast<unsigned>(N::out(N::high(h))) << 16);
 }
 
-template <reduce_op Op>
-__device__ __forceinline__ unsigned pair_op(unsigned x, unsigned y, collx::half) {
-  return bits_of(Op == reduce_op::prod ? __hmul2(as_half2(x), as_half2(y))
-                                       : __hadd2(as_half2(x), as_half2(y)));
-}
-template <reduce_op Op>
-__device__ __forceinline__ unsigned pair_op(unsigned x, unsigned y, collx::bfloat16) {
-  return bits_of(Op == reduce_op::prod ? __hmul2(as_bfloat162(x), as_bfloat162(y))
-                                       : __hadd2(as_bfloat162(x), as_bfloat162(y)));
+template <class T, reduce_op Op>
+__device__ __forceinline__ unsigned pair_op(unsigned x, unsigned y) {
+  const auto a = as_pair<T>(x);
+  const auto b = as_pair<T>(y);
+  return bits_of<T>(Op == reduce_op::prod ? __hmul2(a, b) : __hadd2(a, b));
 }
 
 // The 16/sizeof(T) lanes of two vectors, combined lane by lane.
 template <class T, reduce_op Op>
 __device__ __forceinline__ uint4 apply16(uint4 x, uint4 y) {
-  constexpr bool narrow_float = std::is_same_v<T, collx::half> || std::is_same_v<T, collx::bfloat16>;
-  if constexpr (narrow_float && (Op == reduce_op::sum || Op == reduce_op::avg || Op == reduce_op::prod)) {
-    return make_uint4(pair_op<Op>(x.x, y.x, T{}), pair_op<Op>(x.y, y.y, T{}), pair_op<Op>(x.z, y.z, T{}),
-                      pair_op<Op>(x.w, y.w, T{}));
+  if constexpr (native16<T>::is && (Op == reduce_op::sum || Op == reduce_op::avg || Op == reduce_op::prod)) {
+    return make_uint4(pair_op<T, Op>(x.x, y.x), pair_op<T, Op>(x.y, y.y), pair_op<T, Op>(x.z, y.z),
+                      pair_op<T, Op>(x.w, y.w));
   } else {
     constexpr unsigned lanes = 16 / sizeof(T);
     T ex[lanes];

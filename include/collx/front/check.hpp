@@ -32,33 +32,56 @@ struct checked_call {
   std::byte* out = nullptr;
 };
 
-// Throws invalid_argument (or unsupported, for an algorithm that lacks the collective)
-// naming the call and the rank. In place when in == out (all_reduce), in == out +
-// rank*count (all_gather), or out == in + rank*count (reduce_scatter), as in NCCL.
-inline checked_call check_call(collective coll, const void* in, void* out, std::size_t count, dtype t,
-                               reduce_op op, const options& o, int rank, int size, bool host_memory = true) {
+// The call's kinds and options: what makes sense whatever the buffers.
+inline void check_kinds(collective coll, dtype t, reduce_op op, const options& o, int rank, int size,
+                        int root) {
   const std::string_view name = to_string(coll);
   auto invalid = [&](const std::string& msg) {
     throw error(errc::invalid_argument, name, rank, error::no_rank, msg);
   };
   if (static_cast<unsigned>(t) > static_cast<unsigned>(dtype::f64)) invalid("unknown element type");
   if (static_cast<unsigned>(op) > static_cast<unsigned>(reduce_op::avg)) invalid("unknown reduction");
-  if (coll != collective::all_gather && !supports(t, op)) {
+  if (reduces(coll) && !supports(t, op)) {
     invalid(std::string(to_string(op)) + " needs a floating-point element type, got " +
             std::string(to_string(t)));
+  }
+  if (rooted(coll) && (root < 0 || root >= size)) {
+    invalid("root " + std::to_string(root) + " is not a rank of this communicator (0.." +
+            std::to_string(size - 1) + ")");
   }
   if (o.timeout < std::chrono::milliseconds::zero()) invalid("timeout must not be negative");
   if (o.segment_bytes != 0 && o.segment_bytes < size_of(t)) {
     invalid("segment_bytes " + std::to_string(o.segment_bytes) + " is smaller than one " +
             std::string(to_string(t)) + " element");
   }
-  if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(algorithm::tree)) {
+  if (static_cast<unsigned>(o.algo) > static_cast<unsigned>(last_algorithm)) {
     invalid("unknown algorithm " + std::to_string(static_cast<int>(o.algo)));
   }
   if (!implements(o.algo, coll)) {
     throw error(errc::unsupported, name, rank, error::no_rank,
                 "algorithm " + std::string(to_string(o.algo)) + " does not implement " + std::string(name));
   }
+}
+
+// Whether the call is the in-place form: in == out (all_reduce, broadcast, reduce),
+// in == out + rank*count (all_gather), or out == in + rank*count (reduce_scatter).
+inline bool is_in_place(collective coll, std::uintptr_t ia, std::uintptr_t oa, std::size_t block) {
+  return coll == collective::all_gather       ? ia == oa + block
+         : coll == collective::reduce_scatter ? oa == ia + block
+                                              : ia == oa;
+}
+
+// Throws invalid_argument (or unsupported, for an algorithm that lacks the collective)
+// naming the call and the rank. A broadcast reads no input on ranks other than the root,
+// and a reduce writes no output there: those may be null.
+inline checked_call check_call(collective coll, const void* in, void* out, std::size_t count, dtype t,
+                               reduce_op op, const options& o, int rank, int size, bool host_memory = true,
+                               int root = 0) {
+  const std::string_view name = to_string(coll);
+  auto invalid = [&](const std::string& msg) {
+    throw error(errc::invalid_argument, name, rank, error::no_rank, msg);
+  };
+  check_kinds(coll, t, op, o, rank, size, root);
   const std::size_t es = size_of(t);
   const auto up = static_cast<std::size_t>(size);
   if (count > std::numeric_limits<std::size_t>::max() / es / up) {
@@ -66,13 +89,16 @@ inline checked_call check_call(collective coll, const void* in, void* out, std::
   }
   checked_call c;
   if (count == 0) return c;  // nothing will be touched: null pointers are fine
-  if (in == nullptr || out == nullptr) {
+  const bool in_unused = coll == collective::broadcast && rank != root && in == nullptr;
+  const bool out_unused = coll == collective::reduce && rank != root && out == nullptr;
+  if ((in == nullptr && !in_unused) || (out == nullptr && !out_unused)) {
     invalid(std::string(in == nullptr ? "input" : "output") + " is null with count " + std::to_string(count));
   }
-  if (host_memory) {
-    if (const auto probe = device_memory_probe.load(std::memory_order_relaxed);
-        probe != nullptr && (probe(in) || probe(out))) {
-      invalid(std::string(probe(in) ? "input" : "output") +
+  if (const auto probe = device_memory_probe.load(std::memory_order_relaxed);
+      host_memory && probe != nullptr) {
+    const bool in_dev = in != nullptr && probe(in);
+    if (in_dev || (out != nullptr && probe(out))) {
+      invalid(std::string(in_dev ? "input" : "output") +
               " is GPU memory, which this communicator's transport moves through the host: wrap the "
               "communicator in collx::cuda::staged, or use collx::cuda::group or ipc_communicator");
     }
@@ -83,12 +109,9 @@ inline checked_call check_call(collective coll, const void* in, void* out, std::
     invalid("buffers must be aligned to the element size (" + std::to_string(es) + " bytes for " +
             std::string(to_string(t)) + ")");
   }
-  const std::size_t in_bytes = input_extent(coll, size, count) * es;
-  const std::size_t block = count * es * static_cast<std::size_t>(rank);
-  c.in_place = coll == collective::all_gather       ? ia == oa + block
-               : coll == collective::reduce_scatter ? oa == ia + block
-                                                    : ia == oa;
-  const std::size_t out_bytes = output_extent(coll, size, count, false) * es;
+  const std::size_t in_bytes = in_unused ? 0 : input_extent(coll, size, count) * es;
+  c.in_place = is_in_place(coll, ia, oa, count * es * static_cast<std::size_t>(rank));
+  const std::size_t out_bytes = out_unused ? 0 : output_extent(coll, size, count, false) * es;
   if (!c.in_place && ia < oa + out_bytes && oa < ia + in_bytes) {
     invalid(
         "input and output overlap without being the in-place form; use separate buffers, or the in-place "

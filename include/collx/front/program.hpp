@@ -16,12 +16,13 @@ struct call_shape {
   algorithm algo = algorithm::ring;
   std::size_t count = 0, segment = 1;
   bool in_place = false;
+  int root = 0;
   friend bool operator==(const call_shape&, const call_shape&) = default;
 };
 
 // This rank's schedule of a call shape.
 inline schedule schedule_for(const call_shape& k, int rank, int ranks) {
-  return algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place});
+  return algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place, k.root});
 }
 
 }  // namespace detail

@@ -56,15 +56,26 @@ inline constexpr std::size_t no_message_limit = std::numeric_limits<std::size_t>
 // peer executor's slots) gives max_message_bytes: segments are cut to fit it.
 inline resolved_call resolve(collective coll, std::size_t count, dtype t, reduce_op op, const options& o,
                              const communicator_config& cfg, int ranks, std::uint64_t seq,
-                             std::size_t max_message_bytes = no_message_limit) {
+                             std::size_t max_message_bytes = no_message_limit, int root = 0) {
   const std::size_t es = size_of(t);
   resolved_call r;
   const std::size_t seg_bytes =
       std::min(o.segment_bytes != 0 ? o.segment_bytes : cfg.segment_bytes, max_message_bytes);
   r.segment = std::max<std::size_t>(1, seg_bytes / es);
-  r.algo = algorithms::resolve(o.algo, cfg.algo, coll, ranks, static_cast<double>(count * es), cfg.model);
+  r.algo = algorithms::resolve(o.algo, cfg.algo, coll, ranks, static_cast<double>(count * es), cfg.model,
+                               static_cast<double>(r.segment * es));
   r.timeout = o.timeout.count() != 0 ? o.timeout : cfg.timeout;
-  r.env = {seq, count, r.segment, o.tag, coll, t, op, r.algo};
+  // What the call does not use is signed as a constant, so that only real differences
+  // between ranks are mismatches.
+  r.env = {seq,
+           count,
+           r.segment,
+           o.tag,
+           coll,
+           t,
+           reduces(coll) ? op : reduce_op::sum,
+           r.algo,
+           rooted(coll) ? root : 0};
   return r;
 }
 

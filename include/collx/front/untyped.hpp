@@ -28,6 +28,19 @@ class untyped_calls {
                       const options& o = {}) {
     entry().run_now(collective::reduce_scatter, in, out, count, t, op, o);
   }
+  // The root's in to every rank's out; in is read on the root only (null elsewhere is fine).
+  void broadcast(const void* in, void* out, std::size_t count, dtype t, int root, const options& o = {}) {
+    entry().run_now(collective::broadcast, in, out, count, t, reduce_op::sum, o, root);
+  }
+  // Every rank's in combined into the root's out; out is written on the root only.
+  void reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op, int root,
+              const options& o = {}) {
+    entry().run_now(collective::reduce, in, out, count, t, op, o, root);
+  }
+  // Returns once every rank has called it.
+  void barrier(const options& o = {}) {
+    entry().run_now(collective::barrier, nullptr, nullptr, 0, dtype::u8, reduce_op::sum, o);
+  }
 
  private:
   Entry& entry() noexcept { return static_cast<Entry&>(*this); }

@@ -92,6 +92,7 @@ struct schedule {
   int ranks = 1;
   std::size_t count = 0;  // elements per rank, as in the public API
   bool in_place = false;
+  int root = 0;                   // broadcast's source, reduce's destination; 0 for the others
   std::size_t scratch_count = 0;  // elements of scratch the executor must provide
   std::vector<step> steps;
   std::vector<std::uint32_t> deps;
@@ -112,8 +113,9 @@ struct schedule {
 
 // A schedule for the call, with no steps yet: where every algorithm starts.
 inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ranks, std::size_t count,
-                               bool in_place) {
+                               bool in_place, int root = 0) {
   schedule s;
+  s.root = root;
   s.coll = coll;
   s.algo = algo;
   s.rank = rank;
@@ -124,24 +126,29 @@ inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ra
 }
 
 // Elements in each of the caller's buffers for a collective of `count` per rank.
-// all_reduce: in = out = count. all_gather: in = count, out = ranks*count.
-// reduce_scatter: in = ranks*count, out = count; in place, out is the whole ranks*count
-// buffer and the result lands at rank*count.
+// all_reduce, broadcast, reduce: in = out = count (broadcast reads only the root's
+// input, reduce writes only the root's output). all_gather: in = count, out =
+// ranks*count. reduce_scatter: in = ranks*count, out = count; in place, out is the whole
+// ranks*count buffer and the result lands at rank*count. barrier: none.
 constexpr std::size_t input_extent(collective c, int ranks, std::size_t count) noexcept {
+  if (c == collective::barrier) return 0;
   return c == collective::reduce_scatter ? count * static_cast<std::size_t>(ranks) : count;
 }
 constexpr std::size_t output_extent(collective c, int ranks, std::size_t count, bool in_place) noexcept {
+  if (c == collective::barrier) return 0;
   if (c == collective::all_gather || (c == collective::reduce_scatter && in_place)) {
     return count * static_cast<std::size_t>(ranks);
   }
   return count;
 }
 
-// The part of output that holds the result.
-constexpr region result_region(collective c, int rank, std::size_t count, bool in_place, int ranks) noexcept {
+// The part of output that holds the result: none on a reduce's other ranks.
+constexpr region result_region(collective c, int rank, std::size_t count, bool in_place, int ranks,
+                               int root = 0) noexcept {
   if (c == collective::reduce_scatter && in_place) {
     return {buffer::output, static_cast<std::size_t>(rank) * count, count};
   }
+  if (c == collective::reduce && rank != root) return {buffer::output, 0, 0};
   return {buffer::output, 0, output_extent(c, ranks, count, in_place)};
 }
 
@@ -172,6 +179,13 @@ class schedule_builder {
   }
   std::uint32_t copy(region src, region dst, std::uint32_t phase) {
     return add({step_kind::copy, -1, src, dst, 0, 0, phase});
+  }
+
+  // The next step added also waits for step `before`: an order the regions do not
+  // imply, as between the empty messages of a barrier's rounds.
+  schedule_builder& after(std::uint32_t before) {
+    extra_.push_back(before);
+    return *this;
   }
 
  private:
@@ -209,6 +223,8 @@ class schedule_builder {
     };
     if (has_src) depend(st.src, false);
     if (has_dst) depend(st.dst, true);
+    s_.deps.insert(s_.deps.end(), extra_.begin(), extra_.end());
+    extra_.clear();
     auto first = s_.deps.begin() + st.dep_begin;
     std::sort(first, s_.deps.end());
     s_.deps.erase(std::unique(first, s_.deps.end()), s_.deps.end());
@@ -237,13 +253,15 @@ class schedule_builder {
 
   schedule& s_;
   std::array<history, 3> history_;
+  std::vector<std::uint32_t> extra_;
 };
 
 // A readable listing of one rank's schedule, one step a line.
 inline std::string to_text(const schedule& s) {
   std::string out = std::string(to_string(s.algo)) + " " + std::string(to_string(s.coll)) + " rank " +
                     std::to_string(s.rank) + "/" + std::to_string(s.ranks) + " count " +
-                    std::to_string(s.count) + (s.in_place ? " in-place" : "") + "\n";
+                    std::to_string(s.count) + (s.in_place ? " in-place" : "") +
+                    (rooted(s.coll) ? " root " + std::to_string(s.root) : std::string()) + "\n";
   for (std::size_t i = 0; i < s.steps.size(); ++i) {
     const auto& st = s.steps[i];
     out += "  #" + std::to_string(i) + " phase " + std::to_string(st.phase) + " " +

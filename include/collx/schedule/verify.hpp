@@ -179,8 +179,12 @@ inline verify_result check_steps(const schedule& s, int r, const schedule& s0, i
   const collective coll = s0.coll;
   const std::size_t n = s0.count;
   const bool in_place = s0.in_place;
-  if (s.rank != r || s.ranks != p || s.coll != coll || s.count != n || s.in_place != in_place) {
+  if (s.rank != r || s.ranks != p || s.coll != coll || s.count != n || s.in_place != in_place ||
+      s.root != s0.root) {
     return {false, "schedule " + std::to_string(r) + " describes a different call"};
+  }
+  if (rooted(coll) && (s0.root < 0 || s0.root >= p)) {
+    return {false, "root " + std::to_string(s0.root) + " is not a rank of " + std::to_string(p)};
   }
   for (std::size_t i = 0; i < s.steps.size(); ++i) {
     const auto& st = s.steps[i];
@@ -213,8 +217,10 @@ class symbolic_ranks {
         coll_(all[0].coll),
         n_(all[0].count),
         in_place_(all[0].in_place),
+        root_(all[0].root),
         state_(all.size()),
-        sent_(all.size()) {
+        sent_(all.size()),
+        heard_(all.size()) {
     for (int r = 0; r < p_; ++r) {
       auto& x = state_[index(r)];
       const std::size_t in_n = input_extent(coll_, p_, n_);
@@ -229,6 +235,7 @@ class symbolic_ranks {
         x.in.write(0, init);
       }
       sent_[index(r)].resize(all_[index(r)].steps.size());
+      if (must_hear_all()) heard_[index(r)].resize(all_[index(r)].steps.size());
     }
   }
 
@@ -238,6 +245,7 @@ class symbolic_ranks {
     std::string why;
     auto outcome = walk(all_, [&](int r, std::size_t i, int from, std::size_t idx) {
       const auto& stp = all_[index(r)].steps[i];
+      if (must_hear_all()) learn(r, i, from, idx);
       switch (stp.kind) {
         case step_kind::send: sent_[index(r)][i] = read(r, stp.src); return true;
         case step_kind::copy:
@@ -252,8 +260,13 @@ class symbolic_ranks {
     return {};
   }
 
-  // Every element of every result must hold exactly what the collective defines.
+  // Every element of every result must hold exactly what the collective defines; a
+  // barrier's and a rooted call's rank must have heard from every rank before it can
+  // finish (algorithms/rooted.hpp says why).
   verify_result check_outputs() const {
+    if (must_hear_all()) {
+      if (auto bad = check_heard(); !bad) return bad;
+    }
     for (int r = 0; r < p_; ++r) {
       const auto& out = state_[index(r)].out;
       for (const auto& x : out.read(0, out.size())) {
@@ -261,10 +274,11 @@ class symbolic_ranks {
           const expect e = expected(r, pos);
           const std::size_t stop = std::min(e.until, x.end);
           const run y = clip(x, pos, stop);
-          if (!y.defined || y.src != e.src || y.mult != e.mult) {
-            return {false, "rank " + std::to_string(r) + " output[" + std::to_string(pos) + ".." +
-                               std::to_string(stop) + ") holds " + describe(y) + ", expected element " +
-                               std::to_string(e.src)};
+          if (e.undefined ? y.defined : (!y.defined || y.src != e.src || y.mult != e.mult)) {
+            return {false,
+                    "rank " + std::to_string(r) + " output[" + std::to_string(pos) + ".." +
+                        std::to_string(stop) + ") holds " + describe(y) + ", expected " +
+                        (e.undefined ? std::string("it untouched") : "element " + std::to_string(e.src))};
           }
           pos = stop;
         }
@@ -283,9 +297,11 @@ class symbolic_ranks {
     long long src;
     std::vector<std::uint16_t> mult;
     std::size_t until;
+    bool undefined = false;  // the call must not write there (out of place: never defined)
   };
 
   static std::size_t index(int r) noexcept { return static_cast<std::size_t>(r); }
+  bool must_hear_all() const noexcept { return coll_ == collective::barrier || rooted(coll_); }
 
   std::vector<std::uint16_t> unit(int r) const {
     std::vector<std::uint16_t> m(index(p_), 0);
@@ -339,8 +355,45 @@ class symbolic_ranks {
         // The result block is the reduction; every other block is left as the caller had it.
         return {lpos, j == index(r) ? all_ones : unit(r), (j + 1) * n_};
       }
+      case collective::broadcast: return {lpos, unit(root_), n_};
+      case collective::reduce:
+        if (r == root_) return {lpos, all_ones, n_};
+        // The other ranks' output is not the call's to write: in place it keeps the
+        // rank's input, out of place it stays as the caller left it.
+        return in_place_ ? expect{lpos, unit(r), n_} : expect{0, {}, n_, true};
+      case collective::barrier: break;
     }
     return {0, {}, 0};
+  }
+
+  // Step i of rank r has heard from its rank, from whatever its dependencies heard from,
+  // and, a receive, from whatever the matched send had heard from.
+  void learn(int r, std::size_t i, int from, std::size_t idx) {
+    auto& mine = heard_[index(r)][i];
+    mine.assign(index(p_), false);
+    mine[index(r)] = true;
+    auto merge = [&](const std::vector<bool>& other) {
+      for (std::size_t q = 0; q < other.size(); ++q) mine[q] = mine[q] || other[q];
+    };
+    for (auto d : all_[index(r)].deps_of(i)) merge(heard_[index(r)][d]);
+    if (from >= 0) merge(heard_[index(from)][idx]);
+  }
+
+  verify_result check_heard() const {
+    for (int r = 0; r < p_; ++r) {
+      std::vector<bool> all(index(p_), false);
+      all[index(r)] = true;
+      for (const auto& h : heard_[index(r)]) {
+        for (std::size_t q = 0; q < h.size(); ++q) all[q] = all[q] || h[q];
+      }
+      for (int q = 0; q < p_; ++q) {
+        if (!all[index(q)]) {
+          return {false, "rank " + std::to_string(r) + " can finish the " + std::string(to_string(coll_)) +
+                             " without hearing from rank " + std::to_string(q)};
+        }
+      }
+    }
+    return {};
   }
 
   std::string describe(const run& y) const {
@@ -357,8 +410,10 @@ class symbolic_ranks {
   collective coll_;
   std::size_t n_;
   bool in_place_;
+  int root_;
   std::vector<rank_state> state_;
-  std::vector<std::vector<std::vector<run>>> sent_;  // [rank][step]: what a send carried
+  std::vector<std::vector<std::vector<run>>> sent_;    // [rank][step]: what a send carried
+  std::vector<std::vector<std::vector<bool>>> heard_;  // [rank][step], barriers only: whom it heard from
 };
 
 }  // namespace detail

@@ -89,6 +89,7 @@ struct shm_control {
   std::atomic<std::uint32_t> sleeping;  // the owner is (about to be) in futex_wait
   std::atomic<std::uint32_t> aborted;
   std::int32_t pid;
+  std::uint32_t kind;        // set before `aborted`: the errc the owner failed with
   std::uint64_t gave_up_at;  // set before `aborted`: the first call the owner did not complete
   std::uint64_t slot_bytes, slots, ranks;
   char reason[1024];
@@ -344,6 +345,7 @@ class shm_transport {
     std::memcpy(c.reason, why.data(), n);
     c.reason[n] = '\0';
     c.gave_up_at = seq;
+    c.kind = static_cast<std::uint32_t>(kind);
     c.aborted.store(1);
     for (int q = 0; q < size_; ++q) {
       if (q == rank_) continue;
@@ -358,8 +360,9 @@ class shm_transport {
       auto& c = control(q);
       if (c.aborted.load() == 0 || c.gave_up_at > seq) continue;
       const std::string why = failed_text(q);
-      fail_peer(q, errc::peer_failure, why);
-      throw error(errc::peer_failure, {}, rank_, q, why);
+      const errc k = as_seen_by_peers(static_cast<errc>(c.kind));
+      fail_peer(q, k, why);
+      throw error(k, {}, rank_, q, why);
     }
   }
 
@@ -590,7 +593,7 @@ class shm_transport {
       if (p.sendq.empty() && p.recvq.empty()) continue;
       auto& c = control(q);
       if (c.aborted.load() != 0) {
-        fail_peer(q, errc::peer_failure, failed_text(q));
+        fail_peer(q, as_seen_by_peers(static_cast<errc>(c.kind)), failed_text(q));
       } else if (!alive(q)) {
         fail_peer(q, errc::peer_failure,
                   "peer " + std::to_string(q) + " (pid " + std::to_string(c.pid) +

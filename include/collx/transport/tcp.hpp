@@ -142,9 +142,9 @@ inline tcp_header_parsed parse_tcp_header(std::span<const std::byte> in, const e
     r.message = "corrupt stream from peer " + std::to_string(q) + " (bad magic)";
     return r;
   }
-  if (h.kind > 1) {
-    r.message =
-        "corrupt stream from peer " + std::to_string(q) + " (frame kind " + std::to_string(h.kind) + ")";
+  if (h.kind > 1 || (h.kind == 0 && h.env.spare != 0)) {
+    r.message = "corrupt stream from peer " + std::to_string(q) + " (frame kind " + std::to_string(h.kind) +
+                ", spare word " + std::to_string(h.env.spare) + ")";
     return r;
   }
   if (h.kind == 1) {
@@ -196,6 +196,7 @@ struct tcp_piece {
 struct tcp_stream {
   fd_t fd;
   std::deque<tcp_piece> sendq;
+  bool sent_partly = false;  // a failure dropped a message half written: the stream is out of step
   std::deque<tcp_piece> recvq;
   std::uint32_t interest = 0;
   bool eof = false;  // the peer shut its side; what it sent is still readable
@@ -323,12 +324,16 @@ class tcp_transport {
     detail::tcp_header h;
     h.kind = 1;
     h.env.seq = seq;
+    h.env.spare = static_cast<std::uint32_t>(kind);  // an abort frame's spare word: the errc
     h.size = why.size();
     for (int q = 0; q < size(); ++q) {
       if (q == rank_) continue;
       auto& p = peer_of(q);
       auto& st = p.streams[0];
-      if (st.fd && (st.sendq.empty() || st.sendq.front().done == 0) && !p.failed) {
+      // A peer failed for a mismatch sent a header this rank refused; the connection is
+      // whole, and that peer above all must learn why the call ends.
+      const bool reachable = !p.failed || p.kind == errc::mismatch;
+      if (st.fd && !st.sent_partly && (st.sendq.empty() || st.sendq.front().done == 0) && reachable) {
         std::array<iovec, 2> iov{iovec{&h, sizeof h}, iovec{const_cast<char*>(why.data()), why.size()}};
         msghdr m{};
         m.msg_iov = iov.data();
@@ -572,7 +577,7 @@ class tcp_transport {
   }
 
   void peer_gave_up(int q, const detail::tcp_header& h, const std::string& why) {
-    fail_peer(q, errc::peer_failure,
+    fail_peer(q, as_seen_by_peers(static_cast<errc>(h.env.spare)),
               "peer " + std::to_string(q) + " failed: " + (why.empty() ? "(reason lost)" : why));
     peer_of(q).gave_up_at = std::min(peer_of(q).gave_up_at, h.env.seq);
   }
@@ -647,6 +652,7 @@ class tcp_transport {
       p.why = why;
     }
     for (auto& st : p.streams) {
+      if (!st.sendq.empty() && st.sendq.front().done != 0) st.sent_partly = true;
       for (auto* dq : {&st.sendq, &st.recvq}) {
         for (auto& pc : *dq) {
           if (pc.op->state != op::pending) continue;

@@ -1,0 +1,228 @@
+#pragma once
+
+// Rooted collectives: broadcast (the root's buffer to every rank) and reduce (every
+// rank's buffer combined at the root). n is the buffer, L = ceil(log2 p), S = n/s
+// segments of s bytes:
+//
+//   binomial broadcast   L (alpha + n beta)                      small n: fewest rounds
+//   binomial reduce      L (alpha + n beta + n gamma)
+//   chain broadcast      (p - 2 + S)(alpha + s beta) + L alpha   large n: each link
+//   chain reduce         (p - 1)(alpha + s beta + s gamma)       carries n once, pipelined
+//                        + (S - 1) max(alpha + s beta, s gamma) + L alpha
+//
+// The ranks are renumbered so that the root is 0 (v = (r - root) mod p).
+//
+// Binomial (Thakur, Rabenseifner and Gropp 2005): v's parent is v minus its highest set
+// bit. A broadcast doubles the ranks that hold the data each round: in round k (d = 2^k)
+// v < d sends to v + d. A reduce runs the rounds backwards: in the round of d, v in
+// [d, 2d) sends its partial result to v - d, which adds it into its own.
+//
+// Every call must also tell every rank that every other rank made the same call: a tree
+// alone lets a rank finish having heard only from its ancestors (the root hears from no
+// one), so ranks that named different roots could each finish a broadcast of their own.
+// The binomial rounds are therefore those of a dissemination barrier (barrier.hpp): in
+// each round every rank sends to v + d and receives from v - d (v - d and v + d for the
+// reduce), the data where the tree has an edge, an empty message where it has none, and
+// each round's last send and receive wait for the round before's last receive. Every
+// rank then hears, through messages whose envelopes (root included) were checked on the
+// way, from every rank: a rank that finishes knows that all ranks made its call, and on
+// a mismatch none finishes. The empty messages travel beside the data ones, so the cost
+// is the tree's. The verifier checks this (every rank must hear from every rank).
+//
+// Chain: v's parent is v - 1, its child v + 1; segment k crosses edge h at step h + k. A
+// dissemination barrier's empty messages go first, waiting for none of its steps: L
+// alpha more on each rank's links.
+//
+// Both are cut into segments, and a segment moves on as soon as it has arrived
+// (broadcast) or been reduced (reduce). A reduce writes only the root's output: the
+// other ranks accumulate in scratch, so a caller's receive buffer there is never touched
+// (it may be empty).
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+
+#include "collx/algorithms/barrier.hpp"
+#include "collx/algorithms/recursive.hpp"
+#include "collx/schedule/schedule.hpp"
+
+namespace collx::algorithms {
+
+struct rooted_params : recursive_params {
+  int root = 0;
+};
+
+namespace detail {
+
+inline std::uint32_t ceil_log2(int p) noexcept {
+  return static_cast<std::uint32_t>(std::bit_width(static_cast<unsigned>(std::max(p, 1) - 1)));
+}
+
+// What both collectives start from: the renumbering and the segments.
+struct rooted_position {
+  int p, v, root;
+  std::size_t n, seg;
+  buffer own;  // where this rank's data lies (the output, in place)
+
+  explicit rooted_position(const rooted_params& params)
+      : p(params.ranks),
+        v((params.rank - params.root + params.ranks) % params.ranks),
+        root(params.root),
+        n(params.count),
+        seg(std::max<std::size_t>(params.segment, 1)),
+        own(params.in_place ? buffer::output : buffer::input) {}
+
+  int real(int virt) const noexcept { return ((virt % p + p) % p + root) % p; }
+  std::size_t segments() const noexcept { return (n + seg - 1) / seg; }
+  region piece(buffer b, std::size_t k) const noexcept {
+    const std::size_t lo = k * seg;
+    return {b, lo, std::min(seg, n - lo)};
+  }
+  // Segment k's rounds come one tree depth (or, in a chain, one step) after segment k-1's.
+  std::uint32_t phase(std::uint32_t round, std::size_t k, std::uint32_t stride) const noexcept {
+    return round + static_cast<std::uint32_t>(k) * stride;
+  }
+};
+
+inline constexpr region signal{buffer::output, 0, 0};  // an empty message
+
+// One round of a dissemination-shaped tree: `out` sends to `to` (the data, or an empty
+// message), `in` receives from `from` (into the data, or an empty message), and the
+// round's last send and receive wait for the previous round's last receive (`heard`).
+struct round_plan {
+  int to, from;
+  bool data_out, data_in;
+  std::uint32_t round;
+};
+
+template <class Send, class Receive>
+void run_round(schedule_builder& b, const rooted_position& at, const round_plan& rp, bool first_round,
+               std::uint32_t& heard, Send&& send_data, Receive&& receive_data) {
+  const std::size_t ks = at.segments();
+  const std::uint32_t stride = std::max<std::uint32_t>(ceil_log2(at.p), 1);
+  auto wait_for_round_before = [&](bool last) {
+    if (last && !first_round) b.after(heard);
+  };
+  if (rp.data_out && ks > 0) {
+    for (std::size_t k = 0; k < ks; ++k) {
+      wait_for_round_before(k + 1 == ks);
+      send_data(at.real(rp.to), k, at.phase(rp.round, k, stride));
+    }
+  } else {
+    wait_for_round_before(true);
+    b.send(at.real(rp.to), signal, rp.round);
+  }
+  if (rp.data_in && ks > 0) {
+    for (std::size_t k = 0; k < ks; ++k) {
+      wait_for_round_before(k + 1 == ks);
+      const std::uint32_t got = receive_data(at.real(rp.from), k, at.phase(rp.round, k, stride));
+      if (k + 1 == ks) heard = got;
+    }
+  } else {
+    wait_for_round_before(true);
+    heard = b.recv(at.real(rp.from), signal, rp.round);
+  }
+}
+
+// Binomial broadcast: in round k (d = 2^k), v < d sends to v + d.
+inline void broadcast_binomial(schedule& s, const rooted_position& at) {
+  schedule_builder b(s);
+  const bool root = at.v == 0;
+  const buffer from = root ? at.own : buffer::output;
+  if (root && at.own == buffer::input) b.copy({buffer::input, 0, at.n}, {buffer::output, 0, at.n}, 0);
+  std::uint32_t heard = 0;
+  std::uint32_t round = 0;
+  for (int d = 1; d < at.p; d *= 2, ++round) {
+    const round_plan rp{at.v + d, at.v - d, at.v < d && at.v + d < at.p, at.v >= d && at.v < 2 * d, round};
+    run_round(
+        b, at, rp, round == 0, heard,
+        [&](int peer, std::size_t k, std::uint32_t ph) { b.send(peer, at.piece(from, k), ph); },
+        [&](int peer, std::size_t k, std::uint32_t ph) {
+          return b.recv(peer, at.piece(buffer::output, k), ph);
+        });
+  }
+}
+
+// Binomial reduce: in the round of d (2^(L-1) down to 1), v in [d, 2d) sends its partial
+// result to v - d.
+inline void reduce_binomial(schedule& s, const rooted_position& at) {
+  schedule_builder b(s);
+  const bool root = at.v == 0;
+  const buffer acc = root ? buffer::output : buffer::scratch;
+  bool fresh = true;  // the rank's partial result is still its own data
+  std::uint32_t heard = 0;
+  std::uint32_t round = 0;
+  for (int d = at.p > 1 ? 1 << (ceil_log2(at.p) - 1) : 0; d >= 1; d /= 2, ++round) {
+    const round_plan rp{at.v - d, at.v + d, at.v >= d && at.v < 2 * d, at.v < d && at.v + d < at.p, round};
+    if (rp.data_in && !root) s.scratch_count = at.n;
+    const buffer cur = fresh ? at.own : acc;
+    run_round(
+        b, at, rp, round == 0, heard,
+        [&](int peer, std::size_t k, std::uint32_t ph) { b.send(peer, at.piece(cur, k), ph); },
+        [&](int peer, std::size_t k, std::uint32_t ph) {
+          return b.recv_reduce(peer, at.piece(cur, k), at.piece(acc, k), ph);
+        });
+    if (rp.data_in) fresh = false;
+  }
+  if (root && fresh && at.own == buffer::input) {  // one rank, out of place
+    b.copy({buffer::input, 0, at.n}, {buffer::output, 0, at.n}, 0);
+  }
+}
+
+// Chain broadcast: segment k leaves v for v + 1 as soon as it has arrived.
+inline void broadcast_chain(schedule& s, const rooted_position& at) {
+  schedule_builder b(s);
+  const bool root = at.v == 0;
+  const buffer from = root ? at.own : buffer::output;
+  if (root && at.own == buffer::input) b.copy({buffer::input, 0, at.n}, {buffer::output, 0, at.n}, 0);
+  for (std::size_t k = 0; k < at.segments(); ++k) {
+    const auto hop = static_cast<std::uint32_t>(at.v);
+    if (!root) b.recv(at.real(at.v - 1), at.piece(buffer::output, k), at.phase(hop - 1, k, 1));
+    if (at.v + 1 < at.p) b.send(at.real(at.v + 1), at.piece(from, k), at.phase(hop, k, 1));
+  }
+}
+
+// Chain reduce: partial results flow from v = p-1 down to the root, each rank adding its
+// own before passing a segment on.
+inline void reduce_chain(schedule& s, const rooted_position& at) {
+  schedule_builder b(s);
+  const bool root = at.v == 0;
+  const buffer acc = root ? buffer::output : buffer::scratch;
+  const bool leaf = at.v + 1 == at.p;
+  if (!root && !leaf) s.scratch_count = at.n;
+  const auto hop = static_cast<std::uint32_t>(at.p - 1 - at.v);  // the step this rank's result leaves at
+  for (std::size_t k = 0; k < at.segments(); ++k) {
+    region cur = at.piece(at.own, k);
+    if (!leaf) {
+      b.recv_reduce(at.real(at.v + 1), cur, at.piece(acc, k), at.phase(hop - 1, k, 1));
+      cur = at.piece(acc, k);
+    }
+    if (!root) {
+      b.send(at.real(at.v - 1), cur, at.phase(hop, k, 1));
+    } else if (cur.buf == buffer::input) {  // one rank, out of place
+      b.copy(cur, at.piece(buffer::output, k), 0);
+    }
+  }
+}
+
+}  // namespace detail
+
+// This rank's schedule of a broadcast or a reduce by the binomial tree or the chain.
+inline schedule rooted(collective c, algorithm a, const rooted_params& params) {
+  schedule s = empty_schedule(c, a, params.rank, params.ranks, params.count, params.in_place, params.root);
+  const detail::rooted_position at(params);
+  const bool bcast = c == collective::broadcast;
+  if (a == algorithm::binomial) {
+    bcast ? detail::broadcast_binomial(s, at) : detail::reduce_binomial(s, at);
+    return s;
+  }
+  // The signals first: they wait for nothing, and behind the data on a link they would
+  // only arrive late.
+  schedule_builder b(s);
+  disseminate(b, params.rank, params.ranks);
+  bcast ? detail::broadcast_chain(s, at) : detail::reduce_chain(s, at);
+  return s;
+}
+
+}  // namespace collx::algorithms
