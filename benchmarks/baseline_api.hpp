@@ -20,8 +20,9 @@ struct baseline_case {
   collx::collective coll = collx::collective::all_reduce;
   collx::dtype type = collx::dtype::f32;
   collx::reduce_op op = collx::reduce_op::sum;
-  // Elements per rank as collx-bench counts them: the all-reduce buffer, the block each
-  // rank contributes to an all-gather, the block each rank receives from a reduce-scatter.
+  // Elements per rank as collx-bench counts them: the all-reduce, broadcast and reduce
+  // buffer, the block each rank contributes to an all-gather or gather, the block each
+  // rank receives from a reduce-scatter or scatter, one block of an all-to-all.
   std::size_t count = 0;
   bool in_place = false;
   int iters = 20;
@@ -41,10 +42,14 @@ struct baseline_result {
 
 // Elements of one rank's input and of its result (a reduce's result is the root's only).
 inline std::size_t input_elements(const baseline_case& c, int ranks) {
-  return c.coll == collx::collective::reduce_scatter ? c.count * static_cast<std::size_t>(ranks) : c.count;
+  const bool blocks = c.coll == collx::collective::reduce_scatter || c.coll == collx::collective::scatter ||
+                      c.coll == collx::collective::all_to_all;
+  return blocks ? c.count * static_cast<std::size_t>(ranks) : c.count;
 }
 inline std::size_t output_elements(const baseline_case& c, int ranks) {
-  return c.coll == collx::collective::all_gather ? c.count * static_cast<std::size_t>(ranks) : c.count;
+  const bool blocks = c.coll == collx::collective::all_gather || c.coll == collx::collective::gather ||
+                      c.coll == collx::collective::all_to_all;
+  return blocks ? c.count * static_cast<std::size_t>(ranks) : c.count;
 }
 
 // fill writes `rank`'s input, input_elements() of them; check counts the elements of

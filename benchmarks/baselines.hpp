@@ -1,9 +1,10 @@
 #pragma once
 
 // The baselines collx-bench runs beside collx in the same run: MPI's own collectives
-// (MPI_Allreduce, MPI_Allgather, MPI_Reduce_scatter_block, MPI_Bcast, MPI_Reduce) and
-// Gloo's (allreduce, allgather, reduce-scatter, broadcast, reduce) over its TCP
-// transport on loopback. Each is compiled in only where CMake found its library
+// (MPI_Allreduce, MPI_Allgather, MPI_Reduce_scatter_block, MPI_Bcast, MPI_Reduce,
+// MPI_Alltoall, MPI_Gather, MPI_Scatter) and Gloo's (allreduce, allgather,
+// reduce-scatter, broadcast, reduce, alltoall, gather, scatter) over its TCP transport on
+// loopback. Each is compiled in only where CMake found its library
 // (COLLX_BENCH_HAVE_MPI, COLLX_BENCH_HAVE_GLOO), so collx-bench builds without either;
 // one that cannot run says why instead of returning a figure.
 //
@@ -47,13 +48,16 @@
 #include <gloo/algorithm.h>
 #include <gloo/allgather.h>
 #include <gloo/allreduce.h>
+#include <gloo/alltoall.h>
 #include <gloo/barrier.h>
 #include <gloo/broadcast.h>
 #include <gloo/context.h>
+#include <gloo/gather.h>
 #include <gloo/math.h>
 #include <gloo/reduce.h>
 #include <gloo/reduce_scatter.h>
 #include <gloo/rendezvous/context.h>
+#include <gloo/scatter.h>
 #include <gloo/rendezvous/file_store.h>
 #include <gloo/transport/tcp/device.h>
 #include <gloo/types.h>
@@ -162,10 +166,29 @@ inline baseline_data reference_data(const baseline_case& c, int ranks) {
   };
   d.check = [c, ranks](const void* result, int rank, std::size_t n) -> long long {
     const std::size_t m = std::min(n, c.count);
+    const std::size_t es = collx::size_of(c.type);
+    const auto mine = static_cast<std::size_t>(rank) * c.count;
+    // Block j of a gathered result, each element from rank_of(j) at index at(j, i).
+    auto blocks = [&](auto&& rank_of, auto&& at) {
+      long long w = 0;
+      for (int j = 0; static_cast<std::size_t>(j) * c.count < n && j < ranks; ++j) {
+        const auto* block = static_cast<const std::byte*>(result) + static_cast<std::size_t>(j) * c.count * es;
+        w += detail::count_wrong(c, block, c.count,
+                                 [&](std::size_t i) { return detail::reference_value(c, ranks, rank_of(j), at(j, i)); });
+      }
+      return w;
+    };
     switch (c.coll) {
+      case collx::collective::all_to_all:
+        return blocks([](int j) { return j; }, [&](int, std::size_t i) { return mine + i; });
+      case collx::collective::gather:
+        if (rank != c.root) return 0;  // the other ranks' output is not the call's
+        return blocks([](int j) { return j; }, [](int, std::size_t i) { return i; });
+      case collx::collective::scatter:
+        return detail::count_wrong(c, result, m,
+                                   [&](std::size_t k) { return detail::reference_value(c, ranks, c.root, mine + k); });
       case collx::collective::all_gather: {
         long long w = 0;
-        const std::size_t es = collx::size_of(c.type);
         for (int j = 0; j < ranks && static_cast<std::size_t>(j) * c.count < n; ++j) {
           const auto* block =
               static_cast<const std::byte*>(result) + static_cast<std::size_t>(j) * c.count * es;
@@ -222,8 +245,9 @@ baseline_result drive(const baseline_case& c, int rank, int ranks, const baselin
   const std::size_t in_n = input_elements(c, ranks);
   const std::size_t out_n = output_elements(c, ranks);
   // Where the rank's input sits in an in-place buffer: its own block of an all-gather.
-  const std::size_t at =
-      c.coll == collx::collective::all_gather ? static_cast<std::size_t>(rank) * c.count : 0;
+  const std::size_t at = c.coll == collx::collective::all_gather || c.coll == collx::collective::gather
+                             ? static_cast<std::size_t>(rank) * c.count
+                             : 0;
   std::vector<std::byte> in(in_n * es);
   std::vector<std::byte> out((c.in_place ? std::max(in_n, out_n) : out_n) * es);
   if (in_n > 0) data.fill(in.data(), rank, in_n);
@@ -424,6 +448,16 @@ class mpi_baseline {
             if (!in_place && me == root) std::memcpy(recv, send, bytes);
             MPI_Bcast(recv, n, t, root, comm);
           };
+        case collx::collective::all_to_all:
+          meta.algorithm = "MPI_Alltoall";
+          if (in_place) return [=] { MPI_Alltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, recv, n, t, comm); };
+          return [=] { MPI_Alltoall(send, n, t, recv, n, t, comm); };
+        case collx::collective::gather:
+          meta.algorithm = "MPI_Gather";
+          return [=] { MPI_Gather(send, n, t, recv, n, t, root, comm); };
+        case collx::collective::scatter:
+          meta.algorithm = "MPI_Scatter";
+          return [=] { MPI_Scatter(send, n, t, recv, n, t, root, comm); };
         case collx::collective::reduce:
           meta.algorithm = "MPI_Reduce";
           // In place, the root passes MPI_IN_PLACE and the others their buffer as the input.
@@ -759,6 +793,55 @@ class gloo_baseline {
           f = [this, o] {
             o->setTag(next_tag());
             gloo::broadcast(*o);
+          };
+          break;
+        }
+        case collx::collective::all_to_all: {
+          algorithm = "alltoall";
+          // Gloo's all-to-all has no in-place form: in place, the buffer is copied out
+          // first, every call.
+          std::shared_ptr<std::vector<std::byte>> scratch;
+          std::byte* from = send;
+          const std::size_t total = count * es * static_cast<std::size_t>(p);
+          if (in_place) {
+            scratch = std::make_shared<std::vector<std::byte>>(total);
+            from = scratch->data();
+          }
+          auto o = std::make_shared<gloo::AlltoallOptions>(ctx_);
+          o->setInput(reinterpret_cast<std::uint8_t*>(from), total);
+          o->setOutput(reinterpret_cast<std::uint8_t*>(recv), total);
+          f = [this, o, scratch, send, total] {
+            if (scratch) std::memcpy(scratch->data(), send, total);
+            o->setTag(next_tag());
+            gloo::alltoall(*o);
+          };
+          break;
+        }
+        case collx::collective::gather: {
+          algorithm = "gather";
+          auto o = std::make_shared<gloo::GatherOptions>(ctx_);
+          o->setInput(reinterpret_cast<std::uint8_t*>(send), count * es);
+          if (rank_ == c.root) o->setOutput(reinterpret_cast<std::uint8_t*>(recv), count * es * static_cast<std::size_t>(p));
+          o->setRoot(c.root);
+          f = [this, o] {
+            o->setTag(next_tag());
+            gloo::gather(*o);
+          };
+          break;
+        }
+        case collx::collective::scatter: {
+          algorithm = "scatter";
+          auto o = std::make_shared<gloo::ScatterOptions>(ctx_);
+          std::vector<std::uint8_t*> blocks;
+          for (int j = 0; j < p && rank_ == c.root; ++j) {
+            blocks.push_back(reinterpret_cast<std::uint8_t*>(send) + static_cast<std::size_t>(j) * count * es);
+          }
+          if (rank_ == c.root) o->setInputs(blocks, count * es);
+          o->setOutput(reinterpret_cast<std::uint8_t*>(recv), count * es);
+          o->setRoot(c.root);
+          f = [this, o] {
+            o->setTag(next_tag());
+            gloo::scatter(*o);
           };
           break;
         }

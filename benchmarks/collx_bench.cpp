@@ -1,6 +1,7 @@
 // collx-bench: the nccl-tests-style harness.
 //
-//   collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce] [-r ROOT] [--algo NAME|auto]
+//   collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter]
+//               [-r ROOT] [--algo NAME|auto]
 //               [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] [--gpu]
 //               [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
 //               [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
@@ -9,7 +10,8 @@
 // of all-reduce, broadcast and reduce, the whole gathered (all-gather) or scattered
 // (reduce-scatter) buffer. time is the mean over -n iterations after -w warm-up ones, the
 // maximum over ranks. algbw = size / time; busbw = algbw * 2(p-1)/p for all-reduce, 1
-// for broadcast and reduce, (p-1)/p otherwise. With -c 1 every rank checks its result
+// for broadcast and reduce, (p-1)/p otherwise (all-gather, reduce-scatter, all-to-all,
+// gather, scatter: size is the whole p-block buffer). With -c 1 every rank checks its result
 // against a serial reference of the inputs it can compute for every rank, computed in
 // exact integers (or double, for avg) and not by collx's reduction code
 // (baselines.hpp); #wrong counts the elements that differ.
@@ -100,6 +102,7 @@ struct row {
   double algbw = 0;
   double busbw = 0;
   long long wrong = 0;
+  bool missing = false;  // a baseline without this form (printed n/a, not written to the files)
 };
 
 const char* dtype_name(dtype t) {
@@ -181,7 +184,12 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
   const auto up = static_cast<std::size_t>(p);
   const auto ur = static_cast<std::size_t>(r);
   const std::size_t es = size_of(s.type);
-  const bool whole_in = s.coll == collective::reduce_scatter;
+  const bool whole_in =
+      s.coll == collective::reduce_scatter || s.coll == collective::scatter || s.coll == collective::all_to_all;
+  // In place, the rank's own block sits at rank * count of a p-block buffer: the input of
+  // an all-gather or gather, the result of a reduce-scatter or scatter.
+  const bool own_in = s.coll == collective::all_gather || s.coll == collective::gather;
+  const bool own_out = s.coll == collective::reduce_scatter || s.coll == collective::scatter;
   const std::size_t count = whole_buffer(s.coll) ? bytes / es : bytes / es / up;  // per rank
   row out;
   const communicator_config cfg;  // what the communicators were built with
@@ -193,7 +201,10 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
   options o;
   o.algo = s.algo;
   const std::size_t in_n = whole_in ? count * up : count;
-  const std::size_t out_n = s.coll == collective::all_gather ? count * up : count;
+  const std::size_t out_n =
+      s.coll == collective::all_gather || s.coll == collective::gather || s.coll == collective::all_to_all
+          ? count * up
+          : count;
   const std::size_t buf_n = in_place ? std::max(in_n, out_n) : 0;
   std::vector<std::byte> in(in_n * es), outb(out_n * es), inplace(buf_n * es);
   // Each rank's contribution: the vector it reduces, or its block of the gather.
@@ -203,12 +214,12 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
   std::byte* recv = outb.data();
   auto prepare = [&] {
     if (!in_place) return;
-    const std::size_t at = s.coll == collective::all_gather ? ur * count * es : 0;
+    const std::size_t at = own_in ? ur * count * es : 0;
     std::memcpy(inplace.data() + at, in.data(), in_n * es);
   };
   if (in_place) {
-    send = s.coll == collective::all_gather ? inplace.data() + ur * count * es : inplace.data();
-    recv = s.coll == collective::reduce_scatter ? inplace.data() + ur * count * es : inplace.data();
+    send = own_in ? inplace.data() + ur * count * es : inplace.data();
+    recv = own_out ? inplace.data() + ur * count * es : inplace.data();
   }
   auto once = [&] {
     switch (s.coll) {
@@ -217,6 +228,9 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
       case collective::reduce_scatter: c.reduce_scatter(send, recv, count, s.type, s.op, o); break;
       case collective::broadcast: c.broadcast(send, recv, count, s.type, s.root, o); break;
       case collective::reduce: c.reduce(send, recv, count, s.type, s.op, s.root, o); break;
+      case collective::all_to_all: c.all_to_all(send, recv, count, s.type, o); break;
+      case collective::gather: c.gather(send, recv, count, s.type, s.root, o); break;
+      case collective::scatter: c.scatter(send, recv, count, s.type, s.root, o); break;
       case collective::barrier: c.barrier(o); break;
     }
   };
@@ -255,7 +269,8 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
 int usage() {
   std::fprintf(
       stderr,
-      "usage: collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce] [-r ROOT]\n"
+      "usage: collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter]\n"
+      "                   [-r ROOT]\n"
       "                   [--algo NAME|auto]\n"
       "                   [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] "
       "[--gpu]\n"
@@ -298,10 +313,16 @@ contender baseline_contender(const settings& s, std::string impl, std::string tr
             const std::size_t count = whole_buffer(s.coll) ? bytes / es : bytes / es / up;
             std::pair<row, row> out;
             for (bool ip : {false, true}) {
+              row& x = ip ? out.second : out.first;
+              if (ip && (s.coll == collective::gather || s.coll == collective::scatter)) {
+                // MPI's in-place gather and scatter are the root's alone, Gloo has none:
+                // not the form collx and NCCL mean.
+                x.missing = true;
+                continue;
+              }
               const bench::baseline_case bc = case_of(s, count, ip);
               const auto res = b.run(bc, why, bench::reference_data(bc, s.np));
               if (!res) return std::nullopt;
-              row& x = ip ? out.second : out.first;
               x.bytes = whole_buffer(s.coll) ? count * es : count * es * up;
               x.count = whole_buffer(s.coll) ? count : count * up;
               x.in_place = ip;
@@ -374,12 +395,19 @@ int sweep(const settings& s, std::vector<contender>& who,
         }
       }
       if (print) {
-        std::printf("  %10zu %12zu %8s %6s %6d %9.2f %7.2f %7.2f %6lld %9.2f %7.2f %7.2f %6lld  %-10s %s\n",
-                    oop.bytes, oop.count, dtype_name(s.type), std::string(to_string(s.op)).c_str(),
-                    rooted(s.coll) ? s.root : -1, oop.time_us, oop.algbw, oop.busbw, oop.wrong, ip.time_us,
-                    ip.algbw, ip.busbw, ip.wrong, label.c_str(), ratio.c_str());
+        char in_place[64];
+        if (ip.missing) {
+          std::snprintf(in_place, sizeof in_place, "%9s %7s %7s %6s", "n/a", "", "", "");
+        } else {
+          std::snprintf(in_place, sizeof in_place, "%9.2f %7.2f %7.2f %6lld", ip.time_us, ip.algbw, ip.busbw,
+                        ip.wrong);
+        }
+        std::printf("  %10zu %12zu %8s %6s %6d %9.2f %7.2f %7.2f %6lld %s  %-10s %s\n", oop.bytes, oop.count,
+                    dtype_name(s.type), std::string(to_string(s.op)).c_str(), rooted(s.coll) ? s.root : -1,
+                    oop.time_us, oop.algbw, oop.busbw, oop.wrong, in_place, label.c_str(), ratio.c_str());
       }
       for (const row& x : {oop, ip}) {
+        if (x.missing) continue;
         const std::string algo = who[k].impl == "collx" ? std::string(to_string(x.algo)) : x.peer_algo;
         rows.push_back({who[k].impl, who[k].transport, algo, x});
         wrong_total += std::max(0LL, x.wrong);

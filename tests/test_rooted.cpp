@@ -1,7 +1,8 @@
-// broadcast, reduce and barrier on the local transport, ranks as threads, against a
-// serial reference computed here (never by collx's reduction code): every element type
-// and reduction, every root, p in {1, 2, 3, 5, 7, 8, 13}, counts 0, 1, odd and large,
-// in place and out of place, each algorithm forced and the automatic choice.
+// broadcast, reduce, all-to-all, gather, scatter and barrier on the local transport,
+// ranks as threads, against a serial reference computed here (never by collx's
+// reduction code): every element type and reduction, every root, p in {1, 2, 3, 5, 7,
+// 8, 13}, counts 0, 1, odd and large, in place and out of place (where the collective
+// has both), each algorithm forced and the automatic choice.
 
 #include <doctest/doctest.h>
 
@@ -84,10 +85,11 @@ std::vector<shape> shapes(collective c, int p, bool is_float, bool large) {
   std::vector<shape> out;
   std::vector<std::size_t> counts = {0, 1, 7, 1001};
   if (large) counts.push_back(100003);
-  for (int root = 0; root < p; ++root) {
+  const int roots = c == collective::all_to_all ? 1 : p;
+  for (int root = 0; root < roots; ++root) {
     for (std::size_t n : counts) {
       for (bool ip : {false, true}) {
-        if (c == collective::broadcast) {
+        if (!collx::reduces(c)) {
           out.push_back({root, n, ip, reduce_op::sum});
           continue;
         }
@@ -101,9 +103,68 @@ std::vector<shape> shapes(collective c, int p, bool is_float, bool large) {
   return out;
 }
 
+// all_to_all, gather or scatter: blocks of n, rank r's input element k is value(r, k).
+// The forms off the root alternate between a full buffer and an empty one.
+template <class T>
+long long run_move(collx::communicator& comm, collective c, const shape& s, algorithm a) {
+  const int me = comm.rank();
+  const auto up = static_cast<std::size_t>(comm.size());
+  const auto mine_at = static_cast<std::size_t>(me) * s.n;
+  constexpr bool is_signed = std::is_signed_v<T> || !std::is_integral_v<T>;
+  collx::options o;
+  o.algo = a;
+  if (s.n == 1001) o.segment_bytes = 10 * sizeof(T);
+  const bool full = me == s.root || (s.n % 2 == 1);  // off the root, empty when n is even
+  std::size_t in_n = c == collective::gather ? s.n : (c == collective::scatter && !full ? 0 : s.n * up);
+  const std::size_t out_n =
+      c == collective::scatter ? s.n : (c == collective::gather && !full ? 0 : s.n * up);
+  if (s.in_place) in_n = s.n * up;  // every form in place: the p blocks
+  std::vector<T> in(in_n), out(out_n, test::from_d<T>(untouched));
+  for (std::size_t k = 0; k < in_n; ++k)
+    in[k] = test::from_d<T>(static_cast<double>(value(me, k, s.op, is_signed)));
+  if (s.in_place && c == collective::gather) {  // only the own block is the contribution
+    for (std::size_t k = 0; k < in_n; ++k) {
+      if (k / s.n != static_cast<std::size_t>(me)) in[k] = test::from_d<T>(untouched);
+      if (k / s.n == static_cast<std::size_t>(me))
+        in[k] = test::from_d<T>(static_cast<double>(value(me, k - mine_at, s.op, is_signed)));
+    }
+  }
+  const std::vector<T> mine = in;
+  if (c == collective::all_to_all) {
+    s.in_place ? comm.all_to_all(in, o) : comm.all_to_all(in, out, o);
+  } else if (c == collective::gather) {
+    s.in_place ? comm.gather(in, s.root, o) : comm.gather(in, out, s.root, o);
+  } else {
+    s.in_place ? comm.scatter(in, s.root, o) : comm.scatter(in, out, s.root, o);
+  }
+  const std::vector<T>& got = s.in_place ? in : out;
+  long long wrong = 0;
+  for (std::size_t k = 0; k < got.size(); ++k) {
+    const std::size_t j = s.n == 0 ? 0 : k / s.n;
+    const std::size_t i = s.n == 0 ? 0 : k % s.n;
+    const bool own = j == static_cast<std::size_t>(me);
+    double want = s.in_place ? test::to_d(mine[k]) : untouched;  // what the call must not touch
+    if (c == collective::all_to_all) {
+      want = static_cast<double>(value(static_cast<int>(j), mine_at + i, s.op, is_signed));
+    } else if (c == collective::gather && me == s.root) {
+      want = static_cast<double>(value(static_cast<int>(j), i, s.op, is_signed));
+    } else if (c == collective::scatter && (!s.in_place || own)) {
+      want = static_cast<double>(value(s.root, mine_at + (s.in_place ? i : k), s.op, is_signed));
+    }
+    if (test::to_d(got[k]) != test::to_d(test::from_d<T>(want))) ++wrong;
+  }
+  if (!s.in_place) {
+    for (std::size_t k = 0; k < in.size(); ++k) wrong += test::to_d(in[k]) != test::to_d(mine[k]) ? 1 : 0;
+  }
+  return wrong;
+}
+
 // One call of `c` on this rank, checked against the reference; returns the wrong elements.
 template <class T>
 long long run_one(collx::communicator& comm, collective c, const shape& s, algorithm a) {
+  if (c == collective::all_to_all || c == collective::gather || c == collective::scatter) {
+    return run_move<T>(comm, c, s, a);
+  }
   const int me = comm.rank();
   const int p = comm.size();
   constexpr bool is_signed = std::is_signed_v<T> || !std::is_integral_v<T>;
@@ -200,6 +261,16 @@ TEST_CASE("reduce, automatic choice, matches the serial reference") {
   check_against_reference(collective::reduce, algorithm::automatic);
 }
 
+TEST_CASE("all-to-all, pairwise exchange, matches the serial reference") {
+  check_against_reference(collective::all_to_all, algorithm::pairwise);
+}
+TEST_CASE("gather, linear, matches the serial reference") {
+  check_against_reference(collective::gather, algorithm::linear);
+}
+TEST_CASE("scatter, linear, matches the serial reference") {
+  check_against_reference(collective::scatter, algorithm::automatic);
+}
+
 TEST_CASE("the untyped and async forms: broadcast's input and reduce's output may be null off the root") {
   auto errors = test::run_ranks(5, [](collx::communicator& comm) {
     const int me = comm.rank();
@@ -286,6 +357,16 @@ TEST_CASE("ranks that name different roots, or different counts, all get a misma
        [](collx::communicator& c) {
          std::vector<float> v(c.rank() == 1 ? 9 : 8, 1.0f);
          c.broadcast(v, 0);
+       }},
+      {"gather root",
+       [](collx::communicator& c) {
+         std::vector<float> in(3, 1.0f), out(3 * static_cast<std::size_t>(c.size()));
+         c.gather(in, out, c.rank() == 1 ? 1 : 0);
+       }},
+      {"all-to-all block",
+       [](collx::communicator& c) {
+         std::vector<float> v(static_cast<std::size_t>(c.size()) * (c.rank() == 0 ? 2 : 3), 1.0f);
+         c.all_to_all(v);
        }},
       {"barrier against a broadcast",
        [](collx::communicator& c) {

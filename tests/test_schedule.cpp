@@ -409,6 +409,25 @@ TEST_CASE("the verifier proves binomial reduce for p = 1..64 and every root") {
 TEST_CASE("the verifier proves chain reduce for p = 1..64 and every root") {
   prove_rooted(algorithm::chain, collective::reduce);
 }
+TEST_CASE("the verifier proves linear gather for p = 1..64 and every root") {
+  prove_rooted(algorithm::linear, collective::gather);
+}
+TEST_CASE("the verifier proves linear scatter for p = 1..64 and every root") {
+  prove_rooted(algorithm::linear, collective::scatter);
+}
+TEST_CASE("the verifier proves pairwise all-to-all for p = 1..64") {
+  for (int p = 1; p <= 64; ++p) {
+    for (std::size_t n :
+         {std::size_t{0}, std::size_t{1}, static_cast<std::size_t>(p) + 1, std::size_t{1001}}) {
+      for (bool in_place : {false, true}) {
+        const auto v =
+            collx::verify(build_rooted(algorithm::pairwise, collective::all_to_all, p, n, 300, in_place, 0));
+        INFO("p=", p, " count=", n, " in_place=", in_place);
+        REQUIRE_MESSAGE(v.ok, v.message);
+      }
+    }
+  }
+}
 TEST_CASE("the verifier proves the dissemination barrier for p = 1..64") {
   for (int p = 1; p <= 64; ++p) {
     const auto v =
@@ -418,9 +437,11 @@ TEST_CASE("the verifier proves the dissemination barrier for p = 1..64") {
   }
 }
 
-TEST_CASE("the rooted collectives pipeline: many small segments are proven too") {
-  for (auto a : {algorithm::binomial, algorithm::chain}) {
-    for (auto c : {collective::broadcast, collective::reduce}) {
+TEST_CASE("the rooted collectives and all-to-all pipeline: many small segments are proven too") {
+  for (auto a : {algorithm::binomial, algorithm::chain, algorithm::linear, algorithm::pairwise}) {
+    for (auto c : {collective::broadcast, collective::reduce, collective::gather, collective::scatter,
+                   collective::all_to_all}) {
+      if (!collx::implements(a, c)) continue;
       for (int p : {2, 3, 5, 7, 13}) {
         for (std::size_t seg : {std::size_t{1}, std::size_t{3}}) {
           for (bool in_place : {false, true}) {

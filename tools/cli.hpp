@@ -72,7 +72,9 @@ inline std::optional<collective> parse_collective(std::string_view s) {
   if (s == "allreduce" || s == "all_reduce") return collective::all_reduce;
   if (s == "allgather" || s == "all_gather") return collective::all_gather;
   if (s == "reducescatter" || s == "reduce_scatter") return collective::reduce_scatter;
-  for (auto c : {collective::broadcast, collective::reduce, collective::barrier}) {
+  if (s == "alltoall") return collective::all_to_all;
+  for (auto c : {collective::broadcast, collective::reduce, collective::barrier, collective::all_to_all,
+                 collective::gather, collective::scatter}) {
     if (s == to_string(c)) return c;
   }
   return std::nullopt;

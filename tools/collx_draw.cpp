@@ -102,8 +102,11 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
 int usage() {
   std::fprintf(
       stderr,
-      "usage: collx-draw --coll allreduce|allgather|reducescatter|broadcast|reduce|barrier\n"
-      "                  --algo ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination -p RANKS\n"
+      "usage: collx-draw --coll "
+      "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier\n"
+      "                  --algo "
+      "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear\n"
+      "                  -p RANKS\n"
       "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return 2;
 }

@@ -5,8 +5,8 @@
 //   collx-sim --coll broadcast --root 3 -p 65536 --bytes 256M --segment 512K
 //
 // bytes is the buffer size as nccl-tests counts it: the whole vector for all-reduce,
-// broadcast and reduce, the whole gathered (or scattered) buffer for all-gather and
-// reduce-scatter; a barrier has none. algbw = bytes / time; busbw = algbw * 2(p-1)/p for
+// broadcast and reduce, the whole p-block buffer for all-gather, reduce-scatter,
+// all-to-all, gather and scatter; a barrier has none. algbw = bytes / time; busbw = algbw * 2(p-1)/p for
 // all-reduce, 1 for broadcast and reduce, (p-1)/p otherwise. The segment (the pipeline's,
 // default the library's) prices the pipelined chain; the root changes no cost (every
 // rank's tree has the same shape), and is checked against p.
@@ -24,7 +24,9 @@ namespace {
 int usage() {
   std::fprintf(
       stderr,
-      "usage: collx-sim --coll allreduce|allgather|reducescatter|broadcast|reduce|barrier -p RANKS\n"
+      "usage: collx-sim --coll "
+      "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier\n"
+      "                 -p RANKS\n"
       "                 --bytes SIZE [--root RANK] [--segment SIZE] [--alpha TIME] [--beta BANDWIDTH]\n"
       "                 [--gamma BANDWIDTH] [--json]\n"
       "  SIZE like 256M, TIME like 2us, BANDWIDTH like 25GB/s\n");
@@ -93,7 +95,9 @@ int main(int argc, char** argv) {
 
   // The API's count is per rank; the model takes bytes per rank the same way.
   auto rank_bytes = [&](double b) {
-    return coll == collective::all_gather || coll == collective::reduce_scatter ? b / p : b;
+    return coll == collective::all_reduce || coll == collective::broadcast || coll == collective::reduce
+               ? b
+               : b / p;
   };
   const double per_rank = rank_bytes(bytes);
   const double factor = cli::busbw_factor(coll, p);

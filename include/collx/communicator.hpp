@@ -339,6 +339,86 @@ class communicator : public detail::untyped_calls<communicator> {
     return submit(collective::reduce, p, p, std::ranges::size(data), dtype_of_range<Data>(), op, o, root);
   }
 
+  // out block j = rank j's in block rank(); in.size() == out.size() == n * size().
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void all_to_all(const In& in, Out&& out, const options& o = {}) {
+    check_sizes("all_to_all", std::ranges::size(in), std::ranges::size(out), 1, 1);
+    const std::size_t n = block_of("all_to_all", std::ranges::size(out));
+    run_now(collective::all_to_all, data_of(in), data_of(out), n, dtype_of_range<Out>(), reduce_op::sum, o);
+  }
+  template <class In, class Out>
+  requires detail::async_pair<In, Out> request all_to_all_async(In&& in, Out&& out, const options& o = {}) {
+    check_sizes("all_to_all", std::ranges::size(in), std::ranges::size(out), 1, 1);
+    const std::size_t n = block_of("all_to_all", std::ranges::size(out));
+    return submit(collective::all_to_all, data_of(in), data_of(out), n, dtype_of_range<Out>(), reduce_op::sum,
+                  o);
+  }
+  // In place: block j of data goes to rank j, and is replaced by rank j's block for this rank.
+  template <class Data>
+  requires detail::output_range<Data>
+  void all_to_all(Data&& data, const options& o = {}) {
+    const std::size_t n = block_of("all_to_all", std::ranges::size(data));
+    auto* p = data_of(data);
+    run_now(collective::all_to_all, p, p, n, dtype_of_range<Data>(), reduce_op::sum, o);
+  }
+
+  // On the root, out block j = rank j's in; out.size() == in.size() * size() there, and
+  // may be empty elsewhere.
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void gather(const In& in, Out&& out, int root, const options& o = {}) {
+    void* to = rooted_side("gather", out, std::ranges::size(in) * usize(), root);
+    run_now(collective::gather, data_of(in), to, std::ranges::size(in), dtype_of_range<Out>(), reduce_op::sum,
+            o, root);
+  }
+  template <class In, class Out>
+  requires detail::async_pair<In, Out> request gather_async(In&& in, Out&& out, int root,
+                                                            const options& o = {}) {
+    void* to = rooted_side("gather", out, std::ranges::size(in) * usize(), root);
+    return submit(collective::gather, data_of(in), to, std::ranges::size(in), dtype_of_range<Out>(),
+                  reduce_op::sum, o, root);
+  }
+
+  // In place: data holds size() blocks and this rank's contribution is its own,
+  // data[rank()*n, (rank()+1)*n); on the root the others fill in, elsewhere data stays.
+  template <class Data>
+  requires detail::output_range<Data>
+  void gather(Data&& data, int root, const options& o = {}) {
+    const std::size_t n = block_of("gather", std::ranges::size(data));
+    auto* p = data_of(data);
+    run_now(collective::gather, p + static_cast<std::size_t>(rank()) * n * elem_size<Data>(), p, n,
+            dtype_of_range<Data>(), reduce_op::sum, o, root);
+  }
+
+  // out = the root's in block rank(); on the root in.size() == out.size() * size(), and
+  // in may be empty elsewhere.
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void scatter(const In& in, Out&& out, int root, const options& o = {}) {
+    const void* from = rooted_side("scatter", in, std::ranges::size(out) * usize(), root);
+    run_now(collective::scatter, from, data_of(out), std::ranges::size(out), dtype_of_range<Out>(),
+            reduce_op::sum, o, root);
+  }
+  template <class In, class Out>
+  requires detail::async_pair<In, Out> request scatter_async(In&& in, Out&& out, int root,
+                                                             const options& o = {}) {
+    const void* from = rooted_side("scatter", in, std::ranges::size(out) * usize(), root);
+    return submit(collective::scatter, from, data_of(out), std::ranges::size(out), dtype_of_range<Out>(),
+                  reduce_op::sum, o, root);
+  }
+
+  // In place: data holds size() blocks; block rank() becomes the root's block rank(),
+  // the others stay as they were.
+  template <class Data>
+  requires detail::output_range<Data>
+  void scatter(Data&& data, int root, const options& o = {}) {
+    const std::size_t n = block_of("scatter", std::ranges::size(data));
+    auto* p = data_of(data);
+    run_now(collective::scatter, p, p + static_cast<std::size_t>(rank()) * n * elem_size<Data>(), n,
+            dtype_of_range<Data>(), reduce_op::sum, o, root);
+  }
+
   // Returns once every rank has called it (the blocking form is in front/untyped.hpp).
   request barrier_async(const options& o = {}) {
     return submit(collective::barrier, nullptr, nullptr, 0, dtype::u8, reduce_op::sum, o);
@@ -368,13 +448,32 @@ class communicator : public detail::untyped_calls<communicator> {
                        const options& o = {}) {
     return submit(collective::reduce, in, out, count, t, op, o, root);
   }
+  // count is one block; in place when in == out.
+  request all_to_all_async(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
+    return submit(collective::all_to_all, in, out, count, t, reduce_op::sum, o);
+  }
+  // count is one block; out is written on the root only (null elsewhere is fine); in
+  // place when in == out + rank*count.
+  request gather_async(const void* in, void* out, std::size_t count, dtype t, int root,
+                       const options& o = {}) {
+    return submit(collective::gather, in, out, count, t, reduce_op::sum, o, root);
+  }
+  // count is one block; in is read on the root only (null elsewhere is fine); in place
+  // when out == in + rank*count.
+  request scatter_async(const void* in, void* out, std::size_t count, dtype t, int root,
+                        const options& o = {}) {
+    return submit(collective::scatter, in, out, count, t, reduce_op::sum, o, root);
+  }
   // The blocking forms (front/untyped.hpp).
   using untyped_calls::all_gather;
   using untyped_calls::all_reduce;
+  using untyped_calls::all_to_all;
   using untyped_calls::barrier;
   using untyped_calls::broadcast;
+  using untyped_calls::gather;
   using untyped_calls::reduce;
   using untyped_calls::reduce_scatter;
+  using untyped_calls::scatter;
 
   // A rank that times out waiting for a peer cannot tell a stalled peer from one that is
   // itself waiting. With an explainer (one that compares notes through the rendezvous
@@ -443,20 +542,22 @@ class communicator : public detail::untyped_calls<communicator> {
     return total / usize();
   }
 
-  // The side of a rooted call that only the root uses (broadcast's input, reduce's
-  // output): the size of the other side, or empty (null) on another rank.
+  // The side of a rooted call that only the root uses (broadcast's and scatter's input,
+  // reduce's and gather's output): n elements (what the other side's size asks for), or
+  // empty (null) on another rank.
   template <class R>
   auto* rooted_side(std::string_view coll, R&& r, std::size_t n, int root) const {
     const std::size_t got = std::ranges::size(r);
     if (got != n && (got != 0 || root == rank())) {
-      invalid(coll, "input and output must have one size (" + std::to_string(n) +
-                        " elements; on ranks other than "
-                        "the root the " +
-                        std::string(coll == "broadcast" ? "input" : "output") + " may be empty), got " +
-                        std::to_string(got));
+      const bool input = coll == "broadcast" || coll == "scatter";
+      invalid(coll, std::string(input ? "input" : "output") + " must have " + std::to_string(n) +
+                        " elements (from the other buffer's size" +
+                        (n != 0 && rooted_blocks(coll) ? " x ranks" : "") +
+                        "; on ranks other than the root it may be empty), got " + std::to_string(got));
     }
     return got == 0 ? nullptr : data_of(r);
   }
+  static bool rooted_blocks(std::string_view coll) { return coll == "gather" || coll == "scatter"; }
 
   // A failed communicator refuses every call.
   static void check_healthy(detail::comm_state& s, std::string_view name) {

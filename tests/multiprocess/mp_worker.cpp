@@ -187,7 +187,50 @@ void rooted_case(communicator& comm, collective c, algorithm a, std::size_t n, b
   }
 }
 
+// all_to_all, gather or scatter of blocks of n: element k of rank r's input is input(r, k).
+template <class T>
+void move_case(communicator& comm, collective c, std::size_t n, bool in_place, int root) {
+  const int me = comm.rank();
+  const auto up = static_cast<std::size_t>(comm.size());
+  ++cases;
+  std::vector<T> in(c == collective::gather ? n : n * up),
+      out(c == collective::scatter ? n : n * up, from_d<T>(99));
+  for (std::size_t k = 0; k < in.size(); ++k) in[k] = from_d<T>(input(me, k));
+  if (c == collective::all_to_all) {
+    in_place ? comm.all_to_all(in) : comm.all_to_all(in, out);
+  } else if (c == collective::gather) {
+    comm.gather(in, out, root);
+  } else {
+    comm.scatter(in, out, root);
+  }
+  const std::vector<T>& got = in_place ? in : out;
+  long long wrong = 0;
+  const std::size_t mine = static_cast<std::size_t>(me) * n;
+  for (std::size_t k = 0; k < got.size(); ++k) {
+    const int j = n == 0 ? 0 : static_cast<int>(k / n);
+    const std::size_t i = n == 0 ? 0 : k % n;
+    const double want = c == collective::all_to_all ? input(j, mine + i)
+                        : c == collective::scatter  ? input(root, mine + k)
+                        : me == root                ? input(j, i)
+                                                    : 99.0;
+    if (!close_enough(got[k], want, reduce_op::sum)) ++wrong;
+  }
+  if (wrong != 0) {
+    ++failures;
+    std::printf("FAILED %s root %d n=%zu %s: %lld wrong\n", std::string(to_string(c)).c_str(), root, n,
+                in_place ? "in-place" : "out-of-place", wrong);
+  }
+}
+
 void rooted_collectives(communicator& comm) {
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{100003}}) {
+    for (bool ip : {false, true}) move_case<float>(comm, collective::all_to_all, n, ip, 0);
+    move_case<double>(comm, collective::all_to_all, n, false, 0);
+    for (int root = 0; root < comm.size(); ++root) {
+      move_case<float>(comm, collective::gather, n, false, root);
+      move_case<std::int32_t>(comm, collective::scatter, n, false, root);
+    }
+  }
   for (collective c : {collective::broadcast, collective::reduce}) {
     for (algorithm a : {algorithm::binomial, algorithm::chain, algorithm::automatic}) {
       for (int root = 0; root < comm.size(); ++root) {

@@ -19,6 +19,7 @@
 
 #include "collx/algorithms/barrier.hpp"
 #include "collx/algorithms/bruck.hpp"
+#include "collx/algorithms/personalized.hpp"
 #include "collx/algorithms/recursive.hpp"
 #include "collx/algorithms/ring.hpp"
 #include "collx/algorithms/rooted.hpp"
@@ -42,7 +43,8 @@ struct call_shape {
 
 namespace detail {
 
-// The rooted collectives and the barrier (algorithms/rooted.hpp, barrier.hpp). The chain
+// The rooted collectives, the barrier and all-to-all (algorithms/rooted.hpp, barrier.hpp,
+// personalized.hpp; for these three, n is one block). The chain
 // is priced pipelined, in segments of segment_bytes (0: one segment), as it runs, with
 // its L signal rounds; the binomial tree unsegmented, as the small messages it is chosen
 // for run. Out of place, a broadcast's root also copies its buffer, beside the sends.
@@ -50,6 +52,9 @@ inline double predicted_rooted(algorithm a, collective c, int p, double n, doubl
                                const cost_params& m) {
   const double L = ceil_log2(p);
   if (c == collective::barrier) return L * m.alpha;
+  // Out of place, the own block's local copy runs beside the messages.
+  if (a == algorithm::pairwise) return std::max((p - 1) * (m.alpha + n * m.beta), n * m.gamma);
+  if (a == algorithm::linear) return std::max((p - 1) * (m.alpha + n * m.beta) + L * m.alpha, n * m.gamma);
   const double ga = c == collective::reduce ? m.gamma : 0.0;
   const double root_copy = c == collective::broadcast ? n * m.gamma : 0.0;
   if (a == algorithm::binomial) return std::max(L * (m.alpha + n * m.beta + n * ga), root_copy);
@@ -69,7 +74,7 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
                                 double segment_bytes = 0) {
   if (!implements(a, c) || a == algorithm::automatic) return std::numeric_limits<double>::infinity();
   if (p <= 1 || (bytes <= 0 && c != collective::barrier)) return 0.0;
-  if (rooted(c) || c == collective::barrier)
+  if (rooted(c) || c == collective::barrier || c == collective::all_to_all)
     return detail::predicted_rooted(a, c, p, bytes, segment_bytes, m);
   const double P = p;
   const double al = m.alpha;
@@ -166,9 +171,10 @@ inline schedule build(algorithm a, const call_shape& c) {
         "algorithm " + std::string(to_string(a)) + " does not implement " + std::string(to_string(c.coll)));
   }
   if (c.coll == collective::barrier) return dissemination(c.rank, c.ranks);
-  if (rooted(c.coll)) {
-    return rooted(c.coll, a, {c.rank, c.ranks, c.count, c.segment, c.in_place, c.root});
-  }
+  const rooted_params rp_root{{c.rank, c.ranks, c.count, c.segment, c.in_place}, c.root};
+  if (c.coll == collective::all_to_all) return pairwise(rp_root);
+  if (c.coll == collective::gather || c.coll == collective::scatter) return linear(c.coll, rp_root);
+  if (rooted(c.coll)) return rooted(c.coll, a, rp_root);
   if (c.count == 0) {
     // Every algorithm shares ring's empty round for count 0: it still carries the call's
     // signature (algorithm included) to a neighbour, so mismatches are caught.
@@ -186,6 +192,8 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::binomial:
     case algorithm::chain:
     case algorithm::dissemination:
+    case algorithm::pairwise:
+    case algorithm::linear:
     case algorithm::automatic: break;
   }
   return {};

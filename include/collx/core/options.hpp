@@ -9,11 +9,22 @@
 namespace collx {
 
 // The values travel in every message's envelope: new ones are added at the end.
-enum class collective : std::uint8_t { all_reduce, all_gather, reduce_scatter, broadcast, reduce, barrier };
+enum class collective : std::uint8_t {
+  all_reduce,
+  all_gather,
+  reduce_scatter,
+  broadcast,
+  reduce,
+  barrier,
+  all_to_all,
+  gather,
+  scatter
+};
 
-inline constexpr collective all_collectives[] = {collective::all_reduce,     collective::all_gather,
-                                                 collective::reduce_scatter, collective::broadcast,
-                                                 collective::reduce,         collective::barrier};
+inline constexpr collective all_collectives[] = {
+    collective::all_reduce, collective::all_gather, collective::reduce_scatter,
+    collective::broadcast,  collective::reduce,     collective::barrier,
+    collective::all_to_all, collective::gather,     collective::scatter};
 
 constexpr std::string_view to_string(collective c) noexcept {
   switch (c) {
@@ -23,12 +34,19 @@ constexpr std::string_view to_string(collective c) noexcept {
     case collective::broadcast: return "broadcast";
     case collective::reduce: return "reduce";
     case collective::barrier: return "barrier";
+    case collective::all_to_all: return "all_to_all";
+    case collective::gather: return "gather";
+    case collective::scatter: return "scatter";
   }
   return "?";
 }
 
-// Whether one rank, the root, is the source (broadcast) or the destination (reduce).
-constexpr bool rooted(collective c) noexcept { return c == collective::broadcast || c == collective::reduce; }
+// Whether one rank, the root, is the source (broadcast, scatter) or the destination
+// (reduce, gather).
+constexpr bool rooted(collective c) noexcept {
+  return c == collective::broadcast || c == collective::reduce || c == collective::gather ||
+         c == collective::scatter;
+}
 
 // Whether the call combines values with a reduce_op.
 constexpr bool reduces(collective c) noexcept {
@@ -38,7 +56,8 @@ constexpr bool reduces(collective c) noexcept {
 // The algorithms this build knows. automatic lets the library choose by the cost model.
 // recursive_doubling ("rd") is recursive doubling for all-reduce and all-gather and its
 // mirror, recursive halving, for reduce-scatter. binomial and chain are the rooted
-// collectives' trees (algorithms/rooted.hpp); dissemination is the barrier's.
+// collectives' trees (algorithms/rooted.hpp); dissemination is the barrier's; pairwise
+// (all-to-all) and linear (gather, scatter) are algorithms/personalized.hpp's.
 enum class algorithm : std::uint8_t {
   automatic,
   ring,
@@ -48,13 +67,17 @@ enum class algorithm : std::uint8_t {
   tree,
   binomial,
   chain,
-  dissemination
+  dissemination,
+  pairwise,
+  linear
 };
 
-inline constexpr algorithm all_algorithms[] = {
-    algorithm::ring, algorithm::recursive_doubling, algorithm::rabenseifner, algorithm::bruck,
-    algorithm::tree, algorithm::binomial,           algorithm::chain,        algorithm::dissemination};
-inline constexpr algorithm last_algorithm = algorithm::dissemination;
+inline constexpr algorithm all_algorithms[] = {algorithm::ring,         algorithm::recursive_doubling,
+                                               algorithm::rabenseifner, algorithm::bruck,
+                                               algorithm::tree,         algorithm::binomial,
+                                               algorithm::chain,        algorithm::dissemination,
+                                               algorithm::pairwise,     algorithm::linear};
+inline constexpr algorithm last_algorithm = algorithm::linear;
 
 constexpr std::string_view to_string(algorithm a) noexcept {
   switch (a) {
@@ -67,6 +90,8 @@ constexpr std::string_view to_string(algorithm a) noexcept {
     case algorithm::binomial: return "binomial";
     case algorithm::chain: return "chain";
     case algorithm::dissemination: return "dissemination";
+    case algorithm::pairwise: return "pairwise";
+    case algorithm::linear: return "linear";
   }
   return "?";
 }
@@ -91,8 +116,10 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::tree: return c == collective::all_reduce;
     case algorithm::bruck: return c == collective::all_gather;
     case algorithm::binomial:
-    case algorithm::chain: return rooted(c);
+    case algorithm::chain: return c == collective::broadcast || c == collective::reduce;
     case algorithm::dissemination: return c == collective::barrier;
+    case algorithm::pairwise: return c == collective::all_to_all;
+    case algorithm::linear: return c == collective::gather || c == collective::scatter;
   }
   return false;
 }

@@ -63,17 +63,18 @@ inline void check_kinds(collective coll, dtype t, reduce_op op, const options& o
   }
 }
 
-// Whether the call is the in-place form: in == out (all_reduce, broadcast, reduce),
-// in == out + rank*count (all_gather), or out == in + rank*count (reduce_scatter).
+// Whether the call is the in-place form: in == out (all_reduce, broadcast, reduce,
+// all_to_all), in == out + rank*count (all_gather, gather), or out == in + rank*count
+// (reduce_scatter, scatter), as in NCCL.
 inline bool is_in_place(collective coll, std::uintptr_t ia, std::uintptr_t oa, std::size_t block) {
-  return coll == collective::all_gather       ? ia == oa + block
-         : coll == collective::reduce_scatter ? oa == ia + block
-                                              : ia == oa;
+  if (coll == collective::all_gather || coll == collective::gather) return ia == oa + block;
+  if (coll == collective::reduce_scatter || coll == collective::scatter) return oa == ia + block;
+  return ia == oa;
 }
 
 // Throws invalid_argument (or unsupported, for an algorithm that lacks the collective)
-// naming the call and the rank. A broadcast reads no input on ranks other than the root,
-// and a reduce writes no output there: those may be null.
+// naming the call and the rank. A broadcast or scatter reads no input on ranks other than
+// the root, and a reduce or gather writes no output there: those may be null.
 inline checked_call check_call(collective coll, const void* in, void* out, std::size_t count, dtype t,
                                reduce_op op, const options& o, int rank, int size, bool host_memory = true,
                                int root = 0) {
@@ -89,8 +90,11 @@ inline checked_call check_call(collective coll, const void* in, void* out, std::
   }
   checked_call c;
   if (count == 0) return c;  // nothing will be touched: null pointers are fine
-  const bool in_unused = coll == collective::broadcast && rank != root && in == nullptr;
-  const bool out_unused = coll == collective::reduce && rank != root && out == nullptr;
+  const bool off_root = rooted(coll) && rank != root;
+  const bool in_unused =
+      off_root && (coll == collective::broadcast || coll == collective::scatter) && in == nullptr;
+  const bool out_unused =
+      off_root && (coll == collective::reduce || coll == collective::gather) && out == nullptr;
   if ((in == nullptr && !in_unused) || (out == nullptr && !out_unused)) {
     invalid(std::string(in == nullptr ? "input" : "output") + " is null with count " + std::to_string(count));
   }
@@ -118,7 +122,8 @@ inline checked_call check_call(collective coll, const void* in, void* out, std::
         "overload");
   }
   if (c.in_place) {
-    c.out = static_cast<std::byte*>(coll == collective::all_gather ? out : const_cast<void*>(in));
+    const bool out_first = coll == collective::all_gather || coll == collective::gather;
+    c.out = static_cast<std::byte*>(out_first ? out : const_cast<void*>(in));
   } else {
     c.in = static_cast<const std::byte*>(in);
     c.out = static_cast<std::byte*>(out);

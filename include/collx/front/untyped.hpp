@@ -37,6 +37,18 @@ class untyped_calls {
               const options& o = {}) {
     entry().run_now(collective::reduce, in, out, count, t, op, o, root);
   }
+  // count is one block: out block j = rank j's in block rank(); in place when in == out.
+  void all_to_all(const void* in, void* out, std::size_t count, dtype t, const options& o = {}) {
+    entry().run_now(collective::all_to_all, in, out, count, t, reduce_op::sum, o);
+  }
+  // count is one block: the root's out block j = rank j's in; out is written on the root only.
+  void gather(const void* in, void* out, std::size_t count, dtype t, int root, const options& o = {}) {
+    entry().run_now(collective::gather, in, out, count, t, reduce_op::sum, o, root);
+  }
+  // count is one block: out = the root's in block rank(); in is read on the root only.
+  void scatter(const void* in, void* out, std::size_t count, dtype t, int root, const options& o = {}) {
+    entry().run_now(collective::scatter, in, out, count, t, reduce_op::sum, o, root);
+  }
   // Returns once every rank has called it.
   void barrier(const options& o = {}) {
     entry().run_now(collective::barrier, nullptr, nullptr, 0, dtype::u8, reduce_op::sum, o);

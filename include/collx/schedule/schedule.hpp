@@ -127,34 +127,39 @@ inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ra
 
 // Elements in each of the caller's buffers for a collective of `count` per rank.
 // all_reduce, broadcast, reduce: in = out = count (broadcast reads only the root's
-// input, reduce writes only the root's output). all_gather: in = count, out =
-// ranks*count. reduce_scatter: in = ranks*count, out = count; in place, out is the whole
-// ranks*count buffer and the result lands at rank*count. barrier: none.
+// input, reduce writes only the root's output). all_gather, gather: in = count, out =
+// ranks*count (gather writes only the root's). reduce_scatter, scatter: in = ranks*count
+// (scatter reads only the root's), out = count; in place, their out is the whole
+// ranks*count buffer and the result lands at rank*count. all_to_all: in = out =
+// ranks*count, block j of the input for rank j. barrier: none.
 constexpr std::size_t input_extent(collective c, int ranks, std::size_t count) noexcept {
   if (c == collective::barrier) return 0;
-  return c == collective::reduce_scatter ? count * static_cast<std::size_t>(ranks) : count;
+  const bool blocks =
+      c == collective::reduce_scatter || c == collective::scatter || c == collective::all_to_all;
+  return blocks ? count * static_cast<std::size_t>(ranks) : count;
 }
 constexpr std::size_t output_extent(collective c, int ranks, std::size_t count, bool in_place) noexcept {
   if (c == collective::barrier) return 0;
-  if (c == collective::all_gather || (c == collective::reduce_scatter && in_place)) {
+  if (c == collective::all_gather || c == collective::gather || c == collective::all_to_all ||
+      ((c == collective::reduce_scatter || c == collective::scatter) && in_place)) {
     return count * static_cast<std::size_t>(ranks);
   }
   return count;
 }
 
-// The part of output that holds the result: none on a reduce's other ranks.
+// The part of output that holds the result: none on a reduce's or a gather's other ranks.
 constexpr region result_region(collective c, int rank, std::size_t count, bool in_place, int ranks,
                                int root = 0) noexcept {
-  if (c == collective::reduce_scatter && in_place) {
+  if ((c == collective::reduce_scatter || c == collective::scatter) && in_place) {
     return {buffer::output, static_cast<std::size_t>(rank) * count, count};
   }
-  if (c == collective::reduce && rank != root) return {buffer::output, 0, 0};
+  if ((c == collective::reduce || c == collective::gather) && rank != root) return {buffer::output, 0, 0};
   return {buffer::output, 0, output_extent(c, ranks, count, in_place)};
 }
 
 // The part of output that an in-place call starts with the rank's contribution in.
 constexpr region in_place_input(collective c, int rank, std::size_t count, int ranks) noexcept {
-  if (c == collective::all_gather) {
+  if (c == collective::all_gather || c == collective::gather) {
     return {buffer::output, static_cast<std::size_t>(rank) * count, count};
   }
   return {buffer::output, 0, input_extent(c, ranks, count)};

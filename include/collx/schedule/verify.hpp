@@ -361,6 +361,26 @@ class symbolic_ranks {
         // The other ranks' output is not the call's to write: in place it keeps the
         // rank's input, out of place it stays as the caller left it.
         return in_place_ ? expect{lpos, unit(r), n_} : expect{0, {}, n_, true};
+      case collective::all_to_all: {  // block j: rank j's block for this rank
+        const std::size_t j = pos / n_;
+        return {static_cast<long long>(index(r) * n_ + pos - j * n_), unit(static_cast<int>(j)),
+                (j + 1) * n_};
+      }
+      case collective::gather: {
+        const std::size_t j = pos / n_;
+        if (r == root_)
+          return {lpos - static_cast<long long>(j) * ln, unit(static_cast<int>(j)), (j + 1) * n_};
+        // The other ranks' output is not the call's to write; in place, their own block
+        // (their input) stays.
+        if (in_place_ && j == index(r)) return {lpos - static_cast<long long>(j) * ln, unit(r), (j + 1) * n_};
+        return {0, {}, in_place_ ? (j + 1) * n_ : output_extent(coll_, p_, n_, false), true};
+      }
+      case collective::scatter: {
+        if (!in_place_) return {static_cast<long long>(index(r) * n_) + lpos, unit(root_), n_};
+        // In place the buffer holds every block: this rank's is the root's, the others stay.
+        const std::size_t j = pos / n_;
+        return {lpos, j == index(r) ? unit(root_) : unit(r), (j + 1) * n_};
+      }
       case collective::barrier: break;
     }
     return {0, {}, 0};
