@@ -114,15 +114,16 @@ struct schedule {
 // A schedule for the call, with no steps yet: where every algorithm starts.
 inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ranks, std::size_t count,
                                bool in_place, int root = 0) {
-  schedule s;
-  s.root = root;
-  s.coll = coll;
-  s.algo = algo;
-  s.rank = rank;
-  s.ranks = ranks;
-  s.count = count;
-  s.in_place = in_place;
-  return s;
+  return schedule{.coll = coll,
+                  .algo = algo,
+                  .rank = rank,
+                  .ranks = ranks,
+                  .count = count,
+                  .in_place = in_place,
+                  .root = root,
+                  .scratch_count = 0,
+                  .steps = {},
+                  .deps = {}};
 }
 
 // Elements in each of the caller's buffers for a collective of `count` per rank.
