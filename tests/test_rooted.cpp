@@ -219,8 +219,8 @@ long long run_all(collx::communicator& comm, collective c, algorithm a, types<T.
       const long long w = run_one<U>(comm, c, s, a);
       if (w != 0) {
         MESSAGE("rank " << comm.rank() << "/" << comm.size() << " root " << s.root << " n " << s.n << " "
-                        << (s.in_place ? "in place" : "out of place") << " " << to_string(s.op) << " "
-                        << to_string(collx::dtype_v<U>) << ": " << w << " wrong");
+                        << std::string(s.in_place ? "in place" : "out of place") << " " << to_string(s.op)
+                        << " " << to_string(collx::dtype_v<U>) << ": " << w << " wrong");
       }
       wrong += w;
     }
