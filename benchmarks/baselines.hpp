@@ -57,8 +57,8 @@
 #include <gloo/reduce.h>
 #include <gloo/reduce_scatter.h>
 #include <gloo/rendezvous/context.h>
-#include <gloo/scatter.h>
 #include <gloo/rendezvous/file_store.h>
+#include <gloo/scatter.h>
 #include <gloo/transport/tcp/device.h>
 #include <gloo/types.h>
 #endif
@@ -172,9 +172,11 @@ inline baseline_data reference_data(const baseline_case& c, int ranks) {
     auto blocks = [&](auto&& rank_of, auto&& at) {
       long long w = 0;
       for (int j = 0; static_cast<std::size_t>(j) * c.count < n && j < ranks; ++j) {
-        const auto* block = static_cast<const std::byte*>(result) + static_cast<std::size_t>(j) * c.count * es;
-        w += detail::count_wrong(c, block, c.count,
-                                 [&](std::size_t i) { return detail::reference_value(c, ranks, rank_of(j), at(j, i)); });
+        const auto* block =
+            static_cast<const std::byte*>(result) + static_cast<std::size_t>(j) * c.count * es;
+        w += detail::count_wrong(c, block, c.count, [&](std::size_t i) {
+          return detail::reference_value(c, ranks, rank_of(j), at(j, i));
+        });
       }
       return w;
     };
@@ -185,8 +187,8 @@ inline baseline_data reference_data(const baseline_case& c, int ranks) {
         if (rank != c.root) return 0;  // the other ranks' output is not the call's
         return blocks([](int j) { return j; }, [](int, std::size_t i) { return i; });
       case collx::collective::scatter:
-        return detail::count_wrong(c, result, m,
-                                   [&](std::size_t k) { return detail::reference_value(c, ranks, c.root, mine + k); });
+        return detail::count_wrong(
+            c, result, m, [&](std::size_t k) { return detail::reference_value(c, ranks, c.root, mine + k); });
       case collx::collective::all_gather: {
         long long w = 0;
         for (int j = 0; j < ranks && static_cast<std::size_t>(j) * c.count < n; ++j) {
@@ -200,6 +202,10 @@ inline baseline_data reference_data(const baseline_case& c, int ranks) {
       case collx::collective::broadcast:
         return detail::count_wrong(
             c, result, m, [&](std::size_t k) { return detail::reference_value(c, ranks, c.root, k); });
+      case collx::collective::send_recv:  // a ring shift: rank-1's input
+        return detail::count_wrong(c, result, m, [&](std::size_t k) {
+          return detail::reference_value(c, ranks, (rank - 1 + ranks) % ranks, k);
+        });
       case collx::collective::reduce:
         if (rank != c.root) return 0;  // the other ranks' output is not the call's
         break;
@@ -452,6 +458,12 @@ class mpi_baseline {
           meta.algorithm = "MPI_Alltoall";
           if (in_place) return [=] { MPI_Alltoall(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, recv, n, t, comm); };
           return [=] { MPI_Alltoall(send, n, t, recv, n, t, comm); };
+        case collx::collective::send_recv:
+          meta.algorithm = "MPI_Sendrecv";
+          return [=, p = size_] {
+            MPI_Sendrecv(send, n, t, (me + 1) % p, 0, recv, n, t, (me - 1 + p) % p, 0, comm,
+                         MPI_STATUS_IGNORE);
+          };
         case collx::collective::gather:
           meta.algorithm = "MPI_Gather";
           return [=] { MPI_Gather(send, n, t, recv, n, t, root, comm); };
@@ -717,6 +729,12 @@ class gloo_baseline {
       why = "Gloo has no average";
       return std::nullopt;
     }
+    if (c.coll == collx::collective::send_recv || c.coll == collx::collective::all_to_all_v ||
+        c.coll == collx::collective::barrier) {
+      why = std::string("not measured against Gloo: ") + std::string(collx::to_string(c.coll)) +
+            " is not one of its collectives";
+      return std::nullopt;
+    }
     if (c.coll == collx::collective::reduce_scatter &&
         input_elements(c, size_) > static_cast<std::size_t>(INT_MAX)) {
       why = "count past Gloo's int counts";
@@ -821,7 +839,8 @@ class gloo_baseline {
           algorithm = "gather";
           auto o = std::make_shared<gloo::GatherOptions>(ctx_);
           o->setInput(reinterpret_cast<std::uint8_t*>(send), count * es);
-          if (rank_ == c.root) o->setOutput(reinterpret_cast<std::uint8_t*>(recv), count * es * static_cast<std::size_t>(p));
+          if (rank_ == c.root)
+            o->setOutput(reinterpret_cast<std::uint8_t*>(recv), count * es * static_cast<std::size_t>(p));
           o->setRoot(c.root);
           f = [this, o] {
             o->setTag(next_tag());
@@ -834,7 +853,8 @@ class gloo_baseline {
           auto o = std::make_shared<gloo::ScatterOptions>(ctx_);
           std::vector<std::uint8_t*> blocks;
           for (int j = 0; j < p && rank_ == c.root; ++j) {
-            blocks.push_back(reinterpret_cast<std::uint8_t*>(send) + static_cast<std::size_t>(j) * count * es);
+            blocks.push_back(reinterpret_cast<std::uint8_t*>(send) +
+                             static_cast<std::size_t>(j) * count * es);
           }
           if (rank_ == c.root) o->setInputs(blocks, count * es);
           o->setOutput(reinterpret_cast<std::uint8_t*>(recv), count * es);

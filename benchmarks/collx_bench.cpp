@@ -1,6 +1,6 @@
 // collx-bench: the nccl-tests-style harness.
 //
-//   collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter]
+//   collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|sendrecv]
 //               [-r ROOT] [--algo NAME|auto]
 //               [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] [--gpu]
 //               [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
@@ -10,7 +10,8 @@
 // of all-reduce, broadcast and reduce, the whole gathered (all-gather) or scattered
 // (reduce-scatter) buffer. time is the mean over -n iterations after -w warm-up ones, the
 // maximum over ranks. algbw = size / time; busbw = algbw * 2(p-1)/p for all-reduce, 1
-// for broadcast and reduce, (p-1)/p otherwise (all-gather, reduce-scatter, all-to-all,
+// for broadcast, reduce and sendrecv (each rank sends its buffer to rank+1 and receives
+// rank-1's, out of place only), (p-1)/p otherwise (all-gather, reduce-scatter, all-to-all,
 // gather, scatter: size is the whole p-block buffer). With -c 1 every rank checks its result
 // against a serial reference of the inputs it can compute for every rank, computed in
 // exact integers (or double, for avg) and not by collx's reduction code
@@ -141,7 +142,9 @@ bool parse_op(std::string_view s, reduce_op& op) {
 
 // The whole buffer is the size for all-reduce, broadcast and reduce; the gathered (or
 // scattered) one, p blocks, for all-gather and reduce-scatter.
-bool whole_buffer(collective c) { return c == collective::all_reduce || rooted(c); }
+bool whole_buffer(collective c) {
+  return c == collective::all_reduce || rooted(c) || c == collective::send_recv;
+}
 
 // The case as the baselines take it: its inputs and its reference (baselines.hpp), which
 // collx's rows use too. count is per rank.
@@ -184,8 +187,8 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
   const auto up = static_cast<std::size_t>(p);
   const auto ur = static_cast<std::size_t>(r);
   const std::size_t es = size_of(s.type);
-  const bool whole_in =
-      s.coll == collective::reduce_scatter || s.coll == collective::scatter || s.coll == collective::all_to_all;
+  const bool whole_in = s.coll == collective::reduce_scatter || s.coll == collective::scatter ||
+                        s.coll == collective::all_to_all;
   // In place, the rank's own block sits at rank * count of a p-block buffer: the input of
   // an all-gather or gather, the result of a reduce-scatter or scatter.
   const bool own_in = s.coll == collective::all_gather || s.coll == collective::gather;
@@ -232,6 +235,10 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
       case collective::gather: c.gather(send, recv, count, s.type, s.root, o); break;
       case collective::scatter: c.scatter(send, recv, count, s.type, s.root, o); break;
       case collective::barrier: c.barrier(o); break;
+      case collective::send_recv:  // nccl-tests' sendrecv: a ring shift
+        c.send_recv(send, count, (r + 1) % p, recv, count, (r - 1 + p) % p, s.type, 0, o);
+        break;
+      case collective::all_to_all_v: break;  // not a --coll: its counts have no nccl-tests form
     }
   };
   prepare();
@@ -269,7 +276,9 @@ row measure(const settings& s, communicator& c, std::size_t bytes, bool in_place
 int usage() {
   std::fprintf(
       stderr,
-      "usage: collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter]\n"
+      "usage: collx-bench [--coll "
+      "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|\n"
+      "                           sendrecv]\n"
       "                   [-r ROOT]\n"
       "                   [--algo NAME|auto]\n"
       "                   [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] "
@@ -298,7 +307,10 @@ struct result_row {
 
 contender collx_contender(const settings& s, communicator& c, std::string transport) {
   return {"collx", std::move(transport), [&s, &c](std::size_t bytes, std::string&) {
-            return std::optional(std::pair(measure(s, c, bytes, false), measure(s, c, bytes, true)));
+            row ip;
+            ip.missing = true;  // send_recv has no in-place form
+            if (s.coll != collective::send_recv) ip = measure(s, c, bytes, true);
+            return std::optional(std::pair(measure(s, c, bytes, false), ip));
           }};
 }
 
@@ -314,9 +326,10 @@ contender baseline_contender(const settings& s, std::string impl, std::string tr
             std::pair<row, row> out;
             for (bool ip : {false, true}) {
               row& x = ip ? out.second : out.first;
-              if (ip && (s.coll == collective::gather || s.coll == collective::scatter)) {
+              if (ip && (s.coll == collective::gather || s.coll == collective::scatter ||
+                         s.coll == collective::send_recv)) {
                 // MPI's in-place gather and scatter are the root's alone, Gloo has none:
-                // not the form collx and NCCL mean.
+                // not the form collx and NCCL mean. collx's send_recv has no in-place form.
                 x.missing = true;
                 continue;
               }

@@ -36,6 +36,12 @@ inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
   return op == collx::reduce_op::avg ? acc / p : acc;
 }
 
+// Every element type, as a pack for tests that run one case per type.
+template <class... T>
+struct types {};
+using all_types =
+    types<std::int8_t, std::uint8_t, std::int32_t, std::int64_t, collx::half, collx::bfloat16, float, double>;
+
 // A 64-bit mix (splitmix64's finalizer): inputs hashed from (rank, index) cannot alias
 // the way a short period can.
 inline std::uint64_t mix(std::uint64_t x) {

@@ -205,12 +205,7 @@ long long run_one(collx::communicator& comm, collective c, const shape& s, algor
 }
 
 template <class... T>
-struct types {};
-using all_types =
-    types<std::int8_t, std::uint8_t, std::int32_t, std::int64_t, collx::half, collx::bfloat16, float, double>;
-
-template <class... T>
-long long run_all(collx::communicator& comm, collective c, algorithm a, types<T...>) {
+long long run_all(collx::communicator& comm, collective c, algorithm a, test::types<T...>) {
   long long wrong = 0;
   auto one_type = [&](auto tag) {
     using U = decltype(tag);
@@ -233,8 +228,8 @@ void check_against_reference(collective c, algorithm a) {
   for (int p : rank_counts) {
     CAPTURE(p);
     std::atomic<long long> wrong{0};
-    auto errors =
-        test::run_ranks(p, [&](collx::communicator& comm) { wrong += run_all(comm, c, a, all_types{}); });
+    auto errors = test::run_ranks(
+        p, [&](collx::communicator& comm) { wrong += run_all(comm, c, a, test::all_types{}); });
     test::expect_ok(errors);
     CHECK(wrong.load() == 0);
   }

@@ -73,6 +73,7 @@ inline std::optional<collective> parse_collective(std::string_view s) {
   if (s == "allgather" || s == "all_gather") return collective::all_gather;
   if (s == "reducescatter" || s == "reduce_scatter") return collective::reduce_scatter;
   if (s == "alltoall") return collective::all_to_all;
+  if (s == "sendrecv" || s == "send_recv") return collective::send_recv;
   for (auto c : {collective::broadcast, collective::reduce, collective::barrier, collective::all_to_all,
                  collective::gather, collective::scatter}) {
     if (s == to_string(c)) return c;
@@ -80,10 +81,11 @@ inline std::optional<collective> parse_collective(std::string_view s) {
   return std::nullopt;
 }
 
-// nccl-tests' bus bandwidth factor: busbw = algbw * factor (broadcast and reduce: 1).
+// nccl-tests' bus bandwidth factor: busbw = algbw * factor (broadcast, reduce and
+// sendrecv: 1).
 inline double busbw_factor(collective c, int p) {
   const double n = p;
-  if (c == collective::broadcast || c == collective::reduce) return 1.0;
+  if (c == collective::broadcast || c == collective::reduce || c == collective::send_recv) return 1.0;
   return c == collective::all_reduce ? 2 * (n - 1) / n : (n - 1) / n;
 }
 

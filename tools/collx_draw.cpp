@@ -103,9 +103,9 @@ int usage() {
   std::fprintf(
       stderr,
       "usage: collx-draw --coll "
-      "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier\n"
+      "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier|sendrecv\n"
       "                  --algo "
-      "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear\n"
+      "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear|direct\n"
       "                  -p RANKS\n"
       "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return 2;
@@ -171,7 +171,15 @@ int main(int argc, char** argv) {
   if (segment == 0) segment = count * static_cast<std::size_t>(p);  // one message per block
   std::vector<schedule> all;
   for (int r = 0; r < p; ++r) {
-    all.push_back(algorithms::build(algo, {coll, r, p, count, segment, in_place, root}));
+    // send_recv is drawn as nccl-tests' sendrecv runs it: a ring shift of count each.
+    const int to = (r + 1) % p;
+    const int from = (r - 1 + p) % p;
+    std::vector<std::size_t> sc(static_cast<std::size_t>(p), 0), rc = sc;
+    sc[static_cast<std::size_t>(to)] = count;
+    rc[static_cast<std::size_t>(from)] = count;
+    const bool shift = coll == collective::send_recv;
+    all.push_back(algorithms::build(algo, {coll, r, p, count, segment, in_place, root, shift ? sc : rc, rc,
+                                           shift ? to : -1, shift ? from : -1}));
   }
   const auto proof = verify(all);
   const auto msgs = messages(all);

@@ -18,6 +18,7 @@
 #include <limits>
 #include <memory>
 #include <mutex>
+#include <numeric>
 #include <ranges>
 #include <span>
 #include <string>
@@ -87,6 +88,10 @@ struct call {
   options opt;
   bool in_place = false;
   int root = 0;
+  // The exchanges sized per peer (per_peer(coll)): this rank's counts per rank, and
+  // send_recv's peers (-1: none).
+  std::vector<std::size_t> send_counts, recv_counts;
+  int dst = -1, src = -1;
   std::uint64_t seq = 0;
   std::shared_ptr<request_state> done;
 };
@@ -133,6 +138,10 @@ concept output_range = std::ranges::contiguous_range<R> && std::ranges::sized_ra
 template <class In, class Out>
 concept range_pair = std::ranges::contiguous_range<In> && std::ranges::sized_range<In> && output_range<Out> &&
     std::is_same_v<elem_t<In>, elem_t<Out>>;
+
+// A range the typed API reads: contiguous, sized, of a collx element type.
+template <class R>
+concept input_range = std::ranges::contiguous_range<R> && std::ranges::sized_range<R> && element<elem_t<R>>;
 
 // The async forms return before the call has run, so their buffers must outlive the
 // call: lvalues or views (borrowed ranges), never a temporary container.
@@ -419,6 +428,100 @@ class communicator : public detail::untyped_calls<communicator> {
             dtype_of_range<Data>(), reduce_op::sum, o, root);
   }
 
+  // out block j = rank j's in block for this rank. in holds size() blocks back to back,
+  // in_counts[j] elements for rank j; out likewise, out_counts[j] elements from rank j.
+  // in.size() is the sum of in_counts, out.size() that of out_counts, and in_counts[rank()]
+  // == out_counts[rank()]. Rank j's in_counts[rank()] must equal this rank's out_counts[j]:
+  // a pair that disagrees fails the call on every rank with errc::mismatch. Out of place
+  // only. The async forms copy the counts: they need not outlive the call.
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void all_to_all_v(const In& in, std::span<const std::size_t> in_counts, Out&& out,
+                    std::span<const std::size_t> out_counts, const options& o = {}) {
+    run_now(check_v(in, in_counts, out, out_counts, o));
+  }
+  template <class In, class Out>
+  requires detail::async_pair<In, Out> request all_to_all_v_async(In&& in,
+                                                                  std::span<const std::size_t> in_counts,
+                                                                  Out&& out,
+                                                                  std::span<const std::size_t> out_counts,
+                                                                  const options& o = {}) {
+    return submit(check_v(in, in_counts, out, out_counts, o));
+  }
+  void all_to_all_v(const void* in, std::span<const std::size_t> in_counts, void* out,
+                    std::span<const std::size_t> out_counts, dtype t, const options& o = {}) {
+    run_now(check_exchange(collective::all_to_all_v, in, in_counts, out, out_counts, t, o));
+  }
+  request all_to_all_v_async(const void* in, std::span<const std::size_t> in_counts, void* out,
+                             std::span<const std::size_t> out_counts, dtype t, const options& o = {}) {
+    return submit(check_exchange(collective::all_to_all_v, in, in_counts, out, out_counts, t, o));
+  }
+
+  // Point to point, for pipeline parallelism. Messages between two ranks match in the
+  // order they are sent, never by tag: the tag (or options::tag; give one) labels them,
+  // and a send and a receive that differ in size, element type or tag fail on both sides
+  // with errc::mismatch. As in NCCL, a send waits for its receive: it completes once the
+  // receiver has its first segment and a receipt has come back. Calls of a communicator
+  // run one at a time in issue order (the _async forms too), so two ranks that each send
+  // to the other before receiving cannot both finish: each one's data meets the other's
+  // wait for a receipt, a mismatch on both. Exchange with send_recv.
+  // send_recv and a send or receive alone are the same call (a send is send_recv with no
+  // source): they match each other. They are not numbered calls, and other ranks make
+  // no call for them.
+  template <class Data>
+  requires detail::input_range<Data>
+  void send(const Data& data, int peer, std::uint32_t tag = 0, const options& o = {}) {
+    run_now(check_send_recv(data_of(data), std::ranges::size(data), peer, nullptr, 0, -1,
+                            dtype_of_range<Data>(), tag, o));
+  }
+  template <class Data>
+  requires detail::input_range<Data> && std::ranges::borrowed_range<Data> request
+  send_async(Data&& data, int peer, std::uint32_t tag = 0, const options& o = {}) {
+    return submit(check_send_recv(data_of(data), std::ranges::size(data), peer, nullptr, 0, -1,
+                                  dtype_of_range<Data>(), tag, o));
+  }
+  template <class Data>
+  requires detail::output_range<Data>
+  void recv(Data&& data, int peer, std::uint32_t tag = 0, const options& o = {}) {
+    run_now(check_send_recv(nullptr, 0, -1, data_of(data), std::ranges::size(data), peer,
+                            dtype_of_range<Data>(), tag, o));
+  }
+  template <class Data>
+  requires detail::async_output<Data> request recv_async(Data&& data, int peer, std::uint32_t tag = 0,
+                                                         const options& o = {}) {
+    return submit(check_send_recv(nullptr, 0, -1, data_of(data), std::ranges::size(data), peer,
+                                  dtype_of_range<Data>(), tag, o));
+  }
+  // Sends to dst while receiving from src, as MPI_Sendrecv: a ring shift, or a pair's exchange.
+  template <class In, class Out>
+  requires detail::range_pair<In, Out>
+  void send_recv(const In& in, int dst, Out&& out, int src, std::uint32_t tag = 0, const options& o = {}) {
+    run_now(check_send_recv(data_of(in), std::ranges::size(in), dst, data_of(out), std::ranges::size(out),
+                            src, dtype_of_range<Out>(), tag, o));
+  }
+  template <class In, class Out>
+  requires detail::async_pair<In, Out> request send_recv_async(In&& in, int dst, Out&& out, int src,
+                                                               std::uint32_t tag = 0, const options& o = {}) {
+    return submit(check_send_recv(data_of(in), std::ranges::size(in), dst, data_of(out),
+                                  std::ranges::size(out), src, dtype_of_range<Out>(), tag, o));
+  }
+  // Untyped: count elements of type t; dst or src -1 for none.
+  void send(const void* data, std::size_t count, dtype t, int peer, std::uint32_t tag = 0,
+            const options& o = {}) {
+    run_now(check_send_recv(data, count, peer, nullptr, 0, -1, t, tag, o));
+  }
+  void recv(void* data, std::size_t count, dtype t, int peer, std::uint32_t tag = 0, const options& o = {}) {
+    run_now(check_send_recv(nullptr, 0, -1, data, count, peer, t, tag, o));
+  }
+  request send_recv_async(const void* in, std::size_t send_count, int dst, void* out, std::size_t recv_count,
+                          int src, dtype t, std::uint32_t tag = 0, const options& o = {}) {
+    return submit(check_send_recv(in, send_count, dst, out, recv_count, src, t, tag, o));
+  }
+  void send_recv(const void* in, std::size_t send_count, int dst, void* out, std::size_t recv_count, int src,
+                 dtype t, std::uint32_t tag = 0, const options& o = {}) {
+    run_now(check_send_recv(in, send_count, dst, out, recv_count, src, t, tag, o));
+  }
+
   // Returns once every rank has called it (the blocking form is in front/untyped.hpp).
   request barrier_async(const options& o = {}) {
     return submit(collective::barrier, nullptr, nullptr, 0, dtype::u8, reduce_op::sum, o);
@@ -583,16 +686,83 @@ class communicator : public detail::untyped_calls<communicator> {
     return c;
   }
 
+  // all_to_all_v's typed form: the ranges hold what the counts add up to.
+  template <class In, class Out>
+  detail::call check_v(const In& in, std::span<const std::size_t> in_counts, Out& out,
+                       std::span<const std::size_t> out_counts, const options& o) const {
+    detail::call c = check_exchange(collective::all_to_all_v, data_of(in), in_counts, data_of(out),
+                                    out_counts, dtype_of_range<Out>(), o);
+    const std::size_t out_n = std::accumulate(out_counts.begin(), out_counts.end(), std::size_t{0});
+    if (c.count != std::ranges::size(in) || out_n != std::ranges::size(out)) {
+      invalid("all_to_all_v", "the counts add up to " + std::to_string(c.count) + " to send and " +
+                                  std::to_string(out_n) + " to receive, but input has " +
+                                  std::to_string(std::ranges::size(in)) + " elements and output " +
+                                  std::to_string(std::ranges::size(out)));
+    }
+    return c;
+  }
+
+  // The exchanges sized per peer, checked before any byte moves.
+  detail::call check_exchange(collective coll, const void* in, std::span<const std::size_t> send_counts,
+                              void* out, std::span<const std::size_t> recv_counts, dtype t, const options& o,
+                              int dst = -1, int src = -1) const {
+    check_healthy(*s_, to_string(coll));
+    detail::check_exchange(coll, in, send_counts, out, recv_counts, t, o, rank(), size());
+    detail::call c;
+    c.coll = coll;
+    c.in = static_cast<const std::byte*>(in);
+    c.out = static_cast<std::byte*>(out);
+    c.count = std::accumulate(send_counts.begin(), send_counts.end(), std::size_t{0});
+    c.type = t;
+    c.opt = o;
+    c.send_counts.assign(send_counts.begin(), send_counts.end());
+    c.recv_counts.assign(recv_counts.begin(), recv_counts.end());
+    c.dst = dst;
+    c.src = src;
+    return c;
+  }
+
+  // send_recv: send_n elements to dst and recv_n from src (-1: none). The count it is
+  // described by is what it sends, or, a receive alone, what it receives.
+  detail::call check_send_recv(const void* in, std::size_t send_n, int dst, void* out, std::size_t recv_n,
+                               int src, dtype t, std::uint32_t tag, const options& o) const {
+    detail::check_peers(dst, send_n, src, recv_n, rank(), size());
+    options with_tag = o;
+    if (tag != 0) {
+      if (o.tag != 0 && o.tag != tag) {
+        invalid("send_recv",
+                "tag " + std::to_string(tag) + " differs from options::tag " + std::to_string(o.tag));
+      }
+      with_tag.tag = tag;
+    }
+    std::vector<std::size_t> sc(usize(), 0);
+    std::vector<std::size_t> rc(usize(), 0);
+    if (dst >= 0) sc[static_cast<std::size_t>(dst)] = send_n;
+    if (src >= 0) rc[static_cast<std::size_t>(src)] = recv_n;
+    detail::call c = check_exchange(collective::send_recv, in, sc, out, rc, t, with_tag, dst, src);
+    c.count = dst >= 0 ? send_n : recv_n;
+    return c;
+  }
+
   request submit(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
                  const options& o, int root = 0) {
-    detail::call c = check(coll, in, out, count, t, op, o, root);
+    return submit(check(coll, in, out, count, t, op, o, root));
+  }
+
+  // A send_recv carries the number of the next numbered call without taking it: only the
+  // ranks it names make it.
+  static std::uint64_t take_seq(detail::comm_state& s, collective coll) {
+    return point_to_point(coll) ? s.next_seq : s.next_seq++;
+  }
+
+  request submit(detail::call c) {
     auto st = std::make_shared<detail::request_state>();
     c.done = st;
     {
       std::lock_guard lock(s_->qm);
       // Start the worker first: if that throws, nothing was queued behind the caller's back.
       if (!s_->worker.joinable()) s_->worker = std::thread([s = s_.get()] { worker_loop(*s); });
-      c.seq = s_->next_seq++;
+      c.seq = take_seq(*s_, c.coll);
       s_->queue.push_back(std::move(c));
     }
     s_->qcv.notify_all();
@@ -603,13 +773,15 @@ class communicator : public detail::untyped_calls<communicator> {
   // run: no hand-off to the worker and back, which is most of a small call's latency.
   void run_now(collective coll, const void* in, void* out, std::size_t count, dtype t, reduce_op op,
                const options& o, int root = 0) {
-    detail::call c = check(coll, in, out, count, t, op, o, root);
+    run_now(check(coll, in, out, count, t, op, o, root));
+  }
+  void run_now(detail::call c) {
     auto& s = *s_;
     {
       std::unique_lock lock(s.qm);
       s.qcv.wait(lock, [&] { return s.queue.empty() && !s.busy; });
       s.busy = true;
-      c.seq = s.next_seq++;
+      c.seq = take_seq(s, c.coll);
     }
     struct release {
       detail::comm_state& s;
@@ -650,7 +822,8 @@ class communicator : public detail::untyped_calls<communicator> {
 
   static std::shared_ptr<const plan> plan_for(detail::comm_state& s, const detail::call& c, algorithm a,
                                               std::size_t segment) {
-    const detail::call_shape key{c.coll, a, c.count, segment, c.in_place, c.root};
+    const detail::call_shape key{c.coll,        a,     c.count, segment, c.in_place, c.root, c.send_counts,
+                                 c.recv_counts, c.dst, c.src};
     auto& v = s.plans;
     for (std::size_t i = 0; i < v.size(); ++i) {
       if (v[i].first == key) {
@@ -699,7 +872,7 @@ class communicator : public detail::untyped_calls<communicator> {
       fail(s, errc::transport, e.what());
       throw;
     }
-    s.failed.settle(to_string(c.coll), s.rank, c.seq);
+    s.failed.settle(to_string(c.coll), s.rank, c.seq, !point_to_point(c.coll));
     if (c.op == reduce_op::avg && reduces(c.coll)) {
       const region res = result_region(c.coll, s.rank, c.count, c.in_place, s.size, c.root);
       if (res.count != 0) finish_avg(c.type, c.out + res.offset * es, res.count, s.size);

@@ -3,14 +3,20 @@
 //
 //   mp_worker collectives   every collective, every algorithm that implements it, odd
 //                           and edge counts, in place and out of place, several types,
-//                           every root of the rooted ones, each result checked against
-//                           a serial reference in double; barriers between
+//                           every root of the rooted ones, all_to_all_v, send/recv and
+//                           send_recv, each result checked against a serial reference
+//                           in double; barriers between
 //   mp_worker kill VICTIM   a few good calls, then VICTIM SIGKILLs itself; every other
 //                           rank must get a collx::error (not hang) and says so
 //   mp_worker mismatch      rank 0 calls a different count: every rank gets an error
 //   mp_worker mismatch-root the ranks broadcast from different roots: every rank gets
 //                           the mismatch error
+//   mp_worker mismatch-split in an all_to_all_v, ranks 0 and 1 disagree on their block:
+//                           every rank gets the mismatch error
+//   mp_worker mismatch-send 2 ranks: rank 0 sends 6 elements, rank 1 receives 5: both
+//                           get the mismatch error, the sender's send included
 //   mp_worker kill-broadcast VICTIM  as kill, the calls broadcasts
+//   mp_worker kill-alltoall VICTIM   as kill, the calls all-to-alls
 //   mp_worker fault VICTIM  mixed collectives while COLLX_FAULT strikes rank VICTIM (or
 //                           nobody: delays and slow ranks must leave every result right);
 //                           each rank that fails says when and whom it blamed, checks
@@ -44,8 +50,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <numeric>
 #include <optional>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -222,6 +230,61 @@ void move_case(communicator& comm, collective c, std::size_t n, bool in_place, i
   }
 }
 
+// The exchanges sized per peer. Element i of what rank `from` sends rank `to`: hashed
+// from all three, so a block from the wrong rank or offset cannot compare equal.
+double exchanged(int from, int to, std::size_t i) {
+  return static_cast<double>(
+      test::mix((static_cast<std::uint64_t>(from) << 40) ^ (static_cast<std::uint64_t>(to) << 20) ^ (i + 1)) %
+      100);
+}
+std::size_t split(int from, int to, std::size_t scale) {
+  const auto h = test::mix(static_cast<std::uint64_t>(from) * 131 + static_cast<std::uint64_t>(to));
+  return h % 3 == 0 ? 0 : scale + h % 5;  // zeros among uneven blocks
+}
+
+// all_to_all_v (blocks of about `scale` elements, some empty), then a pipeline of sends
+// and receives (rank r receives from r-1 and sends to r+1), then a ring shift with
+// send_recv; each result checked.
+void exchange_cases(communicator& comm, std::size_t scale) {
+  const int me = comm.rank();
+  const int p = comm.size();
+  ++cases;
+  std::vector<std::size_t> sc, rc;
+  for (int q = 0; q < p; ++q) {
+    sc.push_back(split(me, q, scale));
+    rc.push_back(split(q, me, scale));
+  }
+  std::vector<float> in, out(std::accumulate(rc.begin(), rc.end(), std::size_t{0}), -1.0f);
+  for (int q = 0; q < p; ++q) {
+    for (std::size_t i = 0; i < sc[static_cast<std::size_t>(q)]; ++i)
+      in.push_back(static_cast<float>(exchanged(me, q, i)));
+  }
+  comm.all_to_all_v(in, sc, out, rc);
+  long long wrong = 0;
+  std::size_t at = 0;
+  for (int j = 0; j < p; ++j) {
+    for (std::size_t i = 0; i < rc[static_cast<std::size_t>(j)]; ++i, ++at)
+      wrong += out[at] != static_cast<float>(exchanged(j, me, i)) ? 1 : 0;
+  }
+  std::vector<double> got(scale), mine(scale + 1);
+  if (me > 0) {
+    comm.recv(got, me - 1, 3);
+    for (std::size_t i = 0; i < scale; ++i) wrong += got[i] != exchanged(me - 1, me, i) ? 1 : 0;
+  }
+  for (std::size_t i = 0; i < scale; ++i) mine[i] = exchanged(me, me + 1, i);
+  if (me + 1 < p) comm.send(std::span<const double>(mine.data(), scale), me + 1, 3);
+  const int to = (me + 1) % p;
+  const int from = (me - 1 + p) % p;
+  for (std::size_t i = 0; i < mine.size(); ++i) mine[i] = exchanged(me, to, i);
+  got.assign(scale + 1, -1.0);
+  comm.send_recv(mine, to, got, from);
+  for (std::size_t i = 0; i < got.size(); ++i) wrong += got[i] != exchanged(from, me, i) ? 1 : 0;
+  if (wrong != 0) {
+    ++failures;
+    std::printf("FAILED exchanges scale %zu: %lld wrong\n", scale, wrong);
+  }
+}
+
 void rooted_collectives(communicator& comm) {
   for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{100003}}) {
     for (bool ip : {false, true}) move_case<float>(comm, collective::all_to_all, n, ip, 0);
@@ -231,6 +294,8 @@ void rooted_collectives(communicator& comm) {
       move_case<std::int32_t>(comm, collective::scatter, n, false, root);
     }
   }
+  for (std::size_t scale : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{100003}})
+    exchange_cases(comm, scale);
   for (collective c : {collective::broadcast, collective::reduce}) {
     for (algorithm a : {algorithm::binomial, algorithm::chain, algorithm::automatic}) {
       for (int root = 0; root < comm.size(); ++root) {
@@ -287,12 +352,15 @@ int report(const error& e, long long ms) {
   return 0;
 }
 
-// One call of the kill scenarios: an all-reduce, or (kill-broadcast) a broadcast from
-// the last rank.
-bool broadcasts = false;
+// One call of the kill scenarios: an all-reduce, (kill-broadcast) a broadcast from the
+// last rank, or (kill-alltoall) an all-to-all.
+std::string kill_calls = "kill";
 void kill_call(communicator& comm, std::vector<float>& v) {
-  if (broadcasts) {
+  if (kill_calls == "kill-broadcast") {
     comm.broadcast(v, comm.size() - 1);
+  } else if (kill_calls == "kill-alltoall") {
+    const auto up = static_cast<std::size_t>(comm.size());
+    comm.all_to_all(std::span<float>(v.data(), v.size() / up * up));
   } else {
     comm.all_reduce(v, reduce_op::sum);
   }
@@ -323,13 +391,24 @@ int kill_scenario(communicator& comm, int victim) {
   return kill_or_abort_wait(comm, v);
 }
 
-// mismatch: rank 0 passes another count; mismatch-root: the ranks name different roots.
-int mismatch_scenario(communicator& comm, bool roots) {
-  std::vector<float> v(comm.rank() == 0 && !roots ? 5 : 6, 1.0f);
+// mismatch: rank 0 passes another count; mismatch-root: the ranks name different roots;
+// mismatch-split: in an all_to_all_v, rank 0 sends rank 1 one element more than rank 1
+// expects (the other pairs agree).
+int mismatch_scenario(communicator& comm, const std::string& how) {
+  std::vector<float> v(comm.rank() == 0 && how == "mismatch" ? 5 : 6, 1.0f);
   const auto t0 = clk::now();
   try {
-    if (roots) {
+    if (how == "mismatch-root") {
       comm.broadcast(v, comm.rank() % 2);
+    } else if (how == "mismatch-send") {  // 2 ranks: 6 elements sent, 5 expected
+      if (comm.rank() == 0) comm.send(v, 1, 9);
+      if (comm.rank() == 1) comm.recv(std::span<float>(v.data(), 5), 0, 9);
+    } else if (how == "mismatch-split") {
+      std::vector<std::size_t> counts(static_cast<std::size_t>(comm.size()), 2);
+      std::vector<float> in(2 * counts.size() + (comm.rank() == 0 ? 1 : 0)), out(2 * counts.size());
+      std::vector<std::size_t> sc = counts;
+      if (comm.rank() == 0) sc[1] = 3;
+      comm.all_to_all_v(in, sc, out, counts);
     } else {
       comm.all_reduce(v, reduce_op::sum);
     }
@@ -572,11 +651,11 @@ int main(int argc, char** argv) {
     communicator comm = init_from_env(cfg);
 #endif
     if (scenario == "collectives") return collectives(comm);
-    broadcasts = scenario == "kill-broadcast";
-    if (scenario == "kill" || broadcasts) return kill_scenario(comm, victim);
+    kill_calls = scenario;
+    if (scenario == "kill" || scenario == "kill-broadcast" || scenario == "kill-alltoall")
+      return kill_scenario(comm, victim);
     if (scenario == "abort") return abort_scenario(comm, victim);
-    if (scenario == "mismatch" || scenario == "mismatch-root")
-      return mismatch_scenario(comm, scenario != "mismatch");
+    if (scenario.starts_with("mismatch")) return mismatch_scenario(comm, scenario);
     if (scenario == "late") return late_scenario(comm, victim);
     std::fprintf(stderr, "unknown scenario '%s'\n", scenario.c_str());
     return 2;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # One multi-process test: run.sh LAUNCHER WORKER TRANSPORT NP SCENARIO [ARG]
 #   LAUNCHER  path to collx-run, or "mpirun:PATH" to launch with Open MPI's mpirun
-#   SCENARIO  collectives | kill | kill-broadcast | mismatch | mismatch-root | late | abort | fault |
+#   SCENARIO  collectives | kill | kill-broadcast | kill-alltoall | mismatch | mismatch-root |
+#             mismatch-split | mismatch-send | late | abort | fault |
 #             soak | models (mp_worker.cpp),
 #             optionally -mpi-init
 #   ARG       the scenario's argument: the victim rank (default 1), or soak's call count
@@ -51,7 +52,7 @@ case $scenario in
     [ "$rc" -eq 0 ] || fail "exit status $rc"
     [ "$ok" -eq "$np" ] || fail "$ok of $np ranks reported OK"
     ;;
-  kill | kill-broadcast)
+  kill | kill-broadcast | kill-alltoall)
     [ "$rc" -ne 0 ] || fail "the launcher must report the killed rank"
     case $launcher in
       mpirun:*) ;;  # mpirun ends the whole job when a rank dies: no hang is what we can ask
@@ -59,7 +60,7 @@ case $scenario in
     esac
     [ "$elapsed" -lt 30 ] || fail "took ${elapsed}s"
     ;;
-  mismatch | mismatch-root)
+  mismatch | mismatch-root | mismatch-split | mismatch-send)
     # Every rank, and each with the mismatch error, not a timeout or a peer's failure.
     [ "$detected" -eq "$np" ] || fail "$detected of $np ranks detected the mismatch"
     [ "$(count 'DETECTED mismatched collective calls')" -eq "$np" ] || fail "not every rank reported a mismatch"

@@ -10,17 +10,23 @@
 // call's envelope, so a rank that entered a different call is told so.
 
 #include <cstdint>
+#include <span>
 
 #include "collx/schedule/schedule.hpp"
 
 namespace collx::algorithms {
 
-// The rounds, appended to any schedule; they wait for none of its other steps.
-inline void disseminate(schedule_builder& b, int rank, int ranks) {
+// The rounds, appended to any schedule; the first round's send waits for the steps
+// `first_after` (none: the rounds wait for none of the schedule's other steps).
+inline void disseminate(schedule_builder& b, int rank, int ranks,
+                        std::span<const std::uint32_t> first_after = {}) {
   std::uint32_t round = 0;
   std::uint32_t heard = 0;  // the receive of the round before
   for (int d = 1; d < ranks; d *= 2, ++round) {
     if (round > 0) b.after(heard);
+    if (round == 0) {
+      for (auto step : first_after) b.after(step);
+    }
     b.send((rank + d) % ranks, {buffer::output, 0, 0}, round);
     if (round > 0) b.after(heard);
     heard = b.recv((rank - d + ranks) % ranks, {buffer::output, 0, 0}, round);

@@ -15,10 +15,12 @@
 #include <cstdlib>
 #include <limits>
 #include <optional>
+#include <span>
 #include <string>
 
 #include "collx/algorithms/barrier.hpp"
 #include "collx/algorithms/bruck.hpp"
+#include "collx/algorithms/exchange.hpp"
 #include "collx/algorithms/personalized.hpp"
 #include "collx/algorithms/recursive.hpp"
 #include "collx/algorithms/ring.hpp"
@@ -39,12 +41,17 @@ struct call_shape {
   std::size_t segment = 1;  // elements
   bool in_place = false;
   int root = 0;
+  // The collectives sized per peer (per_peer(coll)): this rank's counts per rank, and
+  // send_recv's peers (-1: none).
+  std::span<const std::size_t> send_counts{}, recv_counts{};
+  int dst = -1, src = -1;
 };
 
 namespace detail {
 
-// The rooted collectives, the barrier and all-to-all (algorithms/rooted.hpp, barrier.hpp,
-// personalized.hpp; for these three, n is one block). The chain
+// The rooted collectives, the barrier, all-to-all and the exchanges sized per peer
+// (algorithms/rooted.hpp, barrier.hpp, personalized.hpp, exchange.hpp; for all-to-all,
+// gather, scatter and all-to-all-v, n is one block). The chain
 // is priced pipelined, in segments of segment_bytes (0: one segment), as it runs, with
 // its L signal rounds; the binomial tree unsegmented, as the small messages it is chosen
 // for run. Out of place, a broadcast's root also copies its buffer, beside the sends.
@@ -53,7 +60,10 @@ inline double predicted_rooted(algorithm a, collective c, int p, double n, doubl
   const double L = ceil_log2(p);
   if (c == collective::barrier) return L * m.alpha;
   // Out of place, the own block's local copy runs beside the messages.
-  if (a == algorithm::pairwise) return std::max((p - 1) * (m.alpha + n * m.beta), n * m.gamma);
+  if (a == algorithm::direct) return 2 * m.alpha + n * m.beta;  // the data, then its receipt
+  // all_to_all_v's n is an average block; its signal rounds follow the blocks.
+  const double signals = c == collective::all_to_all_v ? L * m.alpha : 0.0;
+  if (a == algorithm::pairwise) return std::max((p - 1) * (m.alpha + n * m.beta), n * m.gamma) + signals;
   if (a == algorithm::linear) return std::max((p - 1) * (m.alpha + n * m.beta) + L * m.alpha, n * m.gamma);
   const double ga = c == collective::reduce ? m.gamma : 0.0;
   const double root_copy = c == collective::broadcast ? n * m.gamma : 0.0;
@@ -74,7 +84,7 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
                                 double segment_bytes = 0) {
   if (!implements(a, c) || a == algorithm::automatic) return std::numeric_limits<double>::infinity();
   if (p <= 1 || (bytes <= 0 && c != collective::barrier)) return 0.0;
-  if (rooted(c) || c == collective::barrier || c == collective::all_to_all)
+  if (rooted(c) || c == collective::barrier || c == collective::all_to_all || per_peer(c))
     return detail::predicted_rooted(a, c, p, bytes, segment_bytes, m);
   const double P = p;
   const double al = m.alpha;
@@ -158,9 +168,10 @@ inline algorithm algorithm_from_env(algorithm fallback) {
   const char* v = std::getenv("COLLX_ALGO");
   if (v == nullptr || *v == '\0') return fallback;
   if (auto a = parse_algorithm(v)) return *a;
+  std::string names = "auto";
+  for (auto a : all_algorithms) names.append(", ").append(to_string(a));
   throw error(errc::invalid_argument, "COLLX_ALGO", error::no_rank, error::no_rank,
-              std::string("unknown algorithm '") + v +
-                  "'; use auto, ring, rd, rabenseifner, bruck, tree, binomial, chain or dissemination");
+              std::string("unknown algorithm '") + v + "'; use one of " + names);
 }
 
 inline schedule build(algorithm a, const call_shape& c) {
@@ -171,6 +182,10 @@ inline schedule build(algorithm a, const call_shape& c) {
         "algorithm " + std::string(to_string(a)) + " does not implement " + std::string(to_string(c.coll)));
   }
   if (c.coll == collective::barrier) return dissemination(c.rank, c.ranks);
+  if (per_peer(c.coll)) {
+    const exchange_params ep{c.rank, c.ranks, c.send_counts, c.recv_counts, c.segment};
+    return c.coll == collective::send_recv ? direct(ep, c.dst, c.src) : pairwise_v(ep);
+  }
   const rooted_params rp_root{{c.rank, c.ranks, c.count, c.segment, c.in_place}, c.root};
   if (c.coll == collective::all_to_all) return pairwise(rp_root);
   if (c.coll == collective::gather || c.coll == collective::scatter) return linear(c.coll, rp_root);
@@ -194,6 +209,7 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::dissemination:
     case algorithm::pairwise:
     case algorithm::linear:
+    case algorithm::direct:
     case algorithm::automatic: break;
   }
   return {};

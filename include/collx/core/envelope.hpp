@@ -26,6 +26,9 @@ struct envelope {
   algorithm algo = algorithm::ring;
   std::int32_t root = 0;  // broadcast's and reduce's; 0 for the others
 
+  // The count of a send_recv's receipt: no block has as many elements.
+  static constexpr std::uint64_t receipt = ~std::uint64_t{0};
+
   friend bool operator==(const envelope&, const envelope&) = default;
 
   std::string describe() const {
@@ -34,10 +37,11 @@ struct envelope {
     s += to_string(type);
     if (reduces(coll)) s.append(", ").append(to_string(op));
     if (rooted(coll)) s += ", root=" + std::to_string(root);
-    s += ", count=" + std::to_string(count) + ", " + std::string(to_string(algo)) +
-         ", segment=" + std::to_string(segment);
+    s += count == receipt ? std::string(", receipt") : ", count=" + std::to_string(count);
+    s += ", " + std::string(to_string(algo)) + ", segment=" + std::to_string(segment);
     if (tag != 0) s += ", tag=" + std::to_string(tag);
-    s += ") as call #" + std::to_string(seq);
+    // A send_recv is not a numbered call: it carries the number of the next one.
+    s += point_to_point(coll) ? ") before call #" + std::to_string(seq) : ") as call #" + std::to_string(seq);
     return s;
   }
 };

@@ -18,13 +18,15 @@ enum class collective : std::uint8_t {
   barrier,
   all_to_all,
   gather,
-  scatter
+  scatter,
+  all_to_all_v,
+  send_recv
 };
 
 inline constexpr collective all_collectives[] = {
-    collective::all_reduce, collective::all_gather, collective::reduce_scatter,
-    collective::broadcast,  collective::reduce,     collective::barrier,
-    collective::all_to_all, collective::gather,     collective::scatter};
+    collective::all_reduce, collective::all_gather,   collective::reduce_scatter, collective::broadcast,
+    collective::reduce,     collective::barrier,      collective::all_to_all,     collective::gather,
+    collective::scatter,    collective::all_to_all_v, collective::send_recv};
 
 constexpr std::string_view to_string(collective c) noexcept {
   switch (c) {
@@ -37,6 +39,8 @@ constexpr std::string_view to_string(collective c) noexcept {
     case collective::all_to_all: return "all_to_all";
     case collective::gather: return "gather";
     case collective::scatter: return "scatter";
+    case collective::all_to_all_v: return "all_to_all_v";
+    case collective::send_recv: return "send_recv";
   }
   return "?";
 }
@@ -48,6 +52,18 @@ constexpr bool rooted(collective c) noexcept {
          c == collective::scatter;
 }
 
+// Whether the blocks a rank sends and receives are sized per peer, by counts each rank
+// gives for its own side (all_to_all_v; send_recv, which names one peer to send to and
+// one to receive from): every message then carries its pair's block count in its
+// envelope, so that sides that disagree find out.
+constexpr bool per_peer(collective c) noexcept {
+  return c == collective::all_to_all_v || c == collective::send_recv;
+}
+
+// Whether the call involves only the ranks it names (send_recv): it is not one of the
+// communicator's numbered collective calls, which every rank makes.
+constexpr bool point_to_point(collective c) noexcept { return c == collective::send_recv; }
+
 // Whether the call combines values with a reduce_op.
 constexpr bool reduces(collective c) noexcept {
   return c == collective::all_reduce || c == collective::reduce_scatter || c == collective::reduce;
@@ -57,7 +73,8 @@ constexpr bool reduces(collective c) noexcept {
 // recursive_doubling ("rd") is recursive doubling for all-reduce and all-gather and its
 // mirror, recursive halving, for reduce-scatter. binomial and chain are the rooted
 // collectives' trees (algorithms/rooted.hpp); dissemination is the barrier's; pairwise
-// (all-to-all) and linear (gather, scatter) are algorithms/personalized.hpp's.
+// (all-to-all) and linear (gather, scatter) are algorithms/personalized.hpp's; pairwise
+// also runs all_to_all_v, and direct, send_recv (algorithms/exchange.hpp).
 enum class algorithm : std::uint8_t {
   automatic,
   ring,
@@ -69,15 +86,17 @@ enum class algorithm : std::uint8_t {
   chain,
   dissemination,
   pairwise,
-  linear
+  linear,
+  direct
 };
 
 inline constexpr algorithm all_algorithms[] = {algorithm::ring,         algorithm::recursive_doubling,
                                                algorithm::rabenseifner, algorithm::bruck,
                                                algorithm::tree,         algorithm::binomial,
                                                algorithm::chain,        algorithm::dissemination,
-                                               algorithm::pairwise,     algorithm::linear};
-inline constexpr algorithm last_algorithm = algorithm::linear;
+                                               algorithm::pairwise,     algorithm::linear,
+                                               algorithm::direct};
+inline constexpr algorithm last_algorithm = algorithm::direct;
 
 constexpr std::string_view to_string(algorithm a) noexcept {
   switch (a) {
@@ -92,6 +111,7 @@ constexpr std::string_view to_string(algorithm a) noexcept {
     case algorithm::dissemination: return "dissemination";
     case algorithm::pairwise: return "pairwise";
     case algorithm::linear: return "linear";
+    case algorithm::direct: return "direct";
   }
   return "?";
 }
@@ -118,8 +138,9 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::binomial:
     case algorithm::chain: return c == collective::broadcast || c == collective::reduce;
     case algorithm::dissemination: return c == collective::barrier;
-    case algorithm::pairwise: return c == collective::all_to_all;
+    case algorithm::pairwise: return c == collective::all_to_all || c == collective::all_to_all_v;
     case algorithm::linear: return c == collective::gather || c == collective::scatter;
+    case algorithm::direct: return c == collective::send_recv;
   }
   return false;
 }

@@ -124,6 +124,18 @@ class host_executor {
     }
   }
 
+  // The envelope of step st's message: the call's, but where blocks are sized per peer
+  // (all_to_all_v, send_recv) it carries the pair's count as this rank sees it, and a
+  // send_recv's receipt carries envelope::receipt.
+  static envelope envelope_of(const running& r, const step& st) {
+    envelope e = r.call.env;
+    if (!per_peer(r.s.coll)) return e;
+    const auto& counts = st.kind == step_kind::send ? r.s.send_counts : r.s.recv_counts;
+    e.count = counts[static_cast<std::size_t>(st.peer)];
+    if (r.s.coll == collective::send_recv && st.phase == receipt_phase) e.count = envelope::receipt;
+    return e;
+  }
+
   // Starts each channel's next steps while their turn has come. Whether any started.
   bool start_ready(running& r) {
     bool progressed = false;
@@ -141,11 +153,11 @@ class host_executor {
             ++r.done;
             break;
           case step_kind::send:
-            r.t.send(st.peer, r.call.env, {r.bytes(st.src), st.src.count * r.es}, ops_[i]);
+            r.t.send(st.peer, envelope_of(r, st), {r.bytes(st.src), st.src.count * r.es}, ops_[i]);
             start_op(i);
             break;
           case step_kind::recv:
-            r.t.recv(st.peer, r.call.env, {r.bytes(st.dst), st.dst.count * r.es}, ops_[i]);
+            r.t.recv(st.peer, envelope_of(r, st), {r.bytes(st.dst), st.dst.count * r.es}, ops_[i]);
             start_op(i);
             break;
           case step_kind::recv_reduce: break;

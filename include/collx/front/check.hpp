@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -63,6 +64,28 @@ inline void check_kinds(collective coll, dtype t, reduce_op op, const options& o
   }
 }
 
+// Host front ends refuse device buffers (once a program has made a GPU object).
+inline void check_host_memory(std::string_view name, const void* in, const void* out, int rank) {
+  const auto probe = device_memory_probe.load(std::memory_order_relaxed);
+  if (probe == nullptr) return;
+  const bool in_dev = in != nullptr && probe(in);
+  if (in_dev || (out != nullptr && probe(out))) {
+    throw error(errc::invalid_argument, name, rank, error::no_rank,
+                std::string(in_dev ? "input" : "output") +
+                    " is GPU memory, which this communicator's transport moves through the host: wrap the "
+                    "communicator in collx::cuda::staged, or use collx::cuda::group or ipc_communicator");
+  }
+}
+
+inline void check_alignment(std::string_view name, const void* in, const void* out, dtype t, int rank) {
+  const std::size_t es = size_of(t);
+  if (reinterpret_cast<std::uintptr_t>(in) % es != 0 || reinterpret_cast<std::uintptr_t>(out) % es != 0) {
+    throw error(errc::invalid_argument, name, rank, error::no_rank,
+                "buffers must be aligned to the element size (" + std::to_string(es) + " bytes for " +
+                    std::string(to_string(t)) + ")");
+  }
+}
+
 // Whether the call is the in-place form: in == out (all_reduce, broadcast, reduce,
 // all_to_all), in == out + rank*count (all_gather, gather), or out == in + rank*count
 // (reduce_scatter, scatter), as in NCCL.
@@ -98,21 +121,10 @@ inline checked_call check_call(collective coll, const void* in, void* out, std::
   if ((in == nullptr && !in_unused) || (out == nullptr && !out_unused)) {
     invalid(std::string(in == nullptr ? "input" : "output") + " is null with count " + std::to_string(count));
   }
-  if (const auto probe = device_memory_probe.load(std::memory_order_relaxed);
-      host_memory && probe != nullptr) {
-    const bool in_dev = in != nullptr && probe(in);
-    if (in_dev || (out != nullptr && probe(out))) {
-      invalid(std::string(in_dev ? "input" : "output") +
-              " is GPU memory, which this communicator's transport moves through the host: wrap the "
-              "communicator in collx::cuda::staged, or use collx::cuda::group or ipc_communicator");
-    }
-  }
+  if (host_memory) check_host_memory(name, in, out, rank);
+  check_alignment(name, in, out, t, rank);
   const auto ia = reinterpret_cast<std::uintptr_t>(in);
   const auto oa = reinterpret_cast<std::uintptr_t>(out);
-  if (ia % es != 0 || oa % es != 0) {
-    invalid("buffers must be aligned to the element size (" + std::to_string(es) + " bytes for " +
-            std::string(to_string(t)) + ")");
-  }
   const std::size_t in_bytes = in_unused ? 0 : input_extent(coll, size, count) * es;
   c.in_place = is_in_place(coll, ia, oa, count * es * static_cast<std::size_t>(rank));
   const std::size_t out_bytes = out_unused ? 0 : output_extent(coll, size, count, false) * es;
@@ -129,6 +141,74 @@ inline checked_call check_call(collective coll, const void* in, void* out, std::
     c.out = static_cast<std::byte*>(out);
   }
   return c;
+}
+
+// The exchanges sized per peer (all_to_all_v, send_recv): a count per rank on each side;
+// in and out hold the sums, block q after block q-1, and may be null only where their
+// sum is 0; they must not overlap (there is no in-place form). A rank's block for itself
+// is as long on both sides. send_recv's peers are checked by check_peers.
+inline void check_exchange(collective coll, const void* in, std::span<const std::size_t> send_counts,
+                           const void* out, std::span<const std::size_t> recv_counts, dtype t,
+                           const options& o, int rank, int size, bool host_memory = true) {
+  const std::string_view name = to_string(coll);
+  auto invalid = [&](const std::string& msg) {
+    throw error(errc::invalid_argument, name, rank, error::no_rank, msg);
+  };
+  check_kinds(coll, t, reduce_op::sum, o, rank, size, 0);
+  const auto up = static_cast<std::size_t>(size);
+  if (send_counts.size() != up || recv_counts.size() != up) {
+    invalid("needs a count per rank on each side (" + std::to_string(size) + "), got " +
+            std::to_string(send_counts.size()) + " to send and " + std::to_string(recv_counts.size()) +
+            " to receive");
+  }
+  const std::size_t es = size_of(t);
+  auto total = [&](std::span<const std::size_t> counts, const char* side) {
+    std::size_t sum = 0;
+    for (auto c : counts) {
+      if (c > std::numeric_limits<std::size_t>::max() / es - sum) {
+        invalid(std::string(side) + " counts overflow the address space");
+      }
+      sum += c;
+    }
+    return sum;
+  };
+  const std::size_t in_n = total(send_counts, "send");
+  const std::size_t out_n = total(recv_counts, "receive");
+  const auto ur = static_cast<std::size_t>(rank);
+  if (coll == collective::all_to_all_v && send_counts[ur] != recv_counts[ur]) {
+    invalid("this rank's block for itself is " + std::to_string(send_counts[ur]) + " elements to send but " +
+            std::to_string(recv_counts[ur]) + " to receive");
+  }
+  if ((in == nullptr && in_n != 0) || (out == nullptr && out_n != 0)) {
+    invalid(std::string(in == nullptr && in_n != 0 ? "input" : "output") + " is null with " +
+            std::to_string(in == nullptr && in_n != 0 ? in_n : out_n) + " elements to move");
+  }
+  if (host_memory) check_host_memory(name, in, out, rank);
+  check_alignment(name, in, out, t, rank);
+  const auto ia = reinterpret_cast<std::uintptr_t>(in);
+  const auto oa = reinterpret_cast<std::uintptr_t>(out);
+  if (in_n != 0 && out_n != 0 && ia < oa + out_n * es && oa < ia + in_n * es) {
+    invalid("input and output overlap; " + std::string(name) + " has no in-place form");
+  }
+}
+
+// send_recv's peers: each a rank, or -1 for none (a send alone, a receive alone); a rank
+// sends to itself only while receiving from itself, as many elements.
+inline void check_peers(int dst, std::size_t send_n, int src, std::size_t recv_n, int rank, int size) {
+  auto invalid = [&](const std::string& msg) {
+    throw error(errc::invalid_argument, to_string(collective::send_recv), rank, error::no_rank, msg);
+  };
+  for (int q : {dst, src}) {
+    if (q < -1 || q >= size) {
+      invalid("peer " + std::to_string(q) + " is not a rank of this communicator (0.." +
+              std::to_string(size - 1) + ")");
+    }
+  }
+  if (dst == -1 && src == -1) invalid("names no peer to send to or receive from");
+  if ((dst == rank) != (src == rank) || (dst == rank && send_n != recv_n)) {
+    invalid("a rank sends to itself only while receiving as many elements from itself (send to " +
+            std::to_string(dst) + ", receive from " + std::to_string(src) + ")");
+  }
 }
 
 }  // namespace collx::detail

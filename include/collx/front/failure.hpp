@@ -44,14 +44,15 @@ class failure_latch {
 
   // Call #seq ran to its end on this rank. Counted as done unless the latch was set
   // meanwhile (abort() from another thread): the peers were then told that this rank
-  // gave up on this call, so it must not succeed here either.
-  void settle(std::string_view coll, int rank, std::uint64_t seq) {
+  // gave up on this call, so it must not succeed here either. A call that is not one of
+  // the numbered ones (a send_recv, numbered = false) is not counted.
+  void settle(std::string_view coll, int rank, std::uint64_t seq, bool numbered = true) {
     std::lock_guard lock(m_);
     if (!why_.empty()) {
       throw error(errc::aborted, coll, rank, error::no_rank,
                   "this communicator failed while the call ran (" + why_ + ")");
     }
-    finished_ = seq + 1;
+    if (numbered) finished_ = seq + 1;
   }
 
  private:

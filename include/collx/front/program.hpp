@@ -4,6 +4,9 @@
 // algorithm is its choice) and hands each executor only what it runs, the host plan or
 // the peer program. Every entry caches what it built under the call's shape.
 
+#include <cstddef>
+#include <vector>
+
 #include "collx/algorithms/select.hpp"
 #include "collx/exec/peer_program.hpp"
 
@@ -17,12 +20,17 @@ struct call_shape {
   std::size_t count = 0, segment = 1;
   bool in_place = false;
   int root = 0;
+  // The exchanges sized per peer (per_peer(coll)): this rank's counts per rank, and
+  // send_recv's peers.
+  std::vector<std::size_t> send_counts{}, recv_counts{};
+  int dst = -1, src = -1;
   friend bool operator==(const call_shape&, const call_shape&) = default;
 };
 
 // This rank's schedule of a call shape.
 inline schedule schedule_for(const call_shape& k, int rank, int ranks) {
-  return algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place, k.root});
+  return algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place, k.root,
+                                    k.send_counts, k.recv_counts, k.dst, k.src});
 }
 
 }  // namespace detail

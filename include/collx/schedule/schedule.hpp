@@ -10,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <numeric>
 #include <span>
 #include <string>
 #include <vector>
@@ -94,6 +95,11 @@ struct schedule {
   bool in_place = false;
   int root = 0;                   // broadcast's source, reduce's destination; 0 for the others
   std::size_t scratch_count = 0;  // elements of scratch the executor must provide
+  // The collectives sized per peer (per_peer(coll): all_to_all_v, send_recv): the
+  // elements this rank sends to and receives from each rank, block q of the input and of
+  // the output, back to back in rank order. Each message to or from q is signed with
+  // its side's count for q. Empty for the other collectives.
+  std::vector<std::size_t> send_counts, recv_counts;
   std::vector<step> steps;
   std::vector<std::uint32_t> deps;
 
@@ -111,6 +117,11 @@ struct schedule {
   }
 };
 
+// Phases number an algorithm's steps for drawings, with one exception an executor reads:
+// in a send_recv, the empty messages of this phase are receipts (algorithms/exchange.hpp),
+// signed so that no data message can be taken for one.
+inline constexpr std::uint32_t receipt_phase = 1;
+
 // A schedule for the call, with no steps yet: where every algorithm starts.
 inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ranks, std::size_t count,
                                bool in_place, int root = 0) {
@@ -122,6 +133,8 @@ inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ra
                   .in_place = in_place,
                   .root = root,
                   .scratch_count = 0,
+                  .send_counts = {},
+                  .recv_counts = {},
                   .steps = {},
                   .deps = {}};
 }
@@ -132,7 +145,8 @@ inline schedule empty_schedule(collective coll, algorithm algo, int rank, int ra
 // ranks*count (gather writes only the root's). reduce_scatter, scatter: in = ranks*count
 // (scatter reads only the root's), out = count; in place, their out is the whole
 // ranks*count buffer and the result lands at rank*count. all_to_all: in = out =
-// ranks*count, block j of the input for rank j. barrier: none.
+// ranks*count, block j of the input for rank j. barrier: none. all_to_all_v and
+// send_recv: the sums of the schedule's counts (input_elements, output_elements).
 constexpr std::size_t input_extent(collective c, int ranks, std::size_t count) noexcept {
   if (c == collective::barrier) return 0;
   const bool blocks =
@@ -146,6 +160,21 @@ constexpr std::size_t output_extent(collective c, int ranks, std::size_t count, 
     return count * static_cast<std::size_t>(ranks);
   }
   return count;
+}
+
+// Where block q starts among blocks of the given counts, back to back.
+inline std::size_t block_start(std::span<const std::size_t> counts, int q) noexcept {
+  return std::accumulate(counts.begin(), counts.begin() + q, std::size_t{0});
+}
+
+// Elements of the caller's input and output buffers that a schedule's call has.
+inline std::size_t input_elements(const schedule& s) noexcept {
+  if (per_peer(s.coll)) return std::accumulate(s.send_counts.begin(), s.send_counts.end(), std::size_t{0});
+  return input_extent(s.coll, s.ranks, s.count);
+}
+inline std::size_t output_elements(const schedule& s) noexcept {
+  if (per_peer(s.coll)) return std::accumulate(s.recv_counts.begin(), s.recv_counts.end(), std::size_t{0});
+  return output_extent(s.coll, s.ranks, s.count, s.in_place);
 }
 
 // The part of output that holds the result: none on a reduce's or a gather's other ranks.

@@ -179,7 +179,9 @@ inline verify_result check_steps(const schedule& s, int r, const schedule& s0, i
   const collective coll = s0.coll;
   const std::size_t n = s0.count;
   const bool in_place = s0.in_place;
-  if (s.rank != r || s.ranks != p || s.coll != coll || s.count != n || s.in_place != in_place ||
+  // The exchanges sized per peer have a count of their own on each rank.
+  const bool same_count = per_peer(coll) || s.count == n;
+  if (s.rank != r || s.ranks != p || s.coll != coll || !same_count || s.in_place != in_place ||
       s.root != s0.root) {
     return {false, "schedule " + std::to_string(r) + " describes a different call"};
   }
@@ -189,8 +191,8 @@ inline verify_result check_steps(const schedule& s, int r, const schedule& s0, i
   for (std::size_t i = 0; i < s.steps.size(); ++i) {
     const auto& st = s.steps[i];
     for (const auto& a : accesses(st)) {
-      const std::size_t extent = a.r.buf == buffer::input    ? (in_place ? 0 : input_extent(coll, p, n))
-                                 : a.r.buf == buffer::output ? output_extent(coll, p, n, in_place)
+      const std::size_t extent = a.r.buf == buffer::input    ? (in_place ? 0 : input_elements(s))
+                                 : a.r.buf == buffer::output ? output_elements(s)
                                                              : s.scratch_count;
       if (a.r.end() > extent) {
         return {false, step_name(r, i, st) + " reaches past the end of " + std::string(to_string(a.r.buf))};
@@ -203,6 +205,29 @@ inline verify_result check_steps(const schedule& s, int r, const schedule& s0, i
     }
   }
   if (auto race = check_races(s); !race.empty()) return {false, race};
+  return {};
+}
+
+// The exchanges sized per peer: what each rank expects from each must be what that one
+// sends it (otherwise the runtime reports a mismatch), and every rank has a count for
+// every rank.
+inline verify_result check_counts(std::span<const schedule> all) {
+  const std::size_t p = all.size();
+  for (std::size_t r = 0; r < p; ++r) {
+    if (all[r].send_counts.size() != p || all[r].recv_counts.size() != p) {
+      return {false, "rank " + std::to_string(r) + " does not have a count for each of the " +
+                         std::to_string(p) + " ranks"};
+    }
+  }
+  for (std::size_t r = 0; r < p; ++r) {
+    for (std::size_t q = 0; q < p; ++q) {
+      if (all[r].recv_counts[q] != all[q].send_counts[r]) {
+        return {false, "rank " + std::to_string(r) + " expects " + std::to_string(all[r].recv_counts[q]) +
+                           " elements from rank " + std::to_string(q) + ", which sends " +
+                           std::to_string(all[q].send_counts[r])};
+      }
+    }
+  }
   return {};
 }
 
@@ -223,9 +248,9 @@ class symbolic_ranks {
         heard_(all.size()) {
     for (int r = 0; r < p_; ++r) {
       auto& x = state_[index(r)];
-      const std::size_t in_n = input_extent(coll_, p_, n_);
+      const std::size_t in_n = input_elements(all_[index(r)]);
       x.in = run_map(in_place_ ? 0 : in_n);
-      x.out = run_map(output_extent(coll_, p_, n_, in_place_));
+      x.out = run_map(output_elements(all_[index(r)]));
       x.tmp = run_map(all_[index(r)].scratch_count);
       std::vector<run> init;
       if (in_n > 0) init.push_back({0, in_n, true, 0, unit(r)});
@@ -381,9 +406,26 @@ class symbolic_ranks {
         const std::size_t j = pos / n_;
         return {lpos, j == index(r) ? unit(root_) : unit(r), (j + 1) * n_};
       }
+      case collective::all_to_all_v:
+      case collective::send_recv: return expected_block(r, pos);
       case collective::barrier: break;
     }
     return {0, {}, 0};
+  }
+
+  // The exchanges sized per peer: block j of rank r's output is rank j's block for r.
+  expect expected_block(int r, std::size_t pos) const {
+    const auto& mine = all_[index(r)].recv_counts;
+    std::size_t start = 0;
+    for (int j = 0; j < p_; ++j) {
+      const std::size_t len = mine[index(j)];
+      if (pos < start + len) {
+        const std::size_t from = block_start(all_[index(j)].send_counts, r);
+        return {static_cast<long long>(from + pos - start), unit(j), start + len};
+      }
+      start += len;
+    }
+    return {0, {}, start, true};
   }
 
   // Step i of rank r has heard from its rank, from whatever its dependencies heard from,
@@ -444,6 +486,9 @@ inline verify_result verify(std::span<const schedule> all) {
   if (p == 0) return {false, "no schedules"};
   for (int r = 0; r < p; ++r) {
     if (auto bad = detail::check_steps(all[static_cast<std::size_t>(r)], r, all[0], p); !bad) return bad;
+  }
+  if (per_peer(all[0].coll)) {
+    if (auto bad = detail::check_counts(all); !bad) return bad;
   }
   detail::symbolic_ranks world(all);
   if (auto bad = world.execute(); !bad) return bad;
