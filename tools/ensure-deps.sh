@@ -23,6 +23,10 @@ need clang command -v clang++
 need libclang-rt-dev sh -c 'ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a'
 # The emulated-cluster tests make network namespaces, veth links and tc limits.
 need iproute2 command -v ip
+# The torch.distributed backend (bindings/torch) and its tests: Debian's PyTorch 1.13.
+need python3-torch /usr/bin/python3 -c "import torch"
+need libtorch-dev test -f /usr/include/torch/csrc/distributed/c10d/ProcessGroup.hpp
+need pybind11-dev test -f /usr/include/pybind11/pybind11.h
 # The function-length check (tests/CMakeLists.txt)
 need universal-ctags sh -c 'ctags --version 2>/dev/null | grep -q "Universal Ctags"'
 # Ninja: optional (the Makefile falls back to Unix Makefiles), but it makes the build

@@ -252,10 +252,12 @@ communicator communicator_over(T t, const communicator_config& cfg, std::shared_
 
 // A communicator over `transport` ("shm", "tcp" or "auto") for the launched job, met
 // through `st`. Several communicators (over different transports, say) may share one
-// store if each has its own key prefix.
+// store if each has its own key prefix. shm names its segments after `job` (empty:
+// COLLX_JOB_ID, else an id rank 0 draws): two communicators of one job on one host over
+// shm need names of their own.
 inline communicator make_communicator(const std::shared_ptr<store>& st, const launch_info& li,
                                       std::string transport, communicator_config cfg = {},
-                                      const std::string& prefix = "collx") {
+                                      const std::string& prefix = "collx", const std::string& job = {}) {
   prefix_store keys(*st, prefix);
   if (transport == "auto") {
     prefix_store hosts = keys.view("host");
@@ -271,6 +273,7 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
   if (transport == "shm") {
     shm_options so;
     so.timeout = cfg.timeout;
+    so.job_id = job;
     if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
     if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
     return explained(detail::communicator_over(shm_transport(keys, li.rank, li.size, so, "shm"), cfg, st));
