@@ -164,10 +164,11 @@ class collx_work final : public c10d::Work {
   c10::intrusive_ptr<c10::ivalue::Future> future_;
 };
 
-// One queued operation. A send or a receive records its peer and tag, so that a send
-// and a receive queued one after the other run as one send_recv: the batch_isend_irecv
-// of pipeline parallelism, whose ranks all send first, would otherwise meet each other's
-// wait for a receipt (collx's send waits for its receive).
+// One queued operation: a collective, or a send or a receive with its peer and tag. In
+// a batch (batch_isend_irecv: startCoalescing ... endCoalescing) a send and a receive
+// next to each other become one task, run as one send_recv: pipeline parallelism's
+// ranks all send first, and would otherwise meet each other's wait for a receipt
+// (collx's send waits for its receive).
 struct task {
   c10::intrusive_ptr<collx_work> work;
   std::function<void(collx::communicator&, const collx::options&)> run;
@@ -178,6 +179,8 @@ struct task {
     int tag;
   };
   std::optional<p2p> point;
+  std::optional<p2p> partner;  // the other direction, in a batch
+  c10::intrusive_ptr<collx_work> partner_work;
   std::chrono::milliseconds timeout{0};
 };
 
@@ -193,6 +196,7 @@ collx::communicator make_communicator(const c10::intrusive_ptr<c10d::Store>& sto
   collx::launch_info li;
   li.rank = rank;
   li.size = size;
+  li.local_size = 0;  // unknown for a group: "auto" compares host names through the store
   li.master_addr = collx::detail::env_str("MASTER_ADDR");
   li.launcher = "torch";
   std::string transport = collx::detail::env_str("COLLX_TRANSPORT");
@@ -229,6 +233,33 @@ class process_group final : public c10d::ProcessGroup {
   }
 
   const std::string getBackendName() const override { return "collx"; }
+
+  // batch_isend_irecv's bracket: its sends and receives are held, then queued with each
+  // send and receive next to each other (same tag and dtype) paired into one send_recv.
+  void startCoalescing() override {
+    std::lock_guard lock(m_);
+    batch_.emplace();
+  }
+  void endCoalescing(std::vector<c10::intrusive_ptr<c10d::Work>>& /* reqs: torch fills them */) override {
+    std::vector<task> held;
+    {
+      std::lock_guard lock(m_);
+      if (!batch_) return;
+      held = std::move(*batch_);
+      batch_.reset();
+      for (std::size_t i = 0; i < held.size(); ++i) {
+        if (i + 1 < held.size() && pairs(*held[i].point, *held[i + 1].point)) {
+          held[i].partner = held[i + 1].point;
+          held[i].partner_work = held[i + 1].work;
+          queue_.push_back(std::move(held[i]));
+          ++i;
+        } else {
+          queue_.push_back(std::move(held[i]));
+        }
+      }
+    }
+    cv_.notify_all();
+  }
 
   c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors,
                                            const c10d::AllreduceOptions& opts) override {
@@ -534,6 +565,10 @@ class process_group final : public c10d::ProcessGroup {
     auto w = k.work;
     {
       std::lock_guard lock(m_);
+      if (batch_ && k.point) {
+        batch_->push_back(std::move(k));
+        return w;
+      }
       queue_.push_back(std::move(k));
     }
     cv_.notify_all();
@@ -551,11 +586,10 @@ class process_group final : public c10d::ProcessGroup {
                 dtype_of((s != nullptr ? s : r)->tensor, false), static_cast<std::uint32_t>(tag));
   }
 
-  // Whether a queued task pairs with point-to-point task `a` into one send_recv: the
-  // other direction, the same tag and dtype.
-  static bool pairs(const task::p2p& a, const task& next) {
-    return next.point && next.point->send != a.send && next.point->tag == a.tag &&
-           next.point->tensor.scalar_type() == a.tensor.scalar_type();
+  // Whether two sends or receives of a batch run as one send_recv: one of each, the same
+  // tag and dtype.
+  static bool pairs(const task::p2p& a, const task::p2p& b) {
+    return a.send != b.send && a.tag == b.tag && a.tensor.scalar_type() == b.tensor.scalar_type();
   }
 
   void loop() {
@@ -565,16 +599,11 @@ class process_group final : public c10d::ProcessGroup {
       if (queue_.empty()) return;
       task k = std::move(queue_.front());
       queue_.pop_front();
-      std::optional<task> partner;
-      if (k.point && !queue_.empty() && pairs(*k.point, queue_.front())) {
-        partner = std::move(queue_.front());
-        queue_.pop_front();
-      }
       lock.unlock();
       std::exception_ptr failure;
       try {
         if (k.point) {
-          run_point(comm_, *k.point, partner ? &*partner->point : nullptr);
+          run_point(comm_, *k.point, k.partner ? &*k.partner : nullptr);
         } else {
           collx::options o;  // torch's per-call timeout, when it gives one; else the group's
           if (k.timeout != c10d::kUnsetTimeout && k.timeout.count() > 0) o.timeout = k.timeout;
@@ -584,7 +613,7 @@ class process_group final : public c10d::ProcessGroup {
         failure = std::current_exception();
       }
       k.work->done(failure);
-      if (partner) partner->work->done(failure);
+      if (k.partner_work) k.partner_work->done(failure);
       lock.lock();
     }
   }
@@ -594,6 +623,7 @@ class process_group final : public c10d::ProcessGroup {
   std::mutex m_;
   std::condition_variable cv_;
   std::deque<task> queue_;
+  std::optional<std::vector<task>> batch_;  // between startCoalescing and endCoalescing
   bool stopping_ = false;
   std::thread worker_;
 };
