@@ -204,6 +204,57 @@ TEST_CASE("ipc: broadcast, reduce and barrier across processes, p = 2, 3, 5, eve
   CHECK(leftovers() == 0);
 }
 
+// all-to-all, gather and scatter from every root, every algorithm that implements them,
+// over the peer executor. Inputs hashed from (rank, index): a block at the wrong rank or
+// offset cannot compare equal.
+TEST_CASE("ipc: all-to-all, gather and scatter across processes, p = 2, 3, 5, every root and algorithm") {
+  auto in_of = [](int r, std::size_t i) {
+    return static_cast<float>(test::mix(static_cast<std::uint64_t>(r) << 32 | i) % 1000);
+  };
+  for (int p : {2, 3, 5}) {
+    const auto codes = fork_ranks(p, [p, in_of](int r, store& st) {
+      ipc_communicator<host_ipc_api> c(st, r, p, host_ipc_api{}, small_slots());
+      const auto up = static_cast<std::size_t>(p);
+      const auto ur = static_cast<std::size_t>(r);
+      long long bad = 0;
+      for (auto coll : {collective::all_to_all, collective::gather, collective::scatter}) {
+        for (auto a : all_algorithms) {
+          if (!implements(a, coll)) continue;
+          for (int root = 0; root < (coll == collective::all_to_all ? 1 : p); ++root) {
+            for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{333}}) {
+              options o;
+              o.algo = a;
+              std::vector<float> in(coll == collective::gather ? n : n * up),
+                  out(coll == collective::scatter ? n : n * up, -1.0f);
+              for (std::size_t i = 0; i < in.size(); ++i) in[i] = in_of(r, i);
+              if (coll == collective::all_to_all) c.all_to_all(in.data(), out.data(), n, dtype::f32, o);
+              if (coll == collective::gather)
+                c.gather(in.data(), r == root ? out.data() : nullptr, n, dtype::f32, root, o);
+              if (coll == collective::scatter)
+                c.scatter(r == root ? in.data() : nullptr, out.data(), n, dtype::f32, root, o);
+              for (std::size_t k = 0; k < out.size(); ++k) {
+                const std::size_t j = k / n, i = k % n;
+                const float want = coll == collective::all_to_all ? in_of(static_cast<int>(j), ur * n + i)
+                                   : coll == collective::gather
+                                       ? (r == root ? in_of(static_cast<int>(j), i) : -1.0f)
+                                       : in_of(root, ur * n + k);
+                bad += out[k] == want ? 0 : 1;
+              }
+            }
+          }
+        }
+      }
+      if (bad != 0) std::printf("rank %d: %lld wrong\n", r, bad);
+      return bad == 0 ? 0 : 1;
+    });
+    for (int r = 0; r < p; ++r) {
+      INFO("p = ", p, ", rank ", r);
+      CHECK(codes[static_cast<std::size_t>(r)] == 0);
+    }
+  }
+  CHECK(leftovers() == 0);
+}
+
 TEST_CASE(
     "ipc: COLLX_TIMEOUT, COLLX_ALGO and COLLX_SEGMENT_BYTES set its calls as they do the host "
     "communicator's") {
