@@ -400,6 +400,44 @@ TEST_CASE(
 }
 
 TEST_CASE(
+    "the schedule replay equals the closed forms of van de Geijn broadcast, binomial gather and scatter, "
+    "Rabenseifner reduce and Bruck all-to-all") {
+  // Chan et al. 2007 and Thakur, Rabenseifner and Gropp 2005, for counts divisible by p,
+  // one message per step; in place, so that no root copies its buffer. gamma is small
+  // here: an inner node of the binomial trees copies its own block beside its messages.
+  const collx::cost_params m{7e-6, 1.0 / 9e9, 1.0 / 30e9};
+  const std::size_t count = 725760;  // divisible by every p below
+  const double n = static_cast<double>(count) * 4;
+  for (int p : {2, 3, 4, 5, 6, 7, 8, 12, 16, 32}) {
+    const double P = p;
+    const double L = collx::algorithms::detail::ceil_log2(p);
+    const std::size_t block = count / static_cast<std::size_t>(p);
+    auto replay = [&](algorithm a, collective c, std::size_t k, bool in_place) {
+      return collx::predict(build_rooted(a, c, p, k, std::size_t{1} << 40, in_place, p - 1), m, 4).seconds;
+    };
+    CAPTURE(p);
+    const double vdg = (L + P - 1) * m.alpha + 2 * (P - 1) / P * n * m.beta;
+    CHECK(replay(algorithm::scatter_allgather, collective::broadcast, count, true) ==
+          doctest::Approx(vdg).epsilon(1e-9));
+    const double tree = L * m.alpha + (P - 1) * (n / P) * m.beta;
+    CHECK(replay(algorithm::binomial, collective::gather, block, true) ==
+          doctest::Approx(tree).epsilon(1e-9));
+    CHECK(replay(algorithm::binomial, collective::scatter, block, true) ==
+          doctest::Approx(tree).epsilon(1e-9));
+    if ((p & (p - 1)) == 0) {
+      const double rab = 2 * L * m.alpha + 2 * (P - 1) / P * n * m.beta + (P - 1) / P * n * m.gamma;
+      CHECK(replay(algorithm::rabenseifner, collective::reduce, count, false) ==
+            doctest::Approx(rab).epsilon(1e-9));
+    }
+    // Bruck's rounds, as predicted_seconds sums them (bruck.hpp's table).
+    CHECK(replay(algorithm::bruck, collective::all_to_all, block, false) ==
+          doctest::Approx(
+              collx::algorithms::predicted_seconds(algorithm::bruck, collective::all_to_all, p, n / P, m))
+              .epsilon(1e-9));
+  }
+}
+
+TEST_CASE(
     "with the default model, p = 8: an 8-byte all-reduce takes a latency-optimal algorithm, 256 MiB a "
     "bandwidth-optimal one") {
   const auto& m = collx::local_transport_model;
