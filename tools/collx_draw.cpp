@@ -105,7 +105,7 @@ int usage() {
       "usage: collx-draw --coll "
       "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier\n"
       "                  --algo "
-      "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear\n"
+      "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear|scatter_allgather\n"
       "                  -p RANKS\n"
       "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return 2;
