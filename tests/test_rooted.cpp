@@ -263,7 +263,28 @@ TEST_CASE("gather, linear, matches the serial reference") {
   check_against_reference(collective::gather, algorithm::linear);
 }
 TEST_CASE("scatter, linear, matches the serial reference") {
-  check_against_reference(collective::scatter, algorithm::automatic);
+  check_against_reference(collective::scatter, algorithm::linear);
+}
+TEST_CASE("all-to-all, Bruck, matches the serial reference") {
+  check_against_reference(collective::all_to_all, algorithm::bruck);
+}
+TEST_CASE("gather, binomial tree, matches the serial reference") {
+  check_against_reference(collective::gather, algorithm::binomial);
+}
+TEST_CASE("scatter, binomial tree, matches the serial reference") {
+  check_against_reference(collective::scatter, algorithm::binomial);
+}
+TEST_CASE("broadcast, van de Geijn (scatter then ring all-gather), matches the serial reference") {
+  check_against_reference(collective::broadcast, algorithm::scatter_allgather);
+}
+TEST_CASE("reduce, Rabenseifner (recursive halving then gather), matches the serial reference") {
+  check_against_reference(collective::reduce, algorithm::rabenseifner);
+}
+TEST_CASE("all-to-all, gather and scatter, automatic choice, match the serial reference") {
+  for (auto c : {collective::all_to_all, collective::gather, collective::scatter}) {
+    CAPTURE(std::string(to_string(c)));
+    check_against_reference(c, algorithm::automatic);
+  }
 }
 
 TEST_CASE("the untyped and async forms: broadcast's input and reduce's output may be null off the root") {

@@ -105,7 +105,8 @@ int usage() {
       "usage: collx-draw --coll "
       "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier|sendrecv\n"
       "                  --algo "
-      "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear|direct\n"
+      "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear|\n"
+      "                  scatter_allgather|direct\n"
       "                  -p RANKS\n"
       "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return 2;

@@ -197,19 +197,21 @@ void rooted_case(communicator& comm, collective c, algorithm a, std::size_t n, b
 
 // all_to_all, gather or scatter of blocks of n: element k of rank r's input is input(r, k).
 template <class T>
-void move_case(communicator& comm, collective c, std::size_t n, bool in_place, int root) {
+void move_case(communicator& comm, collective c, algorithm a, std::size_t n, bool in_place, int root) {
   const int me = comm.rank();
   const auto up = static_cast<std::size_t>(comm.size());
   ++cases;
+  options o;
+  o.algo = a;
   std::vector<T> in(c == collective::gather ? n : n * up),
       out(c == collective::scatter ? n : n * up, from_d<T>(99));
   for (std::size_t k = 0; k < in.size(); ++k) in[k] = from_d<T>(input(me, k));
   if (c == collective::all_to_all) {
-    in_place ? comm.all_to_all(in) : comm.all_to_all(in, out);
+    in_place ? comm.all_to_all(in, o) : comm.all_to_all(in, out, o);
   } else if (c == collective::gather) {
-    comm.gather(in, out, root);
+    comm.gather(in, out, root, o);
   } else {
-    comm.scatter(in, out, root);
+    comm.scatter(in, out, root, o);
   }
   const std::vector<T>& got = in_place ? in : out;
   long long wrong = 0;
@@ -286,18 +288,30 @@ void exchange_cases(communicator& comm, std::size_t scale) {
 }
 
 void rooted_collectives(communicator& comm) {
+  // Every algorithm of all-to-all, gather and scatter, and the automatic choice.
+  auto each = [](collective c, auto&& f) {
+    f(algorithm::automatic);
+    for (algorithm a : all_algorithms)
+      if (implements(a, c)) f(a);
+  };
   for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{100003}}) {
-    for (bool ip : {false, true}) move_case<float>(comm, collective::all_to_all, n, ip, 0);
-    move_case<double>(comm, collective::all_to_all, n, false, 0);
+    each(collective::all_to_all, [&](algorithm a) {
+      for (bool ip : {false, true}) move_case<float>(comm, collective::all_to_all, a, n, ip, 0);
+      move_case<double>(comm, collective::all_to_all, a, n, false, 0);
+    });
     for (int root = 0; root < comm.size(); ++root) {
-      move_case<float>(comm, collective::gather, n, false, root);
-      move_case<std::int32_t>(comm, collective::scatter, n, false, root);
+      each(collective::gather,
+           [&](algorithm a) { move_case<float>(comm, collective::gather, a, n, false, root); });
+      each(collective::scatter,
+           [&](algorithm a) { move_case<std::int32_t>(comm, collective::scatter, a, n, false, root); });
     }
   }
   for (std::size_t scale : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{100003}})
     exchange_cases(comm, scale);
   for (collective c : {collective::broadcast, collective::reduce}) {
-    for (algorithm a : {algorithm::binomial, algorithm::chain, algorithm::automatic}) {
+    for (algorithm a : {algorithm::binomial, algorithm::chain, algorithm::scatter_allgather,
+                        algorithm::rabenseifner, algorithm::automatic}) {
+      if (!implements(a, c)) continue;
       for (int root = 0; root < comm.size(); ++root) {
         for (std::size_t n :
              {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}, std::size_t{300007}}) {

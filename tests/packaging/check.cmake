@@ -19,7 +19,7 @@ if(MODE STREQUAL "find_package")
   # compiler checks (about 7 s); what is installed is the same with it or without.
   run(${CMAKE_COMMAND} -S ${COLLX_SOURCE} -B ${WORK}/collx-build -G ${GENERATOR}
       -DCMAKE_CXX_COMPILER=${CXX} -DCOLLX_BUILD_TESTS=OFF -DCOLLX_BUILD_EXAMPLES=OFF
-      -DCOLLX_BUILD_BENCHMARKS=OFF -DCOLLX_BUILD_TOOLS=OFF -DCOLLX_CUDA=OFF
+      -DCOLLX_BUILD_BENCHMARKS=OFF -DCOLLX_BUILD_TOOLS=OFF -DCOLLX_BUILD_TORCH=OFF -DCOLLX_CUDA=OFF
       -DCMAKE_INSTALL_PREFIX=${WORK}/prefix)
   run(${CMAKE_COMMAND} --install ${WORK}/collx-build)
   run(${CMAKE_COMMAND} -S ${consumer} -B ${WORK}/consumer-build -G ${GENERATOR}

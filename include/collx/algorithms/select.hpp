@@ -49,12 +49,43 @@ struct call_shape {
 
 namespace detail {
 
+// Rabenseifner reduce: the fold of a non-power-of-two p (one full message, reduced),
+// then recursive halving and a binomial gather over p2, each (p2-1)/p2 n bytes in
+// log2 p2 steps.
+inline double predicted_rabenseifner_reduce(int p, double n, const cost_params& m) {
+  const fold f(p);
+  const double P2 = f.p2;
+  const double part = (P2 - 1) / P2 * n;
+  const double fold_cost = f.extra > 0 ? m.alpha + n * m.beta + n * m.gamma : 0.0;
+  return fold_cost + 2.0 * f.log2p2() * m.alpha + 2 * part * m.beta + part * m.gamma;
+}
+
+// Binomial gather and scatter: the root's link carries p-1 blocks in L messages. The
+// root's last child h = 2^(L-1) keeps its subtree's blocks in scratch, its own copied
+// in (a gather, before it sends) or out (a scatter, after it received): where a copy is
+// slower than the messages it runs beside, it shows.
+inline double predicted_binomial_personalized(collective c, int p, double n, const cost_params& m) {
+  const double L = ceil_log2(p);
+  const double h = std::ldexp(1.0, static_cast<int>(L) - 1);
+  const double below = std::min(h, p - h);  // the blocks of h's subtree
+  const double copy = below > 1 ? n * m.gamma : 0.0;
+  const double link = L * m.alpha + (p - 1) * n * m.beta;
+  const double rest = (L - 1) * m.alpha + (below - 1) * n * m.beta;  // h's own subtree's rounds
+  if (c == collective::gather) {
+    const double before = (L - 1) * m.alpha + (h - 1) * n * m.beta;  // the root's other children
+    return std::max(
+        {link, std::max(before, std::max(rest, copy)) + m.alpha + below * n * m.beta, n * m.gamma});
+  }
+  return std::max({link, m.alpha + below * n * m.beta + std::max(rest, copy), n * m.gamma});
+}
+
 // The rooted collectives, the barrier, all-to-all and the exchanges sized per peer
-// (algorithms/rooted.hpp, barrier.hpp, personalized.hpp, exchange.hpp; for all-to-all,
-// gather, scatter and all-to-all-v, n is one block). The chain
-// is priced pipelined, in segments of segment_bytes (0: one segment), as it runs, with
-// its L signal rounds; the binomial tree unsegmented, as the small messages it is chosen
-// for run. Out of place, a broadcast's root also copies its buffer, beside the sends.
+// (algorithms/rooted.hpp, barrier.hpp, personalized.hpp, bruck.hpp, exchange.hpp; for
+// all-to-all, gather, scatter and all-to-all-v, n is one block). The
+// chain is priced pipelined, in segments of segment_bytes (0: one segment), as it runs,
+// with its L signal rounds; the others unsegmented (van de Geijn's broadcast and
+// Rabenseifner's reduce are chosen for buffers of a few segments, where the pipeline
+// gains little). Out of place, a broadcast's root also copies its buffer, beside the sends.
 inline double predicted_rooted(algorithm a, collective c, int p, double n, double segment_bytes,
                                const cost_params& m) {
   const double L = ceil_log2(p);
@@ -65,6 +96,25 @@ inline double predicted_rooted(algorithm a, collective c, int p, double n, doubl
   const double signals = c == collective::all_to_all_v ? L * m.alpha : 0.0;
   if (a == algorithm::pairwise) return std::max((p - 1) * (m.alpha + n * m.beta), n * m.gamma) + signals;
   if (a == algorithm::linear) return std::max((p - 1) * (m.alpha + n * m.beta) + L * m.alpha, n * m.gamma);
+  if (a == algorithm::bruck) {
+    // All-to-all: each round packs its blocks, then sends them while the blocks that
+    // arrived the round before (the own block, in the first) are put in place; the last
+    // round's arrivals are put in place at the end.
+    double t = 0;
+    int d = 1;
+    for (; d < p; d *= 2) {
+      const auto moving = static_cast<double>(bruck_moving(p, d));
+      const double settled = d == 1 ? 1.0 : std::min(d, p) - d / 2;
+      t += (moving > 1 ? moving * n * m.gamma : 0.0) +
+           std::max(m.alpha + moving * n * m.beta, settled * n * m.gamma);
+    }
+    return t + (p - d / 2) * n * m.gamma;
+  }
+  if (a == algorithm::binomial && (c == collective::gather || c == collective::scatter))
+    return predicted_binomial_personalized(c, p, n, m);
+  if (a == algorithm::scatter_allgather)
+    return std::max((L + p - 1) * m.alpha + 2.0 * (p - 1) / p * n * m.beta, n * m.gamma);
+  if (a == algorithm::rabenseifner) return predicted_rabenseifner_reduce(p, n, m);
   const double ga = c == collective::reduce ? m.gamma : 0.0;
   const double root_copy = c == collective::broadcast ? n * m.gamma : 0.0;
   if (a == algorithm::binomial) return std::max(L * (m.alpha + n * m.beta + n * ga), root_copy);
@@ -187,8 +237,11 @@ inline schedule build(algorithm a, const call_shape& c) {
     return c.coll == collective::send_recv ? direct(ep, c.dst, c.src) : pairwise_v(ep);
   }
   const rooted_params rp_root{{c.rank, c.ranks, c.count, c.segment, c.in_place}, c.root};
-  if (c.coll == collective::all_to_all) return pairwise(rp_root);
-  if (c.coll == collective::gather || c.coll == collective::scatter) return linear(c.coll, rp_root);
+  if (c.coll == collective::all_to_all)
+    return a == algorithm::bruck ? bruck_all_to_all(rp) : pairwise(rp_root);
+  if (c.coll == collective::gather || c.coll == collective::scatter) {
+    return a == algorithm::binomial ? binomial_personalized(c.coll, rp_root) : linear(c.coll, rp_root);
+  }
   if (rooted(c.coll)) return rooted(c.coll, a, rp_root);
   if (c.count == 0) {
     // Every algorithm shares ring's empty round for count 0: it still carries the call's
@@ -209,6 +262,7 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::dissemination:
     case algorithm::pairwise:
     case algorithm::linear:
+    case algorithm::scatter_allgather:
     case algorithm::direct:
     case algorithm::automatic: break;
   }

@@ -72,9 +72,12 @@ constexpr bool reduces(collective c) noexcept {
 // The algorithms this build knows. automatic lets the library choose by the cost model.
 // recursive_doubling ("rd") is recursive doubling for all-reduce and all-gather and its
 // mirror, recursive halving, for reduce-scatter. binomial and chain are the rooted
-// collectives' trees (algorithms/rooted.hpp); dissemination is the barrier's; pairwise
-// (all-to-all) and linear (gather, scatter) are algorithms/personalized.hpp's; pairwise
-// also runs all_to_all_v, and direct, send_recv (algorithms/exchange.hpp).
+// collectives' trees (algorithms/rooted.hpp), binomial also gather's and scatter's;
+// dissemination is the barrier's; pairwise (all-to-all) and linear (gather, scatter) are
+// algorithms/personalized.hpp's; bruck is also an all-to-all (algorithms/bruck.hpp);
+// scatter_allgather is van de Geijn's broadcast, and rabenseifner also a reduce
+// (algorithms/rooted.hpp); pairwise also runs all_to_all_v, and direct, send_recv
+// (algorithms/exchange.hpp).
 enum class algorithm : std::uint8_t {
   automatic,
   ring,
@@ -87,14 +90,21 @@ enum class algorithm : std::uint8_t {
   dissemination,
   pairwise,
   linear,
+  scatter_allgather,
   direct
 };
 
-inline constexpr algorithm all_algorithms[] = {algorithm::ring,         algorithm::recursive_doubling,
-                                               algorithm::rabenseifner, algorithm::bruck,
-                                               algorithm::tree,         algorithm::binomial,
-                                               algorithm::chain,        algorithm::dissemination,
-                                               algorithm::pairwise,     algorithm::linear,
+inline constexpr algorithm all_algorithms[] = {algorithm::ring,
+                                               algorithm::recursive_doubling,
+                                               algorithm::rabenseifner,
+                                               algorithm::bruck,
+                                               algorithm::tree,
+                                               algorithm::binomial,
+                                               algorithm::chain,
+                                               algorithm::dissemination,
+                                               algorithm::pairwise,
+                                               algorithm::linear,
+                                               algorithm::scatter_allgather,
                                                algorithm::direct};
 inline constexpr algorithm last_algorithm = algorithm::direct;
 
@@ -111,6 +121,7 @@ constexpr std::string_view to_string(algorithm a) noexcept {
     case algorithm::dissemination: return "dissemination";
     case algorithm::pairwise: return "pairwise";
     case algorithm::linear: return "linear";
+    case algorithm::scatter_allgather: return "scatter_allgather";
     case algorithm::direct: return "direct";
   }
   return "?";
@@ -132,14 +143,17 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::ring:
     case algorithm::recursive_doubling:
       return c == collective::all_reduce || c == collective::all_gather || c == collective::reduce_scatter;
-    case algorithm::rabenseifner:
+    case algorithm::rabenseifner: return c == collective::all_reduce || c == collective::reduce;
     case algorithm::tree: return c == collective::all_reduce;
-    case algorithm::bruck: return c == collective::all_gather;
+    case algorithm::bruck: return c == collective::all_gather || c == collective::all_to_all;
     case algorithm::binomial:
+      return c == collective::broadcast || c == collective::reduce || c == collective::gather ||
+             c == collective::scatter;
     case algorithm::chain: return c == collective::broadcast || c == collective::reduce;
     case algorithm::dissemination: return c == collective::barrier;
     case algorithm::pairwise: return c == collective::all_to_all || c == collective::all_to_all_v;
     case algorithm::linear: return c == collective::gather || c == collective::scatter;
+    case algorithm::scatter_allgather: return c == collective::broadcast;
     case algorithm::direct: return c == collective::send_recv;
   }
   return false;

@@ -286,8 +286,8 @@ class symbolic_ranks {
   }
 
   // Every element of every result must hold exactly what the collective defines; a
-  // barrier's and a rooted call's rank must have heard from every rank before it can
-  // finish (algorithms/rooted.hpp says why).
+  // barrier's, an all-to-all's and a rooted call's rank must have heard from every rank
+  // before it can finish (algorithms/rooted.hpp says why).
   verify_result check_outputs() const {
     if (must_hear_all()) {
       if (auto bad = check_heard(); !bad) return bad;
@@ -326,7 +326,12 @@ class symbolic_ranks {
   };
 
   static std::size_t index(int r) noexcept { return static_cast<std::size_t>(r); }
-  bool must_hear_all() const noexcept { return coll_ == collective::barrier || rooted(coll_); }
+  // A rank that finishes must have heard from every rank, so that a mismatch is never
+  // missed (algorithms/rooted.hpp says why): the barrier, the rooted calls and
+  // all-to-all, whose Bruck form hears from most ranks only through others.
+  bool must_hear_all() const noexcept {
+    return coll_ == collective::barrier || coll_ == collective::all_to_all || rooted(coll_);
+  }
 
   std::vector<std::uint16_t> unit(int r) const {
     std::vector<std::uint16_t> m(index(p_), 0);
@@ -474,8 +479,9 @@ class symbolic_ranks {
   bool in_place_;
   int root_;
   std::vector<rank_state> state_;
-  std::vector<std::vector<std::vector<run>>> sent_;    // [rank][step]: what a send carried
-  std::vector<std::vector<std::vector<bool>>> heard_;  // [rank][step], barriers only: whom it heard from
+  std::vector<std::vector<std::vector<run>>> sent_;  // [rank][step]: what a send carried
+  std::vector<std::vector<std::vector<bool>>>
+      heard_;  // [rank][step], must_hear_all calls only: whom it heard from
 };
 
 }  // namespace detail
