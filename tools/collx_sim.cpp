@@ -6,8 +6,9 @@
 //
 // bytes is the buffer size as nccl-tests counts it: the whole vector for all-reduce,
 // broadcast and reduce, the whole p-block buffer for all-gather, reduce-scatter,
-// all-to-all, gather and scatter; a barrier has none. algbw = bytes / time; busbw = algbw * 2(p-1)/p for
-// all-reduce, 1 for broadcast and reduce, (p-1)/p otherwise. The segment (the pipeline's,
+// all-to-all, gather and scatter, what each rank sends for sendrecv (a ring shift); a
+// barrier has none. algbw = bytes / time; busbw = algbw * 2(p-1)/p for all-reduce, 1 for
+// broadcast, reduce and sendrecv, (p-1)/p otherwise. The segment (the pipeline's,
 // default the library's) prices the pipelined chain; the root changes no cost (every
 // rank's tree has the same shape), and is checked against p.
 
@@ -95,7 +96,8 @@ int main(int argc, char** argv) {
 
   // The API's count is per rank; the model takes bytes per rank the same way.
   auto rank_bytes = [&](double b) {
-    return coll == collective::all_reduce || coll == collective::broadcast || coll == collective::reduce
+    return coll == collective::all_reduce || coll == collective::broadcast || coll == collective::reduce ||
+                   coll == collective::send_recv
                ? b
                : b / p;
   };
