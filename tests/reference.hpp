@@ -17,8 +17,21 @@
 
 namespace test {
 
+// A 64-bit mix (splitmix64's finalizer): inputs hashed from (rank, index) cannot alias
+// the way a short period can.
+inline std::uint64_t mix(std::uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdULL;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ULL;
+  return x ^ (x >> 33);
+}
+
+// Rank r's element i: a small integer in [-8, 8] hashed from (r, i), so that a block sent
+// to the wrong rank or offset cannot compare equal (a formula with a period, as this was
+// once, makes input(r+1, i+6) == input(r, i)).
 inline double input(int r, std::size_t i) {
-  return static_cast<double>(static_cast<int>((static_cast<std::size_t>(r) * 7 + i * 13) % 17) - 8);
+  return static_cast<double>(static_cast<int>(mix((static_cast<std::uint64_t>(r) << 40) ^ (i + 1)) % 17) - 8);
 }
 
 inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
@@ -41,16 +54,6 @@ template <class... T>
 struct types {};
 using all_types =
     types<std::int8_t, std::uint8_t, std::int32_t, std::int64_t, collx::half, collx::bfloat16, float, double>;
-
-// A 64-bit mix (splitmix64's finalizer): inputs hashed from (rank, index) cannot alias
-// the way a short period can.
-inline std::uint64_t mix(std::uint64_t x) {
-  x ^= x >> 33;
-  x *= 0xff51afd7ed558ccdULL;
-  x ^= x >> 33;
-  x *= 0xc4ceb9fe1a85ec53ULL;
-  return x ^ (x >> 33);
-}
 
 // Conversions that also serve the 16-bit storage types. An integer wraps to the type's
 // width (through long long: C++20's conversion is modular), as collx's arithmetic does.
