@@ -30,6 +30,12 @@ using namespace collx;
 
 namespace {
 
+// Every rank process this test forked, for leftovers().
+std::vector<pid_t>& children() {
+  static std::vector<pid_t> kids;
+  return kids;
+}
+
 // Runs body(rank, store) in p forked processes; returns their exit codes (a rank still
 // running after `bound` is killed and reported as 99).
 std::vector<int> fork_ranks(int p, const std::function<int(int, store&)>& body,
@@ -59,6 +65,7 @@ std::vector<int> fork_ranks(int p, const std::function<int(int, store&)>& body,
       ::_exit(code);
     }
     kids.push_back(pid);
+    children().push_back(pid);
   }
   std::vector<int> codes(static_cast<std::size_t>(p), -1);
   const auto deadline = std::chrono::steady_clock::now() + bound;
@@ -86,13 +93,18 @@ std::vector<int> fork_ranks(int p, const std::function<int(int, store&)>& body,
   return codes;
 }
 
-// Segments of this test's job still in /dev/shm.
+// Segments of this test's jobs still in /dev/shm: the control segments, named after the
+// job (which carries this process's pid), and the inboxes, named after the rank process
+// that made them (ipc.hpp: /collx-ipc-mem-<pid>-...), one of the children.
 int leftovers() {
   int n = 0;
   if (DIR* d = ::opendir("/dev/shm")) {
     while (const dirent* e = ::readdir(d)) {
       const std::string name = e->d_name;
-      if (name.find("collx-ipc") == 0 && name.find(std::to_string(::getpid())) != std::string::npos) ++n;
+      if (name.find("collx-ipc-ipctest-" + std::to_string(::getpid()) + "-") == 0) ++n;
+      for (pid_t kid : children()) {
+        if (name.find("collx-ipc-mem-" + std::to_string(kid) + "-") == 0) ++n;
+      }
     }
     ::closedir(d);
   }
