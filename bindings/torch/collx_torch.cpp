@@ -139,16 +139,34 @@ void check_list(const std::vector<at::Tensor>& ts, const at::Tensor& like, std::
 
 std::size_t elems(const at::Tensor& t) { return static_cast<std::size_t>(t.numel()); }
 
+class collx_work;
+
+// What a waiting Work asks of its group: run it now on the waiting thread, if it is the
+// next to run and nothing is running (a blocking call then costs no hand-off to the
+// worker thread and back).
+class task_runner : public c10::intrusive_ptr_target {
+ public:
+  virtual void run_if_next(const collx_work* w) = 0;
+};
+
 // A Work that completes with the operation's outputs (DDP's hook waits on its future).
 class collx_work final : public c10d::Work {
  public:
-  collx_work(c10d::OpType type, std::vector<at::Tensor> outputs)
+  collx_work(c10d::OpType type, std::vector<at::Tensor> outputs, c10::weak_intrusive_ptr<task_runner> runner)
       : c10d::Work(-1, type),
         outputs_(std::move(outputs)),
-        future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()))) {}
+        future_(c10::make_intrusive<c10::ivalue::Future>(c10::ListType::create(c10::TensorType::get()))),
+        runner_(std::move(runner)) {}
 
   std::vector<at::Tensor> result() override { return outputs_; }
   c10::intrusive_ptr<c10::ivalue::Future> getFuture() override { return future_; }
+
+  bool wait(std::chrono::milliseconds timeout) override {
+    if (!isCompleted()) {
+      if (auto r = runner_.lock()) r->run_if_next(this);
+    }
+    return c10d::Work::wait(timeout);
+  }
 
   void done(const std::exception_ptr& e) {
     finish(e);
@@ -162,6 +180,7 @@ class collx_work final : public c10d::Work {
  private:
   std::vector<at::Tensor> outputs_;
   c10::intrusive_ptr<c10::ivalue::Future> future_;
+  c10::weak_intrusive_ptr<task_runner> runner_;
 };
 
 // One queued operation: a collective, or a send or a receive with its peer and tag. In
@@ -213,52 +232,150 @@ collx::communicator make_communicator(const c10::intrusive_ptr<c10d::Store>& sto
   return collx::make_communicator(st, li, transport, cfg, "collx", job);
 }
 
-class process_group final : public c10d::ProcessGroup {
- public:
-  process_group(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
-                std::chrono::milliseconds timeout)
-      : c10d::ProcessGroup(rank, size),
-        timeout_(timeout),
-        comm_(make_communicator(store, rank, size, timeout)) {
-    worker_ = std::thread([this] { loop(); });
-  }
+// One send or receive, or a send and a receive of a batch, as one send_recv.
+void run_point(collx::communicator& c, const task::p2p& a, const task::p2p* b) {
+  const task::p2p* s = a.send ? &a : (b != nullptr && b->send ? b : nullptr);
+  const task::p2p* r = !a.send ? &a : (b != nullptr && !b->send ? b : nullptr);
+  const int tag = s != nullptr ? s->tag : r->tag;
+  c.send_recv(s != nullptr ? s->tensor.data_ptr() : nullptr, s != nullptr ? elems(s->tensor) : 0,
+              s != nullptr ? s->peer : -1, r != nullptr ? r->tensor.data_ptr() : nullptr,
+              r != nullptr ? elems(r->tensor) : 0, r != nullptr ? r->peer : -1,
+              dtype_of((s != nullptr ? s : r)->tensor, false), static_cast<std::uint32_t>(tag));
+}
 
-  ~process_group() override {
+// Whether two sends or receives of a batch run as one send_recv: one of each, the same
+// tag and dtype.
+bool pairs(const task::p2p& a, const task::p2p& b) {
+  return a.send != b.send && a.tag == b.tag && a.tensor.scalar_type() == b.tensor.scalar_type();
+}
+
+// A group's operations in issue order and the communicator that runs them, one at a
+// time: the group's worker thread runs each in turn, unless a thread that waits for the
+// next one runs it itself first (run_if_next).
+class op_queue final : public task_runner {
+ public:
+  explicit op_queue(collx::communicator comm) : comm_(std::move(comm)) {}
+
+  c10::intrusive_ptr<c10d::Work> push(task k) {
+    c10::intrusive_ptr<c10d::Work> w = k.work;
     {
       std::lock_guard lock(m_);
-      stopping_ = true;
+      if (batch_ && k.point) {
+        batch_->push_back(std::move(k));
+        return w;
+      }
+      queue_.push_back(std::move(k));
     }
     cv_.notify_all();
-    if (worker_.joinable()) worker_.join();
+    return w;
   }
-
-  const std::string getBackendName() const override { return "collx"; }
 
   // batch_isend_irecv's bracket: its sends and receives are held, then queued with each
   // send and receive next to each other (same tag and dtype) paired into one send_recv.
-  void startCoalescing() override {
+  void start_batch() {
     std::lock_guard lock(m_);
     batch_.emplace();
   }
-  void endCoalescing(std::vector<c10::intrusive_ptr<c10d::Work>>& /* reqs: torch fills them */) override {
-    std::vector<task> held;
+  void end_batch() {
     {
       std::lock_guard lock(m_);
       if (!batch_) return;
-      held = std::move(*batch_);
+      std::vector<task> held = std::move(*batch_);
       batch_.reset();
       for (std::size_t i = 0; i < held.size(); ++i) {
         if (i + 1 < held.size() && pairs(*held[i].point, *held[i + 1].point)) {
           held[i].partner = held[i + 1].point;
           held[i].partner_work = held[i + 1].work;
-          queue_.push_back(std::move(held[i]));
-          ++i;
+          queue_.push_back(std::move(held[i++]));
         } else {
           queue_.push_back(std::move(held[i]));
         }
       }
     }
     cv_.notify_all();
+  }
+
+  void run_if_next(const collx_work* w) override {
+    std::unique_lock lock(m_);
+    if (running_ || queue_.empty()) return;
+    const task& next = queue_.front();
+    if (next.work.get() != w && next.partner_work.get() != w) return;
+    run_front(lock);
+  }
+
+  // The worker thread: until stop(), and the queue is empty.
+  void work() {
+    std::unique_lock lock(m_);
+    for (;;) {
+      cv_.wait(lock, [&] { return !running_ && (!queue_.empty() || stopping_); });
+      if (queue_.empty()) return;
+      run_front(lock);
+    }
+  }
+
+  void stop() {
+    {
+      std::lock_guard lock(m_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  // Runs the queue's first task with m_ released; `lock` holds m_ before and after.
+  void run_front(std::unique_lock<std::mutex>& lock) {
+    task k = std::move(queue_.front());
+    queue_.pop_front();
+    running_ = true;
+    lock.unlock();
+    std::exception_ptr failure;
+    try {
+      if (k.point) {
+        run_point(comm_, *k.point, k.partner ? &*k.partner : nullptr);
+      } else {
+        collx::options o;  // torch's per-call timeout, when it gives one; else the group's
+        if (k.timeout != c10d::kUnsetTimeout && k.timeout.count() > 0) o.timeout = k.timeout;
+        k.run(comm_, o);
+      }
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    k.work->done(failure);
+    if (k.partner_work) k.partner_work->done(failure);
+    lock.lock();
+    running_ = false;
+    cv_.notify_all();
+  }
+
+  collx::communicator comm_;
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::deque<task> queue_;
+  std::optional<std::vector<task>> batch_;  // between start_batch and end_batch
+  bool running_ = false;
+  bool stopping_ = false;
+};
+
+class process_group final : public c10d::ProcessGroup {
+ public:
+  process_group(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                std::chrono::milliseconds timeout)
+      : c10d::ProcessGroup(rank, size),
+        q_(c10::make_intrusive<op_queue>(make_communicator(store, rank, size, timeout))) {
+    worker_ = std::thread([q = q_] { q->work(); });
+  }
+
+  ~process_group() override {
+    q_->stop();
+    if (worker_.joinable()) worker_.join();
+  }
+
+  const std::string getBackendName() const override { return "collx"; }
+
+  // batch_isend_irecv's bracket (op_queue::end_batch).
+  void startCoalescing() override { q_->start_batch(); }
+  void endCoalescing(std::vector<c10::intrusive_ptr<c10d::Work>>& /* reqs: torch fills them */) override {
+    q_->end_batch();
   }
 
   c10::intrusive_ptr<c10d::Work> allreduce(std::vector<at::Tensor>& tensors,
@@ -546,85 +663,26 @@ class process_group final : public c10d::ProcessGroup {
     (void)dtype_of(t, false);
     task k;
     k.work = c10::make_intrusive<collx_work>(is_send ? c10d::OpType::SEND : c10d::OpType::RECV,
-                                             std::vector<at::Tensor>{t});
+                                             std::vector<at::Tensor>{t}, runner());
     k.point = task::p2p{is_send, t, peer, tag};
-    return push(std::move(k));
+    return q_->push(std::move(k));
   }
 
   c10::intrusive_ptr<c10d::Work> enqueue(
       c10d::OpType type, std::vector<at::Tensor> outputs, std::chrono::milliseconds timeout,
       std::function<void(collx::communicator&, const collx::options&)> run) {
     task k;
-    k.work = c10::make_intrusive<collx_work>(type, std::move(outputs));
+    k.work = c10::make_intrusive<collx_work>(type, std::move(outputs), runner());
     k.run = std::move(run);
     k.timeout = timeout;
-    return push(std::move(k));
+    return q_->push(std::move(k));
   }
 
-  c10::intrusive_ptr<c10d::Work> push(task k) {
-    auto w = k.work;
-    {
-      std::lock_guard lock(m_);
-      if (batch_ && k.point) {
-        batch_->push_back(std::move(k));
-        return w;
-      }
-      queue_.push_back(std::move(k));
-    }
-    cv_.notify_all();
-    return w;
+  c10::weak_intrusive_ptr<task_runner> runner() const {
+    return c10::weak_intrusive_ptr<task_runner>(c10::intrusive_ptr<task_runner>(q_));
   }
 
-  // One send or receive, or a send and a receive queued together, as one send_recv.
-  static void run_point(collx::communicator& c, const task::p2p& a, const task::p2p* b) {
-    const task::p2p* s = a.send ? &a : (b != nullptr && b->send ? b : nullptr);
-    const task::p2p* r = !a.send ? &a : (b != nullptr && !b->send ? b : nullptr);
-    const int tag = s != nullptr ? s->tag : r->tag;
-    c.send_recv(s != nullptr ? s->tensor.data_ptr() : nullptr, s != nullptr ? elems(s->tensor) : 0,
-                s != nullptr ? s->peer : -1, r != nullptr ? r->tensor.data_ptr() : nullptr,
-                r != nullptr ? elems(r->tensor) : 0, r != nullptr ? r->peer : -1,
-                dtype_of((s != nullptr ? s : r)->tensor, false), static_cast<std::uint32_t>(tag));
-  }
-
-  // Whether two sends or receives of a batch run as one send_recv: one of each, the same
-  // tag and dtype.
-  static bool pairs(const task::p2p& a, const task::p2p& b) {
-    return a.send != b.send && a.tag == b.tag && a.tensor.scalar_type() == b.tensor.scalar_type();
-  }
-
-  void loop() {
-    std::unique_lock lock(m_);
-    for (;;) {
-      cv_.wait(lock, [&] { return !queue_.empty() || stopping_; });
-      if (queue_.empty()) return;
-      task k = std::move(queue_.front());
-      queue_.pop_front();
-      lock.unlock();
-      std::exception_ptr failure;
-      try {
-        if (k.point) {
-          run_point(comm_, *k.point, k.partner ? &*k.partner : nullptr);
-        } else {
-          collx::options o;  // torch's per-call timeout, when it gives one; else the group's
-          if (k.timeout != c10d::kUnsetTimeout && k.timeout.count() > 0) o.timeout = k.timeout;
-          k.run(comm_, o);
-        }
-      } catch (...) {
-        failure = std::current_exception();
-      }
-      k.work->done(failure);
-      if (k.partner_work) k.partner_work->done(failure);
-      lock.lock();
-    }
-  }
-
-  std::chrono::milliseconds timeout_;
-  collx::communicator comm_;
-  std::mutex m_;
-  std::condition_variable cv_;
-  std::deque<task> queue_;
-  std::optional<std::vector<task>> batch_;  // between startCoalescing and endCoalescing
-  bool stopping_ = false;
+  c10::intrusive_ptr<op_queue> q_;
   std::thread worker_;
 };
 
