@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -47,6 +49,19 @@ inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
     }
   }
   return op == collx::reduce_op::avg ? acc / p : acc;
+}
+
+// COLLX_TEST_MAX_COUNT=n cuts every larger count to n, keeping the matrix's shape. The
+// ThreadSanitizer run of CI (tools/sanitize.sh thread) sets 1001: the million-element
+// cases take minutes there, and their many-segment pipelines are also run by the
+// small counts with tiny segments.
+inline std::size_t max_count() {
+  static const std::size_t cap = [] {
+    const char* v = std::getenv("COLLX_TEST_MAX_COUNT");
+    return v != nullptr && *v != '\0' ? static_cast<std::size_t>(std::strtoull(v, nullptr, 10))
+                                      : std::numeric_limits<std::size_t>::max();
+  }();
+  return cap;
 }
 
 // Every element type, as a pack for tests that run one case per type.

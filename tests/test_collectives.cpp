@@ -33,19 +33,6 @@ constexpr std::size_t ring_counts[] = {0, 1, 7, 1000003};
 constexpr int other_ranks[] = {1, 2, 3, 5, 6, 8};
 constexpr std::size_t other_counts[] = {0, 1, 7, 1001};
 
-// COLLX_TEST_MAX_COUNT=n cuts every larger count to n, keeping the matrix's shape. The
-// ThreadSanitizer run of CI (tools/sanitize.sh thread) sets 1001: the million-element
-// cases take minutes there, and their many-segment pipelines are also run by the
-// small counts with tiny segments.
-std::size_t max_count() {
-  static const std::size_t cap = [] {
-    const char* v = std::getenv("COLLX_TEST_MAX_COUNT");
-    return v != nullptr && *v != '\0' ? static_cast<std::size_t>(std::strtoull(v, nullptr, 10))
-                                      : std::numeric_limits<std::size_t>::max();
-  }();
-  return cap;
-}
-
 // Deterministic inputs. Products use small magnitudes so that p of them stay in range.
 template <class T>
 T input(int rank, std::size_t i, reduce_op op) {
@@ -304,7 +291,7 @@ void matrix(collective c) {
     for (int p : ring ? std::span<const int>(ring_ranks) : std::span<const int>(other_ranks)) {
       for (std::size_t n_full :
            ring ? std::span<const std::size_t>(ring_counts) : std::span<const std::size_t>(other_counts)) {
-        const std::size_t n = std::min(n_full, max_count());
+        const std::size_t n = std::min(n_full, test::max_count());
         // prod last: the reductions before it share one set of inputs (make_inputs).
         std::shared_ptr<const rank_inputs<T>> inputs;
         for (auto op : ops_prod_last) {

@@ -3,11 +3,12 @@
 # the targets it runs. Any report fails the test that printed it.
 #
 #   sh tools/sanitize.sh [address]   `make test-sanitize`: AddressSanitizer and
-#       UndefinedBehaviorSanitizer over the core, failure, rendezvous and shm tests and
-#       the multi-process shm and tcp tests (collx-run), in build-asan/.
+#       UndefinedBehaviorSanitizer over the core, failure, rendezvous, shm, peer, ipc and
+#       exchange tests and the multi-process shm and tcp tests (collx-run), in build-asan/.
 #   sh tools/sanitize.sh thread      `make test-tsan`: ThreadSanitizer over the local
-#       transport (ranks as threads: test_core, test_failures, and test_collectives' f32
-#       matrix with counts cut to 1001, the async and the untyped API) and the shm
+#       transport (ranks as threads: test_core, test_failures, test_exchange, and
+#       test_collectives' f32 matrix with counts cut to 1001, the async and the untyped
+#       API) and the shm
 #       transport with its ranks as threads of one process (test_shm), in build-tsan/.
 #
 # Left out, for CI's time: test_collectives under ASan (clean, about 6 more minutes on
@@ -20,13 +21,13 @@ jobs=${JOBS:-$(nproc 2>/dev/null || echo 2)}
 kind=${1:-address}
 # -g1: line tables, enough for the reports' file:line, at about 60% of the compile time
 # of -g (mp_worker under ASan: 26 s against 45 s here).
-common="-DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCOLLX_BUILD_BENCHMARKS=OFF -DCOLLX_BUILD_EXAMPLES=OFF"
+common="-DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG=-g1 -DCOLLX_BUILD_BENCHMARKS=OFF -DCOLLX_BUILD_EXAMPLES=OFF -DCOLLX_BUILD_TORCH=OFF"
 case $kind in
   address)
     dir=build-asan
     flags="-O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
     # Names, not a list: multi-process shm and tcp tests added later run here too.
-    select='^(core|failures|rendezvous|shm|peer|ipc):|^multiprocess: (shm|tcp) p='
+    select='^(core|failures|rendezvous|shm|peer|ipc|exchange):|^multiprocess: (shm|tcp) p='
     export ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     ;;
   thread)
@@ -36,7 +37,7 @@ case $kind in
     # reports, so there is nothing for the warning to point at.
     flags="-O1 -fsanitize=thread -fno-omit-frame-pointer -Wno-tsan"
     # The element type changes the reduction loop, not who touches what when: one type.
-    select='^(core|failures|shm|peer):|^collectives: ?.*: f32$|^collectives: ?(async|the untyped)'
+    select='^(core|failures|shm|peer|exchange):|^collectives: ?.*: f32$|^collectives: ?(async|the untyped)'
     export COLLX_TEST_MAX_COUNT=1001
     # No suppressions: none has been needed. Each rank maps the shm segments at its own
     # addresses, so TSan sees unrelated locations where there is one: the rings' ordering
