@@ -5,9 +5,12 @@
 #   stranger.sh COLLX_RUN MP_WORKER
 set -u
 run=$1 worker=$2
-# A port nobody answers on (collx-run would pick one itself, but the knocker must know it).
+# A port nobody answers on (collx-run would pick one itself, but the knocker must know it),
+# below Linux's ephemeral range (32768 up): a port there can be taken by another test's
+# outgoing connection, which no connect() sees, and rank 0's listen then fails (seen once
+# under ASan with tests running beside it).
 for _ in 1 2 3 4 5 6 7 8 9 10; do
-  port=$((20000 + RANDOM % 30000))
+  port=$((20000 + RANDOM % 12000))
   { exec 3<>"/dev/tcp/127.0.0.1/$port"; } 2>/dev/null || break
   exec 3>&-
 done
