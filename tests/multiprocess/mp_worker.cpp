@@ -309,9 +309,7 @@ void rooted_collectives(communicator& comm) {
   for (std::size_t scale : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{100003}})
     exchange_cases(comm, scale);
   for (collective c : {collective::broadcast, collective::reduce}) {
-    for (algorithm a : {algorithm::binomial, algorithm::chain, algorithm::scatter_allgather,
-                        algorithm::rabenseifner, algorithm::automatic}) {
-      if (!implements(a, c)) continue;
+    each(c, [&](algorithm a) {
       for (int root = 0; root < comm.size(); ++root) {
         for (std::size_t n :
              {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}, std::size_t{300007}}) {
@@ -325,7 +323,7 @@ void rooted_collectives(communicator& comm) {
         }
         comm.barrier();
       }
-    }
+    });
   }
 }
 
