@@ -122,6 +122,7 @@ inline prefix_store hier_keys(collx::store& st) { return prefix_store(st, "collx
 inline hier_base hier_setup(const std::shared_ptr<collx::store>& st, const launch_info& li,
                             communicator_config cfg) {
   node_layout t = node_layout::discover(*st, li.rank, li.size, cfg.timeout);
+  t.require_uniform(li.rank);
   // Segment names must differ between nodes that share a /dev/shm (emulated hosts).
   std::string job = env_str("COLLX_JOB_ID");
   if (job.empty()) {

@@ -32,6 +32,10 @@
 //                           or not) over a shm and a tcp communicator at random, each
 //                           result checked; COLLX_SOAK_SEED picks the sequence
 //
+// COLLX_TEST_NODES (a comma list, each rank's node) names this rank's node through
+// COLLX_NODE_ID, so that one host runs a job of several nodes: shared memory inside
+// each, tcp (or MPI) across.
+//
 // Exit status 0 when the scenario held on this rank. Output lines a test script checks:
 // "OK <n> cases", "DETECTED <kind> after <ms> ms: <message>", and for faults "BLAMES
 // <0|1>", "REFUSED", "FDS <before> <after>", "REBUILT OK <n> cases".
@@ -632,9 +636,25 @@ int soak_scenario(const communicator_config& cfg, long calls, bool with_mpi) {
 
 }  // namespace
 
+// COLLX_NODE_ID from COLLX_TEST_NODES' entry for this rank.
+void name_node_from_test_layout() {
+  const std::string nodes = detail::env_str("COLLX_TEST_NODES");
+  if (nodes.empty()) return;
+  std::string rank = detail::env_str("RANK");
+  if (rank.empty()) rank = detail::env_str("OMPI_COMM_WORLD_RANK");
+  std::size_t at = 0;
+  for (int r = std::atoi(rank.c_str()); r > 0 && at != std::string::npos; --r) {
+    at = nodes.find(',', at);
+    if (at != std::string::npos) ++at;
+  }
+  if (at == std::string::npos) throw std::runtime_error("COLLX_TEST_NODES names no node for rank " + rank);
+  ::setenv("COLLX_NODE_ID", ("node" + nodes.substr(at, nodes.find(',', at) - at)).c_str(), 1);
+}
+
 int main(int argc, char** argv) {
   const std::string scenario = argc > 1 ? argv[1] : "collectives";
   try {
+    name_node_from_test_layout();
     communicator_config cfg;
     if (scenario != "collectives") cfg.timeout = std::chrono::seconds(20);
     if (scenario == "late") cfg.timeout = std::chrono::seconds(1);

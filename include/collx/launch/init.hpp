@@ -9,9 +9,9 @@
 // Where do we meet: MASTER_ADDR/MASTER_PORT (rank 0 serves a tcp_store there), else
 // COLLX_STORE_DIR or, on one host under mpirun/srun, a file store named after the job.
 // Which transport: COLLX_TRANSPORT=shm|tcp|auto; auto is shm when every rank is on
-// this host and tcp otherwise. (Under mpirun, collx/launch/init_mpi.hpp offers the MPI
-// transport and bootstraps the store through MPI.)
-// With no launcher at all, the communicator has one rank.
+// one node, and shared memory inside each node with tcp across nodes otherwise. (Under mpirun,
+// collx/launch/init_mpi.hpp offers the MPI transport and bootstraps the store through MPI.) With no launcher
+// at all, the communicator has one rank.
 
 #include <unistd.h>
 
@@ -29,9 +29,12 @@
 
 #include "collx/communicator.hpp"
 #include "collx/core/error.hpp"
+#include "collx/launch/env.hpp"
+#include "collx/launch/nodes.hpp"
 #include "collx/rendezvous/store.hpp"
 #include "collx/transport/faulty.hpp"
 #include "collx/transport/local.hpp"
+#include "collx/transport/routed.hpp"
 #include "collx/transport/shm.hpp"
 #include "collx/transport/tcp.hpp"
 
@@ -47,28 +50,8 @@ struct launch_info {
   std::uint16_t master_port = 0;
   std::string store_dir;  // the file store's directory, when no tcp store
   std::string launcher;   // "collx-run/torchrun", "mpirun", "srun" or "none"
+  std::string node_id;    // this rank's node as the launcher knows it; empty: by host name
 };
-
-namespace detail {
-
-inline std::optional<long> env_int(const char* name) {
-  const char* v = std::getenv(name);
-  if (v == nullptr || *v == '\0') return std::nullopt;
-  char* end = nullptr;
-  const long n = std::strtol(v, &end, 10);
-  if (*end != '\0') {
-    throw error(errc::invalid_argument, "init", error::no_rank, error::no_rank,
-                std::string(name) + "='" + v + "' is not an integer");
-  }
-  return n;
-}
-
-inline std::string env_str(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? std::string() : std::string(v);
-}
-
-}  // namespace detail
 
 inline launch_info launch_from_env() {
   using detail::env_int;
@@ -136,22 +119,6 @@ inline std::shared_ptr<store> store_from(const launch_info& li, std::chrono::mil
 }
 
 namespace detail {
-
-inline std::string this_host() {
-  char name[256] = {};
-  ::gethostname(name, sizeof name - 1);
-  return name;
-}
-
-// True when every rank runs on this host, by hostname through `hosts`, a view of the store.
-inline bool all_on_this_host(collx::store& hosts, const launch_info& li, std::chrono::milliseconds timeout) {
-  if (li.local_size > 0) return li.local_size == li.size;
-  const std::string me = this_host();
-  hosts.set(std::to_string(li.rank), me);
-  bool same = true;
-  for (int q = 0; q < li.size; ++q) same = same && hosts.get(std::to_string(q), timeout) == me;
-  return same;
-}
 
 // A file store's directory goes once every rank is done with it.
 inline void retire_store(collx::store& st, const launch_info& li, std::chrono::milliseconds timeout) {
@@ -250,19 +217,78 @@ communicator communicator_over(T t, const communicator_config& cfg, std::shared_
 
 }  // namespace detail
 
-// A communicator over `transport` ("shm", "tcp" or "auto") for the launched job, met
-// through `st`. Several communicators (over different transports, say) may share one
-// store if each has its own key prefix. shm names its segments after `job` (empty:
-// COLLX_JOB_ID, else an id rank 0 draws): two communicators of one job on one host over
-// shm need names of their own.
-inline communicator make_communicator(const std::shared_ptr<store>& st, const launch_info& li,
-                                      std::string transport, communicator_config cfg = {},
-                                      const std::string& prefix = "collx", const std::string& job = {}) {
-  prefix_store keys(*st, prefix);
-  if (transport == "auto") {
-    prefix_store hosts = keys.view("host");
-    transport = detail::all_on_this_host(hosts, li, cfg.timeout) ? "shm" : "tcp";
+namespace detail {
+
+inline shm_options shm_options_from_env(const communicator_config& cfg, const std::string& job) {
+  shm_options so;
+  so.timeout = cfg.timeout;
+  so.job_id = job;
+  if (auto v = env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
+  if (auto v = env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
+  return so;
+}
+
+// tcp listens on the interface that reaches the store's host.
+inline std::string store_host(const launch_info& li) {
+  return li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
+}
+
+// Which transport "auto" means for this job: shm on one node, tcp when every node holds
+// one rank, else shm inside nodes and tcp across ("routed"). `keys`: the communicator's
+// view of the store.
+inline std::string auto_transport(collx::store& keys, const launch_info& li, const communicator_config& cfg,
+                                  node_layout& at) {
+  if (li.local_size > 0 && li.local_size == li.size && env_str("COLLX_NODE_ID").empty()) return "shm";
+  at = node_layout::discover(keys, li.rank, li.size, cfg.timeout, "topology", li.node_id);
+  if (at.nodes == 1) return "shm";
+  if (at.nodes == li.size) return "tcp";
+  return "routed";
+}
+
+// The route across nodes that init_from_env takes: tcp to every rank off this node.
+struct tcp_across {
+  tcp_transport operator()(collx::store& keys, const launch_info& li, const node_layout& at,
+                           const communicator_config& cfg) const {
+    tcp_options to;
+    to.timeout = cfg.timeout;
+    to.reach.assign(static_cast<std::size_t>(li.size), true);
+    for (int q : at.members()) to.reach[static_cast<std::size_t>(q)] = false;
+    return tcp_transport(keys, li.rank, li.size, store_host(li), to, "tcp");
   }
+};
+
+// This node's ranks over shared memory (segments named after the job and the node, for
+// nodes that share a /dev/shm), the others over what `across` makes.
+template <class Across>
+auto routed_over(prefix_store& keys, const launch_info& li, const node_layout& at,
+                 const communicator_config& cfg, const std::string& job, const Across& across) {
+  prefix_store node_keys = keys.view("node" + std::to_string(at.node));
+  shm_options so = shm_options_from_env(cfg, job);
+  so.job_id = job_id_for(job, node_keys, at.local, cfg.timeout) + "-n" + std::to_string(at.node);
+  so.ranks = at.members();
+  shm_transport near(node_keys, at.local, static_cast<int>(so.ranks.size()), so, "shm");
+  auto far = across(keys, li, at, cfg);
+  return routed_transport<shm_transport, decltype(far)>(std::move(near), std::move(far), at.members());
+}
+
+}  // namespace detail
+
+// A communicator over `transport` ("shm", "tcp" or "auto") for the launched job, met
+// through `st`. "auto" is shm when the job runs on one node, tcp when each node holds
+// one rank, and otherwise shared memory between the ranks of a node with tcp across
+// nodes (routed_transport; nodes named by COLLX_NODE_ID, else the host name). Several
+// communicators (over different transports, say) may share one store if each has its
+// own key prefix. shm names its segments after `job` (empty: COLLX_JOB_ID, else an id
+// rank 0 draws): two communicators of one job on one host over shm need names of their
+// own.
+// `across` makes the route across nodes (detail::tcp_across; init_from_mpi's is MPI).
+template <class Across = detail::tcp_across>
+communicator make_communicator(const std::shared_ptr<store>& st, const launch_info& li, std::string transport,
+                               communicator_config cfg = {}, const std::string& prefix = "collx",
+                               const std::string& job = {}, const Across& across = {}) {
+  prefix_store keys(*st, prefix);
+  node_layout at;
+  if (transport == "auto") transport = detail::auto_transport(keys, li, cfg, at);
   const detail::agreed agreed = detail::agree(keys, li, cfg);
   cfg.model = agreed.model;
   // (A file store is retired once init_from_env is done with it: no notes there.)
@@ -271,19 +297,17 @@ inline communicator make_communicator(const std::shared_ptr<store>& st, const la
     return c;
   };
   if (transport == "shm") {
-    shm_options so;
-    so.timeout = cfg.timeout;
-    so.job_id = job;
-    if (auto v = detail::env_int("COLLX_SHM_SLOT_BYTES")) so.slot_bytes = static_cast<std::size_t>(*v);
-    if (auto v = detail::env_int("COLLX_SHM_SLOTS")) so.slots = static_cast<std::size_t>(*v);
-    return explained(detail::communicator_over(shm_transport(keys, li.rank, li.size, so, "shm"), cfg, st));
+    shm_transport t(keys, li.rank, li.size, detail::shm_options_from_env(cfg, job), "shm");
+    return explained(detail::communicator_over(std::move(t), cfg, st));
   }
   if (transport == "tcp") {
     tcp_options to;
     to.timeout = cfg.timeout;
-    const std::string host = li.master_addr.empty() ? std::string("127.0.0.1") : li.master_addr;
-    return explained(
-        detail::communicator_over(tcp_transport(keys, li.rank, li.size, host, to, "tcp"), cfg, st));
+    tcp_transport t(keys, li.rank, li.size, detail::store_host(li), to, "tcp");
+    return explained(detail::communicator_over(std::move(t), cfg, st));
+  }
+  if (transport == "routed") {
+    return explained(detail::communicator_over(detail::routed_over(keys, li, at, cfg, job, across), cfg, st));
   }
   throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
               "transport '" + transport +

@@ -9,7 +9,8 @@
 // tcp_store on a free port and broadcasts its address with MPI_Bcast, so no
 // MASTER_ADDR, shared directory or launcher environment is needed on any number of
 // hosts; the ranks then build the shm or tcp transport through that store, as
-// init_from_env does ("auto": shm when MPI says every rank shares this node, else tcp).
+// init_from_env does ("auto": shm when MPI says every rank shares this node, tcp when
+// each node holds one rank, else shared memory inside each node and MPI across).
 // The address rank 0 listens on and announces (that one only, not every interface):
 // 127.0.0.1 on one node, else COLLX_SOCKET_IFNAME's address, else the address this host
 // reaches another rank's host from (by its name, gathered through MPI).
@@ -49,6 +50,10 @@ inline launch_info mpi_launch_info(MPI_Comm comm) {
   MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, li.rank, MPI_INFO_NULL, &node);
   MPI_Comm_rank(node, &li.local_rank);
   MPI_Comm_size(node, &li.local_size);
+  // The node by its lowest rank: emulated hosts (network namespaces) share a host name.
+  int first = li.rank;
+  MPI_Allreduce(&li.rank, &first, 1, MPI_INT, MPI_MIN, node);
+  li.node_id = "mpi-node-" + std::to_string(first);
   MPI_Comm_free(&node);
   return li;
 }
@@ -120,6 +125,15 @@ inline std::shared_ptr<tcp_store> serve_store(const launch_info& li, const host_
   return store;
 }
 
+// Under init_from_mpi, the route across nodes is MPI itself.
+struct mpi_across {
+  MPI_Comm comm;
+  mpi_transport operator()(collx::store&, const launch_info&, const node_layout&,
+                           const communicator_config&) const {
+    return mpi_transport(comm);
+  }
+};
+
 }  // namespace detail
 
 inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_config cfg = {},
@@ -149,7 +163,7 @@ inline communicator init_from_mpi(MPI_Comm comm = MPI_COMM_WORLD, communicator_c
   li.master_addr = host;
   li.master_port = static_cast<std::uint16_t>(std::stoi(port));
   if (li.rank != 0) store = std::make_shared<tcp_store>(host, li.master_port, false, cfg.timeout);
-  return make_communicator(store, li, transport, cfg);
+  return make_communicator(store, li, transport, cfg, "collx", {}, detail::mpi_across{comm});
 }
 
 }  // namespace collx

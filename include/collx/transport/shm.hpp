@@ -62,6 +62,9 @@ struct shm_options {
   // overrides. A pipeline segment arrives every few tens of microseconds, and a futex
   // wake-up costs about as much, so a rank that sleeps between segments loses half its time.
   std::chrono::microseconds spin{spin_from_env()};
+  // Each member's rank in the job, for errors (routed_transport: a node's ranks, which
+  // are members 0..size-1 here); empty: their numbers here.
+  std::vector<int> ranks;
 
   static long long spin_from_env() {
     const char* v = std::getenv("COLLX_SHM_SPIN_US");
@@ -275,7 +278,7 @@ class shm_transport {
   // ring from `peer`; view() is then its bytes, valid until release(o).
   void recv_view(int peer, const envelope& env, std::size_t bytes, op& o) {
     if (bytes > opt_.slot_bytes) {
-      throw error(errc::invalid_argument, {}, rank_, peer, "a view holds at most one slot");
+      throw error(errc::invalid_argument, {}, name(rank_), name(peer), "a view holds at most one slot");
     }
     start(peer, o, false, env);
     o.view = true;
@@ -293,7 +296,7 @@ class shm_transport {
 
   bool test(op& o) {
     if (o.state == op::pending) progress_peer(o.peer);
-    if (o.state == op::failed) throw error(o.kind, {}, rank_, o.peer, o.message);
+    if (o.state == op::failed) throw error(o.kind, {}, name(rank_), name(o.peer), o.message);
     return o.state == op::done;
   }
 
@@ -362,7 +365,7 @@ class shm_transport {
       const std::string why = failed_text(q);
       const errc k = as_seen_by_peers(static_cast<errc>(c.kind));
       fail_peer(q, k, why);
-      throw error(k, {}, rank_, q, why);
+      throw error(k, {}, name(rank_), name(q), why);
     }
   }
 
@@ -406,6 +409,11 @@ class shm_transport {
     auto* base = static_cast<std::byte*>(segs_[static_cast<std::size_t>(to)].base);
     return base + data_offset() + (index(to, from) * opt_.slots + chunk % opt_.slots) * opt_.slot_bytes;
   }
+  int name(int q) const {
+    return q >= 0 && static_cast<std::size_t>(q) < opt_.ranks.size() ? opt_.ranks[static_cast<std::size_t>(q)]
+                                                                     : q;
+  }
+
   static std::size_t index(int to, int from) { return static_cast<std::size_t>(from < to ? from : from - 1); }
   std::size_t channels() const { return static_cast<std::size_t>(size_ > 1 ? size_ - 1 : 0); }
   static std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a; }
@@ -421,7 +429,7 @@ class shm_transport {
       throw error(errc::invalid_argument, {}, rank_, peer, "no such peer");
     }
     auto& p = peers_[static_cast<std::size_t>(peer)];
-    if (p.failed) throw error(p.kind, {}, rank_, peer, p.why);
+    if (p.failed) throw error(p.kind, {}, name(rank_), name(peer), p.why);
     o.state = op::pending;
     o.peer = peer;
     o.sending = sending;
@@ -557,10 +565,10 @@ class shm_transport {
     const envelope got = m.env.decoded();
     std::string msg;
     if (!(got == o.env)) {
-      msg = "this rank called " + o.env.describe() + " but peer " + std::to_string(q) + " called " +
+      msg = "this rank called " + o.env.describe() + " but peer " + std::to_string(name(q)) + " called " +
             got.describe();
     } else if (m.total != o.size) {
-      msg = "peer " + std::to_string(q) + " sent " + std::to_string(m.total) +
+      msg = "peer " + std::to_string(name(q)) + " sent " + std::to_string(m.total) +
             " bytes where this rank expects " + std::to_string(o.size) + " for " + o.env.describe();
     }
     if (msg.empty()) return true;
@@ -596,7 +604,7 @@ class shm_transport {
         fail_peer(q, as_seen_by_peers(static_cast<errc>(c.kind)), failed_text(q));
       } else if (!alive(q)) {
         fail_peer(q, errc::peer_failure,
-                  "peer " + std::to_string(q) + " (pid " + std::to_string(c.pid) +
+                  "peer " + std::to_string(name(q)) + " (pid " + std::to_string(c.pid) +
                       ") is gone: it exited or was killed in the middle of a collective");
       }
     }
@@ -604,7 +612,7 @@ class shm_transport {
 
   std::string failed_text(int q) const {
     const auto& c = control(q);
-    return "peer " + std::to_string(q) +
+    return "peer " + std::to_string(name(q)) +
            " failed: " + std::string(c.reason, strnlen(c.reason, sizeof c.reason));
   }
 

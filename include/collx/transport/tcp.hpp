@@ -61,6 +61,10 @@ struct tcp_options {
   // one that routes to the store's host.
   std::string ifname;
   std::chrono::milliseconds timeout = detail::timeout_from_env(defaults::timeout);
+  // The peers this transport connects to, by rank (size() entries); empty: every one.
+  // The others are reached some other way (routed_transport: ranks of this node over
+  // shared memory), and an operation with one of them is refused.
+  std::vector<bool> reach;
 };
 
 namespace detail {
@@ -236,6 +240,7 @@ class tcp_transport {
     }
     peers_.resize(static_cast<std::size_t>(size));
     for (auto& p : peers_) p.streams.resize(static_cast<std::size_t>(opt_.streams));
+    leave_out_unreached(size);
     prefix_store job(st, prefix);
     connect_mesh(job, size, host_hint);
   }
@@ -395,6 +400,27 @@ class tcp_transport {
   }
 
   detail::tcp_peer& peer_of(int q) { return peers_[static_cast<std::size_t>(q)]; }
+
+  bool reaches(int q) const {
+    return q != rank_ && (opt_.reach.empty() || opt_.reach[static_cast<std::size_t>(q)]);
+  }
+
+  // Peers outside tcp_options::reach: never connected, and an operation with one fails.
+  void leave_out_unreached(int size) {
+    if (opt_.reach.empty()) return;
+    if (opt_.reach.size() != static_cast<std::size_t>(size)) {
+      throw error(errc::invalid_argument, "tcp_transport", rank_, error::no_rank,
+                  "tcp_options::reach has " + std::to_string(opt_.reach.size()) + " entries for " +
+                      std::to_string(size) + " ranks");
+    }
+    for (int q = 0; q < size; ++q) {
+      if (q == rank_ || reaches(q)) continue;
+      auto& p = peer_of(q);
+      p.failed = true;
+      p.kind = errc::invalid_argument;
+      p.why = "this tcp transport does not reach peer " + std::to_string(q) + " (tcp_options::reach)";
+    }
+  }
   detail::tcp_stream& stream(int q, int s) { return peer_of(q).streams[static_cast<std::size_t>(s)]; }
 
   void check_peer(int peer) const {
@@ -739,6 +765,7 @@ class tcp_transport {
 
   void connect_to_lower(store& job, detail::clock::time_point deadline) {
     for (int q = 0; q < rank_; ++q) {
+      if (!reaches(q)) continue;
       const auto [h, port] = detail::split_endpoint(job.get(std::to_string(q), left(deadline)));
       for (int s = 0; s < opt_.streams; ++s) {
         detail::fd_t fd = detail::connect_to(h, port, deadline);
@@ -753,7 +780,8 @@ class tcp_transport {
   }
 
   void accept_from_higher(const detail::fd_t& listener, int size, detail::clock::time_point deadline) {
-    int expected = (size - 1 - rank_) * opt_.streams;
+    int expected = 0;
+    for (int q = rank_ + 1; q < size; ++q) expected += reaches(q) ? opt_.streams : 0;
     while (expected > 0) {
       pollfd pf{listener.get(), POLLIN, 0};
       if (::poll(&pf, 1, detail::ms_until(deadline)) <= 0) {
@@ -789,7 +817,9 @@ class tcp_transport {
     const auto r = detail::parse_tcp_hello(bytes, nonce_, rank_, size, opt_.streams);
     if (r.status != detail::parse_status::done) return drop(r.why != nullptr ? r.why : "no hello");
     const detail::tcp_hello& hello = r.hello;
-    if (stream(hello.rank, hello.stream).fd) return drop("a rank or stream that is not expected here");
+    if (!reaches(hello.rank) || stream(hello.rank, hello.stream).fd) {
+      return drop("a rank or stream that is not expected here");
+    }
     stream(hello.rank, hello.stream).fd = std::move(fd);
     return true;
   }
@@ -798,7 +828,7 @@ class tcp_transport {
     epoll_.reset(::epoll_create1(EPOLL_CLOEXEC));
     if (!epoll_) detail::throw_sys(errc::transport, "epoll_create1", errno);
     for (int q = 0; q < size; ++q) {
-      if (q == rank_) continue;
+      if (!reaches(q)) continue;
       for (int s = 0; s < opt_.streams; ++s) {
         auto& sk = stream(q, s);
         detail::set_nonblocking(sk.fd.get());
