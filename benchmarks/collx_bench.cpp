@@ -746,7 +746,7 @@ int run_process(settings s, const launch_info& li, const std::vector<std::string
 #endif
     } else {
       if (!st) st = store_from(li, cfg.timeout);
-      comms.push_back(make_communicator(st, li, t, cfg, "collx-bench"));
+      comms.push_back(make_communicator(st, li, t, cfg, "collx-bench/" + t));
     }
 #if COLLX_BENCH_HAVE_CUDA
     if (s.gpu) {

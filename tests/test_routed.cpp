@@ -50,7 +50,9 @@ struct job {
     communicator_config cfg;
     cfg.timeout = 30s;
     prefix_store keys(*st, "collx");
-    routed t = detail::routed_over(keys, li, node_layout::of(ids, r), cfg, name, detail::tcp_across{});
+    const node_layout at = node_layout::of(ids, r);
+    cfg.node_of = at.node_of();
+    routed t = detail::routed_over(keys, li, at, cfg, name, detail::tcp_across{});
     counters[static_cast<std::size_t>(r)] = t.counters();
     return communicator(std::move(t), cfg, st);
   }
@@ -175,7 +177,7 @@ TEST_CASE("unequal (3+2) and interleaved nodes: the collectives match the refere
     CAPTURE(j.size());
     CAPTURE(ids[1]);
     test::expect_ok(j.run([](communicator& c) {
-      for (algorithm a : {algorithm::ring, algorithm::automatic, algorithm::tree}) {
+      for (algorithm a : {algorithm::ring, algorithm::automatic, algorithm::tree, algorithm::hierarchical}) {
         for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{1001}, std::size_t{70'001}}) {
           checked_calls(c, a, n);
         }
@@ -241,4 +243,59 @@ TEST_CASE("tcp_options::reach: a peer left out is never connected, and an operat
     CHECK(x->kind() == errc::invalid_argument);
     CHECK(std::string(x->what()).find("does not reach peer") != std::string::npos);
   }
+}
+
+TEST_CASE("hierarchical all-reduce on nodes of threads (local transport): every shape and count matches") {
+  const std::vector<std::vector<int>> shapes = {{0, 0, 1, 1},          {0, 0, 1, 1, 2, 2},
+                                                {0, 1, 0, 1, 0, 1},    {0, 0, 0, 1, 1},
+                                                {3, 3, 3, 7, 7, 7, 7}, {0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3}};
+  for (const auto& node_of : shapes) {
+    const int p = static_cast<int>(node_of.size());
+    CAPTURE(p);
+    communicator_config cfg;
+    cfg.node_of = node_of;
+    cfg.segment_bytes = 4096;  // several segments per shard
+    test::expect_ok(test::run_ranks(
+        p,
+        [&](communicator& c) {
+          const int r = c.rank();
+          options o;
+          o.algo = algorithm::hierarchical;
+          for (std::size_t n :
+               {std::size_t{0}, std::size_t{1}, std::size_t{5}, std::size_t{1001}, std::size_t{70'001}}) {
+            for (bool in_place : {false, true}) {
+              const std::string where = "p=" + std::to_string(p) + " n=" + std::to_string(n) +
+                                        (in_place ? " in place" : "") + " rank " + std::to_string(r);
+              std::vector<double> out(n, -1);
+              if (in_place) {
+                out = inputs(r, n);
+                c.all_reduce(out, reduce_op::sum, o);
+              } else {
+                c.all_reduce(inputs(r, n), out, reduce_op::sum, o);
+              }
+              expect_all("hierarchical all_reduce " + where, out,
+                         [&](std::size_t i) { return test::ref_reduce(reduce_op::sum, p, i); });
+            }
+          }
+        },
+        cfg));
+  }
+}
+
+TEST_CASE(
+    "the automatic choice on nodes prices links: hierarchical for large all-reduces across slow links") {
+  const cost_params intra{2e-6, 1.0 / 8e9, 1.0 / 16e9};
+  const cost_params inter{50e-6, 1.0 / 125e6, 1.0 / 16e9};  // 1 Gbit/s
+  const std::vector<int> two_by_two = {0, 0, 1, 1};
+  const auto ns = algorithms::node_shape::of(two_by_two, inter);
+  CHECK(ns.nodes == 2);
+  CHECK(ns.per_node == 2);
+  CHECK(algorithms::choose(collective::all_reduce, 4, 64 << 20, intra, 0, ns) == algorithm::hierarchical);
+  // One node: the flat choice, never the hierarchy (it would only add a copy).
+  CHECK(algorithms::choose(collective::all_reduce, 4, 64 << 20, intra) != algorithm::hierarchical);
+  // 8,192 nodes of 8: still the hierarchy for 1 GiB.
+  std::vector<int> big;
+  for (int r = 0; r < 8192 * 8; ++r) big.push_back(r / 8);
+  CHECK(algorithms::choose(collective::all_reduce, 8192 * 8, 1 << 30, intra, 0,
+                           algorithms::node_shape::of(big, inter)) == algorithm::hierarchical);
 }

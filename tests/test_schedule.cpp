@@ -354,7 +354,10 @@ TEST_CASE("algorithm names parse, and each algorithm says which collectives it i
   CHECK(collx::implements(algorithm::scatter_allgather, collective::broadcast));
   CHECK_FALSE(collx::implements(algorithm::scatter_allgather, collective::reduce));
   CHECK_FALSE(collx::implements(algorithm::rabenseifner, collective::broadcast));
-  CHECK(collx::last_algorithm == algorithm::direct);
+  CHECK(collx::last_algorithm == algorithm::hierarchical);
+  CHECK(collx::parse_algorithm("hierarchical") == algorithm::hierarchical);
+  CHECK(collx::implements(algorithm::hierarchical, collective::all_reduce));
+  CHECK_FALSE(collx::implements(algorithm::hierarchical, collective::all_gather));
   CHECK(collx::implements(algorithm::direct, collective::send_recv));
   CHECK(collx::implements(algorithm::pairwise, collective::all_to_all_v));
   CHECK_FALSE(collx::implements(algorithm::direct, collective::all_to_all));
@@ -634,4 +637,65 @@ TEST_CASE("binomial's signals ride in its rounds: one message per rank per round
       CHECK(sends == rounds);
     }
   }
+}
+
+namespace {
+
+// Rank r's node when n nodes hold the ranks in blocks of their sizes (blocked) or in
+// turn (interleaved: node r mod n, where sizes allow).
+std::vector<int> blocked(const std::vector<int>& sizes) {
+  std::vector<int> v;
+  for (int k = 0; k < static_cast<int>(sizes.size()); ++k)
+    v.insert(v.end(), static_cast<std::size_t>(sizes[static_cast<std::size_t>(k)]), k);
+  return v;
+}
+std::vector<int> interleaved(int nodes, int per_node) {
+  std::vector<int> v;
+  for (int r = 0; r < nodes * per_node; ++r) v.push_back(r % nodes);
+  return v;
+}
+
+// Counts 0, 1, p-1, p+1 and 13p+5 (several segments of 7 in every shard), in place and out.
+void prove_hierarchical(const std::vector<int>& node_of) {
+  const int p = static_cast<int>(node_of.size());
+  const auto up = static_cast<std::size_t>(p);
+  const std::size_t segment = 7;
+  for (std::size_t n : {std::size_t{0}, std::size_t{1}, up - 1, up + 1, 13 * up + 5}) {
+    for (bool in_place : {false, true}) {
+      std::vector<schedule> v;
+      for (int r = 0; r < p; ++r) {
+        collx::algorithms::call_shape c{collective::all_reduce, r, p, n, segment, in_place};
+        c.node_of = node_of;
+        v.push_back(collx::algorithms::build(algorithm::hierarchical, c));
+      }
+      const auto res = collx::verify(v);
+      std::string shape;
+      for (int k : node_of) shape += std::to_string(k);
+      INFO("nodes ", shape, " count=", n, " in_place=", in_place);
+      REQUIRE_MESSAGE(res.ok, res.message);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "the verifier proves hierarchical all-reduce for every equal node shape up to 64 ranks, blocked and "
+    "interleaved") {
+  for (int nodes = 1; nodes <= 64; ++nodes) {
+    for (int per = 1; nodes * per <= 64; ++per) {
+      prove_hierarchical(blocked(std::vector<int>(static_cast<std::size_t>(nodes), per)));
+      if (nodes > 1 && per > 1) prove_hierarchical(interleaved(nodes, per));
+    }
+  }
+}
+
+TEST_CASE("the verifier proves hierarchical all-reduce on unequal nodes (a flat ring in node order)") {
+  for (int p = 2; p <= 64; ++p) {
+    prove_hierarchical(blocked({p - 1, 1}));
+    prove_hierarchical(blocked({p / 2 + 1, p - p / 2 - 1}));
+  }
+  prove_hierarchical({0, 1, 0, 1, 0});
+  prove_hierarchical({2, 0, 1, 1, 0, 2, 2});
+  prove_hierarchical(blocked({5, 3, 1, 7}));
 }

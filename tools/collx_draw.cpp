@@ -1,6 +1,10 @@
 // collx-draw: shows what an algorithm moves where, step by step.
 //
 //   collx-draw --coll allreduce --algo ring -p 4 [--count N] [--segment N] [--steps] [--svg FILE]
+//   collx-draw --coll allreduce --algo hierarchical -p 8 --nodes 2 --svg h.svg
+//
+// --nodes N puts the ranks on N nodes, in blocks (rank r on node r*N/p): the algorithms
+// that know nodes see them, and messages between nodes are marked "across" (drawn thick).
 //
 // The text lists, for each phase (the algorithm's step number), every message: sender,
 // receiver, the block it carries, and whether the receiver adds it in (reduce) or
@@ -53,7 +57,12 @@ std::vector<message> messages(const std::vector<schedule>& all) {
   return out;
 }
 
-void svg(const std::string& path, const std::vector<message>& msgs, int p, const std::string& title) {
+void svg(const std::string& path, const std::vector<message>& msgs, int p, const std::string& title,
+         const std::vector<int>& node_of) {
+  auto across = [&](const message& m) {
+    return !node_of.empty() &&
+           node_of[static_cast<std::size_t>(m.from)] != node_of[static_cast<std::size_t>(m.to)];
+  };
   std::uint32_t phases = 0;
   for (const auto& m : msgs) phases = std::max(phases, m.phase + 1);
   const int col = 130, row = 56, left = 70, top = 60;
@@ -68,9 +77,15 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
     << "<text x='10' y='20' font-size='14'>" << title << "</text>\n"
     << "<text x='10' y='38' fill='#c0392b'>red: received and reduced</text>"
     << "<text x='220' y='38' fill='#2471a3'>blue: received and stored</text>"
-    << "<text x='430' y='38' fill='#888'>grey dashed: empty message (a signal)</text>\n";
+    << "<text x='430' y='38' fill='#888'>grey dashed: empty message (a signal)</text>"
+    << (node_of.empty() ? "" : "<text x='700' y='38'>thick: between nodes</text>") << "\n";
   for (int r = 0; r < p; ++r) {
     const int y = top + r * row + row / 2;
+    if (r > 0 && !node_of.empty() &&
+        node_of[static_cast<std::size_t>(r)] != node_of[static_cast<std::size_t>(r - 1)]) {
+      f << "<line x1='0' y1='" << y - row / 2 << "' x2='" << width << "' y2='" << y - row / 2
+        << "' stroke='#333' stroke-dasharray='8 4'/>\n";
+    }
     f << "<text x='10' y='" << y + 4 << "'>rank " << r << "</text>"
       << "<line x1='" << left << "' y1='" << y << "' x2='" << width - 20 << "' y2='" << y
       << "' stroke='#ccc'/>\n";
@@ -88,7 +103,8 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
     const bool empty = m.dst.count == 0;  // a signal: a barrier's, or a rooted call's closing round
     const char* color = empty ? "#888" : m.reduce ? "#c0392b" : "#2471a3";
     f << "<line x1='" << x1 << "' y1='" << y1 << "' x2='" << x2 << "' y2='" << y2 << "' stroke='" << color
-      << "' stroke-width='1.5' marker-end='url(#a)'" << (empty ? " stroke-dasharray='4 3'" : "") << "/>";
+      << "' stroke-width='" << (across(m) ? 3.5 : 1.5) << "' marker-end='url(#a)'"
+      << (empty ? " stroke-dasharray='4 3'" : "") << "/>";
     if (!empty) {
       const int k = stacked[{m.phase, m.from}]++;
       f << "<text x='" << x1 << "' y='" << y1 - 4 - 11 * k << "' fill='" << color << "'>" << to_string(m.dst)
@@ -106,8 +122,8 @@ int usage() {
       "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier|sendrecv\n"
       "                  --algo "
       "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear|\n"
-      "                  scatter_allgather|direct\n"
-      "                  -p RANKS\n"
+      "                  scatter_allgather|direct|hierarchical\n"
+      "                  -p RANKS [--nodes N]\n"
       "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return 2;
 }
@@ -123,6 +139,7 @@ int main(int argc, char** argv) {
   int root = 0;
   bool in_place = false;
   bool steps = false;
+  int nodes = 0;
   std::string svg_path;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
@@ -149,6 +166,9 @@ int main(int argc, char** argv) {
     } else if (a == "--root") {
       root = std::atoi(v);
       ++i;
+    } else if (a == "--nodes") {
+      nodes = std::atoi(v);
+      ++i;
     } else if (a == "--in-place") {
       in_place = true;
     } else if (a == "--steps") {
@@ -160,7 +180,9 @@ int main(int argc, char** argv) {
       return usage();
     }
   }
-  if (p < 1 || p > 4096 || root < 0 || root >= p) return usage();
+  if (p < 1 || p > 4096 || root < 0 || root >= p || nodes < 0 || nodes > p) return usage();
+  std::vector<int> node_of;
+  for (int r = 0; nodes > 0 && r < p; ++r) node_of.push_back(r * nodes / p);
   if (!implements(algo, coll)) {
     std::fprintf(stderr, "collx-draw: %s does not implement %s\n", std::string(to_string(algo)).c_str(),
                  std::string(to_string(coll)).c_str());
@@ -180,7 +202,7 @@ int main(int argc, char** argv) {
     rc[static_cast<std::size_t>(from)] = count;
     const bool shift = coll == collective::send_recv;
     all.push_back(algorithms::build(algo, {coll, r, p, count, segment, in_place, root, shift ? sc : rc, rc,
-                                           shift ? to : -1, shift ? from : -1}));
+                                           shift ? to : -1, shift ? from : -1, node_of}));
   }
   const auto proof = verify(all);
   const auto msgs = messages(all);
@@ -188,7 +210,8 @@ int main(int argc, char** argv) {
   const std::string title = std::string(to_string(algo)) + " " + std::string(to_string(coll)) +
                             ", p = " + std::to_string(p) + ", count = " + std::to_string(count) +
                             (rooted(coll) ? ", root " + std::to_string(root) : std::string()) +
-                            (in_place ? ", in place" : "");
+                            (in_place ? ", in place" : "") +
+                            (nodes > 0 ? ", " + std::to_string(nodes) + " nodes" : std::string());
   std::printf(
       "# %s\n# %zu messages, %zu on the busiest rank, %g latency steps on the critical path; verifier: %s\n",
       title.c_str(), msgs.size(), cost.messages, cost.seconds, proof.ok ? "proven" : proof.message.c_str());
@@ -198,17 +221,20 @@ int main(int argc, char** argv) {
       phase = m.phase;
       std::printf("step %u\n", phase);
     }
-    std::printf("  %3d -> %-3d %-16s -> %-16s %s\n", m.from, m.to, to_string(m.src).c_str(),
+    const bool across = !node_of.empty() &&
+                        node_of[static_cast<std::size_t>(m.from)] != node_of[static_cast<std::size_t>(m.to)];
+    std::printf("  %3d -> %-3d %-16s -> %-16s %s%s\n", m.from, m.to, to_string(m.src).c_str(),
                 to_string(m.dst).c_str(),
                 m.dst.count == 0 ? "signal"
                 : m.reduce       ? "reduce"
-                                 : "copy");
+                                 : "copy",
+                across ? " across" : "");
   }
   if (steps) {
     for (const auto& s : all) std::printf("%s", to_text(s).c_str());
   }
   if (!svg_path.empty()) {
-    svg(svg_path, msgs, p, title);
+    svg(svg_path, msgs, p, title, node_of);
     std::printf("# drawing written to %s\n", svg_path.c_str());
   }
   return proof.ok ? 0 : 1;

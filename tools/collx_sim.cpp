@@ -3,6 +3,12 @@
 //
 //   collx-sim --coll allreduce -p 65536 --bytes 256M --alpha 2us --beta 25GB/s --gamma 50GB/s [--json]
 //   collx-sim --coll broadcast --root 3 -p 65536 --bytes 256M --segment 512K
+//   collx-sim --coll allreduce --nodes 8192 --per-node 8 --bytes 1G --inter-beta 12.5GB/s
+//
+// On nodes (--nodes N --per-node L: p = N*L), --alpha/--beta/--gamma price the links
+// inside a node and --inter-alpha/--inter-beta/--inter-gamma those between nodes
+// (default 25 us, 1.1 GB/s: 10 Gbit/s Ethernet); flat algorithms pay the links between,
+// the hierarchical one each level its own (algorithms::predicted_on_nodes).
 //
 // bytes is the buffer size as nccl-tests counts it: the whole vector for all-reduce,
 // broadcast and reduce, the whole p-block buffer for all-gather, reduce-scatter,
@@ -30,6 +36,8 @@ int usage() {
       "                 -p RANKS\n"
       "                 --bytes SIZE [--root RANK] [--segment SIZE] [--alpha TIME] [--beta BANDWIDTH]\n"
       "                 [--gamma BANDWIDTH] [--json]\n"
+      "                 [--nodes N --per-node L [--inter-alpha TIME] [--inter-beta BANDWIDTH]\n"
+      "                  [--inter-gamma BANDWIDTH]]\n"
       "  SIZE like 256M, TIME like 2us, BANDWIDTH like 25GB/s\n");
   return 2;
 }
@@ -44,6 +52,7 @@ int main(int argc, char** argv) {
   int root = 0;
   double segment = static_cast<double>(defaults::segment_bytes);
   cost_params m{2e-6, 1.0 / 25e9, 1.0 / 50e9};
+  algorithms::node_shape ns{1, 0, between_nodes_model};
   bool json = false;
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
@@ -67,15 +76,21 @@ int main(int argc, char** argv) {
       root = std::atoi(v);
       ok = root >= 0;
       ++i;
-    } else if (a == "--alpha") {
+    } else if (a == "--nodes" || a == "--per-node") {
+      const int k = std::atoi(v);
+      ok = k >= 1 && k <= (1 << 24);
+      (a == "--nodes" ? ns.nodes : ns.per_node) = k;
+      ++i;
+    } else if (a == "--alpha" || a == "--inter-alpha") {
       auto t = cli::parse_seconds(v);
       ok = t.has_value();
-      if (ok) m.alpha = *t;
+      if (ok) (a == "--alpha" ? m : ns.inter).alpha = *t;
       ++i;
-    } else if (a == "--beta" || a == "--gamma") {
+    } else if (a == "--beta" || a == "--gamma" || a == "--inter-beta" || a == "--inter-gamma") {
       auto t = cli::parse_seconds_per_byte(v);
       ok = t.has_value();
-      if (ok) (a == "--beta" ? m.beta : m.gamma) = *t;
+      cost_params& to = a.starts_with("--inter") ? ns.inter : m;
+      if (ok) (a.ends_with("beta") ? to.beta : to.gamma) = *t;
       ++i;
     } else if (a == "--json") {
       json = true;
@@ -88,6 +103,14 @@ int main(int argc, char** argv) {
     }
   }
   if (coll == collective::barrier && bytes < 0) bytes = 0;
+  if (ns.per_node > 0 || ns.nodes > 1) {
+    if (ns.per_node == 0) ns.per_node = 1;
+    if (p != 0 && p != ns.nodes * ns.per_node) {
+      std::fprintf(stderr, "collx-sim: -p %d is not --nodes %d x --per-node %d\n", p, ns.nodes, ns.per_node);
+      return usage();
+    }
+    p = ns.nodes * ns.per_node;
+  }
   if (p < 1 || bytes < 0) return usage();
   if (rooted(coll) && root >= p) {
     std::fprintf(stderr, "collx-sim: root %d is not one of %d ranks\n", root, p);
@@ -104,9 +127,9 @@ int main(int argc, char** argv) {
   const double per_rank = rank_bytes(bytes);
   const double factor = cli::busbw_factor(coll, p);
   auto predict = [&](algorithm a, double b) {
-    return algorithms::predicted_seconds(a, coll, p, rank_bytes(b), m, segment);
+    return algorithms::predicted_on_nodes(a, coll, p, rank_bytes(b), m, ns, segment);
   };
-  auto winner = [&](double b) { return algorithms::choose(coll, p, rank_bytes(b), m, segment); };
+  auto winner = [&](double b) { return algorithms::choose(coll, p, rank_bytes(b), m, segment, ns); };
   auto row = [&](algorithm a, double b) {
     const double t = predict(a, b);
     const double algbw = t > 0 ? b / t / 1e9 : 0;
@@ -117,7 +140,7 @@ int main(int argc, char** argv) {
   for (auto a : all_algorithms) {
     if (implements(a, coll)) algos.push_back(a);
   }
-  const algorithm pick = algorithms::choose(coll, p, per_rank, m, segment);
+  const algorithm pick = algorithms::choose(coll, p, per_rank, m, segment, ns);
   if (json) {
     std::printf(
         "{\"collective\": \"%s\", \"ranks\": %d, \"bytes\": %.0f, \"alpha_s\": %g, \"beta_s_per_byte\": %g, "
@@ -142,6 +165,10 @@ int main(int argc, char** argv) {
   std::printf(
       "# collx-sim: %s, p = %d, %.0f bytes; alpha %.3g s, beta %.3g s/B (%.3g GB/s), gamma %.3g s/B\n",
       std::string(to_string(coll)).c_str(), p, bytes, m.alpha, m.beta, 1e-9 / m.beta, m.gamma);
+  if (ns.nodes > 1) {
+    std::printf("# %d nodes of %d; between nodes alpha %.3g s, beta %.3g s/B (%.3g GB/s), gamma %.3g s/B\n",
+                ns.nodes, ns.per_node, ns.inter.alpha, ns.inter.beta, 1e-9 / ns.inter.beta, ns.inter.gamma);
+  }
   std::printf("# %-14s %14s %12s %12s\n", "algorithm", "time(us)", "algbw(GB/s)", "busbw(GB/s)");
   for (auto a : algos) {
     const auto [t, algbw] = row(a, bytes);

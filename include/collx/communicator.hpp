@@ -102,6 +102,7 @@ struct comm_state {
   std::shared_ptr<void> keep_alive;
   std::unique_ptr<comm_core> core;
   communicator_config cfg;
+  algorithms::node_shape nodes;  // of cfg.node_of, for the automatic choice
   int rank = 0;
   int size = 1;
 
@@ -166,6 +167,7 @@ class communicator : public detail::untyped_calls<communicator> {
     s_->keep_alive = std::move(keep_alive);
     s_->core = std::make_unique<detail::comm_core_impl<T>>(std::move(t));
     s_->cfg = cfg;
+    if (!cfg.node_of.empty()) s_->nodes = algorithms::node_shape::of(cfg.node_of, cfg.inter);
     s_->rank = s_->core->rank();
     s_->size = s_->core->size();
     if (s_->size < 1 || s_->rank < 0 || s_->rank >= s_->size) {
@@ -832,7 +834,7 @@ class communicator : public detail::untyped_calls<communicator> {
         return v.front().second;
       }
     }
-    auto p = std::make_shared<const plan>(detail::schedule_for(key, s.rank, s.size));
+    auto p = std::make_shared<const plan>(detail::schedule_for(key, s.rank, s.size, s.cfg.node_of));
     if (v.size() == detail::comm_state::plan_cache_size) v.pop_back();
     v.insert(v.begin(), {key, p});
     return p;
@@ -843,7 +845,7 @@ class communicator : public detail::untyped_calls<communicator> {
     check_healthy(s, name);  // again: a call queued before a failure must not run after it
     const std::size_t es = size_of(c.type);
     const detail::resolved_call r = detail::resolve(c.coll, c.count, c.type, c.op, c.opt, s.cfg, s.size,
-                                                    c.seq, detail::no_message_limit, c.root);
+                                                    c.seq, detail::no_message_limit, c.root, s.nodes);
     exec_call ec;
     ec.type = c.type;
     ec.op = c.op;

@@ -36,12 +36,20 @@
 // Host ranks: collx::hierarchical (hierarchical.hpp). GPU ranks: collx::cuda::hierarchical
 // (cuda/hierarchical.cuh), CUDA IPC inside and pinned-memory tcp across.
 
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <map>
+#include <span>
 #include <string_view>
+#include <vector>
 
+#include "collx/algorithms/recursive.hpp"
+#include "collx/algorithms/ring.hpp"
 #include "collx/core/dtype.hpp"
 #include "collx/core/options.hpp"
 #include "collx/core/reduce.hpp"
+#include "collx/schedule/schedule.hpp"
 
 namespace collx {
 
@@ -169,6 +177,144 @@ struct hier_levels {
     }
   }
 };
+
+// ---- Hierarchical algorithms as schedules --------------------------------------------
+//
+// The same composition as hier_levels, written as one schedule per rank (algorithm
+// `hierarchical`), so the verifier proves it, the model prices it and one executor runs
+// it over one transport (routed_transport: shared memory inside a node, tcp or MPI
+// across). Each level is a flat schedule of a group of ranks, its peers mapped to the
+// job's ranks and its regions to the part of the buffer it works on; the schedule
+// builder orders the levels by the regions they touch, and by each level's own order.
+
+// The job's ranks by node, from each rank's node index.
+struct node_groups {
+  int nodes = 1;
+  int per_node = 0;                       // ranks on every node; 0 when nodes hold different numbers
+  int node = 0;                           // this rank's node
+  int local = 0;                          // this rank's index on its node
+  std::vector<std::vector<int>> rank_of;  // rank_of[node][local], nodes by first rank
+
+  // node_of[r]: rank r's node (any integers; empty: every rank on one node).
+  static node_groups of(std::span<const int> node_of, int rank, int ranks) {
+    node_groups g;
+    std::map<int, int> index;  // node_of value -> node number, by first appearance
+    for (int q = 0; q < ranks; ++q) {
+      const int id = node_of.empty() ? 0 : node_of[static_cast<std::size_t>(q)];
+      const auto [it, fresh] = index.emplace(id, static_cast<int>(g.rank_of.size()));
+      if (fresh) g.rank_of.emplace_back();
+      auto& members = g.rank_of[static_cast<std::size_t>(it->second)];
+      if (q == rank) {
+        g.node = it->second;
+        g.local = static_cast<int>(members.size());
+      }
+      members.push_back(q);
+    }
+    g.nodes = static_cast<int>(g.rank_of.size());
+    g.per_node = static_cast<int>(g.rank_of[0].size());
+    for (const auto& m : g.rank_of) {
+      if (m.size() != g.rank_of[0].size()) g.per_node = 0;
+    }
+    return g;
+  }
+
+  // The ranks with this rank's local index, one per node, by node.
+  std::vector<int> across() const {
+    std::vector<int> r;
+    for (const auto& m : rank_of) r.push_back(m[static_cast<std::size_t>(local)]);
+    return r;
+  }
+  // Every rank, node after node: the flat ring's node-aware order.
+  std::vector<int> in_node_order() const {
+    std::vector<int> r;
+    for (const auto& m : rank_of) r.insert(r.end(), m.begin(), m.end());
+    return r;
+  }
+};
+
+namespace detail {
+
+// Appends the steps of `part`, the schedule of a group of ranks, whose phases lie in
+// [from, to] to s: the group's rank q is the job's group[q]; part's output regions start
+// `at` elements into s's output; its phases follow s's. Each step keeps its own
+// dependencies (`where` maps part's steps to s's, so that a part appended in pieces keeps
+// them across its pieces) and gains those its regions imply.
+inline void append_part(schedule& s, schedule_builder& b, const schedule& part, std::span<const int> group,
+                        std::size_t at, std::vector<std::uint32_t>& where, std::uint32_t from = 0,
+                        std::uint32_t to = ~0u) {
+  where.resize(part.steps.size(), ~0u);
+  std::uint32_t phase0 = 0;
+  for (const auto& st : s.steps) phase0 = std::max(phase0, st.phase + 1);
+  auto shift = [at](region r) {
+    if (r.buf == buffer::output) r.offset += at;
+    return r;
+  };
+  for (std::size_t i = 0; i < part.steps.size(); ++i) {
+    const step& st = part.steps[i];
+    if (st.phase < from || st.phase > to) continue;
+    for (auto d : part.deps_of(i)) b.after(where[d]);
+    const int peer = st.peer >= 0 ? group[static_cast<std::size_t>(st.peer)] : -1;
+    const std::uint32_t phase = phase0 + st.phase - from;
+    switch (st.kind) {
+      case step_kind::send: where[i] = b.send(peer, shift(st.src), phase); break;
+      case step_kind::recv: where[i] = b.recv(peer, shift(st.dst), phase); break;
+      case step_kind::recv_reduce: where[i] = b.recv_reduce(peer, shift(st.src), shift(st.dst), phase); break;
+      case step_kind::copy: where[i] = b.copy(shift(st.src), shift(st.dst), phase); break;
+    }
+  }
+  s.scratch_count = std::max(s.scratch_count, part.scratch_count);
+}
+
+}  // namespace detail
+
+// Across nodes the shards are all-reduced by a ring among a few nodes (it pipelines
+// best), by Rabenseifner's halving and doubling among more (2 log N messages, not 2(N-1)).
+constexpr bool hierarchical_ring_across(int nodes) noexcept { return nodes <= 16; }
+
+// Hierarchical all-reduce of p.count elements on N nodes of L ranks: the node's ring
+// all-reduce cut in its two halves, and between them the all-reduce across nodes of the
+// chunk each rank holds complete after the first half (its reduce-scatter):
+//   1. intra-node reduce-scatter: local rank l ends with its node's sum of chunk l (the
+//      ring's chunks: n/L elements, the first n mod L one more);
+//   2. all-reduce of chunk l among the N ranks of local index l, all L groups at once;
+//   3. intra-node all-gather of the chunks.
+// On one node it is the flat ring. Nodes of unequal sizes: one flat ring in node order,
+// so that only one edge per node crosses. Out of place, the input is first copied to the
+// output, where the levels work in place.
+inline schedule hierarchical_all_reduce(const ring_params& p, std::span<const int> node_of) {
+  schedule s =
+      empty_schedule(collective::all_reduce, algorithm::hierarchical, p.rank, p.ranks, p.count, p.in_place);
+  const node_groups g = node_groups::of(node_of, p.rank, p.ranks);
+  schedule_builder b(s);
+  const std::size_t n = p.count;
+  if (!p.in_place && n > 0) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
+  std::vector<std::uint32_t> where;
+  if (g.per_node == 0) {
+    const std::vector<int> order = g.in_node_order();
+    const auto me = static_cast<int>(std::find(order.begin(), order.end(), p.rank) - order.begin());
+    detail::append_part(s, b, ring(collective::all_reduce, {me, p.ranks, n, p.segment, true}), order, 0,
+                        where);
+    return s;
+  }
+  const int L = g.per_node;
+  const auto& node = g.rank_of[static_cast<std::size_t>(g.node)];
+  const schedule inside = ring(collective::all_reduce, {g.local, L, n, p.segment, true});
+  const auto last = static_cast<std::uint32_t>(L - 2);  // the reduce-scatter half's last phase
+  if (L > 1) detail::append_part(s, b, inside, node, 0, where, 0, last);
+  const detail::chunking ch{n, static_cast<std::size_t>(L)};
+  const auto l = static_cast<std::size_t>(g.local);
+  if (g.nodes > 1 && ch.size(l) > 0) {
+    const recursive_params rp{g.node, g.nodes, ch.size(l), p.segment, true};
+    std::vector<std::uint32_t> across_where;
+    detail::append_part(s, b,
+                        hierarchical_ring_across(g.nodes)
+                            ? ring(collective::all_reduce, {g.node, g.nodes, ch.size(l), p.segment, true})
+                            : rabenseifner(rp),
+                        g.across(), ch.offset(l), across_where);
+  }
+  if (L > 1) detail::append_part(s, b, inside, node, 0, where, last + 1);
+  return s;
+}
 
 }  // namespace algorithms
 }  // namespace collx

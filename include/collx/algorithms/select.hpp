@@ -10,6 +10,7 @@
 // contention. Tests bound the difference and check that the choice they make is close
 // to the best the replay finds.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdlib>
@@ -21,6 +22,7 @@
 #include "collx/algorithms/barrier.hpp"
 #include "collx/algorithms/bruck.hpp"
 #include "collx/algorithms/exchange.hpp"
+#include "collx/algorithms/hierarchical.hpp"
 #include "collx/algorithms/personalized.hpp"
 #include "collx/algorithms/recursive.hpp"
 #include "collx/algorithms/ring.hpp"
@@ -45,6 +47,8 @@ struct call_shape {
   // send_recv's peers (-1: none).
   std::span<const std::size_t> send_counts{}, recv_counts{};
   int dst = -1, src = -1;
+  // Each rank's node (algorithm::hierarchical); empty: every rank on one node.
+  std::span<const int> node_of{};
 };
 
 namespace detail {
@@ -149,6 +153,9 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
     const double fold_cost = folded ? 2 * (al + n * be) + n * ga : 0.0;
     switch (a) {
       case algorithm::ring: return 2 * (P - 1) * (al + n / P * be) + (P - 1) * n / P * ga;
+      // On one node: a ring's reduce-scatter and all-gather, after the copy of the input
+      // (topology-aware prices: predicted_on_nodes).
+      case algorithm::hierarchical: return 2 * (P - 1) * (al + n / P * be) + (P - 1) * n / P * ga + n * ga;
       case algorithm::recursive_doubling: return L * (al + n * be + n * ga) + fold_cost;
       case algorithm::rabenseifner:
         return 2 * L * al + 2 * (P2 - 1) / P2 * n * be + (P2 - 1) / P2 * n * ga + fold_cost;
@@ -189,11 +196,48 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
   return std::numeric_limits<double>::infinity();
 }
 
-inline algorithm choose(collective c, int p, double bytes, const cost_params& m, double segment_bytes = 0) {
+// How a job's ranks sit on nodes, as the automatic choice prices it.
+struct node_shape {
+  int nodes = 1;
+  int per_node = 0;  // ranks on every node; 0 when nodes differ
+  cost_params inter{};
+
+  static node_shape of(std::span<const int> node_of, const cost_params& inter) {
+    const node_groups g = node_groups::of(node_of, 0, static_cast<int>(node_of.size()));
+    return {g.nodes, g.per_node, inter};
+  }
+};
+
+// Predicted seconds on nodes: `m` prices the links inside a node, ns.inter those between
+// nodes. A flat algorithm's busiest edges cross nodes, so the links between price it:
+// a ring's one edge out of each node (ranks numbered node by node) has the node's link
+// to itself, the other algorithms' L ranks of a node share it. The hierarchical one pays
+// each level its own links, the L groups across nodes sharing each node's link.
+inline double predicted_on_nodes(algorithm a, collective c, int p, double bytes, const cost_params& m,
+                                 const node_shape& ns, double segment_bytes = 0) {
+  if (ns.nodes <= 1) return predicted_seconds(a, c, p, bytes, m, segment_bytes);
+  const int L = std::max(ns.per_node, 1);
+  cost_params shared = ns.inter;
+  shared.beta *= L;
+  if (a == algorithm::ring) return predicted_seconds(a, c, p, bytes, ns.inter, segment_bytes);
+  if (a != algorithm::hierarchical) return predicted_seconds(a, c, p, bytes, shared, segment_bytes);
+  if (!implements(a, c)) return std::numeric_limits<double>::infinity();
+  const double copy = bytes * m.gamma;
+  if (ns.per_node == 0) return copy + predicted_seconds(algorithm::ring, c, p, bytes, ns.inter);
+  const double shard = bytes / L;
+  const algorithm across = hierarchical_ring_across(ns.nodes) ? algorithm::ring : algorithm::rabenseifner;
+  const double levels = L == 1 ? 0.0
+                               : predicted_seconds(algorithm::ring, collective::reduce_scatter, L, shard, m) +
+                                     predicted_seconds(algorithm::ring, collective::all_gather, L, shard, m);
+  return copy + levels + predicted_seconds(across, collective::all_reduce, ns.nodes, shard, shared);
+}
+
+inline algorithm choose(collective c, int p, double bytes, const cost_params& m, double segment_bytes = 0,
+                        const node_shape& ns = {}) {
   algorithm best = algorithm::ring;
   double best_t = std::numeric_limits<double>::infinity();
   for (auto a : all_algorithms) {
-    const double t = predicted_seconds(a, c, p, bytes, m, segment_bytes);
+    const double t = predicted_on_nodes(a, c, p, bytes, m, ns, segment_bytes);
     if (t < best_t) {
       best_t = t;
       best = a;
@@ -206,9 +250,9 @@ inline algorithm choose(collective c, int p, double bytes, const cost_params& m,
 // yields to the automatic one for a collective it does not implement: bruck, say, set
 // for all-gathers, when an all-reduce comes), else the model's. bytes is per rank.
 inline algorithm resolve(algorithm call, algorithm communicator_default, collective c, int p, double bytes,
-                         const cost_params& m, double segment_bytes = 0) {
+                         const cost_params& m, double segment_bytes = 0, const node_shape& ns = {}) {
   algorithm a = call != algorithm::automatic ? call : communicator_default;
-  if (a == algorithm::automatic || !implements(a, c)) a = choose(c, p, bytes, m, segment_bytes);
+  if (a == algorithm::automatic || !implements(a, c)) a = choose(c, p, bytes, m, segment_bytes, ns);
   return a;
 }
 
@@ -257,6 +301,8 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::rabenseifner: return rabenseifner(rp);
     case algorithm::bruck: return bruck(rp);
     case algorithm::tree: return double_binary_tree(rp);
+    case algorithm::hierarchical:
+      return hierarchical_all_reduce({c.rank, c.ranks, c.count, c.segment, c.in_place}, c.node_of);
     case algorithm::binomial:
     case algorithm::chain:
     case algorithm::dissemination:

@@ -91,7 +91,8 @@ enum class algorithm : std::uint8_t {
   pairwise,
   linear,
   scatter_allgather,
-  direct
+  direct,
+  hierarchical
 };
 
 inline constexpr algorithm all_algorithms[] = {algorithm::ring,
@@ -105,8 +106,9 @@ inline constexpr algorithm all_algorithms[] = {algorithm::ring,
                                                algorithm::pairwise,
                                                algorithm::linear,
                                                algorithm::scatter_allgather,
-                                               algorithm::direct};
-inline constexpr algorithm last_algorithm = algorithm::direct;
+                                               algorithm::direct,
+                                               algorithm::hierarchical};
+inline constexpr algorithm last_algorithm = algorithm::hierarchical;
 
 constexpr std::string_view to_string(algorithm a) noexcept {
   switch (a) {
@@ -123,6 +125,7 @@ constexpr std::string_view to_string(algorithm a) noexcept {
     case algorithm::linear: return "linear";
     case algorithm::scatter_allgather: return "scatter_allgather";
     case algorithm::direct: return "direct";
+    case algorithm::hierarchical: return "hierarchical";
   }
   return "?";
 }
@@ -155,6 +158,7 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::linear: return c == collective::gather || c == collective::scatter;
     case algorithm::scatter_allgather: return c == collective::broadcast;
     case algorithm::direct: return c == collective::send_recv;
+    case algorithm::hierarchical: return c == collective::all_reduce;
   }
   return false;
 }

@@ -27,10 +27,11 @@ struct call_shape {
   friend bool operator==(const call_shape&, const call_shape&) = default;
 };
 
-// This rank's schedule of a call shape.
-inline schedule schedule_for(const call_shape& k, int rank, int ranks) {
+// This rank's schedule of a call shape; node_of: each rank's node, for the algorithms
+// that know nodes (empty: one node).
+inline schedule schedule_for(const call_shape& k, int rank, int ranks, std::span<const int> node_of = {}) {
   return algorithms::build(k.algo, {k.coll, rank, ranks, k.count, k.segment, k.in_place, k.root,
-                                    k.send_counts, k.recv_counts, k.dst, k.src});
+                                    k.send_counts, k.recv_counts, k.dst, k.src, node_of});
 }
 
 }  // namespace detail

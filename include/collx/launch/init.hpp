@@ -141,7 +141,7 @@ namespace detail {
 // model (the automatic choice must agree, and each host reads its own COLLX_MODEL_FILE
 // or calibrated cache, which may differ) and an id for the communicator's notes.
 struct agreed {
-  cost_params model;
+  cost_params model, inter;
   std::string id;
 };
 
@@ -152,14 +152,16 @@ inline agreed agree(collx::store& keys, const launch_info& li, const communicato
   if (li.rank == 0) {
     std::random_device rd;
     std::snprintf(id, sizeof id, "%08x%08x", rd(), rd());
-    char text[160];
-    std::snprintf(text, sizeof text, "%a %a %a %s", cfg.model.alpha, cfg.model.beta, cfg.model.gamma, id);
+    char text[320];
+    std::snprintf(text, sizeof text, "%a %a %a %a %a %a %s", cfg.model.alpha, cfg.model.beta, cfg.model.gamma,
+                  cfg.inter.alpha, cfg.inter.beta, cfg.inter.gamma, id);
     keys.set(key, text);
-    return {cfg.model, id};
+    return {cfg.model, cfg.inter, id};
   }
   agreed a;
   const std::string text = keys.get(key, cfg.timeout);
-  if (std::sscanf(text.c_str(), "%la %la %la %31s", &a.model.alpha, &a.model.beta, &a.model.gamma, id) != 4) {
+  if (std::sscanf(text.c_str(), "%la %la %la %la %la %la %31s", &a.model.alpha, &a.model.beta, &a.model.gamma,
+                  &a.inter.alpha, &a.inter.beta, &a.inter.gamma, id) != 7) {
     throw error(errc::transport, "init", li.rank, 0, "rank 0's settings came malformed: '" + text + "'");
   }
   a.id = id;
@@ -291,6 +293,8 @@ communicator make_communicator(const std::shared_ptr<store>& st, const launch_in
   if (transport == "auto") transport = detail::auto_transport(keys, li, cfg, at);
   const detail::agreed agreed = detail::agree(keys, li, cfg);
   cfg.model = agreed.model;
+  cfg.inter = agreed.inter;
+  if (at.nodes > 1) cfg.node_of = at.node_of();
   // (A file store is retired once init_from_env is done with it: no notes there.)
   auto explained = [&](communicator c) {
     if (li.store_dir.empty()) detail::explain_timeouts(c, st, keys.view("stuck/" + agreed.id));

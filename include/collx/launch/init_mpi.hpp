@@ -34,9 +34,11 @@ namespace detail {
 // "mpi": collx's schedules over MPI point-to-point.
 inline communicator communicator_over_mpi(MPI_Comm comm, communicator_config cfg) {
   // Rank 0's cost model for every rank, as make_communicator does through its store.
-  double m[3] = {cfg.model.alpha, cfg.model.beta, cfg.model.gamma};
-  MPI_Bcast(m, 3, MPI_DOUBLE, 0, comm);
+  double m[6] = {cfg.model.alpha, cfg.model.beta, cfg.model.gamma,
+                 cfg.inter.alpha, cfg.inter.beta, cfg.inter.gamma};
+  MPI_Bcast(m, 6, MPI_DOUBLE, 0, comm);
   cfg.model = {m[0], m[1], m[2]};
+  cfg.inter = {m[3], m[4], m[5]};
   return detail::communicator_over(mpi_transport(comm), cfg, nullptr);
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "collx/algorithms/hierarchical.hpp"
 #include "collx/core/error.hpp"
 #include "collx/launch/env.hpp"
 #include "collx/rendezvous/store.hpp"
@@ -28,26 +29,20 @@ struct node_layout {
 
   // The layout of `ids`, each rank's node id, seen from `rank`.
   static node_layout of(const std::vector<std::string>& ids, int rank) {
+    std::map<std::string, int> index;  // id -> node, in order of first appearance
+    std::vector<int> node_of;
     node_layout t;
-    std::map<std::string, int> index;
-    for (int q = 0; q < static_cast<int>(ids.size()); ++q) {
-      auto [it, fresh] = index.emplace(ids[static_cast<std::size_t>(q)], static_cast<int>(t.rank_of.size()));
-      if (fresh) {
-        t.rank_of.emplace_back();
-        t.names.push_back(it->first);
-      }
-      auto& members = t.rank_of[static_cast<std::size_t>(it->second)];
-      if (q == rank) {
-        t.node = it->second;
-        t.local = static_cast<int>(members.size());
-      }
-      members.push_back(q);
+    for (const auto& id : ids) {
+      const auto [it, fresh] = index.emplace(id, static_cast<int>(t.names.size()));
+      if (fresh) t.names.push_back(id);
+      node_of.push_back(it->second);
     }
-    t.nodes = static_cast<int>(t.rank_of.size());
-    t.per_node = static_cast<int>(t.rank_of[0].size());
-    for (const auto& m : t.rank_of) {
-      if (static_cast<int>(m.size()) != t.per_node) t.per_node = 0;
-    }
+    const auto g = algorithms::node_groups::of(node_of, rank, static_cast<int>(ids.size()));
+    t.nodes = g.nodes;
+    t.per_node = g.per_node;
+    t.node = g.node;
+    t.local = g.local;
+    t.rank_of = g.rank_of;
     return t;
   }
 
@@ -64,6 +59,18 @@ struct node_layout {
     std::vector<std::string> ids(static_cast<std::size_t>(size));
     for (int q = 0; q < size; ++q) ids[static_cast<std::size_t>(q)] = nodes.get(std::to_string(q), timeout);
     return of(ids, rank);
+  }
+
+  // Each rank's node index.
+  std::vector<int> node_of() const {
+    std::vector<int> v;
+    for (int k = 0; k < nodes; ++k) {
+      for (int q : rank_of[static_cast<std::size_t>(k)]) {
+        if (static_cast<std::size_t>(q) >= v.size()) v.resize(static_cast<std::size_t>(q) + 1);
+        v[static_cast<std::size_t>(q)] = k;
+      }
+    }
+    return v;
   }
 
   // The ranks of this rank's node, in local order.
