@@ -27,6 +27,8 @@
 //   mp_worker late LATE     rank LATE starts its first call after the others' timeout:
 //                           they fail it, and LATE must fail it too, though their
 //                           messages for it reached LATE before they gave up
+//   mp_worker linger        rank 1 never calls: rank 0's error must reach its caller,
+//                           its communicator and store destroyed, soon after its timeout
 //   mp_worker models        each rank with its own cost model: the automatic choice agrees
 //   mp_worker soak CALLS    CALLS random collectives (sizes, algorithms, types, in place
 //                           or not) over a shm and a tcp communicator at random, each
@@ -579,6 +581,47 @@ int late_scenario(communicator& comm, int late) {
   return 0;
 }
 
+// Rank 1 of linger: asks the store every 50 ms until it has closed (rank 0 is gone) or
+// `limit` has passed.
+int linger_watch(store& st, std::chrono::milliseconds limit) {
+  const auto t0 = clk::now();
+  try {
+    while (clk::now() - t0 < limit) {
+      st.add("linger/poll", 1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::printf("STORE STILL UP after %lld ms\n", ms_since(t0));
+  } catch (const error&) {
+    std::printf("STORE GONE after %lld ms\n", ms_since(t0));
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+// linger: rank 0's call fails at its timeout because rank 1, alive and connected to the
+// store rank 0 serves, never makes it. The error must reach rank 0's caller soon after the
+// timeout, its communicator and store destroyed on the way: the store outlives its owner
+// for a short bounded linger while others are connected, not for another timeout. Rank 1
+// keeps asking the store until it is gone (or two timeouts and a bit have passed).
+int linger_scenario(const communicator_config& cfg) {
+  const launch_info li = launch_from_env();
+  std::optional<clk::time_point> called;
+  try {
+    std::shared_ptr<store> st = store_from(li, cfg.timeout);
+    communicator comm = make(st, li, detail::env_str("COLLX_TRANSPORT"), cfg, "linger");
+    if (li.rank != 0) return linger_watch(*st, 2 * cfg.timeout + std::chrono::seconds(2));
+    st.reset();  // the communicator holds the store now: it goes when the communicator does
+    std::vector<float> v(1000, 1.0f);
+    called = clk::now();
+    comm.all_reduce(v, reduce_op::sum);
+    std::printf("NOT DETECTED\n");
+    return 1;
+  } catch (const error& e) {
+    if (!called) throw;
+    return report(e, ms_since(*called));  // its communicator and store are gone by now
+  }
+}
+
 // Each rank reads a different cost model (as hosts with different calibrations would);
 // the automatic choice must still agree, because every rank takes rank 0's.
 int models_scenario(communicator_config cfg, const std::string& transport) {
@@ -654,6 +697,10 @@ int main(int argc, char** argv) {
     if (scenario == "fault") {
       cfg.timeout = std::chrono::seconds(4);
       return fault_scenario(cfg, victim);
+    }
+    if (scenario == "linger") {
+      cfg.timeout = std::chrono::seconds(6);
+      return linger_scenario(cfg);
     }
     if (scenario == "models") return models_scenario(cfg, detail::env_str("COLLX_TRANSPORT"));
     if (scenario == "soak") return soak_scenario(cfg, argc > 2 ? std::atol(argv[2]) : 1000, with_mpi);
