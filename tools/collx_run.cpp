@@ -5,7 +5,9 @@
 // Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR,
 // MASTER_PORT, COLLX_JOB_ID, COLLX_LAUNCHER and COLLX_AUTH_TOKEN (a fresh random one unless
 // set: the rendezvous store admits only clients that know it). Every line a rank prints is prefixed with
-// "[rank] ". The first rank to fail stops the job: the others get SIGTERM, then SIGKILL.
+// "[rank] ". The first rank to fail stops the job: the others get 2 s to say what they saw
+// of it (a survivor's "peer R failed" is often the clearest account) and end by
+// themselves, then SIGTERM, then SIGKILL.
 // Exit code: 0 when every rank exits 0; 1 when a rank exits non-zero, 128+signal when one is
 // killed by a signal (or the launcher is); 124 after --timeout; 2 for bad usage.
 
@@ -37,6 +39,10 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 constexpr std::chrono::seconds kill_grace{3};
+// After a rank fails, how long the others may run on before SIGTERM: collx's survivors
+// notice a dead peer within a poll slice (50 ms) and print their error, which SIGTERM
+// used to cut off. Bounded and short: a survivor busy elsewhere is stopped soon after.
+constexpr std::chrono::seconds report_grace{2};
 // A rank that prints without newlines must not make the launcher buffer without bound.
 constexpr std::size_t max_partial_line = 64 * 1024;
 
@@ -306,6 +312,8 @@ class launcher {
     std::optional<clock_type::time_point> deadline;
     if (stopping_ && !killed_)
       deadline = stop_time_ + kill_grace;
+    else if (failed_)
+      deadline = fail_time_ + report_grace;
     else if (!stopping_ && timeout_)
       deadline = deadline_;
     if (!deadline) return -1;
@@ -315,7 +323,8 @@ class launcher {
 
   void check_deadlines() {
     const auto now = clock_type::now();
-    if (!stopping_ && timeout_ && now >= deadline_) {
+    if (!stopping_ && failed_ && now - fail_time_ >= report_grace) stop(SIGTERM);
+    if (!stopping_ && !failed_ && timeout_ && now >= deadline_) {
       std::fprintf(stderr, "collx-run: the job is still running after %g seconds (--timeout); stopping it\n",
                    *timeout_);
       exit_code_ = 124;
@@ -364,7 +373,7 @@ class launcher {
         drain(rank.out, false);
         drain(rank.err, false);
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        if (!ok && !stopping_) report_failure(static_cast<int>(r), status);
+        if (!ok && !stopping_ && !failed_) report_failure(static_cast<int>(r), status);
       }
     }
   }
@@ -381,7 +390,9 @@ class launcher {
     }
     std::fprintf(stderr, "collx-run: rank %d exited with %s%s\n", r, what.c_str(),
                  running_ > 0 ? "; stopping the other ranks" : "");
-    stop(SIGTERM);
+    // The others are stopped after report_grace (check_deadlines), unless they end first.
+    failed_ = true;
+    fail_time_ = clock_type::now();
   }
 
   // Reads what is available without blocking and prints the complete lines; at_exit also
@@ -445,9 +456,10 @@ class launcher {
   std::vector<char*> argv_;
   std::string job_id_;
   struct sigaction saved_actions_[NSIG] {};
-  clock_type::time_point deadline_, stop_time_;
+  clock_type::time_point deadline_, stop_time_, fail_time_;
   int running_ = 0;
   bool stopping_ = false, killed_ = false;
+  bool failed_ = false;  // a rank has failed: the others are stopped after report_grace
   int exit_code_ = 0;
 };
 

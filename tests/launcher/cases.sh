@@ -119,6 +119,19 @@ exit_code)
   ranks_gone
   ;;
 
+survivors)
+  # Rank 1 fails; the others notice half a second later and say so before they exit, as
+  # collx's ranks do ("peer 1 failed", "is gone"). Their words must reach the output:
+  # SIGTERM waits a short moment for them.
+  launch -n 3 sh -c 'if [ $RANK = 1 ]; then sleep 0.2; exit 3; fi
+    sleep 0.7; echo "rank $RANK: peer 1 is gone" >&2; exit 1'
+  expect_rc 1
+  quick
+  has_line err "collx-run: rank 1 exited with code 3; stopping the other ranks"
+  has_line err "[0] rank 0: peer 1 is gone"
+  has_line err "[2] rank 2: peer 1 is gone"
+  ;;
+
 signal)
   launch -n 3 sh -c 'echo $$ >pid.$RANK; if [ $RANK = 1 ]; then sleep 0.5; kill -9 $$; fi; exec sleep 30'
   expect_rc 137
