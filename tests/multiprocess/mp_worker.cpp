@@ -32,7 +32,8 @@
 //   mp_worker models        each rank with its own cost model: the automatic choice agrees
 //   mp_worker soak CALLS    CALLS random collectives (sizes, algorithms, types, in place
 //                           or not) over a shm and a tcp communicator at random, each
-//                           result checked; COLLX_SOAK_SEED picks the sequence
+//                           result checked
+// soak and fault draw from COLLX_TEST_SEED (default 1 and 7), and print the seed.
 //
 // Exit status 0 when the scenario held on this rank. Output lines a test script checks:
 // "OK <n> cases", "DETECTED <kind> after <ms> ms: <message>", and for faults "BLAMES
@@ -41,6 +42,7 @@
 #include <collx/launch/init.hpp>
 
 #include "../reference.hpp"
+#include "../slack.hpp"
 #if COLLX_HAVE_MPI
 #include <collx/launch/init_mpi.hpp>
 #endif
@@ -473,6 +475,17 @@ int open_fds() {
   return n;
 }
 
+// The random scenarios' seed: COLLX_TEST_SEED, else `fallback`; every rank draws the same
+// sequence from it. Printed, so that a failure can be run again as it ran.
+std::uint64_t test_seed(std::uint64_t fallback) {
+  const char* v = std::getenv("COLLX_TEST_SEED");
+  const std::uint64_t seed = v != nullptr && *v != '\0' ? std::strtoull(v, nullptr, 10) : fallback;
+  std::printf("SEED %llu (COLLX_TEST_SEED=%llu reruns this sequence)\n",
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
+  std::fflush(stdout);
+  return seed;
+}
+
 // Mixed collectives while COLLX_FAULT strikes `victim` (-1: a fault nobody dies of).
 int fault_scenario(const communicator_config& cfg, int victim) {
   std::signal(SIGTERM, SIG_IGN);  // a killed victim makes collx-run stop the others
@@ -481,7 +494,8 @@ int fault_scenario(const communicator_config& cfg, int victim) {
   const std::shared_ptr<store> st = store_from(li, cfg.timeout);
   st->barrier("fault/connected", li.size, cfg.timeout);  // every store connection is made
   const int fds_before = open_fds();
-  std::mt19937_64 rng(7);
+  const std::uint64_t seed = test_seed(7);
+  std::mt19937_64 rng(seed);
   std::optional<error> failure;
   long long ms = 0;
   {
@@ -509,7 +523,7 @@ int fault_scenario(const communicator_config& cfg, int victim) {
                           std::string(e.what()).find("peer " + std::to_string(victim)) != std::string::npos;
       std::printf("BLAMES %d\n", blames ? 1 : 0);
     }
-    if (li.rank != victim && ms > cfg.timeout.count() + 2000)
+    if (li.rank != victim && ms > cfg.timeout.count() + 2000 * test::slack_factor())
       std::printf("LATE: %lld ms against a %lld ms timeout\n", ms,
                   static_cast<long long>(cfg.timeout.count()));
     try {
@@ -539,7 +553,7 @@ int fault_scenario(const communicator_config& cfg, int victim) {
   failures = 0;
   cases = 0;
   communicator again = make(st, li, transport, cfg, "gen2");
-  rng.seed(8);  // the ranks stopped at different points of the first sequence
+  rng.seed(seed + 1);  // the ranks stopped at different points of the first sequence
   for (int i = 0; i < 20; ++i) random_case(again, rng);
   if (failures != 0) return 1;
   std::printf("REBUILT OK %d cases\n", cases);
@@ -557,7 +571,7 @@ int abort_scenario(communicator& comm, int victim) {
     std::fflush(stdout);
     // Alive until the others have reported: they must learn of the abort from the abort,
     // not from this process ending.
-    std::this_thread::sleep_for(std::chrono::seconds(3));
+    std::this_thread::sleep_for(test::with_slack(std::chrono::seconds(3)));
     return 0;
   }
   return kill_or_abort_wait(comm, v);
@@ -566,7 +580,7 @@ int abort_scenario(communicator& comm, int victim) {
 // LATE joins call #0 two timeouts after the others (COLLX_ALGO picks the algorithm).
 int late_scenario(communicator& comm, int late) {
   std::vector<float> v(1000, 1.0f);
-  if (comm.rank() == late) std::this_thread::sleep_for(std::chrono::seconds(3));
+  if (comm.rank() == late) std::this_thread::sleep_for(test::with_slack(std::chrono::seconds(3)));
   const auto t0 = clk::now();
   try {
     comm.all_reduce(v, reduce_op::sum);
@@ -576,7 +590,7 @@ int late_scenario(communicator& comm, int late) {
     report(e, ms_since(t0));
   }
   // Alive until the late rank has called: its peers' exit is not what must tell it.
-  if (comm.rank() != late) std::this_thread::sleep_for(std::chrono::seconds(4));
+  if (comm.rank() != late) std::this_thread::sleep_for(test::with_slack(std::chrono::seconds(4)));
   return 0;
 }
 
@@ -654,8 +668,7 @@ int soak_scenario(const communicator_config& cfg, long calls, bool with_mpi) {
   if (with_mpi) names.emplace_back("mpi");
   std::vector<communicator> comms;
   for (const auto& n : names) comms.push_back(make(st, li, n, cfg, "soak-" + n));
-  const char* seed = std::getenv("COLLX_SOAK_SEED");
-  std::mt19937_64 rng(seed != nullptr ? std::strtoull(seed, nullptr, 10) : 1);
+  std::mt19937_64 rng(test_seed(1));
   const auto t0 = clk::now();
   std::vector<long> on(names.size());
   for (long i = 0; i < calls && failures <= 10; ++i) {

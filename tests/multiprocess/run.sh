@@ -34,11 +34,14 @@ case $launcher in
     set -- -x COLLX_TRANSPORT -x COLLX_JOB_ID -x COLLX_INIT -x COLLX_STORE_DIR -x OMPI_MCA_mpi_yield_when_idle
     [ -n "${COLLX_FAULT:-}" ] && set -- "$@" -x COLLX_FAULT
     [ -n "${COLLX_ALGO:-}" ] && set -- "$@" -x COLLX_ALGO
+    [ -n "${COLLX_TEST_SEED:-}" ] && set -- "$@" -x COLLX_TEST_SEED
+    [ -n "${COLLX_TEST_SLACK:-}" ] && set -- "$@" -x COLLX_TEST_SLACK
     timeout 240 "${launcher#mpirun:}" --allow-run-as-root --oversubscribe -np "$np" "$@" \
       "$worker" "$scenario" "$arg" >"$out" 2>&1
     ;;
   *)
-    timeout 240 "$launcher" -n "$np" -- "$worker" "$scenario" "$arg" >"$out" 2>&1
+    # Survivors of a failed rank get 2 s (times the slack) to report before SIGTERM.
+    timeout 240 "$launcher" -n "$np" --grace $((2 * slack)) -- "$worker" "$scenario" "$arg" >"$out" 2>&1
     ;;
 esac
 rc=$?
@@ -121,6 +124,13 @@ case $scenario in
         esac
         ;;
     esac
+    ;;
+esac
+case $scenario in
+  soak | fault)
+    # Every rank says the one seed it drew from, so a failure can be run again.
+    [ "$(count 'SEED [0-9]')" -eq "$np" ] || fail "not every rank printed its seed"
+    [ "$(sed -n 's/.*SEED \([0-9]*\) .*/\1/p' "$out" | sort -u | wc -l)" -eq 1 ] || fail "the ranks drew from different seeds"
     ;;
 esac
 grep -q 'NOT DETECTED' "$out" && fail "a rank did not detect the failure"
