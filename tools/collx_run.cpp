@@ -315,7 +315,7 @@ class launcher {
     std::optional<clock_type::time_point> deadline;
     if (stopping_ && !killed_)
       deadline = stop_time_ + kill_grace;
-    else if (failed_)
+    else if (failed_ && !stopping_)
       deadline = fail_time_ + report_grace_;
     else if (!stopping_ && timeout_)
       deadline = deadline_;
