@@ -42,10 +42,12 @@ stale)
   [ "$(left "$id")" -eq 0 ] || fail "namespaces cx$id-* are left after the run"
   ;;
 busy)
-  # Another run holds cx$id's lock (a live cluster): its name is not touched.
-  flock "${TMPDIR:-/tmp}/collx-netns-cx$id.lock" sleep 30 &
+  # Another run holds cx$id's lock (a live cluster): its name is not touched. The holder
+  # is a sleep that keeps the locked descriptor, so killing it frees the lock at once.
+  exec 8>"${TMPDIR:-/tmp}/collx-netns-cx$id.lock" && flock -n 8 || fail "cannot take the lock of cx$id"
+  sleep 30 >/dev/null 2>&1 &
   holder=$!
-  sleep 0.3
+  exec 8>&-
   ip netns add "cx$id-h0" || fail "cannot plant the live run's namespace"
   run
   rc=$?
