@@ -360,6 +360,29 @@ TEST_CASE("ipc: abort() on one rank stops the others' calls with an error naming
   CHECK(std::chrono::steady_clock::now() - t0 < test::with_slack(std::chrono::seconds(15)));
 }
 
+TEST_CASE("ipc: ranks set up with different slots both say so, in every one of 20 rounds") {
+  // Whichever fails first unlinks its segment: the other must still name the slots, not
+  // "cannot open peer P's shared memory". Exit codes: 0 when the error names the slots.
+  for (int round = 0; round < 20; ++round) {
+    const auto codes = fork_ranks(2, [](int r, store& st) {
+      ipc_options o = small_slots();
+      o.slots = 4 + static_cast<std::uint32_t>(r);
+      try {
+        ipc_communicator<host_ipc_api> c(st, r, 2, host_ipc_api{}, o);
+      } catch (const error& e) {
+        std::printf("rank %d: %s\n", r, e.what());
+        return std::string(e.what()).find("was set up with different slots") != std::string::npos ? 0 : 1;
+      }
+      return 2;
+    });
+    INFO("round ", round);
+    CHECK(codes[0] == 0);
+    CHECK(codes[1] == 0);
+    if (codes[0] != 0 || codes[1] != 0) break;
+  }
+  CHECK(leftovers() == 0);
+}
+
 TEST_CASE("ipc: ranks that call differently get a mismatch") {
   const auto codes = fork_ranks(2, [](int r, store& st) {
     ipc_communicator<host_ipc_api> c(st, r, 2, host_ipc_api{}, small_slots());
