@@ -10,20 +10,35 @@
 #include <exception>
 #include <string>
 
+namespace {
+
+// To stdout, exit 0, when asked for (-h, --help); to stderr, exit 2, after a bad argument.
+int usage(std::FILE* to) {
+  std::fprintf(to,
+               "usage: collx-calibrate [--out FILE] [--no-save] [--runs N]\n"
+               "  measures alpha, beta and gamma of the in-process transport and saves them to FILE\n"
+               "  (default: %s), where the automatic choice of algorithm reads them\n",
+               collx::model_file_path().c_str());
+  return to == stdout ? 0 : 2;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   std::string out = collx::model_file_path();
   bool save = true;
   int runs = 5;
   for (int i = 1; i < argc; ++i) {
-    if (std::strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
+    if (std::strcmp(argv[i], "-h") == 0 || std::strcmp(argv[i], "--help") == 0) {
+      return usage(stdout);
+    } else if (std::strcmp(argv[i], "--out") == 0 && i + 1 < argc) {
       out = argv[++i];
     } else if (std::strcmp(argv[i], "--no-save") == 0) {
       save = false;
     } else if (std::strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {
       runs = std::max(1, std::atoi(argv[++i]));
     } else {
-      std::fprintf(stderr, "usage: collx-calibrate [--out FILE] [--no-save] [--runs N]\n");
-      return 2;
+      return usage(stderr);
     }
   }
   collx::cost_params m;

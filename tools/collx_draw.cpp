@@ -115,9 +115,10 @@ void svg(const std::string& path, const std::vector<message>& msgs, int p, const
   f << "</svg>\n";
 }
 
-int usage() {
+// To stdout, exit 0, when asked for (-h, --help); to stderr, exit 2, after a bad argument.
+int usage(std::FILE* to = stderr) {
   std::fprintf(
-      stderr,
+      to,
       "usage: collx-draw --coll "
       "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier|sendrecv\n"
       "                  --algo "
@@ -125,7 +126,7 @@ int usage() {
       "                  scatter_allgather|direct|hierarchical\n"
       "                  -p RANKS [--nodes N]\n"
       "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
-  return 2;
+  return to == stdout ? 0 : 2;
 }
 
 }  // namespace
@@ -144,6 +145,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : "";
+    if (a == "-h" || a == "--help") return usage(stdout);
     if (a == "--coll") {
       auto c = cli::parse_collective(v);
       if (!c) return usage();

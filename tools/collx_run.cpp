@@ -1,11 +1,13 @@
 // collx-run: start N ranks of a program on this machine, like `torchrun --standalone`.
 //
-//   collx-run -n N [--timeout SECONDS] [--] prog args...
+//   collx-run -n N [--timeout SECONDS] [--grace SECONDS] [--] prog args...
 //
 // Each rank gets RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR,
 // MASTER_PORT, COLLX_JOB_ID, COLLX_LAUNCHER and COLLX_AUTH_TOKEN (a fresh random one unless
 // set: the rendezvous store admits only clients that know it). Every line a rank prints is prefixed with
-// "[rank] ". The first rank to fail stops the job: the others get SIGTERM, then SIGKILL.
+// "[rank] ". The first rank to fail stops the job: the others get 2 s (--grace) to say what
+// they saw of it (a survivor's "peer R failed" is often the clearest account) and end by
+// themselves, then SIGTERM, then SIGKILL.
 // Exit code: 0 when every rank exits 0; 1 when a rank exits non-zero, 128+signal when one is
 // killed by a signal (or the launcher is); 124 after --timeout; 2 for bad usage.
 
@@ -37,12 +39,16 @@ namespace {
 using clock_type = std::chrono::steady_clock;
 
 constexpr std::chrono::seconds kill_grace{3};
+// After a rank fails, how long the others may run on before SIGTERM (--grace): collx's
+// survivors notice a dead peer within a poll slice (50 ms) and print their error, which
+// SIGTERM used to cut off. Bounded and short: a survivor busy elsewhere is stopped soon after.
+constexpr double default_report_grace_s = 2;
 // A rank that prints without newlines must not make the launcher buffer without bound.
 constexpr std::size_t max_partial_line = 64 * 1024;
 
 int usage(const char* msg) {
   if (msg) std::fprintf(stderr, "collx-run: %s\n", msg);
-  std::fprintf(stderr, "usage: collx-run -n N [--timeout SECONDS] [--] prog args...\n");
+  std::fprintf(stderr, "usage: collx-run -n N [--timeout SECONDS] [--grace SECONDS] [--] prog args...\n");
   return 2;
 }
 
@@ -142,8 +148,11 @@ struct rank_proc {
 
 class launcher {
  public:
-  launcher(int n, std::optional<double> timeout, std::vector<char*> argv)
-      : ranks_(static_cast<std::size_t>(n)), timeout_(timeout), argv_(std::move(argv)) {}
+  launcher(int n, std::optional<double> timeout, clock_type::duration report_grace, std::vector<char*> argv)
+      : ranks_(static_cast<std::size_t>(n)),
+        timeout_(timeout),
+        report_grace_(report_grace),
+        argv_(std::move(argv)) {}
 
   int run() {
     if (::pipe2(signal_pipe, O_CLOEXEC | O_NONBLOCK) != 0) return fail_setup("pipe");
@@ -306,6 +315,8 @@ class launcher {
     std::optional<clock_type::time_point> deadline;
     if (stopping_ && !killed_)
       deadline = stop_time_ + kill_grace;
+    else if (failed_ && !stopping_)
+      deadline = fail_time_ + report_grace_;
     else if (!stopping_ && timeout_)
       deadline = deadline_;
     if (!deadline) return -1;
@@ -315,7 +326,8 @@ class launcher {
 
   void check_deadlines() {
     const auto now = clock_type::now();
-    if (!stopping_ && timeout_ && now >= deadline_) {
+    if (!stopping_ && failed_ && now - fail_time_ >= report_grace_) stop(SIGTERM);
+    if (!stopping_ && !failed_ && timeout_ && now >= deadline_) {
       std::fprintf(stderr, "collx-run: the job is still running after %g seconds (--timeout); stopping it\n",
                    *timeout_);
       exit_code_ = 124;
@@ -364,7 +376,7 @@ class launcher {
         drain(rank.out, false);
         drain(rank.err, false);
         const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-        if (!ok && !stopping_) report_failure(static_cast<int>(r), status);
+        if (!ok && !stopping_ && !failed_) report_failure(static_cast<int>(r), status);
       }
     }
   }
@@ -381,7 +393,9 @@ class launcher {
     }
     std::fprintf(stderr, "collx-run: rank %d exited with %s%s\n", r, what.c_str(),
                  running_ > 0 ? "; stopping the other ranks" : "");
-    stop(SIGTERM);
+    // The others are stopped after report_grace_ (check_deadlines), unless they end first.
+    failed_ = true;
+    fail_time_ = clock_type::now();
   }
 
   // Reads what is available without blocking and prints the complete lines; at_exit also
@@ -442,20 +456,47 @@ class launcher {
 
   std::vector<rank_proc> ranks_;
   std::optional<double> timeout_;
+  clock_type::duration report_grace_;
   std::vector<char*> argv_;
   std::string job_id_;
   struct sigaction saved_actions_[NSIG] {};
-  clock_type::time_point deadline_, stop_time_;
+  clock_type::time_point deadline_, stop_time_, fail_time_;
   int running_ = 0;
   bool stopping_ = false, killed_ = false;
+  bool failed_ = false;  // a rank has failed: the others are stopped after report_grace_
   int exit_code_ = 0;
 };
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The launcher's options, and where the program's arguments start.
+struct options {
   std::optional<long> n;
   std::optional<double> timeout;
+  double grace = default_report_grace_s;
+  int prog = 0;
+};
+
+// Sets the value of option a ("-n", "--timeout", "--grace"); returns an error, or nullptr.
+const char* set_option(options& o, std::string_view a, const char* v) {
+  if (a == "-n") {
+    o.n = parse_long(v);
+    // Each rank holds two pipes in the launcher; past a few thousand, the fd limit is near.
+    if (!o.n || *o.n < 1 || *o.n > 4096) return "-n wants a number of ranks from 1 to 4096";
+    return nullptr;
+  }
+  char* end = nullptr;
+  const double t = std::strtod(v, &end);
+  if (a == "--grace") {
+    if (end == v || *end != '\0' || !(t >= 0) || t > 3600) return "--grace wants 0 to 3600 seconds";
+    o.grace = t;
+    return nullptr;
+  }
+  if (end == v || *end != '\0' || !(t > 0)) return "--timeout wants a positive number of seconds";
+  o.timeout = t;
+  return nullptr;
+}
+
+// Parses argv up to the program; returns an exit code when the launcher must stop here.
+std::optional<int> parse(int argc, char** argv, options& o) {
   int i = 1;
   for (; i < argc; ++i) {
     std::string_view a = argv[i];
@@ -464,18 +505,18 @@ int main(int argc, char** argv) {
       break;
     }
     if (a == "-h" || a == "--help") {
-      std::printf("usage: collx-run -n N [--timeout SECONDS] [--] prog args...\n");
+      std::printf("usage: collx-run -n N [--timeout SECONDS] [--grace SECONDS] [--] prog args...\n");
       return 0;
     }
-    // Accepted spellings: -n 4, -n4, --timeout 60, --timeout=60.
+    // Accepted spellings: -n 4, -n4, --timeout 60, --timeout=60 (--grace alike).
     const char* v = nullptr;
-    if (a.starts_with("--timeout=")) {
+    if (a.starts_with("--timeout=") || a.starts_with("--grace=")) {
       v = argv[i] + a.find('=') + 1;
-      a = "--timeout";
+      a = a.substr(0, a.find('='));
     } else if (a.starts_with("-n") && a.size() > 2) {
       v = argv[i] + 2;
       a = "-n";
-    } else if (a == "-n" || a == "--timeout") {
+    } else if (a == "-n" || a == "--timeout" || a == "--grace") {
       if (i + 1 >= argc) return usage((std::string(a) + " needs a value").c_str());
       v = argv[++i];
     } else if (a.size() > 1 && a[0] == '-') {
@@ -483,24 +524,25 @@ int main(int argc, char** argv) {
     } else {
       break;
     }
-    if (a == "-n") {
-      n = parse_long(v);
-      // Each rank holds two pipes in the launcher; past a few thousand, the fd limit is near.
-      if (!n || *n < 1 || *n > 4096) return usage("-n wants a number of ranks from 1 to 4096");
-    } else {
-      char* end = nullptr;
-      const double t = std::strtod(v, &end);
-      if (end == v || *end != '\0' || !(t > 0)) return usage("--timeout wants a positive number of seconds");
-      timeout = t;
-    }
+    if (const char* why = set_option(o, a, v)) return usage(why);
   }
-  if (!n) return usage("-n N is required");
+  if (!o.n) return usage("-n N is required");
   if (i >= argc) return usage("no program to run");
-  if (!findable(argv[i])) {
-    std::fprintf(stderr, "collx-run: cannot run '%s': not found or not executable\n", argv[i]);
+  o.prog = i;
+  return std::nullopt;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  options o;
+  if (const auto rc = parse(argc, argv, o)) return *rc;
+  if (!findable(argv[o.prog])) {
+    std::fprintf(stderr, "collx-run: cannot run '%s': not found or not executable\n", argv[o.prog]);
     return 2;
   }
-  std::vector<char*> prog(argv + i, argv + argc);
+  std::vector<char*> prog(argv + o.prog, argv + argc);
   prog.push_back(nullptr);
-  return launcher(static_cast<int>(*n), timeout, std::move(prog)).run();
+  const auto grace = std::chrono::duration_cast<clock_type::duration>(std::chrono::duration<double>(o.grace));
+  return launcher(static_cast<int>(*o.n), o.timeout, grace, std::move(prog)).run();
 }

@@ -28,9 +28,10 @@
 
 namespace {
 
-int usage() {
+// To stdout, exit 0, when asked for (-h, --help); to stderr, exit 2, after a bad argument.
+int usage(std::FILE* to = stderr) {
   std::fprintf(
-      stderr,
+      to,
       "usage: collx-sim --coll "
       "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier\n"
       "                 -p RANKS\n"
@@ -39,7 +40,7 @@ int usage() {
       "                 [--nodes N --per-node L [--inter-alpha TIME] [--inter-beta BANDWIDTH]\n"
       "                  [--inter-gamma BANDWIDTH]]\n"
       "  SIZE like 256M, TIME like 2us, BANDWIDTH like 25GB/s\n");
-  return 2;
+  return to == stdout ? 0 : 2;
 }
 
 }  // namespace
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
     const char* v = i + 1 < argc ? argv[i + 1] : "";
+    if (a == "-h" || a == "--help") return usage(stdout);
     bool ok = true;
     if (a == "--coll") {
       auto c = cli::parse_collective(v);

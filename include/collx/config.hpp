@@ -21,6 +21,12 @@ inline constexpr std::size_t segment_bytes = 512 * 1024;
 inline constexpr std::size_t staging_slots = 4;
 // How long an idle executor sleeps between checks of its deadline and its peers.
 inline constexpr std::chrono::milliseconds poll_slice{50};
+// How long rank 0's store outlives its owner while other ranks are still connected: long
+// enough for a rank that rank 0 has just let out of a barrier to send its last request
+// and read the answer (a descheduled process on a loaded 2-core machine, under
+// sanitizers), short enough that a failing job's error reaches rank 0's caller soon after
+// its timeout. It was the whole timeout, which doubled the time to an error (issue 21).
+inline constexpr std::chrono::milliseconds store_linger{2000};
 }  // namespace defaults
 
 namespace detail {

@@ -42,6 +42,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <random>
 #include <string>
 #include <string_view>
@@ -99,6 +100,28 @@ struct ipc_control_header {
   std::uint64_t ranks, slots, slot_bytes;
   std::int64_t pid;
 };
+
+// What a rank publishes: "<segment>|<ranks>|<slots>|<slot bytes>|<inbox handle>". The
+// geometry is checked from this before the segment is opened: a rank that fails first
+// unlinks its segment, and the other then said "cannot open peer P's shared memory"
+// instead of the true reason. (Job names hold no '|'; the handle may.)
+struct ipc_published {
+  std::string name;
+  std::uint64_t ranks = 0, slots = 0, slot_bytes = 0;
+  std::string handle;
+};
+
+inline std::optional<ipc_published> parse_ipc_published(const std::string& text) {
+  const auto bar = text.find('|');
+  if (bar == std::string::npos) return std::nullopt;
+  unsigned long long ranks = 0, slots = 0, slot_bytes = 0;
+  int used = -1;
+  if (std::sscanf(text.c_str() + bar + 1, "%llu|%llu|%llu|%n", &ranks, &slots, &slot_bytes, &used) != 3 ||
+      used < 0)
+    return std::nullopt;
+  return ipc_published{text.substr(0, bar), ranks, slots, slot_bytes,
+                       text.substr(bar + 1 + static_cast<std::size_t>(used))};
+}
 
 }  // namespace detail
 
@@ -180,13 +203,43 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
         inbox, reinterpret_cast<std::uint64_t*>(control + sizeof(detail::ipc_control_header)), size_);
   }
 
+  // Peer q's control segment and inbox, mapped; its geometry checked first from what it
+  // published (its segment may be gone already), then from the segment itself.
+  std::byte* open_peer(store& keys, std::size_t q) {
+    const int peer = static_cast<int>(q);
+    const std::string v = keys.get(std::to_string(q), opt_.timeout);
+    const auto published = detail::parse_ipc_published(v);
+    if (!published) throw error(errc::transport, "ipc_communicator", rank_, peer, "malformed address " + v);
+    check_geometry(peer, published->ranks, published->slots, published->slot_bytes);
+    detail::open_segment(controls_[q], published->name, control_bytes(), peer,
+                         "CUDA IPC needs every rank on one host");
+    const auto* ph = static_cast<const detail::ipc_control_header*>(controls_[q].base);
+    check_geometry(peer, ph->ranks, ph->slots, ph->slot_bytes);
+    inboxes_[q] = api_.open(published->handle, inbox_bytes());
+    return inboxes_[q].get();
+  }
+
+  void check_geometry(int peer, std::uint64_t ranks, std::uint64_t slots, std::uint64_t slot_bytes) const {
+    if (ranks == static_cast<std::uint64_t>(size_) && slots == opt_.slots && slot_bytes == opt_.slot_bytes)
+      return;
+    auto geometry = [](std::uint64_t n, std::uint64_t bytes, std::uint64_t p) {
+      return std::to_string(n) + " slots of " + std::to_string(bytes) + " bytes for " + std::to_string(p) +
+             " ranks";
+    };
+    throw error(errc::invalid_argument, "ipc_communicator", rank_, peer,
+                "peer " + std::to_string(peer) +
+                    " was set up with different slots or rank count: " + geometry(slots, slot_bytes, ranks) +
+                    " there, " + geometry(opt_.slots, opt_.slot_bytes, static_cast<std::uint64_t>(size_)) +
+                    " here (ipc_options must be equal on every rank)");
+  }
+
   void setup(store& keys) {
     const std::string job = detail::job_id_for(opt_.job_id, keys, rank_, opt_.timeout);
     const auto p = static_cast<std::size_t>(size_);
     controls_.resize(p);
     inboxes_.resize(p);
 
-    // This rank's control segment and inbox, published as "<segment>|<inbox handle>".
+    // This rank's control segment and inbox, published with its geometry (ipc_published).
     const std::string name = "/collx-ipc-" + job + "-" + std::to_string(rank_);
     detail::shm_unlinker guard{name};
     auto& mine = controls_[static_cast<std::size_t>(rank_)];
@@ -198,31 +251,13 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     header->pid = ::getpid();
     own_inbox_ = api_.alloc(inbox_bytes());
     api_.zero(own_inbox_.get(), inbox_bytes());
-    keys.set(std::to_string(rank_), name + "|" + api_.export_handle(own_inbox_));
+    keys.set(std::to_string(rank_), name + "|" + std::to_string(p) + "|" + std::to_string(opt_.slots) + "|" +
+                                        std::to_string(opt_.slot_bytes) + "|" +
+                                        api_.export_handle(own_inbox_));
 
     std::vector<peer_memory::mailbox> boxes(p);
     for (std::size_t q = 0; q < p; ++q) {
-      std::byte* inbox = nullptr;
-      if (q != static_cast<std::size_t>(rank_)) {
-        const std::string v = keys.get(std::to_string(q), opt_.timeout);
-        const auto bar = v.find('|');
-        if (bar == std::string::npos) {
-          throw error(errc::transport, "ipc_communicator", rank_, static_cast<int>(q),
-                      "malformed address " + v);
-        }
-        const std::string peer_name = v.substr(0, bar);
-        detail::open_segment(controls_[q], peer_name, control_bytes(), static_cast<int>(q),
-                             "CUDA IPC needs every rank on one host");
-        const auto* ph = static_cast<const detail::ipc_control_header*>(controls_[q].base);
-        if (ph->ranks != p || ph->slots != opt_.slots || ph->slot_bytes != opt_.slot_bytes) {
-          throw error(errc::invalid_argument, "ipc_communicator", rank_, static_cast<int>(q),
-                      "peer " + std::to_string(q) + " was set up with different slots or rank count");
-        }
-        inboxes_[q] = api_.open(v.substr(bar + 1), inbox_bytes());
-        inbox = inboxes_[q].get();
-      } else {
-        inbox = own_inbox_.get();
-      }
+      std::byte* inbox = q == static_cast<std::size_t>(rank_) ? own_inbox_.get() : open_peer(keys, q);
       boxes[q] = mailbox_of(static_cast<std::byte*>(controls_[q].base), inbox);
     }
     boxes_ = std::move(boxes);

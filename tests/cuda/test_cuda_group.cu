@@ -9,6 +9,8 @@
 
 #include <doctest/doctest.h>
 
+#include "../skip.hpp"
+
 #include <collx/cuda/group.cuh>
 #include <collx/cuda/staged.hpp>
 #include <collx/transport/local.hpp>
@@ -94,10 +96,7 @@ TEST_CASE("cuda group: every collective, algorithm, type and reduction, p = 2, 4
 TEST_CASE("cuda group: one rank per GPU, where there are several") {
   int n = 0;
   cuda_ok(cudaGetDeviceCount(&n), "cudaGetDeviceCount");
-  if (n < 2) {
-    MESSAGE("skipped: one GPU only");
-    return;
-  }
+  if (n < 2) COLLX_SKIP_CASE("one GPU only");
   std::vector<int> devices;
   for (int d = 0; d < std::min(n, 8); ++d) devices.push_back(d);
   full_matrix(static_cast<int>(devices.size()), devices);

@@ -119,6 +119,24 @@ exit_code)
   ranks_gone
   ;;
 
+survivors)
+  # Rank 1 fails; the others notice half a second later and say so before they exit, as
+  # collx's ranks do ("peer 1 failed", "is gone"). Their words must reach the output:
+  # SIGTERM waits a short moment for them.
+  launch -n 3 sh -c 'if [ $RANK = 1 ]; then sleep 0.2; exit 3; fi
+    sleep 0.7; echo "rank $RANK: peer 1 is gone" >&2; exit 1'
+  expect_rc 1
+  quick
+  has_line err "collx-run: rank 1 exited with code 3; stopping the other ranks"
+  has_line err "[0] rank 0: peer 1 is gone"
+  has_line err "[2] rank 2: peer 1 is gone"
+  # --grace 0: stopped at once, as before there was a grace; nothing more from them.
+  launch -n 3 --grace 0 sh -c 'if [ $RANK = 1 ]; then sleep 0.2; exit 3; fi
+    sleep 0.7; echo "rank $RANK: peer 1 is gone" >&2; exit 1'
+  expect_rc 1
+  ! grep -q "peer 1 is gone" err || fail "--grace 0 still let the others report"
+  ;;
+
 signal)
   launch -n 3 sh -c 'echo $$ >pid.$RANK; if [ $RANK = 1 ]; then sleep 0.5; kill -9 $$; fi; exec sleep 30'
   expect_rc 137
@@ -200,7 +218,8 @@ exec_failure)
 
 usage)
   for args in "" "sh -c true" "-n 0 sh -c true" "-n x sh -c true" "-n 2" "-n 2 --timeout x sh" \
-    "-n 2 --bogus sh" "-n" "-n2 --timeout=0 sh" "-n 2 no-such-program-for-collx-run"; do
+    "-n 2 --bogus sh" "-n" "-n2 --timeout=0 sh" "-n 2 --grace x sh" "-n 2 --grace=-1 sh" "-n 2 --grace" \
+    "-n 2 no-such-program-for-collx-run"; do
     # shellcheck disable=SC2086  # word splitting is the point
     launch $args
     [ "$rc" = 2 ] || fail "'collx-run $args' exited $rc, expected 2"
@@ -211,7 +230,7 @@ usage)
   launch -n 1 -- sh -c 'printf "%s\n" "$1"' sh -n
   expect_rc 0
   has_line out "[0] -n"
-  launch -n2 --timeout=30 sh -c 'echo "$WORLD_SIZE"'
+  launch -n2 --timeout=30 --grace=0.5 sh -c 'echo "$WORLD_SIZE"'
   expect_rc 0
   has_line out "[1] 2"
   ;;

@@ -27,10 +27,13 @@
 //   mp_worker late LATE     rank LATE starts its first call after the others' timeout:
 //                           they fail it, and LATE must fail it too, though their
 //                           messages for it reached LATE before they gave up
+//   mp_worker linger        rank 1 never calls: rank 0's error must reach its caller,
+//                           its communicator and store destroyed, soon after its timeout
 //   mp_worker models        each rank with its own cost model: the automatic choice agrees
 //   mp_worker soak CALLS    CALLS random collectives (sizes, algorithms, types, in place
 //                           or not) over a shm and a tcp communicator at random, each
-//                           result checked; COLLX_SOAK_SEED picks the sequence
+//                           result checked
+// soak and fault draw from COLLX_TEST_SEED (default 1 and 7), and print the seed.
 //
 // COLLX_TEST_NODES (a comma list, each rank's node) names this rank's node through
 // COLLX_NODE_ID, so that one host runs a job of several nodes: shared memory inside
@@ -43,6 +46,7 @@
 #include <collx/launch/init.hpp>
 
 #include "../reference.hpp"
+#include "../slack.hpp"
 #if COLLX_HAVE_MPI
 #include <collx/launch/init_mpi.hpp>
 #endif
@@ -395,9 +399,8 @@ int kill_or_abort_wait(communicator& comm, std::vector<float>& v) {
 }
 
 int kill_scenario(communicator& comm, int victim) {
-  // collx-run stops the other ranks when one dies; they must live long enough to show
-  // that they noticed by themselves.
-  std::signal(SIGTERM, SIG_IGN);
+  // SIGTERM is not ignored: collx-run must give the survivors the moment they need to
+  // notice the death by themselves and say so before it stops them.
   std::vector<float> v(1 << 18, 1.0f);
   for (int i = 0; i < 3; ++i) kill_call(comm, v);
   if (comm.rank() == victim) {
@@ -476,6 +479,17 @@ int open_fds() {
   return n;
 }
 
+// The random scenarios' seed: COLLX_TEST_SEED, else `fallback`; every rank draws the same
+// sequence from it. Printed, so that a failure can be run again as it ran.
+std::uint64_t test_seed(std::uint64_t fallback) {
+  const char* v = std::getenv("COLLX_TEST_SEED");
+  const std::uint64_t seed = v != nullptr && *v != '\0' ? std::strtoull(v, nullptr, 10) : fallback;
+  std::printf("SEED %llu (COLLX_TEST_SEED=%llu reruns this sequence)\n",
+              static_cast<unsigned long long>(seed), static_cast<unsigned long long>(seed));
+  std::fflush(stdout);
+  return seed;
+}
+
 // Mixed collectives while COLLX_FAULT strikes `victim` (-1: a fault nobody dies of).
 int fault_scenario(const communicator_config& cfg, int victim) {
   std::signal(SIGTERM, SIG_IGN);  // a killed victim makes collx-run stop the others
@@ -484,7 +498,8 @@ int fault_scenario(const communicator_config& cfg, int victim) {
   const std::shared_ptr<store> st = store_from(li, cfg.timeout);
   st->barrier("fault/connected", li.size, cfg.timeout);  // every store connection is made
   const int fds_before = open_fds();
-  std::mt19937_64 rng(7);
+  const std::uint64_t seed = test_seed(7);
+  std::mt19937_64 rng(seed);
   std::optional<error> failure;
   long long ms = 0;
   {
@@ -512,7 +527,7 @@ int fault_scenario(const communicator_config& cfg, int victim) {
                           std::string(e.what()).find("peer " + std::to_string(victim)) != std::string::npos;
       std::printf("BLAMES %d\n", blames ? 1 : 0);
     }
-    if (li.rank != victim && ms > cfg.timeout.count() + 2000)
+    if (li.rank != victim && ms > cfg.timeout.count() + 2000 * test::slack_factor())
       std::printf("LATE: %lld ms against a %lld ms timeout\n", ms,
                   static_cast<long long>(cfg.timeout.count()));
     try {
@@ -542,7 +557,7 @@ int fault_scenario(const communicator_config& cfg, int victim) {
   failures = 0;
   cases = 0;
   communicator again = make(st, li, transport, cfg, "gen2");
-  rng.seed(8);  // the ranks stopped at different points of the first sequence
+  rng.seed(seed + 1);  // the ranks stopped at different points of the first sequence
   for (int i = 0; i < 20; ++i) random_case(again, rng);
   if (failures != 0) return 1;
   std::printf("REBUILT OK %d cases\n", cases);
@@ -560,7 +575,7 @@ int abort_scenario(communicator& comm, int victim) {
     std::fflush(stdout);
     // Alive until the others have reported: they must learn of the abort from the abort,
     // not from this process ending.
-    std::this_thread::sleep_for(std::chrono::seconds(3));
+    std::this_thread::sleep_for(test::with_slack(std::chrono::seconds(3)));
     return 0;
   }
   return kill_or_abort_wait(comm, v);
@@ -569,7 +584,7 @@ int abort_scenario(communicator& comm, int victim) {
 // LATE joins call #0 two timeouts after the others (COLLX_ALGO picks the algorithm).
 int late_scenario(communicator& comm, int late) {
   std::vector<float> v(1000, 1.0f);
-  if (comm.rank() == late) std::this_thread::sleep_for(std::chrono::seconds(3));
+  if (comm.rank() == late) std::this_thread::sleep_for(test::with_slack(std::chrono::seconds(3)));
   const auto t0 = clk::now();
   try {
     comm.all_reduce(v, reduce_op::sum);
@@ -579,8 +594,49 @@ int late_scenario(communicator& comm, int late) {
     report(e, ms_since(t0));
   }
   // Alive until the late rank has called: its peers' exit is not what must tell it.
-  if (comm.rank() != late) std::this_thread::sleep_for(std::chrono::seconds(4));
+  if (comm.rank() != late) std::this_thread::sleep_for(test::with_slack(std::chrono::seconds(4)));
   return 0;
+}
+
+// Rank 1 of linger: asks the store every 50 ms until it has closed (rank 0 is gone) or
+// `limit` has passed.
+int linger_watch(store& st, std::chrono::milliseconds limit) {
+  const auto t0 = clk::now();
+  try {
+    while (clk::now() - t0 < limit) {
+      st.add("linger/poll", 1);
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::printf("STORE STILL UP after %lld ms\n", ms_since(t0));
+  } catch (const error&) {
+    std::printf("STORE GONE after %lld ms\n", ms_since(t0));
+  }
+  std::fflush(stdout);
+  return 0;
+}
+
+// linger: rank 0's call fails at its timeout because rank 1, alive and connected to the
+// store rank 0 serves, never makes it. The error must reach rank 0's caller soon after the
+// timeout, its communicator and store destroyed on the way: the store outlives its owner
+// for a short bounded linger while others are connected, not for another timeout. Rank 1
+// keeps asking the store until it is gone (or two timeouts and a bit have passed).
+int linger_scenario(const communicator_config& cfg) {
+  const launch_info li = launch_from_env();
+  std::optional<clk::time_point> called;
+  try {
+    std::shared_ptr<store> st = store_from(li, cfg.timeout);
+    communicator comm = make(st, li, detail::env_str("COLLX_TRANSPORT"), cfg, "linger");
+    if (li.rank != 0) return linger_watch(*st, 2 * cfg.timeout + std::chrono::seconds(2));
+    st.reset();  // the communicator holds the store now: it goes when the communicator does
+    std::vector<float> v(1000, 1.0f);
+    called = clk::now();
+    comm.all_reduce(v, reduce_op::sum);
+    std::printf("NOT DETECTED\n");
+    return 1;
+  } catch (const error& e) {
+    if (!called) throw;
+    return report(e, ms_since(*called));  // its communicator and store are gone by now
+  }
 }
 
 // Each rank reads a different cost model (as hosts with different calibrations would);
@@ -616,8 +672,7 @@ int soak_scenario(const communicator_config& cfg, long calls, bool with_mpi) {
   if (with_mpi) names.emplace_back("mpi");
   std::vector<communicator> comms;
   for (const auto& n : names) comms.push_back(make(st, li, n, cfg, "soak-" + n));
-  const char* seed = std::getenv("COLLX_SOAK_SEED");
-  std::mt19937_64 rng(seed != nullptr ? std::strtoull(seed, nullptr, 10) : 1);
+  std::mt19937_64 rng(test_seed(1));
   const auto t0 = clk::now();
   std::vector<long> on(names.size());
   for (long i = 0; i < calls && failures <= 10; ++i) {
@@ -674,6 +729,10 @@ int main(int argc, char** argv) {
     if (scenario == "fault") {
       cfg.timeout = std::chrono::seconds(4);
       return fault_scenario(cfg, victim);
+    }
+    if (scenario == "linger") {
+      cfg.timeout = std::chrono::seconds(6);
+      return linger_scenario(cfg);
     }
     if (scenario == "models") return models_scenario(cfg, detail::env_str("COLLX_TRANSPORT"));
     if (scenario == "soak") return soak_scenario(cfg, argc > 2 ? std::atol(argv[2]) : 1000, with_mpi);

@@ -3,13 +3,15 @@
 #   LAUNCHER  path to collx-run, or "mpirun:PATH" to launch with Open MPI's mpirun
 #   SCENARIO  collectives | kill | kill-broadcast | kill-alltoall | mismatch | mismatch-root |
 #             mismatch-split | mismatch-send | late | abort | fault |
-#             soak | models (mp_worker.cpp),
+#             soak | models | linger (mp_worker.cpp),
 #             optionally -mpi-init
 #   ARG       the scenario's argument: the victim rank (default 1), or soak's call count
 #   COLLX_FAULT (environment)  fault: the fault plan (collx/transport/faulty.hpp)
 # Checks what every rank reported, that nothing hung, and that no shared-memory
 # segment of the job is left in /dev/shm.
 set -u
+# Deadlines scale with COLLX_TEST_SLACK (default 1; tools/sanitize.sh raises it).
+slack=${COLLX_TEST_SLACK:-1}
 launcher=$1 worker=$2 transport=$3 np=$4 scenario=$5 arg=${6:-1}
 # SCENARIO-mpi-init: the ranks meet through MPI (init_from_mpi) instead of the environment.
 COLLX_INIT=env
@@ -32,11 +34,14 @@ case $launcher in
     set -- -x COLLX_TRANSPORT -x COLLX_JOB_ID -x COLLX_INIT -x COLLX_STORE_DIR -x OMPI_MCA_mpi_yield_when_idle
     [ -n "${COLLX_FAULT:-}" ] && set -- "$@" -x COLLX_FAULT
     [ -n "${COLLX_ALGO:-}" ] && set -- "$@" -x COLLX_ALGO
+    [ -n "${COLLX_TEST_SEED:-}" ] && set -- "$@" -x COLLX_TEST_SEED
+    [ -n "${COLLX_TEST_SLACK:-}" ] && set -- "$@" -x COLLX_TEST_SLACK
     timeout 240 "${launcher#mpirun:}" --allow-run-as-root --oversubscribe -np "$np" "$@" \
       "$worker" "$scenario" "$arg" >"$out" 2>&1
     ;;
   *)
-    timeout 240 "$launcher" -n "$np" -- "$worker" "$scenario" "$arg" >"$out" 2>&1
+    # Survivors of a failed rank get 2 s (times the slack) to report before SIGTERM.
+    timeout 240 "$launcher" -n "$np" --grace $((2 * slack)) -- "$worker" "$scenario" "$arg" >"$out" 2>&1
     ;;
 esac
 rc=$?
@@ -75,6 +80,16 @@ case $scenario in
     [ "$(count 'ABORTED')" -eq 1 ] || fail "the victim did not abort"
     [ "$(count 'gave up on purpose')" -eq $((np - 1)) ] || fail "not every released rank was told the victim's reason"
     ;;
+  linger)
+    # Rank 0's error reaches its caller within its timeout (6 s, mp_worker.cpp) and the
+    # store's short linger (2 s, collx::defaults::store_linger), not a second timeout.
+    [ "$rc" -eq 0 ] || fail "exit status $rc"
+    ms=$(sed -n 's/^\[0\] DETECTED timed out after \([0-9]*\) ms.*/\1/p' "$out")
+    [ -n "$ms" ] || fail "rank 0 did not report its call's timeout"
+    bound=$((6000 + 2000 + 1000 * slack))
+    [ "$ms" -le "$bound" ] || fail "rank 0's error reached its caller after $ms ms, over $bound ms"
+    [ "$(count 'STORE GONE')" -eq 1 ] || fail "rank 1 did not see rank 0's store go"
+    ;;
   fault)
     # Delays and slow ranks: every result right. Other faults: every rank fails (the
     # victim too, unless killed) within its timeout, blames the victim, refuses the
@@ -109,6 +124,13 @@ case $scenario in
         esac
         ;;
     esac
+    ;;
+esac
+case $scenario in
+  soak | fault)
+    # Every rank says the one seed it drew from, so a failure can be run again.
+    [ "$(count 'SEED [0-9]')" -eq "$np" ] || fail "not every rank printed its seed"
+    [ "$(sed -n 's/.*SEED \([0-9]*\) .*/\1/p' "$out" | sort -u | wc -l)" -eq 1 ] || fail "the ranks drew from different seeds"
     ;;
 esac
 grep -q 'NOT DETECTED' "$out" && fail "a rank did not detect the failure"

@@ -3,8 +3,11 @@
 # bridge by veth links, each host's link limited with tc (tbf to RATE; netem DELAY when
 # the kernel has netem), then R ranks per host of a program, with torchrun's
 # environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR = host 0).
-# Everything it made is removed when it ends, however it ends. Exits 77 (skipped) when
-# namespaces are refused (no root, no CAP_NET_ADMIN).
+# Everything it made is removed when it ends, however it ends; what an earlier run that
+# was killed with SIGKILL left under its name is removed first. Exits 77 (skipped) when
+# namespaces are refused (no root, no CAP_NET_ADMIN), unless CI is set and this runs as
+# root: there a refusal is a broken machine, and fails (exit 1). Any other failure to set
+# up the cluster fails too.
 #
 #   cluster.sh HOSTS RANKS_PER_HOST RATE DELAY -- prog args...
 #   e.g. cluster.sh 2 2 1gbit 100us -- build/tests/multiprocess/mp_worker collectives 1
@@ -15,10 +18,59 @@ set -u
 hosts=$1 per=$2 rate=$3 delay=$4
 shift 4
 [ "${1:-}" = "--" ] && shift
-id=$(( $$ % 250 ))
-pre="cx$id"
-net="10.231.$id"
 tmp=$(mktemp -d)
+locks=${TMPDIR:-/tmp}
+
+# Every name this script makes starts with "cx<id>-" (id 0 to 249, which also picks the
+# subnet and the store's port); it holds the lock $locks/collx-netns-cx<id>.lock while it
+# runs. COLLX_NETNS_ID chooses the first id to try (tests).
+claim() { # claim ID: true when this run now holds ID's lock (flock is util-linux's)
+  command -v flock >/dev/null || return 0
+  exec 9>"$locks/collx-netns-cx$1.lock" && flock -n 9
+}
+# Names of prefix $1 left by a run that was killed before its cleanup: nobody holds its
+# lock (claim) and no process runs in its namespaces.
+remove_stale() {
+  for ns in $(ip netns list 2>/dev/null | sed -n "s/^\($1-h[0-9]*\).*/\1/p"); do
+    [ -z "$(ip netns pids "$ns" 2>/dev/null)" ] || return 1
+  done
+  for ns in $(ip netns list 2>/dev/null | sed -n "s/^\($1-h[0-9]*\).*/\1/p"); do
+    echo "# cluster: removing $ns, left by an earlier run that was killed"
+    ip netns del "$ns" || return 1
+  done
+  for dev in $(ip -o link show 2>/dev/null | sed -n "s/^[0-9]*: \($1-[a-z0-9]*\)[@:].*/\1/p"); do
+    ip link del "$dev" 2>/dev/null
+  done
+  return 0
+}
+refused() { # the reason in $tmp/err is a permission refusal
+  grep -qiE 'not permitted|permission denied' "$tmp/err"
+}
+first=${COLLX_NETNS_ID:-$(($$ % 250))}
+tries=0
+while :; do
+  id=$(((first + tries) % 250))
+  pre="cx$id"
+  if claim "$id" && remove_stale "$pre" && ip netns add "$pre-h0" 2>"$tmp/err"; then break; fi
+  if [ -s "$tmp/err" ] && refused; then
+    if [ -n "${CI:-}" ] && [ "$(id -u)" = 0 ]; then
+      echo "FAIL: network namespaces are refused to root under CI: $(cat "$tmp/err")"
+      rm -rf "$tmp"
+      exit 1
+    fi
+    echo "SKIPPED: network namespaces are refused here: $(cat "$tmp/err")"
+    rm -rf "$tmp"
+    exit 77
+  fi
+  : >"$tmp/err"
+  tries=$((tries + 1))
+  if [ "$tries" -ge 20 ]; then
+    echo "FAIL: no free cluster name after 20 tries (cx$first to cx$id in use or not removable)"
+    rm -rf "$tmp"
+    exit 1
+  fi
+done
+net="10.231.$id"
 
 cleanup() {
   for p in $(cat "$tmp/pids" 2>/dev/null); do kill -9 "$p" 2>/dev/null; done
@@ -33,10 +85,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-if ! ip netns add "$pre-h0" 2>"$tmp/err"; then
-  echo "SKIPPED: network namespaces are refused here: $(cat "$tmp/err")"
-  exit 77
-fi
 ip link add "$pre-br" type bridge || exit 1
 ip link set "$pre-br" up || exit 1
 netem=yes

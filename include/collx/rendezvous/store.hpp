@@ -39,6 +39,7 @@
 #include <thread>
 #include <vector>
 
+#include "collx/config.hpp"
 #include "collx/core/error.hpp"
 #include "collx/net/socket.hpp"
 
@@ -232,7 +233,8 @@ inline std::optional<std::int64_t> store_add(std::string& v, std::int64_t delta)
 class store_server {
  public:
   // `grace`: how long the server outlives its owner while other ranks' clients are still
-  // connected (they may be in the barrier that rank 0 has just left).
+  // connected (they may be in the barrier that rank 0 has just left); tcp_store passes
+  // defaults::store_linger, or its timeout when shorter.
   store_server(fd_t listener, std::chrono::milliseconds grace, std::string token)
       : listen_(std::move(listener)), grace_(grace), token_(std::move(token)) {
     int p[2];
@@ -444,7 +446,8 @@ class store_server {
 
 // torchrun's env:// store: rank 0 serves it at host:port, every rank (rank 0 too) is a
 // client. The server lives as long as rank 0's tcp_store, so rank 0 keeps it until the
-// job's communicators are gone.
+// job's communicators are gone, then lingers at most defaults::store_linger for clients
+// still connected.
 class tcp_store final : public store {
  public:
   // serve: this process runs the server, listening on host:port; port 0 takes a free
@@ -459,7 +462,8 @@ class tcp_store final : public store {
         port_ = static_cast<std::uint16_t>(
             std::stoi(detail::split_endpoint(detail::local_endpoint(listener.get())).second));
       }
-      server_ = std::make_unique<detail::store_server>(std::move(listener), timeout, token);
+      const auto linger = std::min(timeout, defaults::store_linger);
+      server_ = std::make_unique<detail::store_server>(std::move(listener), linger, token);
     }
     const std::string to = host.empty() ? std::string("127.0.0.1") : host;
     who_ = "the store at " + to + ":" + std::to_string(port_);

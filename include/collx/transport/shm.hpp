@@ -34,6 +34,7 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <random>
 #include <span>
 #include <string>
@@ -224,6 +225,30 @@ inline void open_segment(shm_mapping& s, const std::string& name, std::size_t by
   }
   s.bytes = bytes;
   map_segment(s, name);
+}
+
+// What a rank publishes under its key: its segment's name and the geometry it was built
+// with. Every rank compares the geometry before it opens the segment: a rank that fails
+// first unlinks its name, so a check of the segment alone gave the other rank "cannot
+// open peer P's shared memory" instead of the true reason, depending on who was first.
+struct shm_published {
+  std::string name;  // job names hold no '|' (job_id_for)
+  std::uint64_t slot_bytes = 0, slots = 0, ranks = 0;
+};
+
+inline std::string to_text(const shm_published& p) {
+  return p.name + "|" + std::to_string(p.slot_bytes) + "|" + std::to_string(p.slots) + "|" +
+         std::to_string(p.ranks);
+}
+
+inline std::optional<shm_published> parse_published(const std::string& text) {
+  const auto bar = text.find('|');
+  if (bar == std::string::npos) return std::nullopt;
+  unsigned long long slot_bytes = 0, slots = 0, ranks = 0;
+  char tail = 0;
+  if (std::sscanf(text.c_str() + bar + 1, "%llu|%llu|%llu%c", &slot_bytes, &slots, &ranks, &tail) != 3)
+    return std::nullopt;
+  return shm_published{text.substr(0, bar), slot_bytes, slots, ranks};
 }
 
 }  // namespace detail
@@ -645,22 +670,41 @@ class shm_transport {
     c.slot_bytes = opt_.slot_bytes;
     c.slots = opt_.slots;
     c.ranks = static_cast<std::uint64_t>(size_);
-    keys.set(std::to_string(rank_), name);
+    keys.set(std::to_string(rank_), detail::to_text({name, c.slot_bytes, c.slots, c.ranks}));
 
     for (int q = 0; q < size_; ++q) {
       if (q == rank_) continue;
-      const std::string peer_name = keys.get(std::to_string(q), opt_.timeout);
-      detail::open_segment(segs_[static_cast<std::size_t>(q)], peer_name, segment_bytes(), q,
-                           "the shm transport needs every rank on one host");
-      const auto& pc = control(q);
-      if (pc.slot_bytes != opt_.slot_bytes || pc.slots != opt_.slots || pc.ranks != c.ranks) {
-        throw error(errc::invalid_argument, "shm_transport", rank_, q,
-                    "peer " + std::to_string(q) + " was set up with different slot sizes or rank count");
+      const std::string text = keys.get(std::to_string(q), opt_.timeout);
+      const auto published = detail::parse_published(text);
+      if (!published) {
+        throw error(errc::transport, "shm_transport", rank_, q,
+                    "peer " + std::to_string(q) + " published '" + text +
+                        "' for its shared memory: not a collx shm rank of this version?");
       }
+      check_geometry(q, *published);  // before opening: the segment may be gone already
+      detail::open_segment(segs_[static_cast<std::size_t>(q)], published->name, segment_bytes(), q,
+                           "the shm transport needs every rank on one host");
+      const auto& pc = control(q);  // the segment itself, in case the store's key is stale
+      check_geometry(q, {published->name, pc.slot_bytes, pc.slots, pc.ranks});
     }
     keys.barrier("mapped", size_, opt_.timeout);
     ::shm_unlink(name.c_str());
     guard.armed = false;
+  }
+
+  void check_geometry(int q, const detail::shm_published& peer) const {
+    if (peer.slot_bytes == opt_.slot_bytes && peer.slots == opt_.slots &&
+        peer.ranks == static_cast<std::uint64_t>(size_))
+      return;
+    auto geometry = [](std::uint64_t slots, std::uint64_t bytes, std::uint64_t ranks) {
+      return std::to_string(slots) + " slots of " + std::to_string(bytes) + " bytes for " +
+             std::to_string(ranks) + " ranks";
+    };
+    throw error(errc::invalid_argument, "shm_transport", rank_, q,
+                "peer " + std::to_string(q) + " was set up with different slot sizes or rank count: " +
+                    geometry(peer.slots, peer.slot_bytes, peer.ranks) + " there, " +
+                    geometry(opt_.slots, opt_.slot_bytes, static_cast<std::uint64_t>(size_)) +
+                    " here (COLLX_SHM_SLOTS and COLLX_SHM_SLOT_BYTES must be equal on every rank)");
   }
 
   int rank_ = 0;
