@@ -51,6 +51,35 @@ inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
   return op == collx::reduce_op::avg ? acc / p : acc;
 }
 
+// Inputs for a reduction in any element type, unsigned ones included: rank r's element
+// i for `op`. prod takes factors in {1, 2, -1} ({1, 2} unsigned), so a product over up to
+// 6 ranks fits even i8 exactly; the others take [-8, 8] ([0, 16] unsigned), so that min
+// and max of the unsigned types are not min and max of wrapped negatives.
+inline long long typed_input(collx::reduce_op op, bool is_signed, int r, std::size_t i) {
+  const std::uint64_t h = mix((static_cast<std::uint64_t>(r) << 40) ^ (i + 1) ^ 0x5bd1e995ULL);
+  if (op == collx::reduce_op::prod) {
+    constexpr long long factors[] = {1, 2, -1};
+    return factors[h % (is_signed ? 3 : 2)];
+  }
+  return static_cast<long long>(h % 17) - (is_signed ? 8 : 0);
+}
+
+// The serial reduction of typed_input over p ranks, in exact integers (avg divides once).
+inline double typed_reduce(collx::reduce_op op, bool is_signed, int p, std::size_t i) {
+  long long acc = typed_input(op, is_signed, 0, i);
+  for (int r = 1; r < p; ++r) {
+    const long long v = typed_input(op, is_signed, r, i);
+    switch (op) {
+      case collx::reduce_op::sum:
+      case collx::reduce_op::avg: acc += v; break;
+      case collx::reduce_op::prod: acc *= v; break;
+      case collx::reduce_op::min: acc = std::min(acc, v); break;
+      case collx::reduce_op::max: acc = std::max(acc, v); break;
+    }
+  }
+  return op == collx::reduce_op::avg ? static_cast<double>(acc) / p : static_cast<double>(acc);
+}
+
 // COLLX_TEST_MAX_COUNT=n cuts every larger count to n, keeping the matrix's shape. The
 // ThreadSanitizer run of CI (tools/sanitize.sh thread) sets 1001: the million-element
 // cases take minutes there, and their many-segment pipelines are also run by the
