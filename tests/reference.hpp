@@ -4,6 +4,7 @@
 // a small integer, so sums, products of few ranks, minima and maxima stay exact in every
 // element type, and any rank can compute every other rank's input.
 
+#include <collx/config.hpp>
 #include <collx/core/dtype.hpp>
 #include <collx/core/options.hpp>
 #include <collx/core/reduce.hpp>
@@ -91,6 +92,14 @@ inline std::size_t max_count() {
                                       : std::numeric_limits<std::size_t>::max();
   }();
   return cap;
+}
+
+// A count whose buffer spans two default pipeline segments, the second of 3 elements:
+// what the algorithms that cut by segment never meet at the small counts (unless
+// COLLX_TEST_MAX_COUNT cuts it).
+template <class T>
+std::size_t past_segment() {
+  return std::min(collx::defaults::segment_bytes / sizeof(T) + 3, max_count());
 }
 
 // Every element type, as a pack for tests that run one case per type.
