@@ -433,7 +433,7 @@ template <class... T>
 int typed_matrix(communicator& comm, test::types<T...>) {
   auto one_type = [&](auto tag) {
     using U = decltype(tag);
-    const std::size_t past_segment = defaults::segment_bytes / sizeof(U) + 3;  // two segments, one odd
+    const std::size_t past_segment = test::past_segment<U>();  // two segments, the second of 3
     for (reduce_op op : all_reduce_ops) {
       if (!supports(dtype_v<U>, op)) continue;
       for (collective c : {collective::all_reduce, collective::reduce_scatter, collective::reduce}) {
