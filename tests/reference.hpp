@@ -4,6 +4,7 @@
 // a small integer, so sums, products of few ranks, minima and maxima stay exact in every
 // element type, and any rank can compute every other rank's input.
 
+#include <collx/config.hpp>
 #include <collx/core/dtype.hpp>
 #include <collx/core/options.hpp>
 #include <collx/core/reduce.hpp>
@@ -51,6 +52,35 @@ inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
   return op == collx::reduce_op::avg ? acc / p : acc;
 }
 
+// Inputs for a reduction in any element type, unsigned ones included: rank r's element
+// i for `op`. prod takes factors in {1, 2, -1} ({1, 2} unsigned), so a product over up to
+// 6 ranks fits even i8 exactly; the others take [-8, 8] ([0, 16] unsigned), so that min
+// and max of the unsigned types are not min and max of wrapped negatives.
+inline long long typed_input(collx::reduce_op op, bool is_signed, int r, std::size_t i) {
+  const std::uint64_t h = mix((static_cast<std::uint64_t>(r) << 40) ^ (i + 1) ^ 0x5bd1e995ULL);
+  if (op == collx::reduce_op::prod) {
+    constexpr long long factors[] = {1, 2, -1};
+    return factors[h % (is_signed ? 3 : 2)];
+  }
+  return static_cast<long long>(h % 17) - (is_signed ? 8 : 0);
+}
+
+// The serial reduction of typed_input over p ranks, in exact integers (avg divides once).
+inline double typed_reduce(collx::reduce_op op, bool is_signed, int p, std::size_t i) {
+  long long acc = typed_input(op, is_signed, 0, i);
+  for (int r = 1; r < p; ++r) {
+    const long long v = typed_input(op, is_signed, r, i);
+    switch (op) {
+      case collx::reduce_op::sum:
+      case collx::reduce_op::avg: acc += v; break;
+      case collx::reduce_op::prod: acc *= v; break;
+      case collx::reduce_op::min: acc = std::min(acc, v); break;
+      case collx::reduce_op::max: acc = std::max(acc, v); break;
+    }
+  }
+  return op == collx::reduce_op::avg ? static_cast<double>(acc) / p : static_cast<double>(acc);
+}
+
 // COLLX_TEST_MAX_COUNT=n cuts every larger count to n, keeping the matrix's shape. The
 // ThreadSanitizer run of CI (tools/sanitize.sh thread) sets 1001: the million-element
 // cases take minutes there, and their many-segment pipelines are also run by the
@@ -62,6 +92,26 @@ inline std::size_t max_count() {
                                       : std::numeric_limits<std::size_t>::max();
   }();
   return cap;
+}
+
+// COLLX_TEST_MAX_RANKS=p leaves out test_collectives' rank counts above p (the
+// ThreadSanitizer run sets 8: 12 and 16 threads triple its time there; they run in the
+// plain build).
+inline int max_ranks() {
+  static const int cap = [] {
+    const char* v = std::getenv("COLLX_TEST_MAX_RANKS");
+    return v != nullptr && *v != '\0' ? std::atoi(v) : std::numeric_limits<int>::max();
+  }();
+  return cap;
+}
+
+// A count whose buffer spans two default pipeline segments, the second of 3 elements:
+// what the algorithms that cut by segment never meet at the small counts. 0 (a case
+// the callers already run) when COLLX_TEST_MAX_COUNT is below it.
+template <class T>
+std::size_t past_segment() {
+  const std::size_t n = collx::defaults::segment_bytes / sizeof(T) + 3;
+  return n <= max_count() ? n : 0;
 }
 
 // Every element type, as a pack for tests that run one case per type.

@@ -1,8 +1,9 @@
 // The exchanges sized per peer: all_to_all_v and send/recv. Their schedules proven by the
 // verifier for p = 1..64; the calls on the local transport, ranks as threads, against a
-// reference computed here for every element type, p in {1, 2, 3, 5, 7, 8, 13}, uneven
-// counts with zeros, one-element, segmented and large blocks; the checks before a byte
-// moves; and mismatched split sizes, sizes, types and tags failing every rank involved.
+// reference computed here for every element type, p in {1, 2, 3, 5, 7, 8, 12, 13, 16},
+// uneven counts with zeros, one-element, segmented blocks and blocks past the default
+// segment; the checks before a byte moves; and mismatched split sizes, sizes, types and
+// tags failing every rank involved.
 
 #include <doctest/doctest.h>
 
@@ -28,7 +29,7 @@ using collx::schedule;
 
 namespace {
 
-constexpr int rank_counts[] = {1, 2, 3, 5, 7, 8, 13};
+constexpr int rank_counts[] = {1, 2, 3, 5, 7, 8, 12, 13, 16};
 
 // Element i of what rank `from` sends rank `to`: a small integer hashed from all three,
 // exact in every type, so a block from the wrong rank or offset cannot compare equal.
@@ -47,7 +48,7 @@ std::size_t count_of(pattern pt, int from, int to) {
     case pattern::zeros: return 0;
     case pattern::small_uneven: return h % 4;  // 0..3: zeros, ones and odd counts
     case pattern::segmented: return h % 3 == 0 ? 0 : 37 + h % 60;
-    case pattern::large: return 20000 + h % 7;
+    case pattern::large: return test::past_segment<float>() + h % 7;  // past the default segment
   }
   return 0;
 }
@@ -154,7 +155,9 @@ long long run_all_to_all_v_types(collx::communicator& comm) {
         for (auto pt : {pattern::zeros, pattern::small_uneven, pattern::segmented})
           wrong += run_all_to_all_v<U>(comm, pt, false);
         if constexpr (std::is_same_v<U, float>) {
-          if (test::max_count() >= 20000) wrong += run_all_to_all_v<U>(comm, pattern::large, false);
+          // Blocks past the default segment up to 8 ranks (at 16, 8 MiB in and out a rank).
+          if (comm.size() <= 8 && test::past_segment<U>() != 0)
+            wrong += run_all_to_all_v<U>(comm, pattern::large, false);
           wrong += run_all_to_all_v<U>(comm, pattern::small_uneven, true);
         }
         return wrong;
@@ -211,8 +214,9 @@ long long run_point_to_point_types(collx::communicator& comm) {
         long long wrong = 0;
         for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}})
           wrong += run_pipeline<U>(comm, n) + run_ring_shift<U>(comm, n, false);
-        // The large count, unless COLLX_TEST_MAX_COUNT cuts it (tests/reference.hpp).
-        const std::size_t large = std::min<std::size_t>(100003, test::max_count());
+        // Past the default segment, unless COLLX_TEST_MAX_COUNT cuts it (then that count).
+        const std::size_t past = test::past_segment<U>();
+        const std::size_t large = past != 0 ? past : test::max_count();
         if constexpr (std::is_same_v<U, float>)
           wrong += run_pipeline<U>(comm, large) + run_ring_shift<U>(comm, large, true);
         return wrong;

@@ -1,8 +1,9 @@
 // broadcast, reduce, all-to-all, gather, scatter and barrier on the local transport,
 // ranks as threads, against a serial reference computed here (never by collx's
-// reduction code): every element type and reduction, every root, p in {1, 2, 3, 5, 7,
-// 8, 13}, counts 0, 1, odd and large, in place and out of place (where the collective
-// has both), each algorithm forced and the automatic choice.
+// reduction code): every element type and reduction, every root for p in {1, 2, 3, 5,
+// 7, 8, 13} and roots 0, 1, p/2 and p-1 for p in {12, 16}, counts 0, 1, odd and (f32,
+// i32, up to 8 ranks) past the default segment, in place and out of place (where the
+// collective has both), each algorithm forced and the automatic choice.
 
 #include <doctest/doctest.h>
 
@@ -26,11 +27,23 @@ using collx::reduce_op;
 
 namespace {
 
-constexpr int rank_counts[] = {1, 2, 3, 5, 7, 8, 13};
+constexpr int rank_counts[] = {1, 2, 3, 5, 7, 8, 12, 13, 16};
+// Rank counts run from a few roots only: the first two, the middle and the last (every
+// root of 16 ranks would take most of a minute per algorithm on two cores).
+constexpr int few_roots_at[] = {12, 16};
+
+std::vector<int> roots_of(collective c, int p) {
+  if (c == collective::all_to_all) return {0};
+  if (std::find(std::begin(few_roots_at), std::end(few_roots_at), p) != std::end(few_roots_at))
+    return {0, 1, p / 2, p - 1};
+  std::vector<int> all(static_cast<std::size_t>(p));
+  for (int r = 0; r < p; ++r) all[static_cast<std::size_t>(r)] = r;
+  return all;
+}
 
 // Rank r's element i: a hash of (r, i), so that a block sent to the wrong rank or offset
 // cannot compare equal. Small integers, so that every sum, product (of 1, 2 and -1, at
-// most 13 factors), minimum and maximum is exact in every type, 16-bit floats included.
+// most 16 factors), minimum and maximum is exact in every type, 16-bit floats included.
 long long value(int r, std::size_t i, reduce_op op, bool is_signed) {
   const std::uint64_t h = test::mix(static_cast<std::uint64_t>(r) * 0x9e3779b97f4a7c15ULL + i + 1);
   if (op == reduce_op::prod) {
@@ -80,13 +93,13 @@ struct shape {
   reduce_op op;
 };
 
-// The shapes one rank count runs: every root, count and form; the reductions for reduce.
-std::vector<shape> shapes(collective c, int p, bool is_float, bool large) {
+// The shapes one rank count runs: each root (roots_of), count and form; the reductions
+// for reduce. `large` (0: none) is a count past the default segment.
+std::vector<shape> shapes(collective c, int p, bool is_float, std::size_t large) {
   std::vector<shape> out;
   std::vector<std::size_t> counts = {0, 1, 7, 1001};
-  if (large) counts.push_back(100003);
-  const int roots = c == collective::all_to_all ? 1 : p;
-  for (int root = 0; root < roots; ++root) {
+  if (large != 0) counts.push_back(large);
+  for (int root : roots_of(c, p)) {
     for (std::size_t n : counts) {
       for (bool ip : {false, true}) {
         if (!collx::reduces(c)) {
@@ -209,7 +222,11 @@ long long run_all(collx::communicator& comm, collective c, algorithm a, test::ty
   long long wrong = 0;
   auto one_type = [&](auto tag) {
     using U = decltype(tag);
-    const bool large = std::is_same_v<U, float> || std::is_same_v<U, std::int32_t>;
+    // The count past the default segment for f32 and i32, up to 8 ranks: beyond, every
+    // rank's input of a scatter or all-to-all (p blocks, hashed element by element)
+    // would take most of the test's time.
+    const bool has_large = std::is_same_v<U, float> || std::is_same_v<U, std::int32_t>;
+    const std::size_t large = has_large && comm.size() <= 8 ? test::past_segment<U>() : 0;
     for (const auto& s : shapes(c, comm.size(), !std::is_integral_v<U>, large)) {
       const long long w = run_one<U>(comm, c, s, a);
       if (w != 0) {

@@ -6,6 +6,10 @@
 //                           every root of the rooted ones, all_to_all_v, send/recv and
 //                           send_recv, each result checked against a serial reference
 //                           in double; barriers between
+//   mp_worker dtypes        every element type and every reduction it supports (prod and
+//                           min too), all_reduce, reduce_scatter and reduce, each
+//                           algorithm, counts 0, 1, 7, 1001 and a segment and 3, against exact serial
+//                           references (test::typed_reduce)
 //   mp_worker kill VICTIM   a few good calls, then VICTIM SIGKILLs itself; every other
 //                           rank must get a collx::error (not hang) and says so
 //   mp_worker mismatch      rank 0 calls a different count: every rank gets an error
@@ -356,6 +360,104 @@ int collectives(communicator& comm) {
   one_case<float>(comm, collective::all_reduce, algorithm::ring, (1 << 22) + 3, true, reduce_op::sum);
   one_case<bfloat16>(comm, collective::all_reduce, algorithm::automatic, 4099, true, reduce_op::sum);
   rooted_collectives(comm);
+  if (failures != 0) return 1;
+  std::printf("OK %d cases\n", cases);
+  return 0;
+}
+
+// The typed matrix (scenario "dtypes"): all_reduce, reduce_scatter and reduce (to the
+// last rank) of T with `op`, on test::typed_input, checked against test::typed_reduce,
+// which never calls collx: exact for every type and reduction but avg, whose one
+// division rounds to the type.
+template <class T>
+constexpr bool signed_input = !std::is_integral_v<T> || std::is_signed_v<T>;
+
+template <class T>
+void typed_call(communicator& comm, collective c, algorithm a, bool in_place, reduce_op op,
+                std::vector<T>& in, std::vector<T>& out) {
+  options o;
+  o.algo = a;
+  const int root = comm.size() - 1;
+  if (c == collective::all_reduce) {
+    in_place ? comm.all_reduce(in, op, o) : comm.all_reduce(in, out, op, o);
+  } else if (c == collective::reduce_scatter) {
+    in_place ? comm.reduce_scatter(in, op, o) : comm.reduce_scatter(in, out, op, o);
+  } else {
+    in_place ? comm.reduce(in, op, root, o) : comm.reduce(in, out, op, root, o);
+  }
+}
+
+// Elements of the buffers that differ from what the call must leave: the result where
+// this rank gets one (element i of the whole input space is typed_reduce(i)), the
+// input's own bits everywhere else (an out-of-place input, the other blocks of an
+// in-place reduce-scatter, a reduce's buffer off the root), and 99 in an output the
+// call does not write.
+template <class T>
+long long typed_wrong(const communicator& comm, collective c, bool in_place, reduce_op op, std::size_t n,
+                      const std::vector<T>& in, const std::vector<T>& out, const std::vector<T>& mine) {
+  const int me = comm.rank();
+  const int p = comm.size();
+  const bool written = c != collective::reduce || me == p - 1;
+  const std::size_t block = c == collective::reduce_scatter ? static_cast<std::size_t>(me) * n : 0;
+  auto right = [&](T got, std::size_t at) {
+    return close_enough(got, test::typed_reduce(op, signed_input<T>, p, at), op);
+  };
+  long long wrong = 0;
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    const bool result = in_place && written && i >= block && i < block + n;
+    const bool ok = result ? right(in[i], i) : std::memcmp(&in[i], &mine[i], sizeof(T)) == 0;
+    wrong += ok ? 0 : 1;
+  }
+  for (std::size_t i = 0; !in_place && i < n; ++i) {
+    const bool ok = written ? right(out[i], block + i) : to_d(out[i]) == 99.0;
+    wrong += ok ? 0 : 1;
+  }
+  return wrong;
+}
+
+template <class T>
+void typed_case(communicator& comm, collective c, algorithm a, std::size_t n, bool in_place, reduce_op op) {
+  ++cases;
+  const std::size_t in_n = c == collective::reduce_scatter ? n * static_cast<std::size_t>(comm.size()) : n;
+  std::vector<T> in(in_n), out(n, from_d<T>(99));
+  for (std::size_t i = 0; i < in_n; ++i)
+    in[i] = from_d<T>(static_cast<double>(test::typed_input(op, signed_input<T>, comm.rank(), i)));
+  const std::vector<T> mine = in;
+  typed_call(comm, c, a, in_place, op, in, out);
+  const long long wrong = typed_wrong(comm, c, in_place, op, n, in, out, mine);
+  if (wrong != 0) {
+    ++failures;
+    std::printf("FAILED %s %s %s %s n=%zu %s: %lld wrong\n", std::string(to_string(c)).c_str(),
+                std::string(to_string(dtype_v<T>)).c_str(), std::string(to_string(op)).c_str(),
+                std::string(to_string(a)).c_str(), n, in_place ? "in-place" : "out-of-place", wrong);
+  }
+}
+
+// Every element type, every reduction it supports, every algorithm of all_reduce,
+// reduce_scatter and reduce (and the automatic choice), counts 0, 1, 7, 1001 and one
+// past the default segment (a second segment of 3 elements; out of place only, to keep
+// the time down), in place and out of place.
+template <class... T>
+int typed_matrix(communicator& comm, test::types<T...>) {
+  auto one_type = [&](auto tag) {
+    using U = decltype(tag);
+    std::vector<std::size_t> counts{0, 1, 7, 1001};
+    const std::size_t past_segment = test::past_segment<U>();  // two segments, the second of 3
+    if (past_segment != 0) counts.push_back(past_segment);
+    for (reduce_op op : all_reduce_ops) {
+      if (!supports(dtype_v<U>, op)) continue;
+      for (collective c : {collective::all_reduce, collective::reduce_scatter, collective::reduce}) {
+        std::vector<algorithm> algos{algorithm::automatic};
+        for (algorithm a : all_algorithms)
+          if (implements(a, c)) algos.push_back(a);
+        for (algorithm a : algos)
+          for (std::size_t n : counts)
+            for (bool ip : {false, true})
+              if (!ip || n != past_segment || n == 0) typed_case<U>(comm, c, a, n, ip, op);
+      }
+    }
+  };
+  (one_type(T{}), ...);
   if (failures != 0) return 1;
   std::printf("OK %d cases\n", cases);
   return 0;
@@ -742,6 +844,7 @@ int main(int argc, char** argv) {
     communicator comm = init_from_env(cfg);
 #endif
     if (scenario == "collectives") return collectives(comm);
+    if (scenario == "dtypes") return typed_matrix(comm, test::all_types{});
     kill_calls = scenario;
     if (scenario == "kill" || scenario == "kill-broadcast" || scenario == "kill-alltoall")
       return kill_scenario(comm, victim);

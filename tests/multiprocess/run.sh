@@ -1,7 +1,7 @@
 #!/bin/sh
 # One multi-process test: run.sh LAUNCHER WORKER TRANSPORT NP SCENARIO [ARG]
 #   LAUNCHER  path to collx-run, or "mpirun:PATH" to launch with Open MPI's mpirun
-#   SCENARIO  collectives | kill | kill-broadcast | kill-alltoall | mismatch | mismatch-root |
+#   SCENARIO  collectives | dtypes | kill | kill-broadcast | kill-alltoall | mismatch | mismatch-root |
 #             mismatch-split | mismatch-send | late | abort | fault |
 #             soak | models | linger (mp_worker.cpp),
 #             optionally -mpi-init
@@ -53,7 +53,7 @@ count() { grep -c "$1" "$out"; }
 ok=$(count '] OK [0-9]* cases\|^OK [0-9]* cases')
 detected=$(count 'DETECTED')
 case $scenario in
-  collectives | soak | models)
+  collectives | dtypes | soak | models)
     [ "$rc" -eq 0 ] || fail "exit status $rc"
     [ "$ok" -eq "$np" ] || fail "$ok of $np ranks reported OK"
     ;;
