@@ -2,7 +2,8 @@
 //
 //   collx-bench [--coll allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|sendrecv]
 //               [-r ROOT] [--algo NAME|auto]
-//               [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] [--gpu]
+//               [--transport local|cuda|shm,tcp,auto,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...]
+//               [--gpu]
 //               [-b 8] [-e 64M] [-f 2] [-n 20] [-w 5] [-c 1] [-o sum] [-d float]
 //               [--vs nccl,mpi,gloo] [--json FILE] [--csv FILE]
 //
@@ -17,7 +18,9 @@
 // exact integers (or double, for avg) and not by collx's reduction code
 // (baselines.hpp); #wrong counts the elements that differ.
 //
-// Ranks: --transport local runs them as threads of this process. Every other transport
+// Ranks: --transport local runs them as threads of this process. auto is what
+// init_from_env builds: shm on one node, and on several shm inside each node with tcp
+// across (nodes by COLLX_NODE_ID or host name; the hierarchical algorithm knows them). Every other transport
 // runs them as processes: those of a launcher (collx-run, mpirun, srun, torchrun-style
 // environment), or, with none, --np N processes forked from this one. Several process
 // transports (--transport shm,tcp) and the baselines (--vs) are measured size by size
@@ -281,7 +284,8 @@ int usage() {
       "                           sendrecv]\n"
       "                   [-r ROOT]\n"
       "                   [--algo NAME|auto]\n"
-      "                   [--transport local|cuda|shm,tcp,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus 0,0,...] "
+      "                   [--transport local|cuda|shm,tcp,auto,mpi,cuda_ipc,cuda_hier] [--np N] [--gpus "
+      "0,0,...] "
       "[--gpu]\n"
       "                   [-b MIN] [-e MAX] [-f FACTOR] [-n ITERS] [-w WARMUP] [-c 0|1]\n"
       "                   [-o sum|prod|min|max|avg] [-d float|double|half|bfloat16|int8|uint8|int32|int64]\n"
@@ -979,11 +983,12 @@ int main(int argc, char** argv) {
   bool local = false;
   bool cuda = false;
   for (const auto& t : transports) {
-    if (t != "local" && t != "cuda" && t != "shm" && t != "tcp" && t != "mpi" && t != "cuda_ipc" &&
-        t != "cuda_hier") {
-      std::fprintf(stderr,
-                   "collx-bench: unknown transport '%s' (local, cuda, shm, tcp, mpi, cuda_ipc, cuda_hier)\n",
-                   t.c_str());
+    if (t != "local" && t != "cuda" && t != "shm" && t != "tcp" && t != "auto" && t != "mpi" &&
+        t != "cuda_ipc" && t != "cuda_hier") {
+      std::fprintf(
+          stderr,
+          "collx-bench: unknown transport '%s' (local, cuda, shm, tcp, auto, mpi, cuda_ipc, cuda_hier)\n",
+          t.c_str());
       return 2;
     }
     local = local || t == "local";
