@@ -37,10 +37,13 @@ inline double input(int r, std::size_t i) {
   return static_cast<double>(static_cast<int>(mix((static_cast<std::uint64_t>(r) << 40) ^ (i + 1)) % 17) - 8);
 }
 
-inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
-  double acc = input(0, i);
+// The serial reduction over p ranks of input_of(r), accumulated in Acc (exact for the
+// inputs here: small integers); avg divides once, at the end.
+template <class Acc, class Input>
+double serial_reduce(collx::reduce_op op, int p, Input&& input_of) {
+  Acc acc = input_of(0);
   for (int r = 1; r < p; ++r) {
-    const double v = input(r, i);
+    const Acc v = input_of(r);
     switch (op) {
       case collx::reduce_op::sum:
       case collx::reduce_op::avg: acc += v; break;
@@ -49,7 +52,11 @@ inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
       case collx::reduce_op::max: acc = std::max(acc, v); break;
     }
   }
-  return op == collx::reduce_op::avg ? acc / p : acc;
+  return op == collx::reduce_op::avg ? static_cast<double>(acc) / p : static_cast<double>(acc);
+}
+
+inline double ref_reduce(collx::reduce_op op, int p, std::size_t i) {
+  return serial_reduce<double>(op, p, [i](int r) { return input(r, i); });
 }
 
 // Inputs for a reduction in any element type, unsigned ones included: rank r's element
@@ -67,18 +74,7 @@ inline long long typed_input(collx::reduce_op op, bool is_signed, int r, std::si
 
 // The serial reduction of typed_input over p ranks, in exact integers (avg divides once).
 inline double typed_reduce(collx::reduce_op op, bool is_signed, int p, std::size_t i) {
-  long long acc = typed_input(op, is_signed, 0, i);
-  for (int r = 1; r < p; ++r) {
-    const long long v = typed_input(op, is_signed, r, i);
-    switch (op) {
-      case collx::reduce_op::sum:
-      case collx::reduce_op::avg: acc += v; break;
-      case collx::reduce_op::prod: acc *= v; break;
-      case collx::reduce_op::min: acc = std::min(acc, v); break;
-      case collx::reduce_op::max: acc = std::max(acc, v); break;
-    }
-  }
-  return op == collx::reduce_op::avg ? static_cast<double>(acc) / p : static_cast<double>(acc);
+  return serial_reduce<long long>(op, p, [&](int r) { return typed_input(op, is_signed, r, i); });
 }
 
 // COLLX_TEST_MAX_COUNT=n cuts every larger count to n, keeping the matrix's shape. The
