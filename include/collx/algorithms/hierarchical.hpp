@@ -230,6 +230,19 @@ struct node_groups {
     for (const auto& m : rank_of) r.insert(r.end(), m.begin(), m.end());
     return r;
   }
+  // The ranks of this rank's node, in local order.
+  const std::vector<int>& members() const { return rank_of[static_cast<std::size_t>(node)]; }
+  // Each rank's node index.
+  std::vector<int> node_of() const {
+    std::vector<int> v;
+    for (int k = 0; k < nodes; ++k) {
+      for (int q : rank_of[static_cast<std::size_t>(k)]) {
+        if (static_cast<std::size_t>(q) >= v.size()) v.resize(static_cast<std::size_t>(q) + 1);
+        v[static_cast<std::size_t>(q)] = k;
+      }
+    }
+    return v;
+  }
 };
 
 namespace detail {
@@ -297,7 +310,7 @@ inline schedule hierarchical_all_reduce(const ring_params& p, std::span<const in
     return s;
   }
   const int L = g.per_node;
-  const auto& node = g.rank_of[static_cast<std::size_t>(g.node)];
+  const auto& node = g.members();
   const schedule inside = ring(collective::all_reduce, {g.local, L, n, p.segment, true});
   const auto last = static_cast<std::uint32_t>(L - 2);  // the reduce-scatter half's last phase
   if (L > 1) detail::append_part(s, b, inside, node, 0, where, 0, last);

@@ -17,32 +17,23 @@
 
 namespace collx {
 
-// Where each rank lives: node index (nodes numbered in order of their lowest rank),
-// local index, and the global rank of (node, local).
-struct node_layout {
-  int nodes = 1;
-  int per_node = 1;  // ranks on every node; 0 when nodes hold different numbers
-  int node = 0;
-  int local = 0;
-  std::vector<std::vector<int>> rank_of;  // rank_of[node][local]
-  std::vector<std::string> names;         // each node's id (COLLX_NODE_ID or host name)
+// Where each rank lives (algorithms::node_groups: node index, nodes numbered in order of
+// their lowest rank; local index; the global rank of (node, local)), and each node's name.
+struct node_layout : algorithms::node_groups {
+  std::vector<std::string> names;  // each node's id (COLLX_NODE_ID or host name)
 
   // The layout of `ids`, each rank's node id, seen from `rank`.
   static node_layout of(const std::vector<std::string>& ids, int rank) {
     std::map<std::string, int> index;  // id -> node, in order of first appearance
-    std::vector<int> node_of;
+    std::vector<int> numbered;         // each rank's node, as a number
     node_layout t;
     for (const auto& id : ids) {
       const auto [it, fresh] = index.emplace(id, static_cast<int>(t.names.size()));
       if (fresh) t.names.push_back(id);
-      node_of.push_back(it->second);
+      numbered.push_back(it->second);
     }
-    const auto g = algorithms::node_groups::of(node_of, rank, static_cast<int>(ids.size()));
-    t.nodes = g.nodes;
-    t.per_node = g.per_node;
-    t.node = g.node;
-    t.local = g.local;
-    t.rank_of = g.rank_of;
+    static_cast<algorithms::node_groups&>(t) =
+        algorithms::node_groups::of(numbered, rank, static_cast<int>(ids.size()));
     return t;
   }
 
@@ -60,21 +51,6 @@ struct node_layout {
     for (int q = 0; q < size; ++q) ids[static_cast<std::size_t>(q)] = nodes.get(std::to_string(q), timeout);
     return of(ids, rank);
   }
-
-  // Each rank's node index.
-  std::vector<int> node_of() const {
-    std::vector<int> v;
-    for (int k = 0; k < nodes; ++k) {
-      for (int q : rank_of[static_cast<std::size_t>(k)]) {
-        if (static_cast<std::size_t>(q) >= v.size()) v.resize(static_cast<std::size_t>(q) + 1);
-        v[static_cast<std::size_t>(q)] = k;
-      }
-    }
-    return v;
-  }
-
-  // The ranks of this rank's node, in local order.
-  const std::vector<int>& members() const { return rank_of[static_cast<std::size_t>(node)]; }
 
   // For compositions that need the same number of ranks on every node.
   void require_uniform(int rank) const {
