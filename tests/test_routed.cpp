@@ -245,7 +245,53 @@ TEST_CASE("tcp_options::reach: a peer left out is never connected, and an operat
   }
 }
 
-TEST_CASE("hierarchical all-reduce on nodes of threads (local transport): every shape and count matches") {
+// The hierarchical all-reduce, all-gather and reduce-scatter at count n, in place or out,
+// checked against the reference; the caller's other blocks of an in-place reduce-scatter
+// must stay as they were.
+void hierarchical_calls(communicator& c, std::size_t n, bool in_place) {
+  const int r = c.rank();
+  const int p = c.size();
+  const auto up = static_cast<std::size_t>(p);
+  const auto mine = static_cast<std::size_t>(r) * n;
+  options o;
+  o.algo = algorithm::hierarchical;
+  const std::string where = "p=" + std::to_string(p) + " n=" + std::to_string(n) +
+                            (in_place ? " in place" : "") + " rank " + std::to_string(r);
+  std::vector<double> out(n, -1);
+  if (in_place) {
+    out = inputs(r, n);
+    c.all_reduce(out, reduce_op::sum, o);
+  } else {
+    c.all_reduce(inputs(r, n), out, reduce_op::sum, o);
+  }
+  expect_all("hierarchical all_reduce " + where, out,
+             [&](std::size_t i) { return test::ref_reduce(reduce_op::sum, p, i); });
+  std::vector<double> all(n * up, -1);
+  if (in_place) {
+    std::copy_n(inputs(r, n).begin(), n, all.begin() + static_cast<std::ptrdiff_t>(mine));
+    c.all_gather(std::span<double>(all), o);
+  } else {
+    c.all_gather(inputs(r, n), all, o);
+  }
+  expect_all("hierarchical all_gather " + where, all,
+             [&](std::size_t i) { return test::input(static_cast<int>(i / n), i % n); });
+  if (in_place) {
+    all = inputs(r, n * up);
+    c.reduce_scatter(std::span<double>(all), reduce_op::sum, o);
+    expect_all("hierarchical reduce_scatter " + where, all, [&](std::size_t i) {
+      return i / n == static_cast<std::size_t>(r) ? test::ref_reduce(reduce_op::sum, p, i)
+                                                  : test::input(r, i);
+    });
+  } else {
+    c.reduce_scatter(inputs(r, n * up), out, reduce_op::sum, o);
+    expect_all("hierarchical reduce_scatter " + where, out,
+               [&](std::size_t i) { return test::ref_reduce(reduce_op::sum, p, mine + i); });
+  }
+}
+
+TEST_CASE(
+    "hierarchical all-reduce, all-gather and reduce-scatter on nodes of threads (local transport): every "
+    "shape and count matches") {
   const std::vector<std::vector<int>> shapes = {{0, 0, 1, 1},          {0, 0, 1, 1, 2, 2},
                                                 {0, 1, 0, 1, 0, 1},    {0, 0, 0, 1, 1},
                                                 {3, 3, 3, 7, 7, 7, 7}, {0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3}};
@@ -258,32 +304,16 @@ TEST_CASE("hierarchical all-reduce on nodes of threads (local transport): every 
     test::expect_ok(test::run_ranks(
         p,
         [&](communicator& c) {
-          const int r = c.rank();
-          options o;
-          o.algo = algorithm::hierarchical;
           for (std::size_t n :
                {std::size_t{0}, std::size_t{1}, std::size_t{5}, std::size_t{1001}, std::size_t{70'001}}) {
-            for (bool in_place : {false, true}) {
-              const std::string where = "p=" + std::to_string(p) + " n=" + std::to_string(n) +
-                                        (in_place ? " in place" : "") + " rank " + std::to_string(r);
-              std::vector<double> out(n, -1);
-              if (in_place) {
-                out = inputs(r, n);
-                c.all_reduce(out, reduce_op::sum, o);
-              } else {
-                c.all_reduce(inputs(r, n), out, reduce_op::sum, o);
-              }
-              expect_all("hierarchical all_reduce " + where, out,
-                         [&](std::size_t i) { return test::ref_reduce(reduce_op::sum, p, i); });
-            }
+            for (bool in_place : {false, true}) hierarchical_calls(c, n, in_place);
           }
         },
         cfg));
   }
 }
 
-TEST_CASE(
-    "the automatic choice on nodes prices links: hierarchical for large all-reduces across slow links") {
+TEST_CASE("the automatic choice on nodes prices links: hierarchical for large calls across slow links") {
   const cost_params intra{2e-6, 1.0 / 8e9, 1.0 / 16e9};
   const cost_params inter{50e-6, 1.0 / 125e6, 1.0 / 16e9};  // 1 Gbit/s
   const std::vector<int> two_by_two = {0, 0, 1, 1};
@@ -291,6 +321,9 @@ TEST_CASE(
   CHECK(ns.nodes == 2);
   CHECK(ns.per_node == 2);
   CHECK(algorithms::choose(collective::all_reduce, 4, 64 << 20, intra, 0, ns) == algorithm::hierarchical);
+  // All-gather and reduce-scatter of 16 MiB blocks: one block per rank crosses, not three.
+  CHECK(algorithms::choose(collective::all_gather, 4, 16 << 20, intra, 0, ns) == algorithm::hierarchical);
+  CHECK(algorithms::choose(collective::reduce_scatter, 4, 16 << 20, intra, 0, ns) == algorithm::hierarchical);
   // One node: the flat choice, never the hierarchy (it would only add a copy).
   CHECK(algorithms::choose(collective::all_reduce, 4, 64 << 20, intra) != algorithm::hierarchical);
   // 8,192 nodes of 8: still the hierarchy for 1 GiB.

@@ -357,7 +357,9 @@ TEST_CASE("algorithm names parse, and each algorithm says which collectives it i
   CHECK(collx::last_algorithm == algorithm::hierarchical);
   CHECK(collx::parse_algorithm("hierarchical") == algorithm::hierarchical);
   CHECK(collx::implements(algorithm::hierarchical, collective::all_reduce));
-  CHECK_FALSE(collx::implements(algorithm::hierarchical, collective::all_gather));
+  CHECK(collx::implements(algorithm::hierarchical, collective::all_gather));
+  CHECK(collx::implements(algorithm::hierarchical, collective::reduce_scatter));
+  CHECK_FALSE(collx::implements(algorithm::hierarchical, collective::broadcast));
   CHECK(collx::implements(algorithm::direct, collective::send_recv));
   CHECK(collx::implements(algorithm::pairwise, collective::all_to_all_v));
   CHECK_FALSE(collx::implements(algorithm::direct, collective::all_to_all));
@@ -655,26 +657,54 @@ std::vector<int> interleaved(int nodes, int per_node) {
   return v;
 }
 
-// Counts 0, 1, p-1, p+1 and 13p+5 (several segments of 7 in every shard), in place and out.
-void prove_hierarchical(const std::vector<int>& node_of) {
+// In place and out. All-reduce: counts 0, 1, p-1, p+1 and 13p+5 (several segments of 7
+// in every shard). All-gather and reduce-scatter, whose buffers hold p blocks of the
+// count: blocks of 0, 1, 6 and 13 elements (within a segment of 7, and across two), so
+// that a column's segments straddle its blocks and are cut.
+void prove_hierarchical(collective coll, const std::vector<int>& node_of,
+                        algorithm algo = algorithm::hierarchical) {
   const int p = static_cast<int>(node_of.size());
   const auto up = static_cast<std::size_t>(p);
   const std::size_t segment = 7;
-  for (std::size_t n : {std::size_t{0}, std::size_t{1}, up - 1, up + 1, 13 * up + 5}) {
+  const std::vector<std::size_t> counts = coll == collective::all_reduce
+                                              ? std::vector<std::size_t>{0, 1, up - 1, up + 1, 13 * up + 5}
+                                              : std::vector<std::size_t>{0, 1, 6, 13};
+  for (std::size_t n : counts) {
     for (bool in_place : {false, true}) {
       std::vector<schedule> v;
       for (int r = 0; r < p; ++r) {
-        collx::algorithms::call_shape c{collective::all_reduce, r, p, n, segment, in_place};
+        collx::algorithms::call_shape c{coll, r, p, n, segment, in_place};
         c.node_of = node_of;
-        v.push_back(collx::algorithms::build(algorithm::hierarchical, c));
+        v.push_back(collx::algorithms::build(algo, c));
       }
       const auto res = collx::verify(v);
       std::string shape;
       for (int k : node_of) shape += std::to_string(k);
-      INFO("nodes ", shape, " count=", n, " in_place=", in_place);
+      INFO(to_string(algo), " ", to_string(coll), " nodes ", shape, " count=", n, " in_place=", in_place);
       REQUIRE_MESSAGE(res.ok, res.message);
     }
   }
+}
+
+// Every equal node shape up to 64 ranks, blocked and interleaved.
+void prove_equal_shapes(collective coll) {
+  for (int nodes = 1; nodes <= 64; ++nodes) {
+    for (int per = 1; nodes * per <= 64; ++per) {
+      prove_hierarchical(coll, blocked(std::vector<int>(static_cast<std::size_t>(nodes), per)));
+      if (nodes > 1 && per > 1) prove_hierarchical(coll, interleaved(nodes, per));
+    }
+  }
+}
+
+// Unequal shapes: one node of one rank, two halves one apart, and some out of order.
+void prove_unequal_shapes(collective coll, algorithm algo = algorithm::hierarchical) {
+  for (int p = 2; p <= 64; ++p) {
+    prove_hierarchical(coll, blocked({p - 1, 1}), algo);
+    prove_hierarchical(coll, blocked({p / 2 + 1, p - p / 2 - 1}), algo);
+  }
+  prove_hierarchical(coll, {0, 1, 0, 1, 0}, algo);
+  prove_hierarchical(coll, {2, 0, 1, 1, 0, 2, 2}, algo);
+  prove_hierarchical(coll, blocked({5, 3, 1, 7}), algo);
 }
 
 }  // namespace
@@ -682,20 +712,43 @@ void prove_hierarchical(const std::vector<int>& node_of) {
 TEST_CASE(
     "the verifier proves hierarchical all-reduce for every equal node shape up to 64 ranks, blocked and "
     "interleaved") {
-  for (int nodes = 1; nodes <= 64; ++nodes) {
-    for (int per = 1; nodes * per <= 64; ++per) {
-      prove_hierarchical(blocked(std::vector<int>(static_cast<std::size_t>(nodes), per)));
-      if (nodes > 1 && per > 1) prove_hierarchical(interleaved(nodes, per));
+  prove_equal_shapes(collective::all_reduce);
+}
+TEST_CASE("the verifier proves hierarchical all-gather for every equal node shape up to 64 ranks") {
+  prove_equal_shapes(collective::all_gather);
+}
+TEST_CASE("the verifier proves hierarchical reduce-scatter for every equal node shape up to 64 ranks") {
+  prove_equal_shapes(collective::reduce_scatter);
+}
+
+TEST_CASE("the verifier proves the ring in node order on interleaved and unequal nodes") {
+  for (collective c : {collective::all_reduce, collective::all_gather, collective::reduce_scatter}) {
+    for (int nodes = 2; nodes <= 8; ++nodes) {
+      for (int per = 2; nodes * per <= 64; ++per)
+        prove_hierarchical(c, interleaved(nodes, per), algorithm::ring);
+    }
+    prove_unequal_shapes(c, algorithm::ring);
+  }
+}
+
+TEST_CASE("the ring on interleaved nodes runs in node order: one edge per node crosses") {
+  // Nodes {0, 2, 4} and {1, 3, 5}: the ring goes 0 2 4 1 3 5, so rank 0 sends to 2
+  // (its node) and receives from 5 (the other), and only 4 -> 1 and 5 -> 0 cross.
+  const std::vector<int> node_of = interleaved(2, 3);
+  for (int r = 0; r < 6; ++r) {
+    collx::algorithms::call_shape c{collective::all_reduce, r, 6, 60, 7, false};
+    c.node_of = node_of;
+    const schedule s = collx::algorithms::build(algorithm::ring, c);
+    CHECK(s.algo == algorithm::ring);
+    for (const auto& st : s.steps) {
+      if (st.kind != collx::step_kind::send) continue;
+      INFO("rank ", r, " sends to ", st.peer);
+      CHECK(st.peer == (r == 4 ? 1 : r == 5 ? 0 : r + 2));
     }
   }
 }
 
-TEST_CASE("the verifier proves hierarchical all-reduce on unequal nodes (a flat ring in node order)") {
-  for (int p = 2; p <= 64; ++p) {
-    prove_hierarchical(blocked({p - 1, 1}));
-    prove_hierarchical(blocked({p / 2 + 1, p - p / 2 - 1}));
-  }
-  prove_hierarchical({0, 1, 0, 1, 0});
-  prove_hierarchical({2, 0, 1, 1, 0, 2, 2});
-  prove_hierarchical(blocked({5, 3, 1, 7}));
+TEST_CASE("the verifier proves hierarchical all-reduce, all-gather and reduce-scatter on unequal nodes") {
+  for (collective c : {collective::all_reduce, collective::all_gather, collective::reduce_scatter})
+    prove_unequal_shapes(c);
 }

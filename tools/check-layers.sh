@@ -11,10 +11,10 @@
 #   5 exec/                            executors: they run schedules, know no algorithm
 #   6 algorithms/                      schedules built (pure functions of the call)
 #   7 front/, communicator.hpp, ipc.hpp, calibrate.hpp   the front end and its entries
-#   8 launch/                          init from the environment or MPI, node discovery
-#   9 hierarchical.hpp                 the host hierarchy, built from a launched job
-#  10 cuda/                            the GPU entries
-#  11 collx.hpp                        everything
+#   8 launch/                          init from the environment or MPI, node discovery,
+#                                      the GPU hierarchy's levels
+#   9 cuda/                            the GPU entries
+#  10 collx.hpp                        everything
 #
 # usage: check-layers.sh [INCLUDE_DIR]   (default: the repository's include/)
 set -u
@@ -32,9 +32,8 @@ layer() {
     collx/algorithms/*) echo 6 ;;
     collx/front/* | collx/communicator.hpp | collx/ipc.hpp | collx/calibrate.hpp) echo 7 ;;
     collx/launch/*) echo 8 ;;
-    collx/hierarchical.hpp) echo 9 ;;
-    collx/cuda/*) echo 10 ;;
-    collx/collx.hpp) echo 11 ;;
+    collx/cuda/*) echo 9 ;;
+    collx/collx.hpp) echo 10 ;;
     *) echo unknown ;;
   esac
 }

@@ -12,6 +12,9 @@
 #   cluster.sh HOSTS RANKS_PER_HOST RATE DELAY -- prog args...
 #   e.g. cluster.sh 2 2 1gbit 100us -- build/tests/multiprocess/mp_worker collectives 1
 #
+# RANKS_PER_HOST may be a list, one count per host: "3,2" puts ranks 0-2 on host 0 and
+# 3-4 on host 1 (nodes of unequal sizes).
+#
 # Each rank's output goes to stdout prefixed with "[rank] "; the exit status is 0 when
 # every rank exits 0, 124 when the job outlives COLLX_CLUSTER_TIMEOUT (default 240 s).
 set -u
@@ -117,17 +120,31 @@ done
 if [ "$delay" != 0 ] && [ "$netem" = no ]; then
   echo "# cluster: this kernel has no netem: links limited to $rate by tbf, without the $delay delay"
 fi
-echo "# cluster: $hosts hosts x $per ranks, $net.0/24, links $rate"
+echo "# cluster: $hosts hosts, ranks per host $per, $net.0/24, links $rate"
 
-world=$((hosts * per))
+per_host() { # ranks on host $1
+  case $per in
+    *,*) echo "$per" | cut -d, -f$(($1 + 1)) ;;
+    *) echo "$per" ;;
+  esac
+}
+world=0
+h=0
+while [ "$h" -lt "$hosts" ]; do
+  n=$(per_host "$h")
+  [ -n "$n" ] || { echo "FAIL: RANKS_PER_HOST '$per' names no count for host $h"; exit 1; }
+  world=$((world + n))
+  h=$((h + 1))
+done
 port=$((29000 + id))
 r=0
 h=0
 : >"$tmp/pids"
 while [ "$h" -lt "$hosts" ]; do
   l=0
-  while [ "$l" -lt "$per" ]; do
-    ip netns exec "$pre-h$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=$per \
+  n=$(per_host "$h")
+  while [ "$l" -lt "$n" ]; do
+    ip netns exec "$pre-h$h" env RANK=$r WORLD_SIZE=$world LOCAL_RANK=$l LOCAL_WORLD_SIZE=$n \
       GROUP_RANK=$h COLLX_NODE_ID="host$h" MASTER_ADDR="$net.1" MASTER_PORT=$port COLLX_JOB_ID="$pre-$$" \
       COLLX_AUTH_TOKEN="$pre-$$-token" "$@" >"$tmp/out.$r" 2>&1 &
     echo $! >>"$tmp/pids"

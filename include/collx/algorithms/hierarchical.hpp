@@ -33,8 +33,9 @@
 //   std::byte* scratch(int i, std::size_t bytes);   // i = 0, 1: two separate areas
 // Scratch is asked for before a level moves a byte, so a failed allocation leaves the
 // user's buffers as they were and the peers not waiting.
-// Host ranks: collx::hierarchical (hierarchical.hpp). GPU ranks: collx::cuda::hierarchical
-// (cuda/hierarchical.cuh), CUDA IPC inside and pinned-memory tcp across.
+// Its one user is collx::cuda::hierarchical (cuda/hierarchical.cuh), CUDA IPC inside and
+// pinned-memory tcp across, until that path has run on a GPU; host ranks run the
+// schedules below.
 
 #include <algorithm>
 #include <cstddef>
@@ -230,6 +231,16 @@ struct node_groups {
     for (const auto& m : rank_of) r.insert(r.end(), m.begin(), m.end());
     return r;
   }
+  // Whether node order is rank order (every node's ranks consecutive, nodes by rank).
+  bool in_rank_order() const {
+    int q = 0;
+    for (const auto& m : rank_of) {
+      for (int r : m) {
+        if (r != q++) return false;
+      }
+    }
+    return true;
+  }
   // The ranks of this rank's node, in local order.
   const std::vector<int>& members() const { return rank_of[static_cast<std::size_t>(node)]; }
   // Each rank's node index.
@@ -247,35 +258,113 @@ struct node_groups {
 
 namespace detail {
 
+// Where one buffer of a part (a group's flat schedule) lies in the whole schedule:
+// element e of the part's buffer is element at + e of `to`, or, where `units` is given,
+// element at + units[e / unit] * unit + e % unit (the part's buffer is a row of units,
+// each landing where the job's layout puts it: a rank's block, say).
+struct placement {
+  buffer to = buffer::output;
+  std::size_t at = 0;
+  std::vector<std::size_t> units{};
+};
+
+// A part's three buffers in the whole schedule, and its unit: every region of the part
+// is cut where it crosses a multiple of `unit` (0: never), so that each piece lies in one
+// unit. The cuts depend only on the part's own offsets, the same on the sending and on
+// the receiving side of every message: a message cut in pieces is received in the same
+// pieces, in order.
+struct part_map {
+  placement in{buffer::input};
+  placement out{buffer::output};
+  placement tmp{buffer::scratch};
+  std::size_t unit = 0;
+
+  const placement& of(buffer b) const noexcept {
+    return b == buffer::input ? in : b == buffer::output ? out : tmp;
+  }
+  // Where a piece that lies within one unit lands.
+  region place(region r) const {
+    const placement& pl = of(r.buf);
+    std::size_t off = r.offset;
+    if (!pl.units.empty() && r.count != 0) off = pl.units[off / unit] * unit + off % unit;
+    return {pl.to, pl.at + off, r.count};
+  }
+  // The offsets within a step's regions (from their starts) at which one of them
+  // crosses into another unit, and the end: the pieces the step becomes.
+  std::vector<std::size_t> cuts(const step& st) const {
+    const region& a = st.kind == step_kind::recv ? st.dst : st.src;
+    std::vector<std::size_t> c;
+    auto add = [&](const region& r) {
+      if (unit == 0) return;
+      for (std::size_t t = unit - r.offset % unit; t < r.count; t += unit) c.push_back(t);
+    };
+    add(a);
+    if (st.kind == step_kind::recv_reduce || st.kind == step_kind::copy) add(st.dst);
+    c.push_back(a.count);
+    std::sort(c.begin(), c.end());
+    c.erase(std::unique(c.begin(), c.end()), c.end());
+    return c;
+  }
+};
+
+// The steps a part's step became in the whole schedule: [first, last).
+struct placed {
+  std::uint32_t first = 0, last = 0;
+};
+
 // Appends the steps of `part`, the schedule of a group of ranks, whose phases lie in
-// [from, to] to s: the group's rank q is the job's group[q]; part's output regions start
-// `at` elements into s's output; its phases follow s's. Each step keeps its own
-// dependencies (`where` maps part's steps to s's, so that a part appended in pieces keeps
-// them across its pieces) and gains those its regions imply.
+// [from, to] to s: the group's rank q is the job's group[q]; part's buffers lie where
+// `map` says; its phases follow s's. Each step keeps its own dependencies (`where` maps
+// part's steps to s's, so that a part appended in pieces keeps them across its pieces)
+// and gains those its regions imply.
 inline void append_part(schedule& s, schedule_builder& b, const schedule& part, std::span<const int> group,
-                        std::size_t at, std::vector<std::uint32_t>& where, std::uint32_t from = 0,
+                        const part_map& map, std::vector<placed>& where, std::uint32_t from = 0,
                         std::uint32_t to = ~0u) {
-  where.resize(part.steps.size(), ~0u);
+  where.resize(part.steps.size());
   std::uint32_t phase0 = 0;
   for (const auto& st : s.steps) phase0 = std::max(phase0, st.phase + 1);
-  auto shift = [at](region r) {
-    if (r.buf == buffer::output) r.offset += at;
-    return r;
-  };
   for (std::size_t i = 0; i < part.steps.size(); ++i) {
     const step& st = part.steps[i];
     if (st.phase < from || st.phase > to) continue;
-    for (auto d : part.deps_of(i)) b.after(where[d]);
     const int peer = st.peer >= 0 ? group[static_cast<std::size_t>(st.peer)] : -1;
     const std::uint32_t phase = phase0 + st.phase - from;
-    switch (st.kind) {
-      case step_kind::send: where[i] = b.send(peer, shift(st.src), phase); break;
-      case step_kind::recv: where[i] = b.recv(peer, shift(st.dst), phase); break;
-      case step_kind::recv_reduce: where[i] = b.recv_reduce(peer, shift(st.src), shift(st.dst), phase); break;
-      case step_kind::copy: where[i] = b.copy(shift(st.src), shift(st.dst), phase); break;
+    where[i].first = static_cast<std::uint32_t>(s.steps.size());
+    std::size_t begin = 0;
+    for (std::size_t end : map.cuts(st)) {
+      for (auto d : part.deps_of(i)) {
+        for (std::uint32_t k = where[d].first; k < where[d].last; ++k) b.after(k);
+      }
+      auto piece = [&](region r) { return map.place({r.buf, r.offset + begin, end - begin}); };
+      switch (st.kind) {
+        case step_kind::send: b.send(peer, piece(st.src), phase); break;
+        case step_kind::recv: b.recv(peer, piece(st.dst), phase); break;
+        case step_kind::recv_reduce: b.recv_reduce(peer, piece(st.src), piece(st.dst), phase); break;
+        case step_kind::copy: b.copy(piece(st.src), piece(st.dst), phase); break;
+      }
+      begin = end;
     }
+    where[i].last = static_cast<std::uint32_t>(s.steps.size());
   }
-  s.scratch_count = std::max(s.scratch_count, part.scratch_count);
+  s.scratch_count = std::max(s.scratch_count, map.tmp.at + part.scratch_count);
+}
+
+// The job's blocks that a group's blocks are: block q of a part whose rank q is the
+// job's rank group[q] is the job's block group[q].
+inline std::vector<std::size_t> blocks_of(std::span<const int> group) { return {group.begin(), group.end()}; }
+
+// This rank's place in a group.
+inline int index_in(std::span<const int> group, int rank) {
+  return static_cast<int>(std::find(group.begin(), group.end(), rank) - group.begin());
+}
+
+// The columns of a node layout: column l is the blocks of the ranks with local index l,
+// node after node; the columns one after another.
+inline std::vector<std::size_t> columns(const node_groups& g) {
+  std::vector<std::size_t> v;
+  for (int l = 0; l < g.per_node; ++l) {
+    for (const auto& m : g.rank_of) v.push_back(static_cast<std::size_t>(m[static_cast<std::size_t>(l)]));
+  }
+  return v;
 }
 
 }  // namespace detail
@@ -283,6 +372,31 @@ inline void append_part(schedule& s, schedule_builder& b, const schedule& part, 
 // Across nodes the shards are all-reduced by a ring among a few nodes (it pipelines
 // best), by Rabenseifner's halving and doubling among more (2 log N messages, not 2(N-1)).
 constexpr bool hierarchical_ring_across(int nodes) noexcept { return nodes <= 16; }
+
+// A flat ring over every rank in node order (each node's ranks consecutive, so that one
+// edge per node crosses), its blocks mapped to the job's: algorithm::ring on nodes whose
+// ranks are not numbered node by node, and the hierarchical algorithms' form where a
+// hierarchy does not apply (nodes of unequal sizes, one node, nodes of one rank).
+inline schedule ring_in_node_order(collective c, const ring_params& p, const node_groups& g, algorithm algo) {
+  schedule s = empty_schedule(c, algo, p.rank, p.ranks, p.count, p.in_place);
+  schedule_builder b(s);
+  const std::vector<int> order = g.in_node_order();
+  ring_params flat = p;
+  flat.rank = detail::index_in(order, p.rank);
+  detail::part_map m;
+  m.unit = c == collective::all_reduce ? 0 : p.count;
+  if (c == collective::all_gather) m.out.units = detail::blocks_of(order);
+  if (c == collective::reduce_scatter) {
+    // Out of place over the job's blocks (in place, they lie in the output): the ring's
+    // partial sums stay in scratch, so the caller's other blocks are never written.
+    flat.in_place = false;
+    m.in = {p.in_place ? buffer::output : buffer::input, 0, detail::blocks_of(order)};
+    m.out.at = p.in_place ? static_cast<std::size_t>(p.rank) * p.count : 0;
+  }
+  std::vector<detail::placed> where;
+  detail::append_part(s, b, ring(c, flat), order, m, where);
+  return s;
+}
 
 // Hierarchical all-reduce of p.count elements on N nodes of L ranks: the node's ring
 // all-reduce cut in its two halves, and between them the all-reduce across nodes of the
@@ -293,40 +407,113 @@ constexpr bool hierarchical_ring_across(int nodes) noexcept { return nodes <= 16
 //   3. intra-node all-gather of the chunks.
 // On one node it is the flat ring. Nodes of unequal sizes: one flat ring in node order,
 // so that only one edge per node crosses. Out of place, the input is first copied to the
-// output, where the levels work in place.
+// output, where the levels work in place (the flat ring in node order reads it directly).
 inline schedule hierarchical_all_reduce(const ring_params& p, std::span<const int> node_of) {
   schedule s =
       empty_schedule(collective::all_reduce, algorithm::hierarchical, p.rank, p.ranks, p.count, p.in_place);
   const node_groups g = node_groups::of(node_of, p.rank, p.ranks);
+  if (g.per_node == 0) return ring_in_node_order(collective::all_reduce, p, g, algorithm::hierarchical);
   schedule_builder b(s);
   const std::size_t n = p.count;
   if (!p.in_place && n > 0) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
-  std::vector<std::uint32_t> where;
-  if (g.per_node == 0) {
-    const std::vector<int> order = g.in_node_order();
-    const auto me = static_cast<int>(std::find(order.begin(), order.end(), p.rank) - order.begin());
-    detail::append_part(s, b, ring(collective::all_reduce, {me, p.ranks, n, p.segment, true}), order, 0,
-                        where);
-    return s;
-  }
+  std::vector<detail::placed> where;
   const int L = g.per_node;
   const auto& node = g.members();
   const schedule inside = ring(collective::all_reduce, {g.local, L, n, p.segment, true});
   const auto last = static_cast<std::uint32_t>(L - 2);  // the reduce-scatter half's last phase
-  if (L > 1) detail::append_part(s, b, inside, node, 0, where, 0, last);
+  if (L > 1) detail::append_part(s, b, inside, node, {}, where, 0, last);
   const detail::chunking ch{n, static_cast<std::size_t>(L)};
   const auto l = static_cast<std::size_t>(g.local);
   if (g.nodes > 1 && ch.size(l) > 0) {
     const recursive_params rp{g.node, g.nodes, ch.size(l), p.segment, true};
-    std::vector<std::uint32_t> across_where;
+    detail::part_map across;
+    across.out.at = ch.offset(l);
+    std::vector<detail::placed> across_where;
     detail::append_part(s, b,
                         hierarchical_ring_across(g.nodes)
                             ? ring(collective::all_reduce, {g.node, g.nodes, ch.size(l), p.segment, true})
                             : rabenseifner(rp),
-                        g.across(), ch.offset(l), across_where);
+                        g.across(), across, across_where);
   }
-  if (L > 1) detail::append_part(s, b, inside, node, 0, where, last + 1);
+  if (L > 1) detail::append_part(s, b, inside, node, {}, where, last + 1);
   return s;
+}
+
+// Hierarchical all-gather of blocks of p.count elements on N nodes of L ranks:
+//   1. all-gather across nodes among the N ranks of local index l, each block landing at
+//      its rank's place in the output: rank (k, l) then holds column l, the blocks of
+//      every rank with local index l;
+//   2. intra-node all-gather of the columns: every rank holds every block.
+// N-1 blocks per rank cross nodes, L(N-1) per node, against P-1 on a flat ring's edge
+// out of a node. Each level is a ring whose blocks are mapped to the job's: where a
+// column's blocks are not next to each other in the output (nodes of consecutive ranks),
+// its messages are cut at block boundaries. Unequal nodes, one node, or nodes of one
+// rank: one flat ring in node order.
+inline schedule hierarchical_all_gather(const ring_params& p, std::span<const int> node_of) {
+  schedule s =
+      empty_schedule(collective::all_gather, algorithm::hierarchical, p.rank, p.ranks, p.count, p.in_place);
+  const node_groups g = node_groups::of(node_of, p.rank, p.ranks);
+  if (g.per_node <= 1 || g.nodes == 1) return ring_in_node_order(collective::all_gather, p, g, s.algo);
+  schedule_builder b(s);
+  std::vector<detail::placed> where;
+  detail::part_map m;
+  m.unit = p.count;
+  const std::vector<int> across = g.across();
+  m.out.units = detail::blocks_of(across);
+  detail::append_part(s, b, ring(collective::all_gather, {g.node, g.nodes, p.count, p.segment, p.in_place}),
+                      across, m, where);
+  const std::size_t column = p.count * static_cast<std::size_t>(g.nodes);
+  detail::part_map cols;
+  cols.unit = p.count;
+  cols.out.units = detail::columns(g);
+  std::vector<detail::placed> cols_where;
+  detail::append_part(s, b, ring(collective::all_gather, {g.local, g.per_node, column, p.segment, true}),
+                      g.members(), cols, cols_where);
+  return s;
+}
+
+// Hierarchical reduce-scatter, the all-gather reversed:
+//   1. intra-node reduce-scatter of the columns: rank (k, l) ends with its node's sum of
+//      column l (the blocks of the ranks with local index l), in scratch;
+//   2. reduce-scatter of that column across nodes among the N ranks of local index l:
+//      rank (k, l) ends with the sum of its own block.
+// In place the caller's other blocks stay as they were: the columns' sums go to scratch.
+// Unequal nodes, one node, or nodes of one rank: one flat ring in node order.
+inline schedule hierarchical_reduce_scatter(const ring_params& p, std::span<const int> node_of) {
+  schedule s = empty_schedule(collective::reduce_scatter, algorithm::hierarchical, p.rank, p.ranks, p.count,
+                              p.in_place);
+  const node_groups g = node_groups::of(node_of, p.rank, p.ranks);
+  if (g.per_node <= 1 || g.nodes == 1) return ring_in_node_order(collective::reduce_scatter, p, g, s.algo);
+  schedule_builder b(s);
+  std::vector<detail::placed> where;
+  const buffer data = p.in_place ? buffer::output : buffer::input;
+  const std::size_t result = p.in_place ? static_cast<std::size_t>(p.rank) * p.count : 0;
+  detail::part_map m;
+  m.unit = p.count;
+  m.out = {buffer::output, result};
+  const std::size_t column = p.count * static_cast<std::size_t>(g.nodes);
+  const std::size_t sums = 2 * column;  // scratch: the ring's two slots, then the column's sum
+  detail::part_map cols = m;
+  cols.in = {data, 0, detail::columns(g)};
+  cols.out = {buffer::scratch, sums};
+  detail::append_part(s, b, ring(collective::reduce_scatter, {g.local, g.per_node, column, p.segment, false}),
+                      g.members(), cols, where);
+  m.in = {buffer::scratch, sums};
+  m.tmp.at = sums + column;
+  std::vector<detail::placed> across_where;
+  detail::append_part(s, b, ring(collective::reduce_scatter, {g.node, g.nodes, p.count, p.segment, false}),
+                      g.across(), m, across_where);
+  s.scratch_count = std::max(s.scratch_count, sums + column);
+  return s;
+}
+
+// The hierarchical form of an all-reduce, all-gather or reduce-scatter.
+inline schedule hierarchical_schedule(collective c, const ring_params& p, std::span<const int> node_of) {
+  switch (c) {
+    case collective::all_gather: return hierarchical_all_gather(p, node_of);
+    case collective::reduce_scatter: return hierarchical_reduce_scatter(p, node_of);
+    default: return hierarchical_all_reduce(p, node_of);
+  }
 }
 
 }  // namespace algorithms

@@ -169,7 +169,9 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
   } else if (c == collective::reduce_scatter) {
     const double N = P * bytes;
     switch (a) {
-      case algorithm::ring: return (P - 1) * (al + bytes * be + bytes * ga);
+      case algorithm::ring:
+      case algorithm::hierarchical:  // on one node, a ring
+        return (P - 1) * (al + bytes * be + bytes * ga);
       case algorithm::recursive_doubling:
         return L * al + (P2 - 1) / P2 * N * (be + ga) +
                (folded ? (al + N * be + N * ga) + (al + bytes * be) : 0.0);
@@ -180,7 +182,9 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
     switch (a) {
       // Out of place the rank's own block is also copied into the output: ring sends its
       // first block straight from the input, beside that copy; the others send after it.
-      case algorithm::ring: return std::max((P - 1) * (al + bytes * be), bytes * ga);
+      case algorithm::ring:
+      case algorithm::hierarchical:  // on one node, a ring
+        return std::max((P - 1) * (al + bytes * be), bytes * ga);
       case algorithm::recursive_doubling:
         // Folding: one block in, then the rest back (two messages unless the pair is ranks 0 and 1).
         return bytes * ga + L * al + (P2 - 1) / P2 * N * be +
@@ -222,14 +226,20 @@ inline double predicted_on_nodes(algorithm a, collective c, int p, double bytes,
   if (a == algorithm::ring) return predicted_seconds(a, c, p, bytes, ns.inter, segment_bytes);
   if (a != algorithm::hierarchical) return predicted_seconds(a, c, p, bytes, shared, segment_bytes);
   if (!implements(a, c)) return std::numeric_limits<double>::infinity();
-  const double copy = bytes * m.gamma;
-  if (ns.per_node == 0) return copy + predicted_seconds(algorithm::ring, c, p, bytes, ns.inter);
+  // Unequal nodes: a flat ring in node order.
+  if (ns.per_node == 0) return predicted_seconds(algorithm::ring, c, p, bytes, ns.inter);
+  const double copy = c == collective::all_reduce ? bytes * m.gamma : 0.0;  // the input into the output
+  auto ring = [](collective k, int q, double b, const cost_params& cp) {
+    return predicted_seconds(algorithm::ring, k, q, b, cp);
+  };
+  const int N = ns.nodes;
+  if (c == collective::all_gather) return ring(c, N, bytes, shared) + ring(c, L, N * bytes, m);
+  if (c == collective::reduce_scatter) return ring(c, L, N * bytes, m) + ring(c, N, bytes, shared);
   const double shard = bytes / L;
-  const algorithm across = hierarchical_ring_across(ns.nodes) ? algorithm::ring : algorithm::rabenseifner;
-  const double levels = L == 1 ? 0.0
-                               : predicted_seconds(algorithm::ring, collective::reduce_scatter, L, shard, m) +
-                                     predicted_seconds(algorithm::ring, collective::all_gather, L, shard, m);
-  return copy + levels + predicted_seconds(across, collective::all_reduce, ns.nodes, shard, shared);
+  const algorithm across = hierarchical_ring_across(N) ? algorithm::ring : algorithm::rabenseifner;
+  const double levels =
+      ring(collective::reduce_scatter, L, shard, m) + ring(collective::all_gather, L, shard, m);
+  return copy + levels + predicted_seconds(across, collective::all_reduce, N, shard, shared);
 }
 
 inline algorithm choose(collective c, int p, double bytes, const cost_params& m, double segment_bytes = 0,
@@ -244,6 +254,47 @@ inline algorithm choose(collective c, int p, double bytes, const cost_params& m,
     }
   }
   return best;
+}
+
+// The GPU hierarchy's ways (cuda/hierarchical.cuh composes communicators, not a schedule,
+// until its path has run on a GPU), priced by the same model: `intra` inside a node,
+// `inter` on one node's link. The defaults describe shared memory and a 1 Gbit/s network
+// with 50 us latency; give what collx-calibrate or a measurement says of yours.
+struct hierarchical_options {
+  cost_params intra{2e-6, 1.0 / 8e9, 1.0 / 16e9};
+  cost_params inter{50e-6, 1.0 / 125e6, 1.0 / 16e9};
+  hier_way way = hier_way::automatic;
+};
+
+// Predicted seconds of an all-reduce of `bytes` (the whole buffer) each way on nodes `t`
+// (equal nodes): flat, a ring over every rank; hierarchical, the schedule's price;
+// leader, the node's all-reduce, the leaders' across, and the node's all-gather.
+inline double hier_predict(const node_groups& t, const hierarchical_options& ho, hier_way way, double bytes) {
+  const node_shape ns{t.nodes, t.per_node, ho.inter};
+  const int P = t.nodes * t.per_node;
+  if (way == hier_way::flat) {
+    return predicted_on_nodes(algorithm::ring, collective::all_reduce, P, bytes, ho.intra, ns);
+  }
+  if (way != hier_way::leader) {
+    return predicted_on_nodes(algorithm::hierarchical, collective::all_reduce, P, bytes, ho.intra, ns);
+  }
+  auto best = [](collective c, int p, double b, const cost_params& m) {
+    return predicted_seconds(choose(c, p, b, m), c, p, b, m);
+  };
+  return best(collective::all_reduce, t.per_node, bytes, ho.intra) +
+         best(collective::all_reduce, t.nodes, bytes, ho.inter) +
+         best(collective::all_gather, t.per_node, bytes, ho.intra);
+}
+
+// The cheapest way for `bytes` by the model, unless the options name one.
+inline hier_way hier_choose(const node_groups& t, const hierarchical_options& ho, double bytes) {
+  if (ho.way != hier_way::automatic) return ho.way;
+  if (t.nodes == 1 || t.per_node == 1) return hier_way::flat;
+  hier_way w = hier_way::flat;
+  for (hier_way c : {hier_way::hierarchical, hier_way::leader}) {
+    if (hier_predict(t, ho, c, bytes) < hier_predict(t, ho, w, bytes)) w = c;
+  }
+  return w;
 }
 
 // The algorithm a call runs: the call's own choice, else the communicator's (which
@@ -296,13 +347,17 @@ inline schedule build(algorithm a, const call_shape& c) {
     return s;
   }
   switch (a) {
-    case algorithm::ring: return ring(c.coll, {c.rank, c.ranks, c.count, c.segment, c.in_place});
+    case algorithm::ring:
+      if (const node_groups g = node_groups::of(c.node_of, c.rank, c.ranks); !g.in_rank_order()) {
+        return ring_in_node_order(c.coll, {c.rank, c.ranks, c.count, c.segment, c.in_place}, g, a);
+      }
+      return ring(c.coll, {c.rank, c.ranks, c.count, c.segment, c.in_place});
     case algorithm::recursive_doubling: return recursive_doubling(c.coll, rp);
     case algorithm::rabenseifner: return rabenseifner(rp);
     case algorithm::bruck: return bruck(rp);
     case algorithm::tree: return double_binary_tree(rp);
     case algorithm::hierarchical:
-      return hierarchical_all_reduce({c.rank, c.ranks, c.count, c.segment, c.in_place}, c.node_of);
+      return hierarchical_schedule(c.coll, {c.rank, c.ranks, c.count, c.segment, c.in_place}, c.node_of);
     case algorithm::binomial:
     case algorithm::chain:
     case algorithm::dissemination:

@@ -158,7 +158,8 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::linear: return c == collective::gather || c == collective::scatter;
     case algorithm::scatter_allgather: return c == collective::broadcast;
     case algorithm::direct: return c == collective::send_recv;
-    case algorithm::hierarchical: return c == collective::all_reduce;
+    case algorithm::hierarchical:
+      return c == collective::all_reduce || c == collective::all_gather || c == collective::reduce_scatter;
   }
   return false;
 }

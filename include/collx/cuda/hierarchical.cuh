@@ -1,13 +1,15 @@
 #pragma once
 
-// Hierarchical collectives on GPU buffers: one process per GPU rank, nodes as in
-// collx::hierarchical (COLLX_NODE_ID, else the host name). Inside a node the ranks meet
-// over CUDA IPC (collx::cuda::ipc_communicator: copy engines and short kernels, no
-// kernel spinning across processes); across nodes over tcp, through pinned host memory
-// (collx::cuda::staged). The composition is algorithms/hierarchical.hpp, the same one
-// the host hierarchy runs: for a large all-reduce, a reduce-scatter inside the node,
-// an all-reduce of each rank's shard across nodes (L groups at once), an all-gather
-// inside the node; so only n/L of each rank's bytes ever go through host memory.
+// Hierarchical collectives on GPU buffers: one process per GPU rank, nodes as the
+// launcher finds them (COLLX_NODE_ID, else the host name; every node the same size).
+// Inside a node the ranks meet over CUDA IPC (collx::cuda::ipc_communicator: copy
+// engines and short kernels, no kernel spinning across processes); across nodes over
+// tcp, through pinned host memory (collx::cuda::staged). The composition is
+// algorithms::hier_levels, priced by the host's cost model (algorithms::hier_predict):
+// for a large all-reduce, a reduce-scatter inside the node, an all-reduce of each rank's
+// shard across nodes (L groups at once), an all-gather inside the node; so only n/L of
+// each rank's bytes ever go through host memory. (Host ranks need no such class: one
+// communicator spans nodes and runs algorithm::hierarchical as a schedule.)
 //
 //   collx::cuda::hierarchical h(device);            // a launched job (collx-run, torchrun, ...)
 //   h.all_reduce(d_grads, d_grads, n, collx::dtype::f32, collx::reduce_op::sum, stream);
@@ -28,10 +30,11 @@
 #include <string_view>
 
 #include "collx/algorithms/hierarchical.hpp"
+#include "collx/algorithms/select.hpp"
 #include "collx/cuda/ipc.cuh"
 #include "collx/cuda/probe.hpp"
 #include "collx/cuda/staged.hpp"
-#include "collx/hierarchical.hpp"
+#include "collx/launch/levels.hpp"
 
 namespace collx::cuda {
 
@@ -58,12 +61,12 @@ struct on_stream {
 class hierarchical {
  public:
   // From a launched job's environment (collx/launch/init.hpp), on GPU `device`.
-  explicit hierarchical(int device, communicator_config cfg = {}, hierarchical_options ho = {},
+  explicit hierarchical(int device, communicator_config cfg = {}, algorithms::hierarchical_options ho = {},
                         ipc_options io = {})
       : hierarchical(collx::detail::launched_job(cfg.timeout), device, cfg, ho, std::move(io)) {}
 
   hierarchical(const std::shared_ptr<store>& st, const launch_info& li, int device,
-               communicator_config cfg = {}, hierarchical_options ho = {}, ipc_options io = {})
+               communicator_config cfg = {}, algorithms::hierarchical_options ho = {}, ipc_options io = {})
       : b_(collx::detail::hier_setup(st, li, cfg)),
         ho_(ho),
         device_(device),
@@ -93,10 +96,10 @@ class hierarchical {
   int size() const noexcept { return b_.world.size(); }
   int device() const noexcept { return device_; }
   const node_layout& layout() const noexcept { return b_.t; }
-  double predict(hier_way way, double bytes) const { return hier_predict(b_.t, ho_, way, bytes); }
-  hier_way choose(double bytes) const { return hier_choose(b_.t, ho_, bytes); }
+  double predict(hier_way way, double bytes) const { return algorithms::hier_predict(b_.t, ho_, way, bytes); }
+  hier_way choose(double bytes) const { return algorithms::hier_choose(b_.t, ho_, bytes); }
 
-  // In place when in == out. `way` as in collx::hierarchical; automatic asks the model.
+  // In place when in == out. `way`: flat, hierarchical or leader; automatic asks the model.
   void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op, cudaStream_t stream,
                   const options& o = {}, hier_way way = hier_way::automatic) {
     collx::cuda::detail::device_guard g(device_);  // staged has no GPU of its own
@@ -152,8 +155,8 @@ class hierarchical {
   }
 
  private:
-  hierarchical(const collx::detail::launched& j, int device, communicator_config cfg, hierarchical_options ho,
-               ipc_options io)
+  hierarchical(const collx::detail::launched& j, int device, communicator_config cfg,
+               algorithms::hierarchical_options ho, ipc_options io)
       : hierarchical(j.st, j.li, device, cfg, ho, std::move(io)) {
     collx::detail::retire_store(*j.st, j.li, cfg.timeout);
   }
@@ -220,7 +223,7 @@ class hierarchical {
   };
 
   collx::detail::hier_base b_;
-  hierarchical_options ho_;
+  algorithms::hierarchical_options ho_;
   int device_ = 0;
   staged world_;
   staged across_;
