@@ -1,5 +1,7 @@
 // The peer-memory executor (exec/peer.hpp) on host threads: the same code the CUDA
-// executor runs in its kernels, here with one thread per rank and lane, checked against
+// executor runs in its kernels, here with a team of threads per rank and lane (as a
+// thread block: a barrier, an elected leader, copies and reductions split between the
+// threads), the lanes of a rank at once, checked against
 // the serial reference for every algorithm, collective, rank count from 1 to 9, odd and
 // empty counts, in place and not, with slots small enough that messages span many
 // pieces and senders run out of room.
@@ -59,12 +61,14 @@ struct shape {
   bool in_place;
   int lanes = 1;
   std::size_t segment = 1 << 20;  // elements
+  unsigned threads = 2;           // per lane: a team (peer_memory::host_team)
 };
 
 std::string describe(const shape& s, std::string_view type, reduce_op op) {
   return std::string(to_string(s.coll)) + " " + std::string(to_string(s.algo)) + " p=" + std::to_string(s.p) +
          " count=" + std::to_string(s.count) + (s.in_place ? " in-place" : "") +
-         " lanes=" + std::to_string(s.lanes) + " " + std::string(type) + " " + std::string(to_string(op));
+         " lanes=" + std::to_string(s.lanes) + " threads=" + std::to_string(s.threads) + " " +
+         std::string(type) + " " + std::string(to_string(op));
 }
 
 // The segment a call runs with: the shape's, cut so that a message fits in the slots.
@@ -73,33 +77,43 @@ std::size_t segment_for(const host_world& hw, const shape& s) {
   return std::max<std::size_t>(1, std::min<std::size_t>(s.segment, hw.w.slots * hw.w.slot_bytes / sizeof(T)));
 }
 
-// One rank's part of a call: each lane's program over its slice, lane after lane.
+// One rank's part of a call: each lane's program over its slice, the lanes at once, each
+// on its own team of s.threads threads (what a thread block is on a GPU).
 template <class T, reduce_op Op>
 std::vector<peer_memory::status> run_rank(host_world& hw, const shape& s, int r, test::case_buffers<T>& b,
                                           std::uint64_t sig, std::uint64_t timeout_ns) {
   const int lanes = s.coll == collective::all_reduce ? s.lanes : 1;
-  std::vector<peer_memory::status> st(static_cast<std::size_t>(lanes));
-  for (int j = 0; j < lanes; ++j) {
+  const auto nl = static_cast<std::size_t>(lanes);
+  std::vector<peer_memory::status> st(nl);
+  std::vector<peer_memory::program_image> images(nl);
+  std::vector<std::vector<T>> scratch(nl);
+  std::vector<peer_memory::lane_call> calls(nl);
+  for (std::size_t j = 0; j < nl; ++j) {
     std::uint64_t lo = 0, n = s.count;
-    if (lanes > 1) peer_memory::lane_slice(s.count, sizeof(T), lanes, j, lo, n);
+    if (lanes > 1) peer_memory::lane_slice(s.count, sizeof(T), lanes, static_cast<int>(j), lo, n);
     const schedule sched = algorithms::build(s.algo, {s.coll, r, s.p, n, segment_for<T>(hw, s), s.in_place});
     REQUIRE(peer_memory::max_message(sched) <= hw.w.slots * hw.w.slot_bytes / sizeof(T));
-    const peer_memory::program_image img = peer_memory::compile(sched);
-    std::vector<T> scratch(sched.scratch_count + 1);
-    peer_memory::lane_call c;
-    c.prog = img.view_at(img.bytes.data());
+    images[j] = peer_memory::compile(sched);
+    scratch[j].resize(sched.scratch_count + 1);
+    peer_memory::lane_call& c = calls[j];
+    c.prog = images[j].view_at(images[j].bytes.data());
     c.rank = r;
-    c.lane = j;
+    c.lane = static_cast<int>(j);
     c.in = s.in_place ? nullptr : reinterpret_cast<const std::byte*>(b.in.data() + lo);
     c.out = reinterpret_cast<std::byte*>(b.out.data() + lo);
-    c.scratch = reinterpret_cast<std::byte*>(scratch.data());
+    c.scratch = reinterpret_cast<std::byte*>(scratch[j].data());
     c.sig = sig;
     c.timeout_ns = timeout_ns;
-    c.st = &st[static_cast<std::size_t>(j)];
-    peer_memory::host_context ctx;
-    peer_memory::run_lane<T, Op>(ctx, c, hw.w);
-    if (st[static_cast<std::size_t>(j)].code != peer_memory::outcome::ok) break;
+    c.st = &st[j];
   }
+  std::vector<std::thread> lane_threads;
+  for (std::size_t j = 0; j < nl; ++j) {
+    lane_threads.emplace_back([&, j] {
+      peer_memory::host_team team(s.threads);
+      team.run([&](peer_memory::host_context& ctx) { peer_memory::run_lane<T, Op>(ctx, calls[j], hw.w); });
+    });
+  }
+  for (auto& t : lane_threads) t.join();
   if (Op == reduce_op::avg && s.coll != collective::all_gather) {
     finish_avg(dtype_v<T>, b.out.data() + b.first, b.n, s.p);
   }
@@ -190,8 +204,10 @@ resolved_run run_resolved(int p, std::size_t count, std::uint32_t slots, std::ui
       c.sig = signature(run.call.env);
       c.timeout_ns = detail::timeout_ns(run.call.timeout);
       c.st = &run.status[static_cast<std::size_t>(r)];
-      peer_memory::host_context ctx;
-      peer_memory::run_lane<float, reduce_op::sum>(ctx, c, hw.w);
+      peer_memory::host_team team(2);
+      team.run([&](peer_memory::host_context& ctx) {
+        peer_memory::run_lane<float, reduce_op::sum>(ctx, c, hw.w);
+      });
     });
   }
   for (auto& t : threads) t.join();
@@ -218,6 +234,7 @@ TEST_CASE("peer executor: every algorithm and collective, p 1-9, odd and empty c
 TEST_CASE("peer executor: pipeline segments and larger slots") {
   for_shapes([](shape s) {
     s.segment = 100;
+    s.threads = 3;
     check_case<std::int32_t, reduce_op::max>(s, 4, 4096);
   });
 }
@@ -225,7 +242,8 @@ TEST_CASE("peer executor: pipeline segments and larger slots") {
 TEST_CASE("peer executor: every element type and reduction") {
   for (auto algo : {algorithm::ring, algorithm::recursive_doubling, algorithm::tree}) {
     for (int p : {2, 3, 4}) {
-      const shape s{collective::all_reduce, algo, p, 333, false};
+      shape s{collective::all_reduce, algo, p, 333, false};
+      s.threads = 3;
       check_case<std::int8_t, reduce_op::sum>(s, 3, 40);
       check_case<std::int8_t, reduce_op::min>(s, 3, 40);
       check_case<std::int32_t, reduce_op::prod>(s, 3, 40);
@@ -244,6 +262,7 @@ TEST_CASE("peer executor: all-reduce split over lanes, each its own all-reduce")
       for (int p : {2, 3, 5}) {
         for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{100}, std::size_t{5003}}) {
           shape s{collective::all_reduce, algo, p, count, count % 2 == 1, lanes};
+          s.threads = static_cast<unsigned>(lanes);
           check_case<float, reduce_op::sum>(s, 2, 512);
         }
       }

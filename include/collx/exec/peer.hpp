@@ -4,8 +4,9 @@
 // (GPUs in one process, CUDA IPC; threads of one process in the tests), with no
 // transport in between. It is written once for the host and the device: the CUDA
 // executor (exec/cuda.cuh) runs it inside a kernel, one thread block per lane, and the
-// host tests run the same code on threads, so the logic that runs on a GPU is proven
-// on every machine.
+// host tests run the same code on teams of threads (host_team below), one team per lane,
+// the lanes at once, with a real barrier and an elected leader: the logic that runs on
+// a GPU, block-level cooperation included, is proven on every machine, under TSan too.
 //
 // Each receiver owns a mailbox per sender: `slots` slots of slot_bytes each, a ready
 // counter the sender bumps after filling a slot, an acked counter the receiver bumps
@@ -34,10 +35,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "collx/core/reduce.hpp"
 #include "collx/schedule/schedule.hpp"
@@ -448,8 +452,6 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
   return lane.run();
 }
 
-// The host's context: one thread is the whole lane. The tests run lanes on threads.
-//
 // Host contexts' members are marked host-device and have bodies on the host only
 // (COLLX_HOST_ONLY): run_lane is host-device code, and nvcc's device pass must accept
 // its host instantiations, which never run on a GPU.
@@ -458,13 +460,83 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
 #else
 #define COLLX_HOST_ONLY(...) __VA_ARGS__
 #endif
+
+// A barrier for host threads (what __syncthreads is to a block): every arrival happens
+// before every departure, for the threads and for TSan alike. A waiter yields a while
+// (pieces are short) before it sleeps.
+class host_barrier {
+ public:
+  explicit host_barrier(unsigned threads) : threads_(threads) {}
+  void arrive_and_wait() {
+    const std::uint64_t phase = phase_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == threads_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      {
+        const std::lock_guard<std::mutex> lock(m_);
+        phase_.store(phase + 1, std::memory_order_release);
+      }
+      cv_.notify_all();
+      return;
+    }
+    for (int spin = 0; spin < 64; ++spin) {
+      if (phase_.load(std::memory_order_acquire) != phase) return;
+      std::this_thread::yield();
+    }
+    std::unique_lock<std::mutex> lock(m_);
+    cv_.wait(lock, [&] { return phase_.load(std::memory_order_acquire) != phase; });
+  }
+
+ private:
+  const unsigned threads_;
+  std::atomic<unsigned> arrived_{0};
+  std::atomic<std::uint64_t> phase_{0};
+  std::mutex m_;
+  std::condition_variable cv_;
+};
+
+struct host_context;
+
+// A lane's team of host threads, as a thread block is on a GPU: its threads share the
+// action and the leader's state, meet at a real barrier, split every copy and reduction
+// between them, and one of them leads: the first to arrive, not a fixed one, so that
+// nothing may depend on which thread it is. run_lane's block-level cooperation (the
+// leader decides, everyone moves, the leader publishes once everyone's bytes have
+// landed) is then exercised on every machine, under TSan too.
+class host_team {
+ public:
+  explicit host_team(unsigned threads) : threads_(threads == 0 ? 1 : threads), sync_(threads_) {}
+  COLLX_HD unsigned size() const noexcept { return threads_; }
+  // Runs fn(host_context&) on every thread of the team, the calling one and size() - 1
+  // others; returns when all have.
+  template <class F>
+  void run(F&& fn);
+
+ private:
+  friend struct host_context;
+  static constexpr unsigned nobody = ~0u;
+  const unsigned threads_;
+  host_barrier sync_;
+  std::atomic<unsigned> leader_{nobody};
+  action act_;
+  peer_memory::leader_state ls_;
+};
+
+// The host's context: one thread of a lane's team, or the whole lane on its own (no
+// team: the ipc host loop, where the memory's own engine moves the bytes).
 struct host_context {
   action act;
   peer_memory::leader_state ls;
-  COLLX_HD peer_memory::leader_state& leader_state() noexcept { return ls; }
-  COLLX_HD bool leader() const noexcept { return true; }
-  COLLX_HD void barrier() noexcept {}
-  COLLX_HD action& shared_action() noexcept { return act; }
+  host_team* team = nullptr;
+  unsigned index = 0;  // in the team
+  bool is_leader = true;
+
+  host_context() = default;
+  host_context(host_team& t, unsigned i, bool leads) : team(&t), index(i), is_leader(leads) {}
+
+  COLLX_HD peer_memory::leader_state& leader_state() noexcept { return team != nullptr ? team->ls_ : ls; }
+  COLLX_HD bool leader() const noexcept { return is_leader; }
+  COLLX_HD void barrier() noexcept { COLLX_HOST_ONLY(if (team != nullptr) team->sync_.arrive_and_wait();) }
+  COLLX_HD action& shared_action() noexcept { return team != nullptr ? team->act_ : act; }
   COLLX_HD static std::uint64_t load_acquire(std::uint64_t* p) noexcept {
     COLLX_HOST_ONLY(return std::atomic_ref<std::uint64_t>(*p).load(std::memory_order_acquire);)
     return *p;
@@ -487,15 +559,43 @@ struct host_context {
     return 0;
   }
   COLLX_HD static void pause() noexcept { COLLX_HOST_ONLY(std::this_thread::yield();) }
-  COLLX_HD static void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) noexcept {
-    COLLX_HOST_ONLY(std::memmove(dst, src, bytes);)
-    (void)dst, (void)src, (void)bytes;
+  // This thread's share of n items: one contiguous part of the team's size() parts.
+  COLLX_HD void share(std::uint64_t n, std::uint64_t& lo, std::uint64_t& len) const noexcept {
+    const std::uint64_t parts = team != nullptr ? team->size() : 1;
+    lo = n * index / parts;
+    len = n * (index + 1) / parts - lo;
+  }
+  COLLX_HD void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) const noexcept {
+    std::uint64_t lo = 0, len = 0;
+    share(bytes, lo, len);
+    COLLX_HOST_ONLY(if (len != 0) std::memmove(dst + lo, src + lo, len);)
+    (void)dst, (void)src;
   }
   template <class T, reduce_op Op>
-  COLLX_HD static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) noexcept {
-    COLLX_HOST_ONLY(collx::detail::reduce_loop<T, collx::detail::combining<Op>>(dst, a, b, n);)
-    (void)dst, (void)a, (void)b, (void)n;
+  COLLX_HD void reduce(T* dst, const T* a, const T* b, std::uint64_t n) const noexcept {
+    std::uint64_t lo = 0, len = 0;
+    share(n, lo, len);
+    COLLX_HOST_ONLY(
+        collx::detail::reduce_loop<T, collx::detail::combining<Op>>(dst + lo, a + lo, b + lo, len);)
+    (void)dst, (void)a, (void)b;
   }
 };
+
+template <class F>
+void host_team::run(F&& fn) {
+  leader_.store(nobody);
+  auto member = [&](unsigned index) {
+    unsigned none = nobody;
+    leader_.compare_exchange_strong(none, index);  // the first to get here leads
+    sync_.arrive_and_wait();                       // everyone knows who won
+    host_context ctx(*this, index, leader_.load() == index);
+    fn(ctx);
+  };
+  std::vector<std::thread> others;
+  others.reserve(threads_ - 1);
+  for (unsigned i = 1; i < threads_; ++i) others.emplace_back(member, i);
+  member(0);
+  for (auto& t : others) t.join();
+}
 
 }  // namespace collx::peer_memory
