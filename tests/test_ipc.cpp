@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -397,6 +398,38 @@ TEST_CASE("ipc: ranks that call differently get a mismatch") {
   // Both ranks, each with the mismatch, not a timeout or a peer's failure.
   CHECK(codes[0] == 20);
   CHECK(codes[1] == 20);
+}
+
+TEST_CASE(
+    "ipc: count 0 on one rank and more on the others, or another count on one of three, is a mismatch on "
+    "every "
+    "rank within the bound") {
+  // A count-0 call moves no element, yet carries its signature to and from every peer
+  // (exec/peer_program.hpp: signature_exchange): it used to return at once on its rank
+  // and leave the others to time out. With three ranks, the rank that sees no foreign
+  // piece itself learns of the mismatch through the failure flags, and says mismatch too.
+  for (auto coll : {collective::all_reduce, collective::all_gather, collective::reduce_scatter}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      const int odd = variant == 2 ? 2 : variant;  // rank 0 or 1 calls with count 0; rank 2 with 8
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto codes = fork_ranks(3, [&](int r, store& st) {
+        ipc_communicator<host_ipc_api> c(st, r, 3, host_ipc_api{}, small_slots());
+        const std::size_t n = r != odd ? 7 : variant == 2 ? 8 : 0;
+        try {
+          call_and_check<float>(c, coll, algorithm::ring, reduce_op::sum, n, false);
+        } catch (const error& e) {
+          std::printf("rank %d: %s\n", r, e.what());
+          return e.kind() == errc::mismatch ? 20 : 21;
+        }
+        return 0;
+      });
+      INFO(to_string(coll), " variant ", variant);
+      for (int r = 0; r < 3; ++r) CHECK(codes[static_cast<std::size_t>(r)] == 20);
+      // small_slots' timeout is 20 s: a mismatch is found at the first piece.
+      CHECK(std::chrono::steady_clock::now() - t0 < test::with_slack(std::chrono::seconds(10)));
+    }
+  }
+  CHECK(leftovers() == 0);
 }
 
 TEST_CASE("ipc: bad input is refused before anything moves") {

@@ -33,7 +33,7 @@ struct host_world {
   peer_memory::world_view w;
   std::vector<std::uint64_t> mem;  // 8-byte aligned
   std::vector<peer_memory::mailbox> boxes;
-  std::uint64_t abort_word = 0;
+  std::vector<std::uint64_t> failed;
   std::vector<std::uint64_t> waiting;
 
   host_world(int ranks, int lanes, std::uint32_t slots, std::uint64_t slot_bytes) {
@@ -47,7 +47,8 @@ struct host_world {
     auto* base = reinterpret_cast<std::byte*>(mem.data());
     for (std::size_t i = 0; i < n; ++i) boxes.push_back(peer_memory::mailbox_at(base + i * each, w));
     w.boxes = boxes.data();
-    w.abort_word = &abort_word;
+    failed.assign(static_cast<std::size_t>(ranks) + 1, 0);
+    w.failed = failed.data();
     waiting.assign(static_cast<std::size_t>(ranks * lanes), 0);
     w.waiting = waiting.data();
   }
@@ -246,6 +247,9 @@ TEST_CASE("peer executor: every element type and reduction") {
       s.threads = 3;
       check_case<std::int8_t, reduce_op::sum>(s, 3, 40);
       check_case<std::int8_t, reduce_op::min>(s, 3, 40);
+      check_case<std::uint8_t, reduce_op::sum>(s, 3, 40);
+      check_case<std::uint8_t, reduce_op::min>(s, 3, 40);
+      check_case<std::uint8_t, reduce_op::max>(s, 3, 40);
       check_case<std::int32_t, reduce_op::prod>(s, 3, 40);
       check_case<std::int64_t, reduce_op::max>(s, 3, 40);
       check_case<half, reduce_op::sum>(s, 3, 40);
@@ -314,7 +318,8 @@ TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on eve
         CHECK(x.peer == 2);
         // Rank 0 waits for 2's data; rank 1 for 0's data, or for room in 2's slots.
         CHECK((r == 0 ? x.waited_for == 2 : (x.waited_for == 0 || x.waited_for == 2)));
-        CHECK(hw.abort_word != 0);  // raised by the first to time out (both may)
+        CHECK(hw.failed[static_cast<std::size_t>(r)] ==
+              static_cast<std::uint64_t>(peer_memory::outcome::timeout));
       } else {
         CHECK(x.code == peer_memory::outcome::peer_failed);
       }
@@ -348,6 +353,61 @@ TEST_CASE("peer executor: ranks that make different calls find out at the first 
   }
   CHECK(st0[0].code != peer_memory::outcome::ok);
   CHECK(st1[0].code != peer_memory::outcome::ok);
+}
+
+// The status that stands for a rank's call, as the GPU group picks it: a lane's own
+// failure before a lane stopped by another rank's.
+const peer_memory::status& worst_of(const std::vector<peer_memory::status>& st) {
+  const peer_memory::status* w = &st[0];
+  for (const auto& x : st) {
+    if (x.code != peer_memory::outcome::ok &&
+        (w->code == peer_memory::outcome::ok || w->code == peer_memory::outcome::peer_failed))
+      w = &x;
+  }
+  return *w;
+}
+
+TEST_CASE(
+    "peer executor: count 0 on one rank and more on the others is a mismatch on every rank, not a timeout") {
+  for (auto coll : {collective::all_reduce, collective::all_gather, collective::reduce_scatter}) {
+    for (auto algo : all_algorithms) {
+      if (!implements(algo, coll)) continue;
+      for (int p : {2, 3, 5}) {
+        for (int zero : {0, p - 1}) {
+          for (std::size_t n : {std::size_t{1}, std::size_t{7}}) {
+            host_world hw(p, 2, 2, 24);
+            std::vector<shape> shapes;
+            std::vector<test::case_buffers<float>> bufs;
+            for (int r = 0; r < p; ++r) {
+              shapes.push_back(shape{coll, algo, p, r == zero ? 0 : n, false, 2});
+              bufs.emplace_back(coll, p, r, shapes.back().count, false);
+            }
+            std::vector<std::vector<peer_memory::status>> st(static_cast<std::size_t>(p));
+            std::vector<std::thread> threads;
+            const auto t0 = std::chrono::steady_clock::now();
+            for (int r = 0; r < p; ++r) {
+              threads.emplace_back([&, r] {
+                const auto ur = static_cast<std::size_t>(r);
+                const shape& s = shapes[ur];
+                const envelope env{0, s.count, s.segment, 0, coll, dtype::f32, reduce_op::sum, algo};
+                st[ur] =
+                    run_rank<float, reduce_op::sum>(hw, s, r, bufs[ur], signature(env), 20'000'000'000ull);
+              });
+            }
+            for (auto& t : threads) t.join();
+            CHECK(std::chrono::steady_clock::now() - t0 < test::with_slack(std::chrono::seconds(5)));
+            for (int r = 0; r < p; ++r) {
+              const peer_memory::status& x = worst_of(st[static_cast<std::size_t>(r)]);
+              const error e = peer_memory::to_error(x, to_string(coll), r, p, "who");
+              INFO(describe(shapes[0], "f32", reduce_op::sum), " zero at ", zero, " n ", n, " rank ", r, ": ",
+                   std::string(e.what()));
+              CHECK(e.kind() == errc::mismatch);
+            }
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST_CASE(

@@ -13,8 +13,8 @@
 //   - an inbox in its memory (a GPU's, for CUDA): slots per sender, which senders fill
 //     through the mapping of it they opened once (cudaIpcOpenMemHandle);
 //   - a control segment in host shared memory: the mailboxes' counters and signatures,
-//     and (rank 0's) the abort word and the waits that let a timed-out rank name the
-//     rank really stuck.
+//     and (rank 0's) the failure flags (each rank writes only its own) and the waits
+//     that let a timed-out rank name the rank really stuck.
 // Both are set up once per communicator through the rendezvous store and reused.
 //
 // The Api is what the memory needs:
@@ -95,7 +95,7 @@ struct ipc_context : peer_memory::host_context {
 };
 
 // A control segment's layout: counters first (each receiver's mailbox: ready[p],
-// acked[p], sig[p*slots]), then rank 0's abort word and waits.
+// acked[p], sig[p*slots]), then rank 0's failure flags, waits and count of ranks gone.
 struct ipc_control_header {
   std::uint64_t ranks, slots, slot_bytes;
   std::int64_t pid;
@@ -157,7 +157,7 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
   ~ipc_communicator() {
     if (w_.waiting == nullptr) return;
     inboxes_.clear();
-    std::atomic_ref<std::uint64_t> closed(w_.waiting[size_]);
+    std::atomic_ref<std::uint64_t> closed(w_.waiting[size_]);  // after the waits
     closed.fetch_add(1);
     const auto deadline = std::chrono::steady_clock::now() +
                           std::min<std::chrono::milliseconds>(opt_.timeout, std::chrono::seconds(10));
@@ -175,7 +175,8 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
 
   // Gives up: every peer's waits end with an error naming this rank; later calls fail.
   void abort() noexcept {
-    peer_memory::host_context::cas(w_.abort_word, 0, static_cast<std::uint64_t>(rank_) + 1);
+    peer_memory::host_context::store_release(w_.failed + rank_,
+                                             static_cast<std::uint64_t>(peer_memory::outcome::aborted));
     failed_.set("aborted by the application");
   }
 
@@ -191,9 +192,10 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     const auto p = static_cast<std::size_t>(size_);
     return sizeof(detail::ipc_control_header) + (2 * p + p * opt_.slots) * sizeof(std::uint64_t);
   }
-  // Rank 0's segment also holds the abort word, the waits and the count of ranks gone.
+  // Rank 0's segment also holds the failure flags (p + 1), the waits (p) and the count
+  // of ranks gone.
   std::size_t control_bytes() const {
-    return counters_bytes() + (2 + static_cast<std::size_t>(size_)) * sizeof(std::uint64_t);
+    return counters_bytes() + (2 + 2 * static_cast<std::size_t>(size_)) * sizeof(std::uint64_t);
   }
   std::size_t inbox_bytes() const { return static_cast<std::size_t>(size_) * opt_.slots * opt_.slot_bytes; }
 
@@ -267,8 +269,8 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     w_.slots = opt_.slots;
     w_.slot_bytes = opt_.slot_bytes;
     w_.boxes = boxes_.data();
-    w_.abort_word = reinterpret_cast<std::uint64_t*>(zero);
-    w_.waiting = w_.abort_word + 1;
+    w_.failed = reinterpret_cast<std::uint64_t*>(zero);
+    w_.waiting = w_.failed + size_ + 1;
     keys.barrier("mapped", size_, opt_.timeout);
     ::shm_unlink(name.c_str());
     guard.armed = false;
@@ -297,7 +299,7 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     const detail::checked_call c =
         detail::check_call(coll, in, out, count, t, op, o, rank_, size_, !Api::device_memory, root);
     const std::uint64_t seq = seq_++;
-    if (count == 0 && coll != collective::barrier) return;
+    // A count-0 call still runs: its empty messages carry its signature (exec/peer.hpp).
     const std::size_t es = size_of(t);
     const detail::resolved_call r =
         detail::resolve(coll, count, t, op, o, cfg_, size_, seq, opt_.slots * opt_.slot_bytes, root);

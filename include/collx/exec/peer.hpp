@@ -23,8 +23,8 @@
 // schedules into segments that do, since with a message larger than the slots two
 // partners whose reductions wait on their own sends (recursive doubling) deadlock. Every
 // wait is bounded: a lane that sees no piece move for its timeout raises the world's
-// abort word, and every other lane then stops too, so a dead or stuck rank becomes an
-// error on every rank, not a hang.
+// failure flag, and every other lane, scanning the flags while it waits, then stops too,
+// so a dead or stuck rank becomes an error on every rank, not a hang.
 //
 // All-reduce runs as `lanes` independent all-reduces over contiguous slices of the
 // buffer, one per lane (as NCCL's channels do): more thread blocks, more bandwidth.
@@ -63,7 +63,7 @@ struct flat_step {
   std::uint8_t kind = 0;  // step_kind
   std::uint8_t src_buf = 0;
   std::uint8_t dst_buf = 0;
-  std::uint8_t pad = 0;
+  std::uint8_t flags = 0;  // signed_when_empty
   std::int32_t peer = -1;
   std::uint64_t src_off = 0;
   std::uint64_t dst_off = 0;
@@ -71,6 +71,12 @@ struct flat_step {
   std::uint32_t dep_begin = 0;
   std::uint32_t dep_count = 0;
 };
+
+// A message of a count-0 call: sent and received as one empty piece that carries the
+// call's signature, so that a rank calling with count 0 while its peers call with more is
+// a mismatch on both sides, as on the host, not a wait for pieces that never come.
+// (An empty message of a call with elements is skipped on both ends alike.)
+inline constexpr std::uint8_t signed_when_empty = 1;
 
 // A dependency, as the place of the step it waits for: finished once its queue's head
 // has passed it. So the executor keeps only the queue heads, never a state per step.
@@ -102,9 +108,12 @@ struct world_view {
   int lanes = 1;
   std::uint32_t slots = 2;
   std::uint64_t slot_bytes = 0;
-  const mailbox* boxes = nullptr;       // [receiver * lanes + lane]
-  std::uint64_t* abort_word = nullptr;  // 0, or 1 + the rank that failed first
-  std::uint64_t* waiting = nullptr;     // [rank * lanes + lane]: 1 + the peer it waits for, or 0
+  const mailbox* boxes = nullptr;  // [receiver * lanes + lane]
+  // [ranks + 1]: rank r's failure (an outcome, 0 while healthy), written by rank r alone
+  // (a store, never a compare-and-swap: in mapped host memory that is not atomic across
+  // PCIe), read by everyone; [ranks]: the application's abort of the whole world.
+  std::uint64_t* failed = nullptr;
+  std::uint64_t* waiting = nullptr;  // [rank * lanes + lane]: 1 + the peer it waits for, or 0
 };
 
 // Bytes of mailbox memory one receiver needs for one lane, and how it is laid out.
@@ -129,12 +138,15 @@ inline mailbox mailbox_at(std::byte* base, const world_view& w) noexcept {
   return mailbox_over(base, reinterpret_cast<std::uint64_t*>(base + p * w.slots * w.slot_bytes), w.ranks);
 }
 
-enum class outcome : std::uint32_t { ok = 0, timeout = 1, mismatch = 2, peer_failed = 3 };
+// aborted: the application gave up (a failure flag's value, never a lane's own outcome).
+enum class outcome : std::uint32_t { ok = 0, timeout = 1, mismatch = 2, peer_failed = 3, aborted = 4 };
 
 // How a lane ended; read by the host after the lane has finished.
 struct status {
   outcome code = outcome::ok;
-  std::int32_t peer = -1;        // the rank stuck, the mismatching one, or the one that failed
+  std::int32_t peer =
+      -1;  // the rank stuck, the mismatching one, or the one that failed (ranks: the application)
+  outcome cause = outcome::ok;   // peer_failed: that rank's own outcome
   std::int32_t waited_for = -1;  // timeout: the peer this lane itself waited for
   std::uint32_t step = 0;        // the step at which it happened
   std::uint32_t lane = 0;
@@ -190,7 +202,7 @@ struct action {
 // One lane of one rank, running: the leader's bookkeeping and its choice of the next
 // piece (decide), and the loop in which every thread of the lane moves it (run).
 // Ctx is where it runs (host_context below, or the CUDA executor's): leader(),
-// barrier(), the atomics, the clock, and the cooperative copy and reduce. T is the
+// barrier(), the loads and stores, the clock, and the cooperative copy and reduce. T is the
 // element's storage type, Op the reduction (avg reduces as sum).
 template <class T, reduce_op Op, class Ctx>
 class lane_runner {
@@ -219,7 +231,9 @@ class lane_runner {
       ctx_.barrier();
       const action a = ctx_.shared_action();
       if (a.what == action::done || a.what == action::stop) return a.what == action::done;
-      if (a.what == action::copy) {
+      if (a.n == 0) {
+        // a count-0 call's signature piece: nothing to move
+      } else if (a.what == action::copy) {
         ctx_.copy(a.dst, a.a, a.n);
       } else {
         ctx_.template reduce<T, Op>(reinterpret_cast<T*>(a.dst), reinterpret_cast<const T*>(a.a),
@@ -247,6 +261,23 @@ class lane_runner {
     return true;
   }
 
+  COLLX_HD static bool skips(const flat_step& o) {
+    return o.count == 0 &&
+           ((o.flags & signed_when_empty) == 0 || static_cast<step_kind>(o.kind) == step_kind::copy);
+  }
+
+  // The first rank whose failure flag is up (ranks: the application's abort), or -1.
+  COLLX_HD int failed_rank(outcome& why) const {
+    for (int r = 0; r <= w_.ranks; ++r) {
+      const std::uint64_t f = ctx_.load_acquire(w_.failed + r);
+      if (f != 0) {
+        why = static_cast<outcome>(f);
+        return r;
+      }
+    }
+    return -1;
+  }
+
   COLLX_HD void finish(std::uint32_t q) {
     ++head_[q];
     pieces_[q] = 0;
@@ -266,8 +297,9 @@ class lane_runner {
   }
 
   COLLX_HD action fail(outcome why, int peer, std::uint32_t at_step, std::uint64_t expected,
-                       std::uint64_t got) {
+                       std::uint64_t got, outcome cause = outcome::ok) {
     status& s = *c_.st;
+    s.cause = cause;
     s.waited_for = peer;
     s.peer = why == outcome::timeout ? stuck_rank(peer) : peer;
     s.step = at_step;
@@ -277,8 +309,8 @@ class lane_runner {
     s.waited_ns = ctx_.now_ns() - start_;
     ctx_.fence();  // the code last: whoever sees it sees the rest
     s.code = why;
-    // The first failure poisons the world: everyone else stops at its next wait.
-    if (why != outcome::peer_failed) ctx_.cas(w_.abort_word, 0, static_cast<std::uint64_t>(c_.rank) + 1);
+    // A failure poisons the world: everyone else stops at its next look at the flags.
+    if (why != outcome::peer_failed) ctx_.store_release(w_.failed + c_.rank, static_cast<std::uint64_t>(why));
     action a;
     a.what = action::stop;
     return a;
@@ -375,8 +407,9 @@ class lane_runner {
     for (std::uint32_t q = 0; q < pg_.nqueues; ++q) {
       const std::uint32_t qlen = pg_.queue_begin[q + 1] - pg_.queue_begin[q];
       // Empty steps move nothing: both ends of an empty message see the same count, so
-      // they skip it alike, and a step that waits on an empty one loses nothing.
-      while (head_[q] < qlen && pg_.ops[pg_.order[pg_.queue_begin[q] + head_[q]]].count == 0) finish(q);
+      // they skip it alike, and a step that waits on an empty one loses nothing. A
+      // count-0 call's messages still carry its signature (signed_when_empty).
+      while (head_[q] < qlen && skips(pg_.ops[pg_.order[pg_.queue_begin[q] + head_[q]]])) finish(q);
       if (head_[q] == qlen) continue;
       all_done = false;
       const std::uint32_t i = pg_.order[pg_.queue_begin[q] + head_[q]];
@@ -403,15 +436,18 @@ class lane_runner {
       ctx_.store_release(my_wait_, 0);
     }
     start_ = ctx_.now_ns();
-    for (;;) {
+    for (std::uint32_t pass = 1;; ++pass) {
       action a;
       bool all_done = true;
       std::uint32_t blocked_step = 0xffffffffu;
       int blocked_peer = -1;
       if (scan(a, all_done, blocked_step, blocked_peer)) return a;
       if (all_done) return action{};
-      const std::uint64_t failed = ctx_.load_acquire(w_.abort_word);
-      if (failed != 0) return fail(outcome::peer_failed, static_cast<int>(failed - 1), blocked_step, 0, 0);
+      // The flags every 16th pass: on a GPU they are reads across PCIe, in a loop that
+      // would otherwise read nothing but the GPUs' own memory.
+      outcome why = outcome::ok;
+      const int failed = pass % 16 == 0 ? failed_rank(why) : -1;
+      if (failed >= 0) return fail(outcome::peer_failed, failed, blocked_step, 0, 0, why);
       if (ctx_.now_ns() - start_ > c_.timeout_ns)
         return fail(outcome::timeout, blocked_peer, blocked_step, 0, 0);
       // Say whom this lane waits for (once per change: a store, not one per spin).
@@ -544,10 +580,6 @@ struct host_context {
   COLLX_HD static void store_release(std::uint64_t* p, std::uint64_t v) noexcept {
     COLLX_HOST_ONLY(std::atomic_ref<std::uint64_t>(*p).store(v, std::memory_order_release); return;)
     *p = v;
-  }
-  COLLX_HD static void cas(std::uint64_t* p, std::uint64_t expected, std::uint64_t desired) noexcept {
-    COLLX_HOST_ONLY(std::atomic_ref<std::uint64_t>(*p).compare_exchange_strong(expected, desired);)
-    (void)p, (void)expected, (void)desired;
   }
   COLLX_HD static void fence() noexcept {
     COLLX_HOST_ONLY(std::atomic_thread_fence(std::memory_order_seq_cst);)
