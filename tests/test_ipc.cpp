@@ -432,6 +432,46 @@ TEST_CASE(
   CHECK(leftovers() == 0);
 }
 
+TEST_CASE(
+    "ipc: a rank frees its inbox once every peer has unmapped it or is gone, and keeps it while a peer still "
+    "maps it past the bound") {
+  using namespace std::chrono_literals;
+  // 0: the peer lets its communicator go 1 s later: rank 0's destructor waits for it.
+  // 1: the peer's process ends without letting it go (its mappings die with it): rank 0
+  //    goes on at once, not after the bound (10 s here).
+  // 2: the peer still maps rank 0's inbox after rank 0's bound (its timeout, 1 s): rank
+  //    0 keeps the inbox until it exits (keep_until_exit) instead of freeing it.
+  for (int variant = 0; variant < 3; ++variant) {
+    const auto codes = fork_ranks(2, [variant](int r, store& st) {
+      ipc_options o = small_slots();
+      if (variant == 2 && r == 0) o.timeout = 1s;
+      auto c = std::make_unique<ipc_communicator<host_ipc_api>>(st, r, 2, host_ipc_api{}, o);
+      if (call_and_check<float>(*c, collective::all_reduce, algorithm::ring, reduce_op::sum, 7, false) != 0)
+        return 1;
+      if (r == 1) {
+        std::this_thread::sleep_for(variant == 0 ? 1s : variant == 1 ? 300ms : 3s);
+        if (variant == 1) ::_exit(0);
+        c.reset();
+        return 0;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      c.reset();
+      const auto took = std::chrono::steady_clock::now() - t0;
+      const std::size_t kept = detail::keep_until_exit<host_ipc_api::memory>();
+      std::printf("variant %d: the destructor took %lld ms, %zu inbox(es) kept\n", variant,
+                  static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()),
+                  kept);
+      if (variant == 0) return took >= 800ms && took < test::with_slack(5s) && kept == 0 ? 0 : 10;
+      if (variant == 1) return took < test::with_slack(3s) && kept == 0 ? 0 : 11;
+      return took >= 900ms && took < test::with_slack(3s) && kept == 1 ? 0 : 12;
+    });
+    INFO("variant ", variant);
+    CHECK(codes[0] == 0);
+    CHECK(codes[1] == 0);
+  }
+  CHECK(leftovers() == 0);
+}
+
 TEST_CASE("ipc: bad input is refused before anything moves") {
   const auto codes = fork_ranks(1, [](int r, store& st) {
     ipc_communicator<host_ipc_api> c(st, r, 1, host_ipc_api{}, small_slots());
