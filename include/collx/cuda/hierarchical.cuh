@@ -206,6 +206,8 @@ class hierarchical {
       a.bytes = 0;
       void* p = nullptr;
       check(cudaMallocAsync(&p, bytes, s), "cudaMallocAsync of " + std::to_string(bytes) + " bytes");
+      // Ready before the levels' own streams touch it (the IPC level copies on its own).
+      check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
       a.p = collx::cuda::detail::device_ptr<std::byte>(static_cast<std::byte*>(p),
                                                        collx::cuda::detail::device_free<std::byte>{device_});
       a.bytes = bytes;
