@@ -190,10 +190,20 @@ struct case_buffers {
   }
   T* out_ptr() { return out.data(); }
 
+  // The reduction of element j. Sum and prod wrap alike whether the inputs wrap first or
+  // the result does; min and max of an unsigned type compare the wrapped inputs (u8: -1
+  // is 255), so they are reduced as T holds them.
+  static double reduced(collx::reduce_op op, int p, std::size_t j) {
+    if (std::is_unsigned_v<T> && (op == collx::reduce_op::min || op == collx::reduce_op::max)) {
+      return serial_reduce<double>(op, p, [j](int r) { return to_d(from_d<T>(input(r, j))); });
+    }
+    return ref_reduce(op, p, j);
+  }
+
   double want(collx::reduce_op op, std::size_t i) const {
     switch (coll) {
-      case collx::collective::all_reduce: return ref_reduce(op, p, i);
-      case collx::collective::reduce_scatter: return ref_reduce(op, p, static_cast<std::size_t>(me) * n + i);
+      case collx::collective::all_reduce: return reduced(op, p, i);
+      case collx::collective::reduce_scatter: return reduced(op, p, static_cast<std::size_t>(me) * n + i);
       case collx::collective::all_gather: return input(static_cast<int>(i / n), i % n);
       default: break;  // the rooted collectives and barrier: tests/test_rooted.cpp
     }
@@ -210,7 +220,7 @@ struct case_buffers {
     if (coll == collx::collective::reduce_scatter && in_place) {
       for (std::size_t i = 0; i < out.size(); ++i) {
         if (i >= first && i < first + n) continue;
-        if (to_d(out[i]) != input(me, i)) ++bad;
+        if (to_d(out[i]) != to_d(from_d<T>(input(me, i)))) ++bad;
       }
     }
     return bad;

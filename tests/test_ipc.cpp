@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -397,6 +398,78 @@ TEST_CASE("ipc: ranks that call differently get a mismatch") {
   // Both ranks, each with the mismatch, not a timeout or a peer's failure.
   CHECK(codes[0] == 20);
   CHECK(codes[1] == 20);
+}
+
+TEST_CASE(
+    "ipc: count 0 on one rank and more on the others, or another count on one of three, is a mismatch on "
+    "every "
+    "rank within the bound") {
+  // A count-0 call moves no element, yet carries its signature to and from every peer
+  // (exec/peer_program.hpp: signature_exchange): it used to return at once on its rank
+  // and leave the others to time out. With three ranks, the rank that sees no foreign
+  // piece itself learns of the mismatch through the failure flags, and says mismatch too.
+  for (auto coll : {collective::all_reduce, collective::all_gather, collective::reduce_scatter}) {
+    for (int variant = 0; variant < 3; ++variant) {
+      const int odd = variant == 2 ? 2 : variant;  // rank 0 or 1 calls with count 0; rank 2 with 8
+      const auto t0 = std::chrono::steady_clock::now();
+      const auto codes = fork_ranks(3, [&](int r, store& st) {
+        ipc_communicator<host_ipc_api> c(st, r, 3, host_ipc_api{}, small_slots());
+        const std::size_t n = r != odd ? 7 : variant == 2 ? 8 : 0;
+        try {
+          call_and_check<float>(c, coll, algorithm::ring, reduce_op::sum, n, false);
+        } catch (const error& e) {
+          std::printf("rank %d: %s\n", r, e.what());
+          return e.kind() == errc::mismatch ? 20 : 21;
+        }
+        return 0;
+      });
+      INFO(to_string(coll), " variant ", variant);
+      for (int r = 0; r < 3; ++r) CHECK(codes[static_cast<std::size_t>(r)] == 20);
+      // small_slots' timeout is 20 s: a mismatch is found at the first piece.
+      CHECK(std::chrono::steady_clock::now() - t0 < test::with_slack(std::chrono::seconds(10)));
+    }
+  }
+  CHECK(leftovers() == 0);
+}
+
+TEST_CASE(
+    "ipc: a rank frees its inbox once every peer has unmapped it or is gone, and keeps it while a peer still "
+    "maps it past the bound") {
+  using namespace std::chrono_literals;
+  // 0: the peer lets its communicator go 1 s later: rank 0's destructor waits for it.
+  // 1: the peer's process ends without letting it go (its mappings die with it): rank 0
+  //    goes on at once, not after the bound (10 s here).
+  // 2: the peer still maps rank 0's inbox after rank 0's bound (its timeout, 1 s): rank
+  //    0 keeps the inbox until it exits (keep_until_exit) instead of freeing it.
+  for (int variant = 0; variant < 3; ++variant) {
+    const auto codes = fork_ranks(2, [variant](int r, store& st) {
+      ipc_options o = small_slots();
+      if (variant == 2 && r == 0) o.timeout = 1s;
+      auto c = std::make_unique<ipc_communicator<host_ipc_api>>(st, r, 2, host_ipc_api{}, o);
+      if (call_and_check<float>(*c, collective::all_reduce, algorithm::ring, reduce_op::sum, 7, false) != 0)
+        return 1;
+      if (r == 1) {
+        std::this_thread::sleep_for(variant == 0 ? 1s : variant == 1 ? 300ms : 3s);
+        if (variant == 1) ::_exit(0);
+        c.reset();
+        return 0;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      c.reset();
+      const auto took = std::chrono::steady_clock::now() - t0;
+      const std::size_t kept = detail::keep_until_exit<host_ipc_api::memory>();
+      std::printf("variant %d: the destructor took %lld ms, %zu inbox(es) kept\n", variant,
+                  static_cast<long long>(std::chrono::duration_cast<std::chrono::milliseconds>(took).count()),
+                  kept);
+      if (variant == 0) return took >= 800ms && took < test::with_slack(5s) && kept == 0 ? 0 : 10;
+      if (variant == 1) return took < test::with_slack(3s) && kept == 0 ? 0 : 11;
+      return took >= 900ms && took < test::with_slack(3s) && kept == 1 ? 0 : 12;
+    });
+    INFO("variant ", variant);
+    CHECK(codes[0] == 0);
+    CHECK(codes[1] == 0);
+  }
+  CHECK(leftovers() == 0);
 }
 
 TEST_CASE("ipc: bad input is refused before anything moves") {

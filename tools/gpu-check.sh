@@ -16,6 +16,7 @@
 #   reduce       the reduction kernels against the host's, bit for bit
 #   group        p = 2, 4, 8 ranks on one GPU in one process: every collective,
 #                algorithm, type, reduction; errors; graph capture; staged host path
+#   group-queues 4 ranks with CUDA's default 8 hardware queues (2 streams a rank), 5 refused
 #   ipc          2 processes over CUDA IPC under collx-run, every collective ...
 #   hier         4 processes as 2 emulated nodes x 2: CUDA IPC inside, staged tcp across
 #   kernels      reduce and copy kernels in GB/s against cudaMemcpy (collx-cuda-kernels)
@@ -94,6 +95,8 @@ check() {  # check <name> <seconds> <command...>
 check smoke 30 $B/tests/cuda/test_cuda_smoke
 check reduce 120 $B/tests/cuda/test_cuda_reduce
 check group 240 $B/tests/cuda/test_cuda_group
+check group-queues 60 env COLLX_TEST_DEFAULT_QUEUES=1 $B/tests/cuda/test_cuda_group \
+  "--test-case=cuda group: with the default hardware queues*"
 check ipc 180 sh -c "$B/tests/cuda/cuda_ipc_worker --probe && $B/collx-run -n 2 -- $B/tests/cuda/cuda_ipc_worker"
 check hier 150 sh -c "$B/tests/cuda/cuda_hier_worker --probe && $B/collx-run -n 4 -- $B/tests/cuda/cuda_hier_worker --nodes 2"
 check kernels 90 $B/collx-cuda-kernels -b 1M -e 1G -n 20 --all

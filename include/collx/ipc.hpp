@@ -13,8 +13,8 @@
 //   - an inbox in its memory (a GPU's, for CUDA): slots per sender, which senders fill
 //     through the mapping of it they opened once (cudaIpcOpenMemHandle);
 //   - a control segment in host shared memory: the mailboxes' counters and signatures,
-//     and (rank 0's) the abort word and the waits that let a timed-out rank name the
-//     rank really stuck.
+//     and (rank 0's) the failure flags (each rank writes only its own) and the waits
+//     that let a timed-out rank name the rank really stuck.
 // Both are set up once per communicator through the rendezvous store and reused.
 //
 // The Api is what the memory needs:
@@ -28,6 +28,7 @@
 //   void zero(std::byte* p, std::size_t bytes);
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -35,6 +36,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -42,6 +44,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string>
@@ -95,11 +98,29 @@ struct ipc_context : peer_memory::host_context {
 };
 
 // A control segment's layout: counters first (each receiver's mailbox: ready[p],
-// acked[p], sig[p*slots]), then rank 0's abort word and waits.
+// acked[p], sig[p*slots]), then rank 0's failure flags and waits.
 struct ipc_control_header {
   std::uint64_t ranks, slots, slot_bytes;
   std::int64_t pid;
+  std::uint64_t unmapped;  // 1 once this rank has closed its mappings of its peers' inboxes
 };
+
+// Whether process pid may still exist (and so map memory): a dead one's mappings died
+// with it.
+inline bool process_alive(std::int64_t pid) {
+  return ::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM;
+}
+
+// Memory a rank could not free safely (a peer still mapped it when the bound ran out):
+// kept until the process ends, and counted for the tests.
+template <class Memory>
+std::size_t keep_until_exit(Memory* m = nullptr) {
+  static std::mutex lock;
+  static std::vector<Memory> kept;
+  const std::lock_guard<std::mutex> hold(lock);
+  if (m != nullptr) kept.push_back(std::move(*m));
+  return kept.size();
+}
 
 // What a rank publishes: "<segment>|<ranks>|<slots>|<slot bytes>|<inbox handle>". The
 // geometry is checked from this before the segment is opened: a rank that fails first
@@ -151,19 +172,20 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
   ipc_communicator(ipc_communicator&&) = delete;  // the world's table points into it
 
   // Peers may still map this rank's inbox, and freeing memory another process maps is
-  // undefined (CUDA IPC): close this rank's mappings, count itself out in rank 0's
-  // segment, and free its own inbox (after this body) once every rank has, or after a
-  // bounded wait (a dead peer's mappings died with it).
+  // undefined (CUDA IPC): close this rank's mappings and say so in its own control
+  // segment, then free its own inbox (after this body) once every peer has said so or is
+  // gone. A peer that still maps it after the bound (the timeout, at most 10 s) leaves it
+  // kept until this process ends (keep_until_exit), never freed under the peer.
   ~ipc_communicator() {
     if (w_.waiting == nullptr) return;
     inboxes_.clear();
-    std::atomic_ref<std::uint64_t> closed(w_.waiting[size_]);
-    closed.fetch_add(1);
+    std::atomic_ref<std::uint64_t>(header_of(rank_)->unmapped).store(1, std::memory_order_release);
     const auto deadline = std::chrono::steady_clock::now() +
                           std::min<std::chrono::milliseconds>(opt_.timeout, std::chrono::seconds(10));
-    while (closed.load() < static_cast<std::uint64_t>(size_) && std::chrono::steady_clock::now() < deadline) {
+    while (!peers_unmapped() && std::chrono::steady_clock::now() < deadline) {
       std::this_thread::sleep_for(std::chrono::microseconds(200));
     }
+    if (!peers_unmapped()) detail::keep_until_exit(&own_inbox_);
   }
 
   int rank() const noexcept { return rank_; }
@@ -175,7 +197,8 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
 
   // Gives up: every peer's waits end with an error naming this rank; later calls fail.
   void abort() noexcept {
-    peer_memory::host_context::cas(w_.abort_word, 0, static_cast<std::uint64_t>(rank_) + 1);
+    peer_memory::host_context::store_release(w_.failed + rank_,
+                                             static_cast<std::uint64_t>(peer_memory::outcome::aborted));
     failed_.set("aborted by the application");
   }
 
@@ -191,9 +214,25 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     const auto p = static_cast<std::size_t>(size_);
     return sizeof(detail::ipc_control_header) + (2 * p + p * opt_.slots) * sizeof(std::uint64_t);
   }
-  // Rank 0's segment also holds the abort word, the waits and the count of ranks gone.
+  // Rank 0's segment also holds the failure flags (p + 1) and the waits (p).
   std::size_t control_bytes() const {
-    return counters_bytes() + (2 + static_cast<std::size_t>(size_)) * sizeof(std::uint64_t);
+    return counters_bytes() + (1 + 2 * static_cast<std::size_t>(size_)) * sizeof(std::uint64_t);
+  }
+
+  detail::ipc_control_header* header_of(int q) const {
+    return static_cast<detail::ipc_control_header*>(controls_[static_cast<std::size_t>(q)].base);
+  }
+
+  // Every peer has closed its mapping of this rank's inbox, or its process is gone.
+  bool peers_unmapped() const {
+    for (int q = 0; q < size_; ++q) {
+      if (q == rank_) continue;
+      detail::ipc_control_header* h = header_of(q);
+      if (std::atomic_ref<std::uint64_t>(h->unmapped).load(std::memory_order_acquire) == 0 &&
+          detail::process_alive(h->pid))
+        return false;
+    }
+    return true;
   }
   std::size_t inbox_bytes() const { return static_cast<std::size_t>(size_) * opt_.slots * opt_.slot_bytes; }
 
@@ -249,6 +288,7 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     header->slots = opt_.slots;
     header->slot_bytes = opt_.slot_bytes;
     header->pid = ::getpid();
+    header->unmapped = 0;
     own_inbox_ = api_.alloc(inbox_bytes());
     api_.zero(own_inbox_.get(), inbox_bytes());
     keys.set(std::to_string(rank_), name + "|" + std::to_string(p) + "|" + std::to_string(opt_.slots) + "|" +
@@ -267,8 +307,8 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     w_.slots = opt_.slots;
     w_.slot_bytes = opt_.slot_bytes;
     w_.boxes = boxes_.data();
-    w_.abort_word = reinterpret_cast<std::uint64_t*>(zero);
-    w_.waiting = w_.abort_word + 1;
+    w_.failed = reinterpret_cast<std::uint64_t*>(zero);
+    w_.waiting = w_.failed + size_ + 1;
     keys.barrier("mapped", size_, opt_.timeout);
     ::shm_unlink(name.c_str());
     guard.armed = false;
@@ -297,7 +337,7 @@ class ipc_communicator : public detail::untyped_calls<ipc_communicator<Api>> {
     const detail::checked_call c =
         detail::check_call(coll, in, out, count, t, op, o, rank_, size_, !Api::device_memory, root);
     const std::uint64_t seq = seq_++;
-    if (count == 0 && coll != collective::barrier) return;
+    // A count-0 call still runs: its empty messages carry its signature (exec/peer.hpp).
     const std::size_t es = size_of(t);
     const detail::resolved_call r =
         detail::resolve(coll, count, t, op, o, cfg_, size_, seq, opt_.slots * opt_.slot_bytes, root);

@@ -102,6 +102,36 @@ TEST_CASE("cuda group: one rank per GPU, where there are several") {
   full_matrix(static_cast<int>(devices.size()), devices);
 }
 
+TEST_CASE("cuda group: with the default hardware queues, 4 ranks on one GPU run and 5 are refused") {
+  // Run by its own ctest entry with COLLX_TEST_DEFAULT_QUEUES=1, which cuda_main.cu reads
+  // to leave CUDA_DEVICE_MAX_CONNECTIONS unset (8 queues): each rank drives two streams,
+  // its caller's and its upload stream, and both need a queue.
+  if (gpu::group::hardware_queues() != 8) COLLX_SKIP_CASE("CUDA_DEVICE_MAX_CONNECTIONS is set here");
+  CHECK(8 / gpu::group::streams_per_rank == 4);
+  try {
+    gpu::group too_many(std::vector<int>(5, 0));
+    FAIL("5 ranks of 2 streams each were taken with 8 hardware queues");
+  } catch (const error& e) {
+    CHECK(e.kind() == errc::invalid_argument);
+    CHECK(std::string(e.what()).find("CUDA_DEVICE_MAX_CONNECTIONS") != std::string::npos);
+  }
+  const int p = 4;
+  gpu::group g(std::vector<int>(p, 0));
+  std::atomic<long long> wrong{0};
+  std::barrier ready(p);
+  on_ranks(p, [&](int r) {
+    rank_env<gpu::communicator> env(std::size_t{4} << 20, 0, g.rank(r));
+    ready.arrive_and_wait();
+    // First calls of several shapes: each uploads its program on the upload stream while
+    // the other ranks' kernels may already spin.
+    for (std::size_t n : {std::size_t{1}, std::size_t{1001}, std::size_t{100003}}) {
+      wrong += one_call<float>(env, collective::all_reduce, algorithm::ring, reduce_op::sum, n, false);
+      wrong += one_call<float>(env, collective::all_gather, algorithm::ring, reduce_op::sum, n, true);
+    }
+  });
+  CHECK(wrong.load() == 0);
+}
+
 TEST_CASE("cuda group: a rank that never calls is a timeout on the others, naming it") {
   gpu::group_options o;
   o.timeout = std::chrono::milliseconds(500);
@@ -133,21 +163,37 @@ TEST_CASE("cuda group: a rank that never calls is a timeout on the others, namin
   CHECK((blamed[0] == 2 || blamed[1] == 2));
 }
 
-TEST_CASE("cuda group: ranks that call differently get a mismatch, not garbage") {
-  gpu::group g({0, 0});
-  std::vector<errc> kinds(2, errc::invalid_argument);
-  std::barrier ready(2);
-  on_ranks(2, [&](int r) {
-    rank_env<gpu::communicator> env(1 << 20, 0, g.rank(r));
-    ready.arrive_and_wait();
-    try {
-      one_call<float>(env, collective::all_reduce, algorithm::ring, reduce_op::sum, r == 0 ? 1000 : 1001,
-                      false);
-    } catch (const error& e) {
-      kinds[static_cast<std::size_t>(r)] = e.kind();
+TEST_CASE("cuda group: ranks that call differently get a mismatch on every rank, count 0 included") {
+  // Three ranks: the one that meets no foreign piece itself learns of the mismatch
+  // through the failure flags and says mismatch too, as on the host. Variant 0: another
+  // count on rank 2; 1: count 0 on rank 0 (its empty pieces carry its signature); 2: count
+  // 0 on rank 1, all-gather.
+  for (int variant = 0; variant < 3; ++variant) {
+    gpu::group_options o;
+    o.timeout = std::chrono::seconds(20);
+    gpu::group g({0, 0, 0}, o);
+    std::vector<errc> kinds(3, errc::invalid_argument);
+    std::vector<std::string> what(3);
+    std::barrier ready(3);
+    const auto t0 = std::chrono::steady_clock::now();
+    on_ranks(3, [&](int r) {
+      rank_env<gpu::communicator> env(1 << 20, 0, g.rank(r));
+      ready.arrive_and_wait();
+      const std::size_t n = variant == 0 ? (r == 2 ? 1001 : 1000) : (r == variant - 1 ? 0 : 1000);
+      const collective coll = variant == 2 ? collective::all_gather : collective::all_reduce;
+      try {
+        one_call<float>(env, coll, algorithm::ring, reduce_op::sum, n, false);
+      } catch (const error& e) {
+        kinds[static_cast<std::size_t>(r)] = e.kind();
+        what[static_cast<std::size_t>(r)] = e.what();
+      }
+    });
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(10));  // not the 20 s timeout
+    for (int r = 0; r < 3; ++r) {
+      INFO("variant ", variant, " rank ", r, ": ", what[static_cast<std::size_t>(r)]);
+      CHECK(kinds[static_cast<std::size_t>(r)] == errc::mismatch);
     }
-  });
-  CHECK((kinds[0] == errc::mismatch || kinds[1] == errc::mismatch));
+  }
 }
 
 TEST_CASE("cuda group: bad input is refused before anything is enqueued") {

@@ -86,6 +86,33 @@ struct device_free {
 template <class T>
 using device_ptr = std::unique_ptr<T, device_free<T>>;
 
+// Stream-ordered memory (cudaMallocAsync), freed on the stream that owns it, after the
+// work queued there: cudaFree would wait for the whole device, including peers' kernels
+// that spin waiting for this rank. The stream must outlive the pointer.
+template <class T>
+struct stream_free {
+  int device = 0;
+  cudaStream_t stream = nullptr;
+  void operator()(T* p) const noexcept {
+    int old = 0;
+    cudaGetDevice(&old);
+    cudaSetDevice(device);
+    cudaFreeAsync(p, stream);
+    cudaSetDevice(old);
+  }
+};
+template <class T>
+using stream_ptr = std::unique_ptr<T, stream_free<T>>;
+
+// bytes of stream-ordered memory on `device`, allocated and later freed on `stream`.
+inline stream_ptr<std::byte> stream_alloc(int device, std::size_t bytes, cudaStream_t stream) {
+  device_guard g(device);
+  void* p = nullptr;
+  check(cudaMallocAsync(&p, std::max<std::size_t>(bytes, 16), stream),
+        "cudaMallocAsync of " + std::to_string(bytes) + " bytes");
+  return stream_ptr<std::byte>(static_cast<std::byte*>(p), stream_free<std::byte>{device, stream});
+}
+
 template <class T>
 device_ptr<T> device_alloc(int device, std::size_t bytes) {
   device_guard g(device);
@@ -95,7 +122,9 @@ device_ptr<T> device_alloc(int device, std::size_t bytes) {
 }
 
 // The group's shared memory: mailboxes on each receiver's GPU, and the control words
-// (abort, waits, status) in mapped host memory that every GPU and the host can reach.
+// (failure flags, waits, status) in mapped host memory that every GPU and the host can
+// reach. Allocated when the group is made and freed when it goes (cudaFree and
+// cudaFreeHost synchronize the device: only at teardown).
 struct group_state {
   group_options opt;
   communicator_config cfg;  // the timeout is opt's; the rest from the environment
@@ -104,7 +133,7 @@ struct group_state {
   std::vector<device_ptr<std::byte>> box_memory;             // per rank: its lanes' mailboxes
   std::vector<device_ptr<peer_memory::mailbox>> box_tables;  // per rank: every mailbox's address, on its GPU
   void* control = nullptr;                                   // cudaHostAlloc'd, mapped
-  std::uint64_t* abort_word = nullptr;
+  std::uint64_t* failure_flags = nullptr;                    // [ranks + 1]: peer_memory::world_view::failed
   std::uint64_t* waiting = nullptr;
   peer_memory::status* status = nullptr;                   // [rank * lanes + lane]
   std::unique_ptr<collx::detail::failure_latch[]> failed;  // [rank]: each rank's first failure
@@ -118,13 +147,19 @@ struct group_state {
 
 class communicator;
 
-// The abort word's value when the host aborted: no rank's (1 + rank) can be it.
-inline constexpr std::uint64_t aborted_by_host = std::uint64_t{1} << 62;
-
 // The ranks of one process. Made once, before the ranks' threads call; then each thread
 // takes its communicator with rank(r).
 class group {
  public:
+  // Streams each rank drives on its GPU: the caller's and its upload stream.
+  static constexpr int streams_per_rank = 2;
+
+  // CUDA_DEVICE_MAX_CONNECTIONS as CUDA reads it: 8 unless set.
+  static int hardware_queues() {
+    const char* conn = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
+    return conn != nullptr && *conn != '\0' ? std::atoi(conn) : 8;
+  }
+
   explicit group(std::vector<int> devices, group_options opt = {})
       : s_(std::make_shared<detail::group_state>()) {
     const int p = static_cast<int>(devices.size());
@@ -156,7 +191,11 @@ class group {
 
   // Stops every rank's kernels at their next wait, from any thread: each rank's next call
   // or synchronize() throws errc::aborted, and so do all later calls.
-  void abort() noexcept { std::atomic_ref<std::uint64_t>(*s_->abort_word).store(aborted_by_host); }
+  // (The application's own failure flag, after the ranks': no rank writes it.)
+  void abort() noexcept {
+    std::atomic_ref<std::uint64_t>(s_->failure_flags[s_->w.ranks])
+        .store(static_cast<std::uint64_t>(peer_memory::outcome::aborted), std::memory_order_release);
+  }
 
  private:
   [[noreturn]] static void invalid(const std::string& why) {
@@ -206,7 +245,9 @@ class group {
 
   // Every rank's kernel must be resident at once, since each waits for the others': the
   // blocks must fit the GPU, and the streams its hardware queues (a stream that shares
-  // a queue can sit behind another rank's next call, which waits for this one).
+  // a queue can sit behind another rank's next call, which waits for this one). Each
+  // rank drives two streams: the caller's, and its own upload stream, whose first-call
+  // upload and synchronize must not queue behind a peer's spinning kernel.
   static void check_kernels_fit(const std::vector<int>& devices, const group_options& opt) {
     for (int d : devices) {
       const auto here = static_cast<int>(std::count(devices.begin(), devices.end(), d));
@@ -222,34 +263,36 @@ class group {
                 std::to_string(here * opt.lanes) + " resident blocks on GPU " + std::to_string(d) +
                 ", which holds " + std::to_string(sms * per_sm) + ": fewer lanes or threads");
       }
-      const char* conn = std::getenv("CUDA_DEVICE_MAX_CONNECTIONS");
-      const int queues = conn != nullptr && *conn != '\0' ? std::atoi(conn) : 8;
-      if (here > queues) {
-        invalid(std::to_string(here) + " ranks on GPU " + std::to_string(d) +
-                " need as many hardware queues; " + "CUDA_DEVICE_MAX_CONNECTIONS is " +
+      const int queues = hardware_queues();
+      if (streams_per_rank * here > queues) {
+        invalid(std::to_string(here) + " ranks on GPU " + std::to_string(d) + " drive " +
+                std::to_string(streams_per_rank * here) +
+                " streams (each rank's own and its upload stream) and need as many hardware queues; "
+                "CUDA_DEVICE_MAX_CONNECTIONS is " +
                 std::to_string(queues) +
-                ": set it (up to 32) in the environment before the program's first CUDA call");
+                ": set it (up to 32) in the environment before the program's first CUDA call, and leave "
+                "room for the application's other streams");
       }
     }
   }
 
-  // The abort word, the waits and the status words, in mapped host memory.
+  // The failure flags, the waits and the status words, in mapped host memory.
   void map_control_words() {
     auto& s = *s_;
     const auto lanes = static_cast<std::size_t>(s.opt.lanes);
     const auto up = static_cast<std::size_t>(s.w.ranks);
     const std::size_t control_bytes =
-        (1 + up * lanes) * sizeof(std::uint64_t) + up * lanes * sizeof(peer_memory::status);
+        (up + 1 + up * lanes) * sizeof(std::uint64_t) + up * lanes * sizeof(peer_memory::status);
     cuda::check(cudaHostAlloc(&s.control, control_bytes, cudaHostAllocMapped | cudaHostAllocPortable),
                 "cudaHostAlloc of the control words");
     std::memset(s.control, 0, control_bytes);
-    s.abort_word = static_cast<std::uint64_t*>(s.control);
-    s.waiting = s.abort_word + 1;
+    s.failure_flags = static_cast<std::uint64_t*>(s.control);
+    s.waiting = s.failure_flags + up + 1;
     s.status = reinterpret_cast<peer_memory::status*>(s.waiting + up * lanes);
     for (std::size_t i = 0; i < up * lanes; ++i) s.status[i] = peer_memory::status{};
     // With unified addressing (every 64-bit platform CUDA supports) the mapped host
     // pointer is the device pointer too.
-    s.w.abort_word = s.abort_word;
+    s.w.failed = s.failure_flags;
     s.w.waiting = s.waiting;
   }
 
@@ -292,6 +335,15 @@ class group {
 
 class communicator {
  public:
+  communicator(communicator&&) noexcept = default;
+  communicator& operator=(communicator&&) = delete;
+  // Frees this rank's programs and scratch on its upload stream once its last call
+  // (eager, or a graph's replay launched before this) is done: never a device-wide
+  // synchronize. Graphs captured from this communicator must not be launched after it.
+  ~communicator() {
+    if (upload_ && done_) cudaStreamWaitEvent(upload_.get(), done_.get(), 0);  // any current device
+  }
+
   int rank() const noexcept { return rank_; }
   int size() const noexcept { return g_->w.ranks; }
   int device() const noexcept { return g_->devices[static_cast<std::size_t>(rank_)]; }
@@ -347,7 +399,7 @@ class communicator {
   struct cached_program {
     collx::detail::call_shape key;
     peer_memory::program_image image;  // the host copy stays: the upload is asynchronous
-    detail::device_ptr<std::byte> bytes;
+    detail::stream_ptr<std::byte> bytes;
     peer_memory::program_view view;
   };
 
@@ -371,8 +423,8 @@ class communicator {
     }
     if (worst == nullptr) {
       const std::uint64_t word =
-          std::atomic_ref<std::uint64_t>(*g_->abort_word).load(std::memory_order_acquire);
-      if (word != aborted_by_host) return;
+          std::atomic_ref<std::uint64_t>(g_->failure_flags[g_->w.ranks]).load(std::memory_order_acquire);
+      if (word == 0) return;
       latch().set("the group was aborted");
       throw error(errc::aborted, coll, rank_, error::no_rank, "the group was aborted");
     }
@@ -392,13 +444,11 @@ class communicator {
     return upload_.get();
   }
 
-  // Stream-ordered allocation (cudaMallocAsync): a plain cudaMalloc may synchronize the
-  // device, and so wait for other ranks' kernels that wait for this rank.
-  detail::device_ptr<std::byte> allocate(std::size_t bytes) {
-    void* p = nullptr;
-    cuda::check(cudaMallocAsync(&p, std::max<std::size_t>(bytes, 16), upload_stream()), "cudaMallocAsync");
-    return detail::device_ptr<std::byte>(static_cast<std::byte*>(p),
-                                         detail::device_free<std::byte>{device()});
+  // Stream-ordered allocation on the upload stream, freed there too (cudaFreeAsync): a
+  // plain cudaMalloc or cudaFree may synchronize the device, and so wait for other
+  // ranks' kernels that wait for this rank.
+  detail::stream_ptr<std::byte> allocate(std::size_t bytes) {
+    return detail::stream_alloc(device(), bytes, upload_stream());
   }
 
   void refuse_in_capture(cudaStream_t stream, std::string_view coll, const char* what) const {
@@ -437,11 +487,9 @@ class communicator {
     const collx::detail::checked_call k =
         collx::detail::check_call(coll, in, out, count, t, op, o, rank_, size(), false);
     const std::size_t es = size_of(t);
-    if (count == 0) {  // nothing moves: every rank skips alike
-      ++seq_;
-      return;
-    }
-    check_addressable(name, in, out);
+    // A count-0 call still runs: its empty pieces carry its signature to every peer, so
+    // that count 0 here and more elsewhere is a mismatch, not a timeout (exec/peer.hpp).
+    if (count != 0) check_addressable(name, in, out);
 
     detail::device_guard guard(device());
     const auto& s = *g_;
@@ -464,7 +512,13 @@ class communicator {
     r.env.seq = seq_++;
     for (int j = 0; j < lanes; ++j) args.lanes[j].sig = signature(r.env);
     cuda::detail::launch_peer(t, op, args, lanes, s.opt.threads, stream);
-    if (!capturing) {
+    if (capturing) {
+      // The graph records done_ when it replays (an external record node), so that the
+      // calls after a replay, eager or another graph's, wait for it.
+      cuda::check(cudaEventRecordWithFlags(done_.get(), stream, cudaEventRecordExternal),
+                  "cudaEventRecordWithFlags(external)");
+      captured_ = true;
+    } else {
       cuda::check(cudaEventRecord(done_.get(), stream), "cudaEventRecord");
       last_ = stream;
     }
@@ -531,9 +585,13 @@ class communicator {
       done_.reset(ev);
     }
     // Calls of one rank on different streams must not run side by side: both would drive
-    // the same mailboxes. The next waits for the last (outside a capture, whose graph
-    // the caller orders).
-    if (!capturing && last_ != nullptr && last_ != stream) {
+    // the same mailboxes. The next waits for the last: on another stream, or wherever a
+    // graph replay may have run. Inside a capture the wait is an external wait node: a
+    // replay waits for whatever call recorded done_ last before it was launched.
+    if (capturing) {
+      cuda::check(cudaStreamWaitEvent(stream, done_.get(), cudaEventWaitExternal),
+                  "cudaStreamWaitEvent(external)");
+    } else if (last_ != nullptr && (last_ != stream || captured_)) {
       cuda::check(cudaStreamWaitEvent(stream, done_.get(), 0), "cudaStreamWaitEvent");
     }
   }
@@ -550,7 +608,7 @@ class communicator {
     scratch_bytes_ = bytes;
   }
 
-  struct stream_free {
+  struct stream_destroy {
     void operator()(cudaStream_t s) const noexcept { cudaStreamDestroy(s); }
   };
   struct event_free {
@@ -560,14 +618,20 @@ class communicator {
   std::shared_ptr<detail::group_state> g_;
   int rank_ = 0;
   std::uint64_t seq_ = 0;
+  // Declared before the memory freed on it, so that it goes after that memory: the
+  // destructor queues the frees behind the last call, then the stream goes (at once;
+  // its work completes on its own).
+  std::unique_ptr<CUstream_st, stream_destroy> upload_;
+  std::unique_ptr<CUevent_st, event_free> done_;
   std::vector<cached_program> programs_;
   std::size_t scratch_need_ = 0;  // elements per lane
-  detail::device_ptr<std::byte> scratch_;
-  std::vector<detail::device_ptr<std::byte>> retired_;
+  detail::stream_ptr<std::byte> scratch_;
+  // Outgrown scratch, kept until the communicator goes: graphs captured before the
+  // growth still use it.
+  std::vector<detail::stream_ptr<std::byte>> retired_;
   std::size_t scratch_bytes_ = 0;
-  std::unique_ptr<CUstream_st, stream_free> upload_;
-  std::unique_ptr<CUevent_st, event_free> done_;
   cudaStream_t last_ = nullptr;  // the stream of the last call launched outside a capture
+  bool captured_ = false;        // a graph records done_ too: every call waits for it
   collx::detail::failure_latch& latch() const { return g_->failed[static_cast<std::size_t>(rank_)]; }
 };
 

@@ -197,13 +197,22 @@ class hierarchical {
     check(cudaEventRecord(copied_, s), "cudaEventRecord");
   }
 
+  // Grown on the call's stream (cudaMallocAsync, and cudaFreeAsync for the old one, once
+  // this call's copies so far are done): cudaMalloc and cudaFree would synchronize the
+  // device, peers' work included. Freed at teardown.
   std::byte* scratch(int i, std::size_t bytes, cudaStream_t s) {
     auto& a = scratch_[i];
     if (a.bytes < bytes) {
       check(cudaStreamSynchronize(s), "cudaStreamSynchronize");  // this call's copies so far
-      a.p.reset();
+      collx::cuda::detail::device_guard g(device_);
+      if (a.p) check(cudaFreeAsync(a.p.release(), s), "cudaFreeAsync");
       a.bytes = 0;
-      a.p = collx::cuda::detail::device_alloc<std::byte>(device_, bytes);
+      void* p = nullptr;
+      check(cudaMallocAsync(&p, bytes, s), "cudaMallocAsync of " + std::to_string(bytes) + " bytes");
+      // Ready before the levels' own streams touch it (the IPC level copies on its own).
+      check(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      a.p = collx::cuda::detail::device_ptr<std::byte>(static_cast<std::byte*>(p),
+                                                       collx::cuda::detail::device_free<std::byte>{device_});
       a.bytes = bytes;
     }
     return a.p.get();

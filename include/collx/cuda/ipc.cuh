@@ -85,6 +85,8 @@ class cuda_ipc_api {
     return {detail::device_alloc<std::byte>(device_, std::max<std::size_t>(bytes, 1))};
   }
 
+  // The handle in hex, then '/' and the PCI bus id of the GPU that holds the memory, so
+  // that a peer on another GPU can check that it may copy into it.
   std::string export_handle(const memory& m) const {
     detail::device_guard g(device_);
     cudaIpcMemHandle_t h;
@@ -96,15 +98,19 @@ class cuda_ipc_api {
       std::snprintf(two, sizeof two, "%02x", b[i]);
       hex += two;
     }
-    return hex;
+    char bus[32] = {};
+    check(cudaDeviceGetPCIBusId(bus, sizeof bus, device_), "cudaDeviceGetPCIBusId");
+    return hex + "/" + bus;
   }
 
-  mapping open(const std::string& hex, std::size_t /*bytes*/) {
+  mapping open(const std::string& published, std::size_t /*bytes*/) {
     cudaIpcMemHandle_t h;
     auto* b = reinterpret_cast<unsigned char*>(&h);
+    const std::string hex = published.substr(0, published.find('/'));
     if (hex.size() != 2 * sizeof h) {
       throw error(errc::transport, "cuda_ipc", error::no_rank, error::no_rank, "malformed IPC handle");
     }
+    if (hex.size() < published.size()) require_peer_access(published.substr(hex.size() + 1));
     for (std::size_t i = 0; i < sizeof h; ++i)
       b[i] = static_cast<unsigned char>(std::stoul(hex.substr(2 * i, 2), nullptr, 16));
     detail::device_guard g(device_);
@@ -140,6 +146,29 @@ class cuda_ipc_api {
   }
 
  private:
+  // Pieces are copied from this rank's GPU into the peer's inbox: on another GPU that
+  // needs peer access, which CUDA IPC does not give where the hardware has none (the
+  // copy would fail, or worse). Refused here, when the communicator is made. A GPU this
+  // process cannot see (CUDA_VISIBLE_DEVICES) cannot be checked: cudaIpcOpenMemHandle
+  // decides.
+  void require_peer_access(const std::string& bus) const {
+    int theirs = -1;
+    if (cudaDeviceGetByPCIBusId(&theirs, bus.c_str()) != cudaSuccess) {
+      cudaGetLastError();
+      return;
+    }
+    if (theirs == device_) return;
+    int can = 0;
+    check(cudaDeviceCanAccessPeer(&can, device_, theirs), "cudaDeviceCanAccessPeer");
+    if (can == 0) {
+      throw error(errc::unsupported, "cuda_ipc", error::no_rank, error::no_rank,
+                  "GPU " + std::to_string(device_) + " cannot access GPU " + std::to_string(theirs) + " (" +
+                      bus +
+                      ")'s memory: CUDA IPC between them needs peer access; carry the buffers through host "
+                      "memory instead (collx::cuda::staged over shm)");
+    }
+  }
+
   int device_ = 0;
   cudaStream_t stream_ = nullptr;
 };

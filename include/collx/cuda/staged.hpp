@@ -19,6 +19,7 @@
 #include <limits>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "collx/communicator.hpp"
 #include "collx/cuda/probe.hpp"
@@ -36,13 +37,14 @@ class staged {
       cudaEventDestroy(copied_);
     }
     if (host_ != nullptr) cudaFreeHost(host_);
+    for (std::byte* old : retired_) cudaFreeHost(old);
   }
 
   // The untyped calls of collx::communicator, on device pointers. In place as there.
   void all_reduce(const void* in, void* out, std::size_t count, dtype t, reduce_op op, cudaStream_t stream,
                   const options& o = {}) {
     const std::size_t bytes = checked_bytes("all_reduce", in, out, count, t, 2);
-    std::byte* h = host(2 * bytes);
+    std::byte* h = host(2 * bytes, stream);
     copy_in(h, in, bytes, stream);
     if (in == out) {
       c_.all_reduce(h, h, count, t, op, o);
@@ -56,7 +58,7 @@ class staged {
                   const options& o = {}) {
     const std::size_t bytes = checked_bytes("all_gather", in, out, count, t, c_.size());
     const std::size_t all = bytes * static_cast<std::size_t>(c_.size());
-    std::byte* h = host(all);
+    std::byte* h = host(all, stream);
     std::byte* mine = h + bytes * static_cast<std::size_t>(c_.rank());
     copy_in(mine, in, bytes, stream);
     c_.all_gather(mine, h, count, t, o);  // in place in the host buffer
@@ -66,7 +68,7 @@ class staged {
                       cudaStream_t stream, const options& o = {}) {
     const std::size_t bytes = checked_bytes("reduce_scatter", in, out, count, t, c_.size());
     const std::size_t all = bytes * static_cast<std::size_t>(c_.size());
-    std::byte* h = host(all);
+    std::byte* h = host(all, stream);
     copy_in(h, in, all, stream);
     std::byte* mine = h + bytes * static_cast<std::size_t>(c_.rank());
     c_.reduce_scatter(h, mine, count, t, op, o);  // in place in the host buffer
@@ -93,25 +95,44 @@ class staged {
     return count * size_of(t);
   }
 
-  // Pinned memory, grown to the largest call and reused.
-  std::byte* host(std::size_t bytes) {
-    // The previous call's copy back, on whatever stream (which may be gone by now), may
-    // still read the buffer: an event, not the stream, says when it is done.
-    if (copied_ == nullptr) {
-      check(cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming), "cudaEventCreate");
-    } else {
-      check(cudaEventSynchronize(copied_), "cudaEventSynchronize");
-    }
+  // Pinned memory, grown to the largest call and reused; portable, so that calls whose
+  // streams are on different GPUs may all use it.
+  std::byte* host(std::size_t bytes, cudaStream_t stream) {
+    bind_event(stream);
     if (bytes <= cap_) return host_;
-    if (host_ != nullptr) cudaFreeHost(host_);
+    // Outgrown buffers are kept until the end (cudaFreeHost synchronizes the device), and
+    // the buffer at least doubles, so that what is kept stays below what is in use.
+    if (host_ != nullptr) retired_.push_back(host_);
     host_ = nullptr;
-    cap_ = 0;
+    const std::size_t want = bytes > 2 * cap_ ? bytes : 2 * cap_;
     void* p = nullptr;
-    check(cudaHostAlloc(&p, bytes, cudaHostAllocDefault),
-          "cudaHostAlloc of " + std::to_string(bytes) + " bytes");
+    check(cudaHostAlloc(&p, want, cudaHostAllocPortable),
+          "cudaHostAlloc of " + std::to_string(want) + " bytes");
     host_ = static_cast<std::byte*>(p);
-    cap_ = bytes;
+    cap_ = want;
     return host_;
+  }
+
+  // The previous call's copy back, on whatever stream (which may be gone by now), may
+  // still read the buffer: an event, not the stream, says when it is done. The event
+  // lives on the device of this call's stream (an event records only on a stream of its
+  // own device): made anew, once the last one is done, when the call's device changes.
+  void bind_event(cudaStream_t stream) {
+    int device = 0;
+    check(cudaStreamGetDevice(stream, &device), "cudaStreamGetDevice");
+    if (copied_ != nullptr) {
+      check(cudaEventSynchronize(copied_), "cudaEventSynchronize");
+      if (device == event_device_) return;
+      cudaEventDestroy(copied_);
+      copied_ = nullptr;
+    }
+    int old = 0;
+    check(cudaGetDevice(&old), "cudaGetDevice");
+    if (old != device) check(cudaSetDevice(device), "cudaSetDevice");
+    const cudaError_t e = cudaEventCreateWithFlags(&copied_, cudaEventDisableTiming);
+    if (old != device) cudaSetDevice(old);
+    check(e, "cudaEventCreate");
+    event_device_ = device;
   }
   // Waits for the stream's earlier work (which produced `in`, and any copy back that
   // still reads the staging buffer), then for the copy itself.
@@ -127,7 +148,9 @@ class staged {
   collx::communicator& c_;
   std::byte* host_ = nullptr;
   std::size_t cap_ = 0;
-  cudaEvent_t copied_ = nullptr;  // recorded after each copy back (on the first call's GPU)
+  std::vector<std::byte*> retired_;  // outgrown pinned buffers, freed at the end
+  cudaEvent_t copied_ = nullptr;     // recorded after each copy back, on event_device_
+  int event_device_ = -1;
 };
 
 }  // namespace collx::cuda

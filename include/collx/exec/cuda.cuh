@@ -4,9 +4,9 @@
 // thread block per lane; its thread 0 is the leader that picks the next piece and
 // publishes it, and all its threads move the piece with 16-byte vectors
 // (exec/cuda_reduce.cuh). Mailboxes are device memory of the receiving rank's GPU,
-// written by senders through peer pointers; the abort word, the waits and the lanes'
+// written by senders through peer pointers; the failure flags, the waits and the lanes'
 // status lie in mapped host memory, so the host reads why a kernel stopped without a
-// copy, and can stop spinning kernels by raising the abort word itself.
+// copy, and can stop spinning kernels by raising the application's flag itself.
 //
 // Waits are bounded by %globaltimer, so a rank that never launches its part becomes a
 // timeout on every other rank, not a kernel that spins forever.
@@ -36,10 +36,6 @@ struct device_context {
   }
   __device__ static void store_release(std::uint64_t* p, std::uint64_t v) {
     ::cuda::atomic_ref<std::uint64_t, ::cuda::thread_scope_system>(*p).store(v, ::cuda::memory_order_release);
-  }
-  __device__ static void cas(std::uint64_t* p, std::uint64_t expected, std::uint64_t desired) {
-    ::cuda::atomic_ref<std::uint64_t, ::cuda::thread_scope_system>(*p).compare_exchange_strong(expected,
-                                                                                               desired);
   }
   // Orders every thread's slot writes (made visible to the leader by the barrier before
   // it) before the flag that publishes them, for readers on other GPUs too.

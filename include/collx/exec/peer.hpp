@@ -4,8 +4,9 @@
 // (GPUs in one process, CUDA IPC; threads of one process in the tests), with no
 // transport in between. It is written once for the host and the device: the CUDA
 // executor (exec/cuda.cuh) runs it inside a kernel, one thread block per lane, and the
-// host tests run the same code on threads, so the logic that runs on a GPU is proven
-// on every machine.
+// host tests run the same code on teams of threads (host_team below), one team per lane,
+// the lanes at once, with a real barrier and an elected leader: the logic that runs on
+// a GPU, block-level cooperation included, is proven on every machine, under TSan too.
 //
 // Each receiver owns a mailbox per sender: `slots` slots of slot_bytes each, a ready
 // counter the sender bumps after filling a slot, an acked counter the receiver bumps
@@ -22,8 +23,8 @@
 // schedules into segments that do, since with a message larger than the slots two
 // partners whose reductions wait on their own sends (recursive doubling) deadlock. Every
 // wait is bounded: a lane that sees no piece move for its timeout raises the world's
-// abort word, and every other lane then stops too, so a dead or stuck rank becomes an
-// error on every rank, not a hang.
+// failure flag, and every other lane, scanning the flags while it waits, then stops too,
+// so a dead or stuck rank becomes an error on every rank, not a hang.
 //
 // All-reduce runs as `lanes` independent all-reduces over contiguous slices of the
 // buffer, one per lane (as NCCL's channels do): more thread blocks, more bandwidth.
@@ -34,10 +35,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "collx/core/reduce.hpp"
 #include "collx/schedule/schedule.hpp"
@@ -59,7 +63,7 @@ struct flat_step {
   std::uint8_t kind = 0;  // step_kind
   std::uint8_t src_buf = 0;
   std::uint8_t dst_buf = 0;
-  std::uint8_t pad = 0;
+  std::uint8_t flags = 0;  // signed_when_empty
   std::int32_t peer = -1;
   std::uint64_t src_off = 0;
   std::uint64_t dst_off = 0;
@@ -67,6 +71,12 @@ struct flat_step {
   std::uint32_t dep_begin = 0;
   std::uint32_t dep_count = 0;
 };
+
+// A message of a count-0 call: sent and received as one empty piece that carries the
+// call's signature, so that a rank calling with count 0 while its peers call with more is
+// a mismatch on both sides, as on the host, not a wait for pieces that never come.
+// (An empty message of a call with elements is skipped on both ends alike.)
+inline constexpr std::uint8_t signed_when_empty = 1;
 
 // A dependency, as the place of the step it waits for: finished once its queue's head
 // has passed it. So the executor keeps only the queue heads, never a state per step.
@@ -98,9 +108,12 @@ struct world_view {
   int lanes = 1;
   std::uint32_t slots = 2;
   std::uint64_t slot_bytes = 0;
-  const mailbox* boxes = nullptr;       // [receiver * lanes + lane]
-  std::uint64_t* abort_word = nullptr;  // 0, or 1 + the rank that failed first
-  std::uint64_t* waiting = nullptr;     // [rank * lanes + lane]: 1 + the peer it waits for, or 0
+  const mailbox* boxes = nullptr;  // [receiver * lanes + lane]
+  // [ranks + 1]: rank r's failure (an outcome, 0 while healthy), written by rank r alone
+  // (a store, never a compare-and-swap: in mapped host memory that is not atomic across
+  // PCIe), read by everyone; [ranks]: the application's abort of the whole world.
+  std::uint64_t* failed = nullptr;
+  std::uint64_t* waiting = nullptr;  // [rank * lanes + lane]: 1 + the peer it waits for, or 0
 };
 
 // Bytes of mailbox memory one receiver needs for one lane, and how it is laid out.
@@ -125,12 +138,15 @@ inline mailbox mailbox_at(std::byte* base, const world_view& w) noexcept {
   return mailbox_over(base, reinterpret_cast<std::uint64_t*>(base + p * w.slots * w.slot_bytes), w.ranks);
 }
 
-enum class outcome : std::uint32_t { ok = 0, timeout = 1, mismatch = 2, peer_failed = 3 };
+// aborted: the application gave up (a failure flag's value, never a lane's own outcome).
+enum class outcome : std::uint32_t { ok = 0, timeout = 1, mismatch = 2, peer_failed = 3, aborted = 4 };
 
 // How a lane ended; read by the host after the lane has finished.
 struct status {
   outcome code = outcome::ok;
-  std::int32_t peer = -1;        // the rank stuck, the mismatching one, or the one that failed
+  std::int32_t peer =
+      -1;  // the rank stuck, the mismatching one, or the one that failed (ranks: the application)
+  outcome cause = outcome::ok;   // peer_failed: that rank's own outcome
   std::int32_t waited_for = -1;  // timeout: the peer this lane itself waited for
   std::uint32_t step = 0;        // the step at which it happened
   std::uint32_t lane = 0;
@@ -186,7 +202,7 @@ struct action {
 // One lane of one rank, running: the leader's bookkeeping and its choice of the next
 // piece (decide), and the loop in which every thread of the lane moves it (run).
 // Ctx is where it runs (host_context below, or the CUDA executor's): leader(),
-// barrier(), the atomics, the clock, and the cooperative copy and reduce. T is the
+// barrier(), the loads and stores, the clock, and the cooperative copy and reduce. T is the
 // element's storage type, Op the reduction (avg reduces as sum).
 template <class T, reduce_op Op, class Ctx>
 class lane_runner {
@@ -215,7 +231,9 @@ class lane_runner {
       ctx_.barrier();
       const action a = ctx_.shared_action();
       if (a.what == action::done || a.what == action::stop) return a.what == action::done;
-      if (a.what == action::copy) {
+      if (a.n == 0) {
+        // a count-0 call's signature piece: nothing to move
+      } else if (a.what == action::copy) {
         ctx_.copy(a.dst, a.a, a.n);
       } else {
         ctx_.template reduce<T, Op>(reinterpret_cast<T*>(a.dst), reinterpret_cast<const T*>(a.a),
@@ -243,6 +261,23 @@ class lane_runner {
     return true;
   }
 
+  COLLX_HD static bool skips(const flat_step& o) {
+    return o.count == 0 &&
+           ((o.flags & signed_when_empty) == 0 || static_cast<step_kind>(o.kind) == step_kind::copy);
+  }
+
+  // The first rank whose failure flag is up (ranks: the application's abort), or -1.
+  COLLX_HD int failed_rank(outcome& why) const {
+    for (int r = 0; r <= w_.ranks; ++r) {
+      const std::uint64_t f = ctx_.load_acquire(w_.failed + r);
+      if (f != 0) {
+        why = static_cast<outcome>(f);
+        return r;
+      }
+    }
+    return -1;
+  }
+
   COLLX_HD void finish(std::uint32_t q) {
     ++head_[q];
     pieces_[q] = 0;
@@ -262,8 +297,9 @@ class lane_runner {
   }
 
   COLLX_HD action fail(outcome why, int peer, std::uint32_t at_step, std::uint64_t expected,
-                       std::uint64_t got) {
+                       std::uint64_t got, outcome cause = outcome::ok) {
     status& s = *c_.st;
+    s.cause = cause;
     s.waited_for = peer;
     s.peer = why == outcome::timeout ? stuck_rank(peer) : peer;
     s.step = at_step;
@@ -273,8 +309,8 @@ class lane_runner {
     s.waited_ns = ctx_.now_ns() - start_;
     ctx_.fence();  // the code last: whoever sees it sees the rest
     s.code = why;
-    // The first failure poisons the world: everyone else stops at its next wait.
-    if (why != outcome::peer_failed) ctx_.cas(w_.abort_word, 0, static_cast<std::uint64_t>(c_.rank) + 1);
+    // A failure poisons the world: everyone else stops at its next look at the flags.
+    if (why != outcome::peer_failed) ctx_.store_release(w_.failed + c_.rank, static_cast<std::uint64_t>(why));
     action a;
     a.what = action::stop;
     return a;
@@ -371,8 +407,9 @@ class lane_runner {
     for (std::uint32_t q = 0; q < pg_.nqueues; ++q) {
       const std::uint32_t qlen = pg_.queue_begin[q + 1] - pg_.queue_begin[q];
       // Empty steps move nothing: both ends of an empty message see the same count, so
-      // they skip it alike, and a step that waits on an empty one loses nothing.
-      while (head_[q] < qlen && pg_.ops[pg_.order[pg_.queue_begin[q] + head_[q]]].count == 0) finish(q);
+      // they skip it alike, and a step that waits on an empty one loses nothing. A
+      // count-0 call's messages still carry its signature (signed_when_empty).
+      while (head_[q] < qlen && skips(pg_.ops[pg_.order[pg_.queue_begin[q] + head_[q]]])) finish(q);
       if (head_[q] == qlen) continue;
       all_done = false;
       const std::uint32_t i = pg_.order[pg_.queue_begin[q] + head_[q]];
@@ -399,15 +436,18 @@ class lane_runner {
       ctx_.store_release(my_wait_, 0);
     }
     start_ = ctx_.now_ns();
-    for (;;) {
+    for (std::uint32_t pass = 1;; ++pass) {
       action a;
       bool all_done = true;
       std::uint32_t blocked_step = 0xffffffffu;
       int blocked_peer = -1;
       if (scan(a, all_done, blocked_step, blocked_peer)) return a;
       if (all_done) return action{};
-      const std::uint64_t failed = ctx_.load_acquire(w_.abort_word);
-      if (failed != 0) return fail(outcome::peer_failed, static_cast<int>(failed - 1), blocked_step, 0, 0);
+      // The flags every 16th pass: on a GPU they are reads across PCIe, in a loop that
+      // would otherwise read nothing but the GPUs' own memory.
+      outcome why = outcome::ok;
+      const int failed = pass % 16 == 0 ? failed_rank(why) : -1;
+      if (failed >= 0) return fail(outcome::peer_failed, failed, blocked_step, 0, 0, why);
       if (ctx_.now_ns() - start_ > c_.timeout_ns)
         return fail(outcome::timeout, blocked_peer, blocked_step, 0, 0);
       // Say whom this lane waits for (once per change: a store, not one per spin).
@@ -448,8 +488,6 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
   return lane.run();
 }
 
-// The host's context: one thread is the whole lane. The tests run lanes on threads.
-//
 // Host contexts' members are marked host-device and have bodies on the host only
 // (COLLX_HOST_ONLY): run_lane is host-device code, and nvcc's device pass must accept
 // its host instantiations, which never run on a GPU.
@@ -458,13 +496,83 @@ COLLX_HD bool run_lane(Ctx& ctx, const lane_call& c, const world_view& w) {
 #else
 #define COLLX_HOST_ONLY(...) __VA_ARGS__
 #endif
+
+// A barrier for host threads (what __syncthreads is to a block): every arrival happens
+// before every departure, for the threads and for TSan alike. A waiter yields a while
+// (pieces are short) before it sleeps.
+class host_barrier {
+ public:
+  explicit host_barrier(unsigned threads) : threads_(threads) {}
+  void arrive_and_wait() {
+    const std::uint64_t phase = phase_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == threads_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      {
+        const std::lock_guard<std::mutex> lock(m_);
+        phase_.store(phase + 1, std::memory_order_release);
+      }
+      cv_.notify_all();
+      return;
+    }
+    for (int spin = 0; spin < 64; ++spin) {
+      if (phase_.load(std::memory_order_acquire) != phase) return;
+      std::this_thread::yield();
+    }
+    std::unique_lock<std::mutex> lock(m_);
+    cv_.wait(lock, [&] { return phase_.load(std::memory_order_acquire) != phase; });
+  }
+
+ private:
+  const unsigned threads_;
+  std::atomic<unsigned> arrived_{0};
+  std::atomic<std::uint64_t> phase_{0};
+  std::mutex m_;
+  std::condition_variable cv_;
+};
+
+struct host_context;
+
+// A lane's team of host threads, as a thread block is on a GPU: its threads share the
+// action and the leader's state, meet at a real barrier, split every copy and reduction
+// between them, and one of them leads: the first to arrive, not a fixed one, so that
+// nothing may depend on which thread it is. run_lane's block-level cooperation (the
+// leader decides, everyone moves, the leader publishes once everyone's bytes have
+// landed) is then exercised on every machine, under TSan too.
+class host_team {
+ public:
+  explicit host_team(unsigned threads) : threads_(threads == 0 ? 1 : threads), sync_(threads_) {}
+  COLLX_HD unsigned size() const noexcept { return threads_; }
+  // Runs fn(host_context&) on every thread of the team, the calling one and size() - 1
+  // others; returns when all have.
+  template <class F>
+  void run(F&& fn);
+
+ private:
+  friend struct host_context;
+  static constexpr unsigned nobody = ~0u;
+  const unsigned threads_;
+  host_barrier sync_;
+  std::atomic<unsigned> leader_{nobody};
+  action act_;
+  peer_memory::leader_state ls_;
+};
+
+// The host's context: one thread of a lane's team, or the whole lane on its own (no
+// team: the ipc host loop, where the memory's own engine moves the bytes).
 struct host_context {
   action act;
   peer_memory::leader_state ls;
-  COLLX_HD peer_memory::leader_state& leader_state() noexcept { return ls; }
-  COLLX_HD bool leader() const noexcept { return true; }
-  COLLX_HD void barrier() noexcept {}
-  COLLX_HD action& shared_action() noexcept { return act; }
+  host_team* team = nullptr;
+  unsigned index = 0;  // in the team
+  bool is_leader = true;
+
+  host_context() = default;
+  host_context(host_team& t, unsigned i, bool leads) : team(&t), index(i), is_leader(leads) {}
+
+  COLLX_HD peer_memory::leader_state& leader_state() noexcept { return team != nullptr ? team->ls_ : ls; }
+  COLLX_HD bool leader() const noexcept { return is_leader; }
+  COLLX_HD void barrier() noexcept { COLLX_HOST_ONLY(if (team != nullptr) team->sync_.arrive_and_wait();) }
+  COLLX_HD action& shared_action() noexcept { return team != nullptr ? team->act_ : act; }
   COLLX_HD static std::uint64_t load_acquire(std::uint64_t* p) noexcept {
     COLLX_HOST_ONLY(return std::atomic_ref<std::uint64_t>(*p).load(std::memory_order_acquire);)
     return *p;
@@ -472,10 +580,6 @@ struct host_context {
   COLLX_HD static void store_release(std::uint64_t* p, std::uint64_t v) noexcept {
     COLLX_HOST_ONLY(std::atomic_ref<std::uint64_t>(*p).store(v, std::memory_order_release); return;)
     *p = v;
-  }
-  COLLX_HD static void cas(std::uint64_t* p, std::uint64_t expected, std::uint64_t desired) noexcept {
-    COLLX_HOST_ONLY(std::atomic_ref<std::uint64_t>(*p).compare_exchange_strong(expected, desired);)
-    (void)p, (void)expected, (void)desired;
   }
   COLLX_HD static void fence() noexcept {
     COLLX_HOST_ONLY(std::atomic_thread_fence(std::memory_order_seq_cst);)
@@ -487,15 +591,43 @@ struct host_context {
     return 0;
   }
   COLLX_HD static void pause() noexcept { COLLX_HOST_ONLY(std::this_thread::yield();) }
-  COLLX_HD static void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) noexcept {
-    COLLX_HOST_ONLY(std::memmove(dst, src, bytes);)
-    (void)dst, (void)src, (void)bytes;
+  // This thread's share of n items: one contiguous part of the team's size() parts.
+  COLLX_HD void share(std::uint64_t n, std::uint64_t& lo, std::uint64_t& len) const noexcept {
+    const std::uint64_t parts = team != nullptr ? team->size() : 1;
+    lo = n * index / parts;
+    len = n * (index + 1) / parts - lo;
+  }
+  COLLX_HD void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) const noexcept {
+    std::uint64_t lo = 0, len = 0;
+    share(bytes, lo, len);
+    COLLX_HOST_ONLY(if (len != 0) std::memmove(dst + lo, src + lo, len);)
+    (void)dst, (void)src;
   }
   template <class T, reduce_op Op>
-  COLLX_HD static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) noexcept {
-    COLLX_HOST_ONLY(collx::detail::reduce_loop<T, collx::detail::combining<Op>>(dst, a, b, n);)
-    (void)dst, (void)a, (void)b, (void)n;
+  COLLX_HD void reduce(T* dst, const T* a, const T* b, std::uint64_t n) const noexcept {
+    std::uint64_t lo = 0, len = 0;
+    share(n, lo, len);
+    COLLX_HOST_ONLY(
+        collx::detail::reduce_loop<T, collx::detail::combining<Op>>(dst + lo, a + lo, b + lo, len);)
+    (void)dst, (void)a, (void)b;
   }
 };
+
+template <class F>
+void host_team::run(F&& fn) {
+  leader_.store(nobody);
+  auto member = [&](unsigned index) {
+    unsigned none = nobody;
+    leader_.compare_exchange_strong(none, index);  // the first to get here leads
+    sync_.arrive_and_wait();                       // everyone knows who won
+    host_context ctx(*this, index, leader_.load() == index);
+    fn(ctx);
+  };
+  std::vector<std::thread> others;
+  others.reserve(threads_ - 1);
+  for (unsigned i = 1; i < threads_; ++i) others.emplace_back(member, i);
+  member(0);
+  for (auto& t : others) t.join();
+}
 
 }  // namespace collx::peer_memory

@@ -39,7 +39,31 @@ struct program_image {
   }
 };
 
-inline program_image compile(const schedule& s) {
+// What a count-0 call runs instead of its schedule: an empty piece to and from every
+// peer, each carrying the call's signature (signed_when_empty). A rank that calls with
+// count 0 while its peers call with more then meets a foreign signature from every peer
+// that sends it anything, and every peer it sends to meets its own: a mismatch, as on the
+// host, whatever the algorithm (a ring neighbour's empty round alone is not enough: a
+// tree's peers may never receive from it).
+inline schedule signature_exchange(const schedule& s) {
+  schedule x = s;  // the call's shape; its steps (a count-0 schedule's few) replaced
+  x.steps.clear();
+  x.deps.clear();
+  x.scratch_count = 0;
+  for (int k = 1; k < s.ranks; ++k) {
+    step to, from;
+    to.kind = step_kind::send;
+    to.peer = (s.rank + k) % s.ranks;
+    from.kind = step_kind::recv;
+    from.peer = (s.rank - k + s.ranks) % s.ranks;
+    x.steps.push_back(to);
+    x.steps.push_back(from);
+  }
+  return x;
+}
+
+// The program of schedule s, each step's flags set to `flags`.
+inline program_image compile_with(const schedule& s, std::uint8_t flags) {
   const channel_layout channels(s);
   const std::uint32_t nq = channels.count;
   const std::size_t n = s.steps.size();
@@ -68,6 +92,7 @@ inline program_image compile(const schedule& s) {
     o.count = st.count();
     o.dep_begin = st.dep_begin;
     o.dep_count = st.dep_count;
+    o.flags = flags;
     std::memcpy(img.bytes.data() + img.ops_at + i * sizeof(flat_step), &o, sizeof(flat_step));
   }
   for (std::size_t k = 0; k < s.deps.size(); ++k) {
@@ -77,6 +102,13 @@ inline program_image compile(const schedule& s) {
   if (n != 0) std::memcpy(img.bytes.data() + img.order_at, channels.order.data(), n * sizeof(std::uint32_t));
   std::memcpy(img.bytes.data() + img.begin_at, channels.begin.data(), (nq + 1) * sizeof(std::uint32_t));
   return img;
+}
+
+// The program a lane runs for schedule s (a count-0 call's: signature_exchange).
+inline program_image compile(const schedule& s) {
+  if (s.count == 0 && s.send_counts.empty() && s.ranks > 1)
+    return compile_with(signature_exchange(s), signed_when_empty);
+  return compile_with(s, 0);
 }
 
 // The largest message of a schedule, in elements. A message must fit in a channel's
@@ -120,9 +152,17 @@ inline error to_error(const status& s, std::string_view coll, int rank, int rank
             "in the same order";
       break;
     default:
-      kind = named ? errc::peer_failure : errc::aborted;
-      why = named ? "rank " + std::to_string(s.peer) + " failed, so this call stopped"
-                  : "the group was aborted";
+      // A mismatch stays one for the ranks that learn of it through the flags, as on
+      // the host (as_seen_by_peers): the call was mismatched, whichever rank saw it.
+      kind = named ? as_seen_by_peers(s.cause == outcome::mismatch ? errc::mismatch : errc::peer_failure)
+                   : errc::aborted;
+      why = !named ? "the group was aborted"
+            : s.cause == outcome::mismatch
+                ? "rank " + std::to_string(s.peer) +
+                      " found that the ranks made different calls, so this call "
+                      "stopped: every rank must make the same calls, with the same "
+                      "count, type, reduction and algorithm, in the same order"
+                : "rank " + std::to_string(s.peer) + " failed, so this call stopped";
       break;
   }
   if (!called.empty()) why += " (this rank called " + called + ")";
