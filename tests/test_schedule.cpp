@@ -731,6 +731,44 @@ TEST_CASE("the verifier proves the ring in node order on interleaved and unequal
   }
 }
 
+TEST_CASE(
+    "the replay prices two link classes: on nodes at 1 Gbit/s the hierarchical schedules beat the flat ring, "
+    "and the closed forms stay near the replay") {
+  const collx::cost_params intra{2e-6, 1.0 / 8e9, 1.0 / 16e9};
+  const collx::cost_params inter{50e-6, 1.0 / 125e6, 1.0 / 16e9};
+  const std::size_t n = std::size_t{1}
+                        << 18;  // 1 MiB of f32 per rank (per block for all-gather and reduce-scatter)
+  for (const auto& node_of : {blocked({2, 2}), blocked({3, 3}), blocked({2, 2, 2}), blocked({4, 4})}) {
+    const int p = static_cast<int>(node_of.size());
+    const auto ns = collx::algorithms::node_shape::of(node_of, inter);
+    for (collective c : {collective::all_reduce, collective::all_gather, collective::reduce_scatter}) {
+      double replay[2] = {};
+      int k = 0;
+      for (algorithm a : {algorithm::ring, algorithm::hierarchical}) {
+        std::vector<schedule> v;
+        for (int r = 0; r < p; ++r) {
+          collx::algorithms::call_shape cs{c, r, p, n, n, false};  // unsegmented, as the formulas
+          cs.node_of = node_of;
+          v.push_back(collx::algorithms::build(a, cs));
+        }
+        replay[k] = collx::predict(v, intra, 4, {node_of, inter}).seconds;
+        const double formula =
+            collx::algorithms::predicted_on_nodes(a, c, p, static_cast<double>(n) * 4, intra, ns);
+        INFO(to_string(a), " ", to_string(c), " p=", p, " replay=", replay[k], " formula=", formula);
+        CHECK(formula >= 0.8 * replay[k]);
+        CHECK(formula <= 1.2 * replay[k]);
+        ++k;
+      }
+      INFO(to_string(c), " p=", p, " ring=", replay[0], " hierarchical=", replay[1]);
+      CHECK(replay[1] < 0.9 * replay[0]);
+    }
+  }
+  // Without node_of every link is the rank's own at intra's prices, as before.
+  const schedule one = collx::algorithms::build(algorithm::ring, {collective::all_reduce, 0, 1, 8, 8, false});
+  CHECK(collx::predict(std::span(&one, 1), intra, 4).seconds ==
+        collx::predict(std::span(&one, 1), intra, 4, {{}, inter}).seconds);
+}
+
 TEST_CASE("the ring on interleaved nodes runs in node order: one edge per node crosses") {
   // Nodes {0, 2, 4} and {1, 3, 5}: the ring goes 0 2 4 1 3 5, so rank 0 sends to 2
   // (its node) and receives from 5 (the other), and only 4 -> 1 and 5 -> 0 cross.

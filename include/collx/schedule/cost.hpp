@@ -8,6 +8,8 @@
 // occupies that link for alpha + bytes*beta, and is delivered when the receiver's link
 // has also carried it. A receive-and-reduce then needs the processor for bytes*gamma.
 // This is what makes pipelining visible: segment k+1 travels while segment k is reduced.
+// On nodes (link_classes) a message between nodes uses its node's one link instead,
+// shared by the node's ranks, at the prices between nodes.
 
 #include <algorithm>
 #include <cstddef>
@@ -59,11 +61,32 @@ inline std::optional<cost_params> read_model(const std::string& path) {
   return m;
 }
 
-inline cost_estimate predict(std::span<const schedule> all, const cost_params& c, std::size_t elem_size) {
+// Two classes of links, for ranks on nodes: a message between ranks of one node goes
+// over the rank's own links at `c`'s prices (shared memory), one between nodes over its
+// node's one link each way at `inter`'s (the network), which all the node's ranks share.
+// Empty node_of: every rank on one node.
+struct link_classes {
+  std::span<const int> node_of{};
+  cost_params inter{};
+};
+
+inline cost_estimate predict(std::span<const schedule> all, const cost_params& c, std::size_t elem_size,
+                             const link_classes& links = {}) {
   const std::size_t p = all.size();
   std::vector<std::vector<double>> finish(p);
-  std::vector<double> out_link(p, 0.0);
-  std::vector<double> in_link(p, 0.0);
+  // Links: each rank's own out and in (0..p-1), then each node's (p + node) for messages
+  // between nodes.
+  auto node = [&](std::size_t r) {
+    return links.node_of.empty() ? std::size_t{0} : static_cast<std::size_t>(links.node_of[r]);
+  };
+  std::size_t nodes = 1;
+  for (std::size_t r = 0; r < p; ++r) nodes = std::max(nodes, node(r) + 1);
+  auto link = [&](std::size_t r, std::size_t q) { return node(r) == node(q) ? r : p + node(r); };
+  auto price = [&](std::size_t r, std::size_t q) -> const cost_params& {
+    return node(r) == node(q) ? c : links.inter;
+  };
+  std::vector<double> out_link(p + nodes, 0.0);
+  std::vector<double> in_link(p + nodes, 0.0);
   std::vector<double> cpu(p, 0.0);
   std::vector<std::size_t> msgs(p, 0);
   std::vector<std::size_t> bytes(p, 0);
@@ -80,8 +103,11 @@ inline cost_estimate predict(std::span<const schedule> all, const cost_params& c
     switch (st.kind) {
       case step_kind::send: {
         // The send is done, for the sender, once its link has pushed the bytes out.
-        t = std::max(ready, out_link[r]) + c.alpha + b * c.beta;
-        out_link[r] = t;
+        const auto q = static_cast<std::size_t>(st.peer);
+        const cost_params& m = price(r, q);
+        double& out = out_link[link(r, q)];
+        t = std::max(ready, out) + m.alpha + b * m.beta;
+        out = t;
         ++msgs[r];
         bytes[r] += st.count() * elem_size;
         break;
@@ -91,8 +117,10 @@ inline cost_estimate predict(std::span<const schedule> all, const cost_params& c
         const auto q = static_cast<std::size_t>(from);
         const double left = finish[q][idx];  // the sender's link finished at this time
         // The receiver's link carries the message as it arrives; its own backlog delays it.
-        const double arrive = std::max(left, in_link[r] + c.alpha + b * c.beta);
-        in_link[r] = arrive;
+        const cost_params& m = price(r, q);
+        double& in = in_link[link(r, q)];
+        const double arrive = std::max(left, in + m.alpha + b * m.beta);
+        in = arrive;
         t = std::max(ready, arrive);
         if (st.kind == step_kind::recv_reduce) {
           t = std::max(t, cpu[r]) + b * c.gamma;
