@@ -34,10 +34,7 @@ namespace collx::algorithms {
 inline schedule bruck(const recursive_params& prm) {
   schedule s = detail::start(collective::all_gather, algorithm::bruck, prm);
   schedule_builder b(s);
-  const std::size_t n = prm.count;
-  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
-  const int p = prm.ranks;
-  const int r = prm.rank;
+  const auto [n, seg, p, r] = detail::block_sizes(prm);
   const auto up = static_cast<std::size_t>(p);
   const auto ur = static_cast<std::size_t>(r);
   if (n == 0) return s;
@@ -117,11 +114,9 @@ inline void bruck_round(schedule_builder& b, region out, region in, int to, int 
 inline schedule bruck_all_to_all(const recursive_params& prm) {
   schedule s = detail::start(collective::all_to_all, algorithm::bruck, prm);
   schedule_builder b(s);
-  const std::size_t n = prm.count;
-  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
-  const int p = prm.ranks;
-  const int r = prm.rank;
-  auto block = [&](int q) { return static_cast<std::size_t>(q) * n; };
+  const detail::block_sizes z(prm);
+  const auto [n, seg, p, r] = z;
+  auto block = [&z](int q) { return z.block(q); };
   const buffer from = prm.in_place ? buffer::output : buffer::input;
   std::vector<region> loc;
   for (int i = 0; i < p; ++i) loc.push_back({from, block((r + i) % p), n});

@@ -45,11 +45,9 @@ inline schedule pairwise(const rooted_params& prm) {
   schedule s = empty_schedule(collective::all_to_all, algorithm::pairwise, prm.rank, prm.ranks, prm.count,
                               prm.in_place, 0);
   schedule_builder b(s);
-  const std::size_t n = prm.count;
-  const std::size_t seg = std::max<std::size_t>(prm.segment, 1);
-  const int p = prm.ranks;
-  const int r = prm.rank;
-  auto block = [&](int q) { return static_cast<std::size_t>(q) * n; };
+  const detail::block_sizes z(prm);
+  const auto [n, seg, p, r] = z;
+  auto block = [&z](int q) { return z.block(q); };
   buffer from = buffer::input;
   if (prm.in_place && p > 1) {
     s.scratch_count = block(p);

@@ -79,6 +79,21 @@ struct recursive_params {
 
 namespace detail {
 
+// A call's sizes as the block algorithms (Bruck's, the pairwise exchange) read them:
+// elements per block, per segment (at least 1), ranks and this rank; block(q) is where
+// rank q's block starts.
+struct block_sizes {
+  std::size_t n, seg;
+  int p, r;
+  explicit block_sizes(const recursive_params& prm)
+      : n(prm.count), seg(std::max<std::size_t>(prm.segment, 1)), p(prm.ranks), r(prm.rank) {}
+  std::size_t block(int q) const noexcept { return static_cast<std::size_t>(q) * n; }
+};
+
+}  // namespace detail
+
+namespace detail {
+
 // The doubling half, shared by Rabenseifner and the all-gather: at mask m, virtual rank
 // v swaps the blocks of its aligned group of m virtual ranks for its partner group's,
 // so each step doubles what it holds. elem(v) is where virtual rank v's blocks start.
