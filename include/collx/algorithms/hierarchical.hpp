@@ -345,7 +345,16 @@ inline void append_part(schedule& s, schedule_builder& b, const schedule& part, 
     }
     where[i].last = static_cast<std::uint32_t>(s.steps.size());
   }
-  s.scratch_count = std::max(s.scratch_count, map.tmp.at + part.scratch_count);
+  // Scratch for every buffer of the part that lies in the whole schedule's scratch.
+  const std::size_t extent[3] = {input_elements(part), output_elements(part), part.scratch_count};
+  for (buffer k : {buffer::input, buffer::output, buffer::scratch}) {
+    const placement& pl = map.of(k);
+    if (pl.to != buffer::scratch) continue;
+    const std::size_t end = pl.units.empty()
+                                ? extent[static_cast<std::size_t>(k)]
+                                : (*std::max_element(pl.units.begin(), pl.units.end()) + 1) * map.unit;
+    s.scratch_count = std::max(s.scratch_count, pl.at + end);
+  }
 }
 
 // The job's blocks that a group's blocks are: block q of a part whose rank q is the
@@ -503,7 +512,6 @@ inline schedule hierarchical_reduce_scatter(const ring_params& p, std::span<cons
   std::vector<detail::placed> across_where;
   detail::append_part(s, b, ring(collective::reduce_scatter, {g.node, g.nodes, p.count, p.segment, false}),
                       g.across(), m, across_where);
-  s.scratch_count = std::max(s.scratch_count, sums + column);
   return s;
 }
 
