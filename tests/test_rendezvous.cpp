@@ -135,6 +135,58 @@ TEST_CASE("a prefixed view keeps its keys under its prefix, nests, and works as 
   std::filesystem::remove_all(dir);
 }
 
+// The failing ranks' notes (communicator::compare_notes) as make_communicator keeps them:
+// rank 2 of 4 follows them from the peer it blames.
+TEST_CASE("failure notes name the rank where a chain of failures began, or the one stuck or gone") {
+  const auto dir = temp_dir();
+  auto under = std::make_shared<file_store>(dir);
+  prefix_store keys(*under, "job/stuck/1");
+  using blame = failure_notes::blame;
+  detail::store_notes r0(under, keys, 0, 4), r1(under, keys, 1, 4), r2(under, keys, 2, 4),
+      r3(under, keys, 3, 4);
+  const auto soon = [] { return detail::clock::now() + 100ms; };
+
+  SUBCASE("a peer that lost another, which failed on its own") {
+    r1.note(1, blame::began);
+    r0.note(1, blame::lost);
+    r2.note(0, blame::lost);
+    const auto [culprit, story] = r2.follow(0, soon());
+    CHECK(culprit == 1);
+    CHECK(story == "; peer 0 had itself lost peer 1, which failed on its own: the failure began at peer 1");
+  }
+  SUBCASE("a chain of waits down to a rank that noted nothing: the one stuck") {
+    r0.note(3, blame::waiting);
+    r2.note(0, blame::waiting);
+    const auto [culprit, story] = r2.follow(0, soon());
+    CHECK(culprit == 3);
+    CHECK(story.starts_with("; peer 0 was itself waiting for peer 3, which noted nothing within "));
+    CHECK(story.ends_with(" ms: peer 3 is the one stuck"));
+  }
+  SUBCASE("a peer that lost a rank that noted nothing: that rank is gone") {
+    r0.note(3, blame::lost);
+    const auto [culprit, story] = r2.follow(0, soon());
+    CHECK(culprit == 3);
+    CHECK(story.ends_with("peer 3 is gone"));
+  }
+  SUBCASE("nothing to add: the peer began it, noted nothing, a cycle, or a note of nonsense") {
+    r0.note(0, blame::began);
+    CHECK(r2.follow(0, soon()) == std::pair<int, std::string>{0, ""});
+    CHECK(r2.follow(1, soon()) == std::pair<int, std::string>{1, ""});
+    r1.note(3, blame::waiting);
+    r3.note(1, blame::waiting);
+    CHECK(r2.follow(1, soon()) == std::pair<int, std::string>{1, ""});
+    keys.set("3", "7 lost");  // no rank 7 in a job of 4
+    r1.note(3, blame::lost);
+    CHECK(r2.follow(1, soon()) == std::pair<int, std::string>{1, ""});
+  }
+  SUBCASE("a store that is gone adds nothing and throws nothing") {
+    std::filesystem::remove_all(dir);
+    r0.note(1, blame::lost);  // the file store's directory is gone: the write fails
+    CHECK(r2.follow(0, soon()) == std::pair<int, std::string>{0, ""});
+  }
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("a key that never appears is a timeout error, not a hang") {
   const auto port = free_port();
   tcp_store s("127.0.0.1", port, true, 5s);

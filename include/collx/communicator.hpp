@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <optional>
 #include <ranges>
 #include <span>
 #include <string>
@@ -45,10 +46,24 @@
 
 namespace collx {
 
-// Given the peer a timed-out wait was for and the grace kept for asking around: the rank
-// really stuck, and the words to add to the error (communicator::explain_timeouts).
-using timeout_explainer =
-    std::function<std::pair<int, std::string>(int waited_for, std::chrono::milliseconds grace)>;
+// How the ranks of a failed communicator compare notes, through something every rank
+// reaches besides the transport (the rendezvous store; communicator::compare_notes). A
+// rank alone cannot tell a stalled peer from one that is itself waiting, nor a peer that
+// died from one that gave up on a third rank and closed its connections: the notes tell.
+class failure_notes {
+ public:
+  // What a rank blames its failure on: the peer it waited for, the peer it lost, or
+  // itself (the failure began there).
+  enum class blame { waiting, lost, began };
+  virtual ~failure_notes() = default;
+  // Noted before this rank closes its connections, so a peer that loses it finds the note.
+  virtual void note(int peer, blame why) noexcept = 0;
+  // From `peer` on, follows the notes to a rank that blamed itself or noted nothing by
+  // `until`: that rank, and the words to add to the error; {peer, ""} when they add
+  // nothing (a cycle, the store gone).
+  virtual std::pair<int, std::string> follow(int peer,
+                                             std::chrono::steady_clock::time_point until) noexcept = 0;
+};
 
 namespace detail {
 
@@ -113,7 +128,7 @@ struct comm_state {
 
   failure_latch failed;  // the first failure, and how many calls finished before it
 
-  timeout_explainer explain;  // set by explain_timeouts()
+  std::shared_ptr<failure_notes> notes;  // set by compare_notes()
 
   std::mutex qm;
   std::condition_variable qcv;
@@ -581,13 +596,15 @@ class communicator : public detail::untyped_calls<communicator> {
   using untyped_calls::scatter;
 
   // A rank that times out waiting for a peer cannot tell a stalled peer from one that is
-  // itself waiting. With an explainer (one that compares notes through the rendezvous
-  // store, say), the last tenth of each call's timeout, at most 2 s, is kept for it: the
-  // timed-out rank asks whom its peer was waiting for, and so on down the chain, and its
-  // error names the rank at the end, the one that made no progress. Set it before the
-  // first call (it is read without a lock). make_communicator installs one when the job
-  // meets through a tcp store.
-  void explain_timeouts(timeout_explainer explain) { s_->explain = std::move(explain); }
+  // itself waiting, and one that lost a peer cannot tell a dead peer from one that gave
+  // up on a third rank. With notes (compared through the rendezvous store, say), every
+  // failing rank notes whom it blames before it closes its connections, and follows the
+  // others' notes: its error names the rank at the end of the chain, the one that made
+  // no progress or where the failure began. A timeout keeps the last tenth of each
+  // call's timeout, at most 2 s, for asking; a lost peer asks for at most 250 ms. Set
+  // them before the first call (they are read without a lock). make_communicator
+  // installs them when the job meets through a tcp store.
+  void compare_notes(std::shared_ptr<failure_notes> notes) { s_->notes = std::move(notes); }
 
   // Gives up: this rank's calls in flight and its peers' calls that wait on it end with
   // collx::error; every later call on this communicator fails. May be called from any thread.
@@ -852,7 +869,7 @@ class communicator : public detail::untyped_calls<communicator> {
     ec.env = r.env;
     ec.timeout = r.timeout;
     std::chrono::milliseconds grace{0};
-    if (s.explain && ec.timeout < std::chrono::hours(24 * 365)) {
+    if (s.notes && ec.timeout < std::chrono::hours(24 * 365)) {
       grace = std::min<std::chrono::milliseconds>(ec.timeout / 10, std::chrono::seconds(2));
       ec.timeout -= grace;
     }
@@ -860,15 +877,11 @@ class communicator : public detail::untyped_calls<communicator> {
       const auto p = plan_for(s, c, r.algo, r.segment);
       s.core->run(*p, {c.in, c.out, nullptr}, ec);
     } catch (const error& e) {
-      if (e.kind() == errc::timeout && grace.count() > 0 && e.peer() >= 0 && e.peer() < s.size) {
-        const auto [culprit, story] = s.explain(e.peer(), grace);
-        if (culprit != e.peer()) {
-          const error x(errc::timeout, e.collective(), e.rank(), culprit, e.detail() + story);
-          fail(s, x.kind(), x.what());
-          throw x;
-        }
+      if (auto x = asked_around(s, e, grace)) {
+        fail(s, x->kind(), x->what(), true);
+        throw *x;
       }
-      fail(s, e.kind(), e.what());
+      fail(s, e.kind(), e.what(), s.notes != nullptr);
       throw;
     } catch (const std::exception& e) {
       fail(s, errc::transport, e.what());
@@ -881,10 +894,35 @@ class communicator : public detail::untyped_calls<communicator> {
     }
   }
 
-  // The peers learn which call this rank gave up on: the first it did not finish.
-  static void fail(detail::comm_state& s, errc kind, const std::string& why) {
+  // e's culprit, asked around (failure_notes) where notes are kept: this rank notes whom
+  // it blames, and where that is a peer it waited for (within the grace) or lost (within
+  // 250 ms), follows the notes. The error to throw instead of e, if the chain ends
+  // elsewhere.
+  static std::optional<error> asked_around(detail::comm_state& s, const error& e,
+                                           std::chrono::milliseconds grace) {
+    if (!s.notes) return std::nullopt;
+    using blame = failure_notes::blame;
+    const bool waited = e.kind() == errc::timeout && grace.count() > 0;
+    const bool lost = e.kind() == errc::peer_failure;
+    const int peer = e.peer();
+    if ((!waited && !lost) || peer < 0 || peer >= s.size || peer == s.rank) {
+      s.notes->note(s.rank, blame::began);
+      return std::nullopt;
+    }
+    s.notes->note(peer, waited ? blame::waiting : blame::lost);
+    const auto ask = waited ? grace : std::chrono::milliseconds(250);
+    const auto [culprit, story] = s.notes->follow(peer, std::chrono::steady_clock::now() + ask);
+    if (culprit == peer) return std::nullopt;
+    return error(e.kind(), e.collective(), e.rank(), culprit, e.detail() + story);
+  }
+
+  // The peers learn which call this rank gave up on: the first it did not finish. Noted
+  // first (unless the caller has), so that a peer that loses this rank finds the note.
+  static void fail(detail::comm_state& s, errc kind, const std::string& why, bool noted = false) {
     std::uint64_t first_unfinished = 0;
-    if (s.failed.set(why, &first_unfinished)) s.core->abort(kind, why, first_unfinished);
+    if (!s.failed.set(why, &first_unfinished)) return;
+    if (s.notes && !noted) s.notes->note(s.rank, failure_notes::blame::began);
+    s.core->abort(kind, why, first_unfinished);
   }
   void fail(errc kind, const std::string& why) { fail(*s_, kind, why); }
 

@@ -15,6 +15,7 @@
 
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -168,44 +169,89 @@ inline agreed agree(collx::store& keys, const launch_info& li, const communicato
   return a;
 }
 
-// Lets c's timed-out ranks compare notes through `notes`, a view of the store st
-// (communicator::explain_timeouts): each notes whom it waited for under its rank, then
-// follows the others' notes until a rank that noted nothing within the grace.
-inline void explain_timeouts(communicator& c, std::shared_ptr<collx::store> st, prefix_store notes) {
-  c.explain_timeouts([st = std::move(st), notes = std::move(notes), me = c.rank(), p = c.size()](
-                         int peer, std::chrono::milliseconds grace) mutable -> std::pair<int, std::string> {
+// failure_notes through the rendezvous store: rank r's note is "<peer> <why>" under key
+// r of `keys` (a view of st, which it keeps alive). A note that cannot be written or
+// read adds nothing: the error stays as the rank saw it.
+class store_notes final : public failure_notes {
+ public:
+  store_notes(std::shared_ptr<collx::store> st, prefix_store keys, int rank, int size)
+      : st_(std::move(st)), keys_(std::move(keys)), rank_(rank), size_(size) {}
+
+  void note(int peer, blame why) noexcept override {
     try {
-      const auto until = clock::now() + grace;
-      notes.set(std::to_string(me), std::to_string(peer));
-      std::vector<bool> seen(static_cast<std::size_t>(p));
-      seen[static_cast<std::size_t>(me)] = true;
-      int at = peer;
-      std::string story;
-      for (;;) {
-        if (seen[static_cast<std::size_t>(at)]) return {peer, ""};  // a cycle: no one to single out
-        seen[static_cast<std::size_t>(at)] = true;
-        const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now());
-        if (left.count() <= 0) break;
-        std::string next;
-        try {
-          next = notes.get(std::to_string(at), left);
-        } catch (const error& e) {
-          if (e.kind() == errc::timeout) break;  // `at` noted nothing: it is the one stuck
-          throw;
-        }
-        const int after = std::atoi(next.c_str());
-        if (after < 0 || after >= p || std::to_string(after) != next) return {peer, ""};
-        story += "; peer " + std::to_string(at) + " was itself waiting for peer " + std::to_string(after);
-        at = after;
-      }
-      if (at == peer) return {peer, ""};
-      return {at, story + ", which noted no wait of its own within " + std::to_string(grace.count()) +
-                      " ms: peer " + std::to_string(at) + " is the one stuck"};
+      keys_.set(std::to_string(rank_), std::to_string(peer) + " " + words[static_cast<int>(why)]);
+    } catch (const std::exception&) {
+    }
+  }
+
+  std::pair<int, std::string> follow(int peer, clock::time_point until) noexcept override {
+    try {
+      return walk(peer, until);
     } catch (const std::exception&) {
       return {peer, ""};
     }
-  });
-}
+  }
+
+ private:
+  static constexpr std::array<const char*, 3> words{"waiting", "lost", "began"};
+
+  // Rank at's note: {peer, why}; {-1, ...} when it noted nothing by `until` or noted
+  // nonsense.
+  std::pair<int, blame> read(int at, clock::time_point until) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now());
+    std::string text;
+    try {
+      text = keys_.get(std::to_string(at), std::max(left, std::chrono::milliseconds(1)));
+    } catch (const error& e) {
+      if (e.kind() == errc::timeout) return {-1, blame::began};
+      throw;
+    }
+    const auto space = text.find(' ');
+    const int peer = std::atoi(text.substr(0, space).c_str());
+    for (std::size_t w = 0; w < words.size() && space != std::string::npos; ++w) {
+      if (text.substr(space + 1) == words[w] && peer >= 0 && peer < size_)
+        return {peer, static_cast<blame>(w)};
+    }
+    return {-2, blame::began};
+  }
+
+  std::pair<int, std::string> walk(int peer, clock::time_point until) {
+    const auto ask = std::chrono::ceil<std::chrono::milliseconds>(until - clock::now()).count();
+    std::vector<bool> seen(static_cast<std::size_t>(size_));
+    seen[static_cast<std::size_t>(rank_)] = true;
+    int at = peer;
+    blame how = blame::waiting;  // how the last rank named at
+    std::string story;
+    for (;;) {
+      if (seen[static_cast<std::size_t>(at)]) return {peer, ""};  // a cycle: no one to single out
+      seen[static_cast<std::size_t>(at)] = true;
+      const auto [next, why] = read(at, until);
+      if (next == -2) return {peer, ""};
+      const std::string who = "peer " + std::to_string(at);
+      if (next == -1) {
+        story += ", which noted nothing within " + std::to_string(ask) + " ms: " + who +
+                 (how == blame::waiting ? " is the one stuck" : " is gone");
+        break;
+      }
+      if (why == blame::began || next == at) {
+        story += ", which failed on its own: the failure began at " + who;
+        break;
+      }
+      story += "; " + who +
+               (why == blame::waiting ? " was itself waiting for peer " : " had itself lost peer ") +
+               std::to_string(next);
+      at = next;
+      how = why;
+    }
+    if (at == peer) return {peer, ""};
+    return {at, story};
+  }
+
+  std::shared_ptr<collx::store> st_;
+  prefix_store keys_;
+  int rank_;
+  int size_;
+};
 
 // The communicator over t; when COLLX_FAULT names a fault plan, over faulty<T>(t) so
 // that the plan's faults strike (collx/transport/faulty.hpp).
@@ -297,7 +343,9 @@ communicator make_communicator(const std::shared_ptr<store>& st, const launch_in
   if (at.nodes > 1) cfg.node_of = at.node_of();
   // (A file store is retired once init_from_env is done with it: no notes there.)
   auto explained = [&](communicator c) {
-    if (li.store_dir.empty()) detail::explain_timeouts(c, st, keys.view("stuck/" + agreed.id));
+    if (li.store_dir.empty())
+      c.compare_notes(
+          std::make_shared<detail::store_notes>(st, keys.view("stuck/" + agreed.id), li.rank, li.size));
     return c;
   };
   if (transport == "shm") {
