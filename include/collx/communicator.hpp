@@ -208,6 +208,9 @@ class communicator : public detail::untyped_calls<communicator> {
 
   int rank() const noexcept { return s_->rank; }
   int size() const noexcept { return s_->size; }
+  // The nodes its ranks span, as it was built to see them (1 without a node layout):
+  // above 1, messages inside a node and between nodes take their own routes and prices.
+  int nodes() const noexcept { return s_->nodes.nodes; }
 
   // ---- typed API: any contiguous range (std::vector, std::array, std::span, ...) ----
 

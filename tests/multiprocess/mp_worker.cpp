@@ -843,6 +843,12 @@ int main(int argc, char** argv) {
 #else
     communicator comm = init_from_env(cfg);
 #endif
+    // COLLX_TEST_NODES_SEEN: the nodes the communicator must see (the emulated hosts).
+    if (const std::string want = detail::env_str("COLLX_TEST_NODES_SEEN");
+        !want.empty() && std::to_string(comm.nodes()) != want) {
+      std::printf("ERROR the communicator sees %d nodes, not %s\n", comm.nodes(), want.c_str());
+      return 1;
+    }
     if (scenario == "collectives") return collectives(comm);
     if (scenario == "dtypes") return typed_matrix(comm, test::all_types{});
     kill_calls = scenario;

@@ -12,6 +12,14 @@
 #   cluster.sh HOSTS RANKS_PER_HOST RATE DELAY -- prog args...
 #   e.g. cluster.sh 2 2 1gbit 100us -- build/tests/multiprocess/mp_worker collectives 1
 #
+# COLLX_CLUSTER_LAUNCH=mpirun launches with Open MPI's mpirun from this machine instead,
+# as on a cluster: a host file of the namespaces, an rsh agent that enters a namespace
+# with a host name of its own (Open MPI's shared-memory files are named after the host,
+# and collx names nodes by it when COLLX_NODE_ID is unset), mpirun's
+# and the ranks' traffic on the namespaces' subnet (the bridge gets an address), and
+# COLLX_INIT=mpi, so that the ranks meet through MPI (init_from_mpi) with their store on
+# eth0 (COLLX_SOCKET_IFNAME). Each line of output is tagged [job,rank] by mpirun.
+#
 # RANKS_PER_HOST may be a list, one count per host: "3,2" puts ranks 0-2 on host 0 and
 # 3-4 on host 1 (nodes of unequal sizes).
 #
@@ -137,6 +145,28 @@ while [ "$h" -lt "$hosts" ]; do
   h=$((h + 1))
 done
 port=$((29000 + id))
+limit=${COLLX_CLUSTER_TIMEOUT:-240}
+if [ "${COLLX_CLUSTER_LAUNCH:-env}" = mpirun ]; then
+  ip addr add "$net.254/24" dev "$pre-br" || exit 1
+  printf '%s\n' '#!/bin/sh' '# mpirun'"'"'s rsh agent: HOST COMMAND..., COMMAND run in the namespace HOST' \
+    'host=$1' 'shift' 'exec ip netns exec "$host" unshare --uts sh -c "hostname $host && $*"' >"$tmp/agent"
+  chmod +x "$tmp/agent"
+  : >"$tmp/hosts"
+  h=0
+  while [ "$h" -lt "$hosts" ]; do
+    echo "$pre-h$h slots=$(per_host "$h")" >>"$tmp/hosts"
+    h=$((h + 1))
+  done
+  export COLLX_INIT=mpi COLLX_SOCKET_IFNAME=eth0 COLLX_JOB_ID="$pre-$$" OMPI_MCA_mpi_yield_when_idle=1
+  set -- -x OMPI_MCA_mpi_yield_when_idle "$@"
+  for v in $(env | sed -n 's/^\(COLLX_[A-Z0-9_]*\)=.*/\1/p' | sort -u); do
+    case $v in COLLX_CLUSTER_*) ;; *) set -- -x "$v" "$@" ;; esac
+  done
+  timeout "$limit" mpirun --allow-run-as-root --hostfile "$tmp/hosts" -np "$world" --tag-output \
+    --mca plm_rsh_agent "$tmp/agent" --mca oob_tcp_if_include "$net.0/24" \
+    --mca btl_tcp_if_include "$net.0/24" "$@"
+  exit $?
+fi
 r=0
 h=0
 : >"$tmp/pids"
@@ -153,7 +183,6 @@ while [ "$h" -lt "$hosts" ]; do
   done
   h=$((h + 1))
 done
-limit=${COLLX_CLUSTER_TIMEOUT:-240}
 status=0
 start=$(date +%s)
 for p in $(cat "$tmp/pids"); do

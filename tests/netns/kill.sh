@@ -1,13 +1,14 @@
 #!/bin/sh
 # A rank on one emulated host is SIGKILLed mid-job; every rank on every host must get
-# an error, not hang.   kill.sh HOSTS RANKS_PER_HOST MP_WORKER
+# an error, not hang, over the one communicator (shm inside a host, tcp across).
+#   kill.sh HOSTS RANKS_PER_HOST MP_WORKER
 set -u
 hosts=$1 per=$2 worker=$3
 here=$(dirname "$0")
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 start=$(date +%s)
-COLLX_TRANSPORT=tcp COLLX_CLUSTER_TIMEOUT=120 sh "$here/cluster.sh" "$hosts" "$per" 1gbit 100us -- "$worker" kill 1 >"$out" 2>&1
+COLLX_TRANSPORT=auto COLLX_CLUSTER_TIMEOUT=120 sh "$here/cluster.sh" "$hosts" "$per" 1gbit 100us -- "$worker" kill 1 >"$out" 2>&1
 rc=$?
 elapsed=$(($(date +%s) - start))
 cat "$out"
