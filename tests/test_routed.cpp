@@ -245,6 +245,36 @@ TEST_CASE("tcp_options::reach: a peer left out is never connected, and an operat
   }
 }
 
+// The hierarchical broadcast and reduce from `root`: every rank ends with the root's
+// buffer; the root with the sum, the other ranks' outputs untouched.
+void hierarchical_rooted_calls(communicator& c, std::size_t n, bool in_place, int root) {
+  const int r = c.rank();
+  options o;
+  o.algo = algorithm::hierarchical;
+  const std::string where = "p=" + std::to_string(c.size()) + " n=" + std::to_string(n) +
+                            (in_place ? " in place" : "") + " root " + std::to_string(root) + " rank " +
+                            std::to_string(r);
+  std::vector<double> out(n, -1);
+  if (in_place) {
+    if (r == root) out = inputs(r, n);
+    c.broadcast(std::span<double>(out), root, o);
+  } else {
+    c.broadcast(inputs(r, n), out, root, o);
+  }
+  expect_all("hierarchical broadcast " + where, out, [&](std::size_t i) { return test::input(root, i); });
+  std::vector<double> sum(n, -1);
+  if (in_place) {
+    sum = inputs(r, n);
+    c.reduce(std::span<double>(sum), reduce_op::sum, root, o);
+  } else {
+    c.reduce(inputs(r, n), sum, reduce_op::sum, root, o);
+  }
+  expect_all("hierarchical reduce " + where, sum, [&](std::size_t i) {
+    if (r == root) return test::ref_reduce(reduce_op::sum, c.size(), i);
+    return in_place ? test::input(r, i) : -1.0;
+  });
+}
+
 // The hierarchical all-reduce, all-gather and reduce-scatter at count n, in place or out,
 // checked against the reference; the caller's other blocks of an in-place reduce-scatter
 // must stay as they were.
@@ -287,11 +317,12 @@ void hierarchical_calls(communicator& c, std::size_t n, bool in_place) {
     expect_all("hierarchical reduce_scatter " + where, out,
                [&](std::size_t i) { return test::ref_reduce(reduce_op::sum, p, mine + i); });
   }
+  for (int root = 0; root < p; ++root) hierarchical_rooted_calls(c, n, in_place, root);
 }
 
 TEST_CASE(
-    "hierarchical all-reduce, all-gather and reduce-scatter on nodes of threads (local transport): every "
-    "shape and count matches") {
+    "hierarchical all-reduce, all-gather, reduce-scatter, broadcast and reduce on nodes of threads (local "
+    "transport): every shape, count and root matches") {
   const std::vector<std::vector<int>> shapes = {{0, 0, 1, 1},          {0, 0, 1, 1, 2, 2},
                                                 {0, 1, 0, 1, 0, 1},    {0, 0, 0, 1, 1},
                                                 {3, 3, 3, 7, 7, 7, 7}, {0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3}};

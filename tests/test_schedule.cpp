@@ -359,7 +359,9 @@ TEST_CASE("algorithm names parse, and each algorithm says which collectives it i
   CHECK(collx::implements(algorithm::hierarchical, collective::all_reduce));
   CHECK(collx::implements(algorithm::hierarchical, collective::all_gather));
   CHECK(collx::implements(algorithm::hierarchical, collective::reduce_scatter));
-  CHECK_FALSE(collx::implements(algorithm::hierarchical, collective::broadcast));
+  CHECK(collx::implements(algorithm::hierarchical, collective::broadcast));
+  CHECK(collx::implements(algorithm::hierarchical, collective::reduce));
+  CHECK_FALSE(collx::implements(algorithm::hierarchical, collective::all_to_all));
   CHECK(collx::implements(algorithm::direct, collective::send_recv));
   CHECK(collx::implements(algorithm::pairwise, collective::all_to_all_v));
   CHECK_FALSE(collx::implements(algorithm::direct, collective::all_to_all));
@@ -660,28 +662,37 @@ std::vector<int> interleaved(int nodes, int per_node) {
 // In place and out. All-reduce: counts 0, 1, p-1, p+1 and 13p+5 (several segments of 7
 // in every shard). All-gather and reduce-scatter, whose buffers hold p blocks of the
 // count: blocks of 0, 1, 6 and 13 elements (within a segment of 7, and across two), so
-// that a column's segments straddle its blocks and are cut.
+// that a column's segments straddle its blocks and are cut. Broadcast and reduce: 0, 1,
+// 7 (one segment: the trees) and 20 (three: the chains), from the first rank, the last
+// and one in the middle.
 void prove_hierarchical(collective coll, const std::vector<int>& node_of,
                         algorithm algo = algorithm::hierarchical) {
   const int p = static_cast<int>(node_of.size());
   const auto up = static_cast<std::size_t>(p);
   const std::size_t segment = 7;
+  const bool rooted = coll == collective::broadcast || coll == collective::reduce;
   const std::vector<std::size_t> counts = coll == collective::all_reduce
                                               ? std::vector<std::size_t>{0, 1, up - 1, up + 1, 13 * up + 5}
-                                              : std::vector<std::size_t>{0, 1, 6, 13};
+                                          : rooted ? std::vector<std::size_t>{0, 1, 7, 20}
+                                                   : std::vector<std::size_t>{0, 1, 6, 13};
+  const std::vector<int> roots = rooted ? std::vector<int>{0, p - 1, p / 2} : std::vector<int>{0};
   for (std::size_t n : counts) {
     for (bool in_place : {false, true}) {
-      std::vector<schedule> v;
-      for (int r = 0; r < p; ++r) {
-        collx::algorithms::call_shape c{coll, r, p, n, segment, in_place};
-        c.node_of = node_of;
-        v.push_back(collx::algorithms::build(algo, c));
+      for (int root : roots) {
+        std::vector<schedule> v;
+        for (int r = 0; r < p; ++r) {
+          collx::algorithms::call_shape c{coll, r, p, n, segment, in_place};
+          c.root = root;
+          c.node_of = node_of;
+          v.push_back(collx::algorithms::build(algo, c));
+        }
+        const auto res = collx::verify(v);
+        std::string shape;
+        for (int k : node_of) shape += std::to_string(k);
+        INFO(to_string(algo), " ", to_string(coll), " nodes ", shape, " count=", n, " in_place=", in_place,
+             " root=", root);
+        REQUIRE_MESSAGE(res.ok, res.message);
       }
-      const auto res = collx::verify(v);
-      std::string shape;
-      for (int k : node_of) shape += std::to_string(k);
-      INFO(to_string(algo), " ", to_string(coll), " nodes ", shape, " count=", n, " in_place=", in_place);
-      REQUIRE_MESSAGE(res.ok, res.message);
     }
   }
 }
@@ -719,6 +730,11 @@ TEST_CASE("the verifier proves hierarchical all-gather for every equal node shap
 }
 TEST_CASE("the verifier proves hierarchical reduce-scatter for every equal node shape up to 64 ranks") {
   prove_equal_shapes(collective::reduce_scatter);
+}
+
+TEST_CASE("the verifier proves hierarchical broadcast and reduce for every equal node shape up to 64 ranks") {
+  prove_equal_shapes(collective::broadcast);
+  prove_equal_shapes(collective::reduce);
 }
 
 TEST_CASE("the verifier proves the ring in node order on interleaved and unequal nodes") {
@@ -786,7 +802,38 @@ TEST_CASE("the ring on interleaved nodes runs in node order: one edge per node c
   }
 }
 
-TEST_CASE("the verifier proves hierarchical all-reduce, all-gather and reduce-scatter on unequal nodes") {
-  for (collective c : {collective::all_reduce, collective::all_gather, collective::reduce_scatter})
+TEST_CASE("the hierarchical broadcast's and reduce's closed forms stay near the replay on two link classes") {
+  const collx::cost_params intra{2e-6, 1.0 / 8e9, 1.0 / 16e9};
+  const collx::cost_params inter{50e-6, 1.0 / 125e6, 1.0 / 16e9};
+  const std::size_t n = std::size_t{1} << 18;  // 1 MiB of f32
+  for (const auto& node_of : {blocked({2, 2}), blocked({3, 3}), blocked({2, 2, 2}), blocked({4, 4})}) {
+    const int p = static_cast<int>(node_of.size());
+    const auto ns = collx::algorithms::node_shape::of(node_of, inter);
+    for (collective c : {collective::broadcast, collective::reduce}) {
+      // One segment (the trees) and 16 (the chains).
+      for (std::size_t segment : {n, n / 16}) {
+        std::vector<schedule> v;
+        for (int r = 0; r < p; ++r) {
+          collx::algorithms::call_shape cs{c, r, p, n, segment, false};
+          cs.node_of = node_of;
+          v.push_back(collx::algorithms::build(algorithm::hierarchical, cs));
+        }
+        const double replay = collx::predict(v, intra, 4, {node_of, inter}).seconds;
+        const double formula =
+            collx::algorithms::predicted_on_nodes(algorithm::hierarchical, c, p, static_cast<double>(n) * 4,
+                                                  intra, ns, static_cast<double>(segment) * 4);
+        INFO(to_string(c), " p=", p, " segment=", segment, " replay=", replay, " formula=", formula);
+        CHECK(formula >= 0.8 * replay);
+        CHECK(formula <= 1.2 * replay);
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "the verifier proves hierarchical all-reduce, all-gather, reduce-scatter, broadcast and reduce on "
+    "unequal nodes") {
+  for (collective c : {collective::all_reduce, collective::all_gather, collective::reduce_scatter,
+                       collective::broadcast, collective::reduce})
     prove_unequal_shapes(c);
 }

@@ -45,8 +45,10 @@
 #include <string_view>
 #include <vector>
 
+#include "collx/algorithms/barrier.hpp"
 #include "collx/algorithms/recursive.hpp"
 #include "collx/algorithms/ring.hpp"
+#include "collx/algorithms/rooted.hpp"
 #include "collx/core/dtype.hpp"
 #include "collx/core/options.hpp"
 #include "collx/core/reduce.hpp"
@@ -316,10 +318,11 @@ struct placed {
 // [from, to] to s: the group's rank q is the job's group[q]; part's buffers lie where
 // `map` says; its phases follow s's. Each step keeps its own dependencies (`where` maps
 // part's steps to s's, so that a part appended in pieces keeps them across its pieces)
-// and gains those its regions imply.
+// and gains those its regions imply; the steps of its first phase also wait for s's
+// steps `first_after` (an order no region implies: who hears from whom).
 inline void append_part(schedule& s, schedule_builder& b, const schedule& part, std::span<const int> group,
                         const part_map& map, std::vector<placed>& where, std::uint32_t from = 0,
-                        std::uint32_t to = ~0u) {
+                        std::uint32_t to = ~0u, std::span<const std::uint32_t> first_after = {}) {
   where.resize(part.steps.size());
   std::uint32_t phase0 = 0;
   for (const auto& st : s.steps) phase0 = std::max(phase0, st.phase + 1);
@@ -333,6 +336,9 @@ inline void append_part(schedule& s, schedule_builder& b, const schedule& part, 
     for (std::size_t end : map.cuts(st)) {
       for (auto d : part.deps_of(i)) {
         for (std::uint32_t k = where[d].first; k < where[d].last; ++k) b.after(k);
+      }
+      if (st.phase == from) {
+        for (auto k : first_after) b.after(k);
       }
       auto piece = [&](region r) { return map.place({r.buf, r.offset + begin, end - begin}); };
       switch (st.kind) {
@@ -515,12 +521,120 @@ inline schedule hierarchical_reduce_scatter(const ring_params& p, std::span<cons
   return s;
 }
 
-// The hierarchical form of an all-reduce, all-gather or reduce-scatter.
-inline schedule hierarchical_schedule(collective c, const ring_params& p, std::span<const int> node_of) {
+namespace detail {
+
+// Each node's leader in a rooted collective: the root on its node; on the others the rank
+// of the root's local index, or the node's last where the node is smaller.
+inline std::vector<int> leaders(const node_groups& g, int root) {
+  int root_local = 0;
+  for (const auto& m : g.rank_of) {
+    if (const auto it = std::find(m.begin(), m.end(), root); it != m.end())
+      root_local = static_cast<int>(it - m.begin());
+  }
+  std::vector<int> v;
+  for (const auto& m : g.rank_of)
+    v.push_back(m[std::min(static_cast<std::size_t>(root_local), m.size() - 1)]);
+  return v;
+}
+
+// The steps of s from `first` on: what a later part waits for.
+inline std::vector<std::uint32_t> steps_since(const schedule& s, std::size_t first) {
+  std::vector<std::uint32_t> v;
+  for (std::size_t k = first; k < s.steps.size(); ++k) v.push_back(static_cast<std::uint32_t>(k));
+  return v;
+}
+
+}  // namespace detail
+
+// Hierarchical broadcast and reduce, on nodes of any sizes, through one leader per node
+// (the root on its node; elsewhere the rank of the root's local index, or the node's
+// last where the node is smaller):
+//   broadcast: the leaders' broadcast from the root across nodes, then each leader's
+//              broadcast inside its node;
+//   reduce:    each node's reduce to its leader, then the leaders' reduce to the root.
+// Each level is a binomial tree where the buffer fits in one segment, else a chain, and
+// the levels pipeline: a leader passes each segment on as soon as it has it, as the
+// regions order them. The data crosses each node's link once (a chain) and the latency
+// is log N rounds across plus log L inside (a tree), on any numbering of the ranks.
+// Every rank must hear from every rank (rooted.hpp), and the levels' own rounds join the
+// nodes only through their leaders: so a dissemination inside each node comes first,
+// the level across waits for it (a node's ranks reach its leader, and through the
+// leaders every other leader), and another comes last, waiting for the leader's steps
+// across (every leader reaches its node's ranks). 2 log L more rounds inside a node.
+// A reduce's leaders other than the root sum their node's data in scratch.
+inline schedule hierarchical_rooted(collective c, const rooted_params& p, std::span<const int> node_of) {
+  schedule s = empty_schedule(c, algorithm::hierarchical, p.rank, p.ranks, p.count, p.in_place, p.root);
+  const node_groups g = node_groups::of(node_of, p.rank, p.ranks);
+  const algorithm inner = p.segment == 0 || p.count <= p.segment ? algorithm::binomial : algorithm::chain;
+  if (g.nodes == 1) {  // one level: the flat tree or chain
+    s = rooted(c, inner, p);
+    s.algo = algorithm::hierarchical;
+    return s;
+  }
+  const std::vector<int> lead = detail::leaders(g, p.root);
+  const auto& node = g.members();
+  const int L = static_cast<int>(node.size());
+  const bool bcast = c == collective::broadcast;
+  const bool root = p.rank == p.root;
+  const bool leads = p.rank == lead[static_cast<std::size_t>(g.node)];
+  const buffer own = p.in_place ? buffer::output : buffer::input;
+  const std::size_t n = p.count;
+  schedule_builder b(s);
+  std::vector<detail::placed> where;
+  if (L > 1) detail::append_part(s, b, dissemination(g.local, L), node, {}, where);
+  const std::vector<std::uint32_t> barrier = detail::steps_since(s, 0);
+
+  // Inside the node, to or from its leader. A reduce sums at the root in its output, at
+  // another leader in scratch [0, n); a broadcast's leader sends from its output, where
+  // the level across (or, out of place, the root's own copy) put the data.
+  rooted_params ip{{g.local, L, n, p.segment, true},
+                   detail::index_in(node, lead[static_cast<std::size_t>(g.node)])};
+  detail::part_map inside;
+  if (!bcast && !root) {
+    ip.in_place = false;
+    inside.in = {own, 0};
+    inside.out = {buffer::scratch, 0};
+  } else if (!bcast) {
+    ip.in_place = p.in_place;
+  }
+  const schedule in_part = rooted(c, inner, ip);
+  inside.tmp = {buffer::scratch, n};
+  if (!bcast && L > 1) detail::append_part(s, b, in_part, node, inside, where);
+
+  // Across nodes, among the leaders.
+  const std::size_t before_across = s.steps.size();
+  if (leads && g.nodes > 1) {
+    const bool summed = !bcast && L > 1;  // the node's sum is this leader's data
+    rooted_params ap{{g.node, g.nodes, n, p.segment, p.in_place},
+                     g.node_of()[static_cast<std::size_t>(p.root)]};
+    detail::part_map across;
+    if (!bcast && root) {
+      ap.in_place = summed || p.in_place;
+    } else if (!bcast) {
+      ap.in_place = false;
+      across.in = {summed ? buffer::scratch : own, 0};
+      across.out = {buffer::scratch, 0};  // a reduce writes only the root's output
+    }
+    across.tmp = {buffer::scratch, n + in_part.scratch_count};
+    std::vector<detail::placed> across_where;
+    detail::append_part(s, b, rooted(c, inner, ap), lead, across, across_where, 0, ~0u, barrier);
+  }
+  const std::vector<std::uint32_t> across_steps = detail::steps_since(s, before_across);
+  if (bcast && L > 1) detail::append_part(s, b, in_part, node, inside, where);
+  std::vector<detail::placed> last_where;
+  if (L > 1) detail::append_part(s, b, dissemination(g.local, L), node, {}, last_where, 0, ~0u, across_steps);
+  return s;
+}
+
+// The hierarchical form of a collective.
+inline schedule hierarchical_schedule(collective c, const rooted_params& p, std::span<const int> node_of) {
+  const ring_params rp{p.rank, p.ranks, p.count, p.segment, p.in_place};
   switch (c) {
-    case collective::all_gather: return hierarchical_all_gather(p, node_of);
-    case collective::reduce_scatter: return hierarchical_reduce_scatter(p, node_of);
-    default: return hierarchical_all_reduce(p, node_of);
+    case collective::all_gather: return hierarchical_all_gather(rp, node_of);
+    case collective::reduce_scatter: return hierarchical_reduce_scatter(rp, node_of);
+    case collective::broadcast:
+    case collective::reduce: return hierarchical_rooted(c, p, node_of);
+    default: return hierarchical_all_reduce(rp, node_of);
   }
 }
 

@@ -92,6 +92,9 @@ inline double predicted_binomial_personalized(collective c, int p, double n, con
 // gains little). Out of place, a broadcast's root also copies its buffer, beside the sends.
 inline double predicted_rooted(algorithm a, collective c, int p, double n, double segment_bytes,
                                const cost_params& m) {
+  // On one node the hierarchical broadcast and reduce are a tree or a chain.
+  if (a == algorithm::hierarchical)
+    a = segment_bytes <= 0 || n <= segment_bytes ? algorithm::binomial : algorithm::chain;
   const double L = ceil_log2(p);
   if (c == collective::barrier) return L * m.alpha;
   // Out of place, the own block's local copy runs beside the messages.
@@ -212,6 +215,24 @@ struct node_shape {
   }
 };
 
+// Hierarchical broadcast and reduce (hierarchical.hpp): a dissemination inside the node,
+// the level across among the nodes' leaders (one per node: each node's link to itself),
+// the level inside, a dissemination again; trees where the buffer fits in a segment, else
+// chains that pipeline into each other: the second level adds only its fill.
+inline double predicted_hierarchical_rooted(collective c, int p, double bytes, const cost_params& m,
+                                            const node_shape& ns, double segment_bytes) {
+  const int N = ns.nodes;
+  const int L = ns.per_node > 0 ? ns.per_node : (p + N - 1) / N;
+  const double barriers = 2.0 * detail::ceil_log2(L) * m.alpha;
+  if (segment_bytes <= 0 || bytes <= segment_bytes) {
+    return barriers + predicted_seconds(algorithm::binomial, c, N, bytes, ns.inter) +
+           predicted_seconds(algorithm::binomial, c, L, bytes, m);
+  }
+  const double ga = c == collective::reduce ? m.gamma : 0.0;
+  const double fill = (L - 1) * (m.alpha + segment_bytes * (m.beta + ga));
+  return barriers + fill + predicted_seconds(algorithm::chain, c, N, bytes, ns.inter, segment_bytes);
+}
+
 // Predicted seconds on nodes: `m` prices the links inside a node, ns.inter those between
 // nodes. A flat algorithm's busiest edges cross nodes, so the links between price it:
 // a ring's one edge out of each node (ranks numbered node by node) has the node's link
@@ -226,6 +247,7 @@ inline double predicted_on_nodes(algorithm a, collective c, int p, double bytes,
   if (a == algorithm::ring) return predicted_seconds(a, c, p, bytes, ns.inter, segment_bytes);
   if (a != algorithm::hierarchical) return predicted_seconds(a, c, p, bytes, shared, segment_bytes);
   if (!implements(a, c)) return std::numeric_limits<double>::infinity();
+  if (rooted(c)) return predicted_hierarchical_rooted(c, p, bytes, m, ns, segment_bytes);
   // Unequal nodes: a flat ring in node order.
   if (ns.per_node == 0) return predicted_seconds(algorithm::ring, c, p, bytes, ns.inter);
   const double copy = c == collective::all_reduce ? bytes * m.gamma : 0.0;  // the input into the output
@@ -337,7 +359,10 @@ inline schedule build(algorithm a, const call_shape& c) {
   if (c.coll == collective::gather || c.coll == collective::scatter) {
     return a == algorithm::binomial ? binomial_personalized(c.coll, rp_root) : linear(c.coll, rp_root);
   }
-  if (rooted(c.coll)) return rooted(c.coll, a, rp_root);
+  if (rooted(c.coll)) {
+    return a == algorithm::hierarchical ? hierarchical_schedule(c.coll, rp_root, c.node_of)
+                                        : rooted(c.coll, a, rp_root);
+  }
   if (c.count == 0) {
     // Every algorithm shares ring's empty round for count 0: it still carries the call's
     // signature (algorithm included) to a neighbour, so mismatches are caught.
@@ -356,8 +381,7 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::rabenseifner: return rabenseifner(rp);
     case algorithm::bruck: return bruck(rp);
     case algorithm::tree: return double_binary_tree(rp);
-    case algorithm::hierarchical:
-      return hierarchical_schedule(c.coll, {c.rank, c.ranks, c.count, c.segment, c.in_place}, c.node_of);
+    case algorithm::hierarchical: return hierarchical_schedule(c.coll, rp_root, c.node_of);
     case algorithm::binomial:
     case algorithm::chain:
     case algorithm::dissemination:

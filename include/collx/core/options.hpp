@@ -159,7 +159,8 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::scatter_allgather: return c == collective::broadcast;
     case algorithm::direct: return c == collective::send_recv;
     case algorithm::hierarchical:
-      return c == collective::all_reduce || c == collective::all_gather || c == collective::reduce_scatter;
+      return c == collective::all_reduce || c == collective::all_gather || c == collective::reduce_scatter ||
+             c == collective::broadcast || c == collective::reduce;
   }
   return false;
 }

@@ -175,7 +175,11 @@ class host_executor {
   // go to the earliest, so a later step does not take the slot an earlier one it may
   // depend on needs (handing them out channel by channel deadlocked folded recursive
   // doubling). A receive-and-reduce queued behind a plain receive that waits is not yet
-  // a candidate. Whether any was posted.
+  // a candidate, nor is one whose reduction waits for a receive-and-reduce not yet
+  // posted: while that one is queued behind a plain receive, the later ones would take
+  // every slot and wait for it (a hierarchical reduce's leader: the reductions across
+  // nodes, on their own channel, took the slots that its node's sums needed first).
+  // Whether any was posted.
   bool post_reductions(running& r) {
     bool progressed = false;
     const std::size_t n = r.s.steps.size();
@@ -187,7 +191,7 @@ class host_executor {
         const auto queue = r.pl.channels.steps_of(qi);
         if (heads_[qi] == queue.size()) continue;
         const std::size_t i = queue[heads_[qi]];
-        if (r.s.steps[i].kind == step_kind::recv_reduce && i < best) {
+        if (r.s.steps[i].kind == step_kind::recv_reduce && i < best && !waits_for_unposted(r.s, i)) {
           best = i;
           best_q = qi;
         }
@@ -261,6 +265,13 @@ class host_executor {
 
   enum : unsigned char { waiting, started, arrived, finished };
 
+  // Whether step i depends on a receive-and-reduce not yet posted.
+  bool waits_for_unposted(const schedule& s, std::size_t i) const noexcept {
+    for (auto d : s.deps_of(i)) {
+      if (s.steps[d].kind == step_kind::recv_reduce && state_[d] == waiting) return true;
+    }
+    return false;
+  }
   bool deps_done(const schedule& s, std::size_t i) const noexcept {
     for (auto d : s.deps_of(i)) {
       if (state_[d] != finished) return false;
