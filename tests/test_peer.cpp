@@ -78,21 +78,22 @@ std::size_t segment_for(const host_world& hw, const shape& s) {
   return std::max<std::size_t>(1, std::min<std::size_t>(s.segment, hw.w.slots * hw.w.slot_bytes / sizeof(T)));
 }
 
-// One rank's part of a call: each lane's program over its slice, the lanes at once, each
-// on its own team of s.threads threads (what a thread block is on a GPU).
+// One rank's part of a call: each lane's program over its slice (lane_shape, as the GPU
+// group cuts its calls: an all-reduce's slice of the buffer, an all-gather's or a
+// reduce-scatter's slice of every block), the lanes at once, each on its own team of
+// s.threads threads (what a thread block is on a GPU).
 template <class T, reduce_op Op>
 std::vector<peer_memory::status> run_rank(host_world& hw, const shape& s, int r, test::case_buffers<T>& b,
                                           std::uint64_t sig, std::uint64_t timeout_ns) {
-  const int lanes = s.coll == collective::all_reduce ? s.lanes : 1;
-  const auto nl = static_cast<std::size_t>(lanes);
+  const auto nl = static_cast<std::size_t>(s.lanes);
   std::vector<peer_memory::status> st(nl);
   std::vector<peer_memory::program_image> images(nl);
   std::vector<std::vector<T>> scratch(nl);
   std::vector<peer_memory::lane_call> calls(nl);
+  const detail::call_shape whole{s.coll, s.algo, s.count, segment_for<T>(hw, s), s.in_place};
   for (std::size_t j = 0; j < nl; ++j) {
-    std::uint64_t lo = 0, n = s.count;
-    if (lanes > 1) peer_memory::lane_slice(s.count, sizeof(T), lanes, static_cast<int>(j), lo, n);
-    const schedule sched = algorithms::build(s.algo, {s.coll, r, s.p, n, segment_for<T>(hw, s), s.in_place});
+    const detail::lane_part part = detail::lane_shape(whole, sizeof(T), s.lanes, static_cast<int>(j));
+    const schedule sched = detail::schedule_for(part.shape, r, s.p);
     REQUIRE(peer_memory::max_message(sched) <= hw.w.slots * hw.w.slot_bytes / sizeof(T));
     images[j] = peer_memory::compile(sched);
     scratch[j].resize(sched.scratch_count + 1);
@@ -100,8 +101,8 @@ std::vector<peer_memory::status> run_rank(host_world& hw, const shape& s, int r,
     c.prog = images[j].view_at(images[j].bytes.data());
     c.rank = r;
     c.lane = static_cast<int>(j);
-    c.in = s.in_place ? nullptr : reinterpret_cast<const std::byte*>(b.in.data() + lo);
-    c.out = reinterpret_cast<std::byte*>(b.out.data() + lo);
+    c.in = s.in_place ? nullptr : reinterpret_cast<const std::byte*>(b.in.data() + part.first);
+    c.out = reinterpret_cast<std::byte*>(b.out.data() + part.first);
     c.scratch = reinterpret_cast<std::byte*>(scratch[j].data());
     c.sig = sig;
     c.timeout_ns = timeout_ns;
@@ -287,6 +288,122 @@ TEST_CASE("peer executor: all-reduce split over lanes, each its own all-reduce")
   }
 }
 
+// The algorithms of a block collective, hierarchical (one node here: a ring in node
+// order, itself a composed schedule) included.
+std::vector<algorithm> block_algorithms(collective coll) {
+  std::vector<algorithm> v;
+  for (auto a : all_algorithms) {
+    if (implements(a, coll)) v.push_back(a);
+  }
+  return v;
+}
+
+TEST_CASE(
+    "peer executor: all-gather and reduce-scatter split over lanes, each lane the same slice of every "
+    "block") {
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    for (auto algo : block_algorithms(coll)) {
+      for (int lanes : {2, 3}) {
+        for (int p : {1, 2, 3, 5}) {
+          for (std::size_t count :
+               {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{200}, std::size_t{1001}}) {
+            for (bool in_place : {false, true}) {
+              shape s{coll, algo, p, count, in_place, lanes};
+              s.threads = 2;
+              check_case<float, reduce_op::sum>(s, 2, 512);
+            }
+          }
+        }
+      }
+    }
+  }
+  // Other element sizes: a u8 slice is 256 elements a unit, an i64 one 32.
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    for (int p : {3, 5}) {
+      for (bool in_place : {false, true}) {
+        shape s{coll, algorithm::ring, p, 1001, in_place, 3};
+        check_case<std::uint8_t, reduce_op::sum>(s, 2, 96);
+        check_case<std::int64_t, reduce_op::max>(s, 2, 96);
+        check_case<half, reduce_op::sum>(s, 3, 64);
+      }
+    }
+  }
+}
+
+// The messages from rank `from` to rank `to`, in order, as element counts: what `from`'s
+// schedule sends to `to`, or what `to`'s receives from `from`.
+std::vector<std::size_t> channel(const schedule& s, int peer, bool sends) {
+  std::vector<std::size_t> v;
+  for (const auto& st : s.steps) {
+    if (st.peer == peer && (sends ? st.kind == step_kind::send : is_receive(st.kind)))
+      v.push_back(st.count());
+  }
+  return v;
+}
+
+TEST_CASE(
+    "a lane's program over its slice of every block cuts each message alike on both ends, and touches "
+    "only its slice") {
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    for (auto algo : block_algorithms(coll)) {
+      for (int p : {2, 3, 5, 8}) {
+        // u8, 3 lanes: 300 is slices of 256 and 44, 1001 of 512, 256 and 233 elements.
+        for (std::size_t count : {std::size_t{300}, std::size_t{1001}}) {
+          for (bool in_place : {false, true}) {
+            const detail::call_shape whole{coll, algo, count, 96, in_place};
+            const detail::lane_part part = detail::lane_shape(whole, 1, 3, count == 300 ? 1 : 2);
+            std::vector<schedule> all;
+            for (int r = 0; r < p; ++r) all.push_back(detail::schedule_for(part.shape, r, p));
+            INFO(to_string(coll), " ", to_string(algo), " p=", p, " count=", count, " in place ", in_place);
+            REQUIRE(part.shape.stride == count);
+            for (int a = 0; a < p; ++a) {
+              for (int b = 0; b < p; ++b) {
+                if (a != b)
+                  CHECK(channel(all[static_cast<std::size_t>(a)], b, true) ==
+                        channel(all[static_cast<std::size_t>(b)], a, false));
+              }
+            }
+            // Every region of a blocked buffer lies within the lane's slice of a block
+            // (its offsets count from the slice's start in the first block).
+            const std::size_t n = part.shape.count;
+            REQUIRE((n == 44 || n == 233));
+            for (const auto& sched : all) {
+              for (const auto& st : sched.steps) {
+                for (const region& g : {st.src, st.dst}) {
+                  if (g.count == 0 || g.buf == buffer::scratch) continue;
+                  const bool blocked = g.buf == buffer::input ? coll == collective::reduce_scatter
+                                                              : coll == collective::all_gather || in_place;
+                  if (!blocked) {
+                    CHECK(g.end() <= n);
+                  } else {
+                    CHECK(g.offset % count + g.count <= n);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "peer executor: all-gather and reduce-scatter take a lane per slot of a block, all-reduce every lane") {
+  constexpr std::uint64_t slot = 4096;
+  CHECK(peer_memory::lanes_for(collective::all_reduce, 1, 4, 4, slot) == 4);
+  CHECK(peer_memory::lanes_for(collective::all_reduce, 0, 4, 1, slot) == 1);
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    CHECK(peer_memory::lanes_for(coll, 0, 4, 4, slot) == 1);
+    CHECK(peer_memory::lanes_for(coll, 1, 4, 4, slot) == 1);
+    CHECK(peer_memory::lanes_for(coll, 2 * slot / 4 - 1, 4, 4, slot) == 1);
+    CHECK(peer_memory::lanes_for(coll, 2 * slot / 4, 4, 4, slot) == 2);
+    CHECK(peer_memory::lanes_for(coll, 3 * slot, 1, 4, slot) == 3);
+    CHECK(peer_memory::lanes_for(coll, 1ull << 30, 8, 4, slot) == 4);
+    CHECK(peer_memory::lanes_for(coll, 1ull << 30, 8, 1, slot) == 1);
+  }
+}
+
 TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on every rank") {
   // Rank 2 of 3 does not take part. Ring all-reduce: rank 0 waits for 2, rank 1 for 0
   // (or for room in 2's slots).
@@ -459,3 +576,4 @@ TEST_CASE(
     CHECK(run.took < 5s);
   }
 }
+

@@ -61,7 +61,7 @@ inline constexpr int max_lanes = 8;
 struct launch_args {
   peer_memory::world_view w;
   peer_memory::lane_call lanes[max_lanes];
-  // avg: each lane divides its part of the result once its all-reduce has finished.
+  // avg: each lane divides its part of the result once its call over its slice has finished.
   std::byte* divide_at[max_lanes];
   std::uint64_t divide_count[max_lanes];
   int divisor = 0;
