@@ -10,12 +10,15 @@
 
 #include <collx/algorithms/select.hpp>
 #include <collx/exec/peer_program.hpp>
+#include <collx/exec/vector_walk.hpp>
 #include <collx/front/program.hpp>
 #include <collx/front/resolve.hpp>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -577,3 +580,146 @@ TEST_CASE(
   }
 }
 
+namespace {
+
+// What the walk reads and writes on a GPU, a uint4, as a host struct.
+struct alignas(16) host_vector {
+  unsigned x, y, z, w;
+};
+
+// The test's own element operation: 3a + b, wrapping in T (an unsigned type of the
+// element's width). Not symmetric, so that swapped operands show, and every bit of both
+// counts, so that a shifted or misplaced element shows.
+template <class T>
+T mix(T a, T b) {
+  return static_cast<T>(static_cast<T>(a * 3u) + b);
+}
+template <class T>
+struct mix_elements {
+  T operator()(T a, T b) const { return mix(a, b); }
+};
+template <class T>
+struct mix_vectors {
+  host_vector operator()(host_vector a, host_vector b) const {
+    constexpr std::size_t lanes = 16 / sizeof(T);
+    T x[lanes], y[lanes];
+    std::memcpy(x, &a, 16);
+    std::memcpy(y, &b, 16);
+    for (std::size_t k = 0; k < lanes; ++k) x[k] = mix(x[k], y[k]);
+    host_vector r;
+    std::memcpy(&r, x, 16);
+    return r;
+  }
+};
+
+// An operand `shift` bytes into an allocation of its own that ends where it does, 16-byte
+// aligned: under ASan (tools/sanitize.sh address) a read past its last byte is a report.
+struct operand {
+  std::byte* base;
+  std::size_t bytes;
+  operand(std::size_t shift, std::size_t size)
+      : base(static_cast<std::byte*>(::operator new (shift + size, std::align_val_t{16}))),
+        bytes(shift + size) {}
+  ~operand() { ::operator delete (base, std::align_val_t{16}); }
+  operand(const operand&) = delete;
+  operand& operator=(const operand&) = delete;
+};
+
+// Whether bytes [from, to) of p still hold the guard pattern.
+bool untouched(const std::byte* p, std::size_t from, std::size_t to) {
+  return std::all_of(p + from, p + to, [](std::byte x) { return x == std::byte{0xa5}; });
+}
+
+// dst[i] = mix(a[i], b[i]) walked at byte misalignments md, ma and mb (alias: dst is a
+// (1) or b (2)), each thread of `threads` in turn, against the element-by-element
+// reference; the bytes around dst stay as they were, and the plan reads no byte outside
+// the sources and leaves at most four vectors' worth to the element-by-element loops.
+template <class T>
+void check_walk(std::size_t md, std::size_t ma, std::size_t mb, int alias, std::size_t n, unsigned threads) {
+  constexpr std::size_t size = sizeof(T), lanes = 16 / size, guard = 16;
+  INFO("element size ", size, " misalignments dst ", md, " a ", ma, " b ", mb, " alias ", alias, " n ", n,
+       " threads ", threads);
+  operand da(ma, n * size), db(mb, n * size), dd(guard + md, n * size + guard);
+  std::memset(dd.base, 0xa5, dd.bytes);
+  T* a = reinterpret_cast<T*>(da.base + ma);
+  T* b = reinterpret_cast<T*>(db.base + mb);
+  T* d = reinterpret_cast<T*>(dd.base + guard + md);
+  for (std::size_t i = 0; i < n; ++i) {
+    a[i] = static_cast<T>(0x9e3779b97f4a7c15ull * (i + 1) >> 17);
+    b[i] = static_cast<T>(0xbf58476d1ce4e5b9ull * (i + 7) >> 23);
+  }
+  if (alias == 1) std::memcpy(d, a, n * size), a = d;
+  if (alias == 2) std::memcpy(d, b, n * size), b = d;
+  std::vector<T> want(n);
+  for (std::size_t i = 0; i < n; ++i) want[i] = mix(a[i], b[i]);
+  const detail::vector_plan p = detail::plan_vectors(d, a, b, n, size);
+  for (unsigned tid = 0; tid < threads; ++tid)
+    detail::walk_reduce<4, host_vector>(d, a, b, n, tid, threads, mix_elements<T>{}, mix_vectors<T>{});
+  CHECK(std::equal(want.begin(), want.end(), d));
+  CHECK(untouched(dd.base, 0, guard + md));
+  CHECK(untouched(dd.base, guard + md + n * size, dd.bytes));
+  for (unsigned shift : {p.a_shift, p.b_shift}) {
+    if (p.vectors == 0 || shift == 0) continue;
+    CHECK(p.first * size >= shift);
+    CHECK(p.first * size - shift + 16 * p.vectors + 16 <= n * size);
+  }
+  CHECK(n - p.vectors * lanes < 4 * lanes);
+}
+
+// The same for the copy walk: every byte misalignment of dst and src.
+void check_copy_walk(std::size_t md, std::size_t ms, std::size_t n, unsigned threads) {
+  INFO("copy: misalignments dst ", md, " src ", ms, " bytes ", n, " threads ", threads);
+  operand src(ms, n), dst(16 + md, n + 16);
+  std::memset(dst.base, 0xa5, dst.bytes);
+  auto* s = reinterpret_cast<unsigned char*>(src.base + ms);
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<unsigned char>(i * 37 + 11);
+  auto* d = reinterpret_cast<unsigned char*>(dst.base + 16 + md);
+  for (unsigned tid = 0; tid < threads; ++tid) detail::walk_copy<4, host_vector>(d, s, n, tid, threads);
+  CHECK(std::memcmp(d, s, n) == 0);
+  CHECK(untouched(dst.base, 0, 16 + md));
+  CHECK(untouched(dst.base, 16 + md + n, dst.bytes));
+  const detail::vector_plan p = detail::plan_vectors(d, s, s, n, 1);
+  if (p.vectors != 0 && p.a_shift != 0) CHECK(p.first - p.a_shift + 16 * p.vectors + 16 <= n);
+  CHECK(n - p.vectors * 16 < 64);
+}
+
+template <class T>
+void check_walks() {
+  constexpr std::size_t size = sizeof(T);
+  for (std::size_t md = 0; md < 16; md += size) {
+    for (std::size_t ma = 0; ma < 16; ma += size) {
+      for (std::size_t n = 0; n <= 100; ++n) {
+        const auto threads = static_cast<unsigned>(1 + n % 3);
+        for (std::size_t mb = 0; mb < 16; mb += size) check_walk<T>(md, ma, mb, 0, n, threads);
+        check_walk<T>(md, md, ma, 1, n, threads);  // in place: dst is a; b at ma
+        check_walk<T>(md, ma, md, 2, n, threads);  // dst is b; a at ma
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "the reductions' vector walk matches an element-by-element reference at every misalignment of dst, a and "
+    "b, for every element size, counts 0 to 100, in place too, reading nothing outside its operands") {
+  // The walk sees only the element's size: every collx dtype is 1 (i8, u8), 2 (f16, bf16:
+  // their pairs are the vector operation's business), 4 or 8 bytes.
+  check_walks<std::uint8_t>();
+  check_walks<std::uint16_t>();
+  check_walks<std::uint32_t>();
+  check_walks<std::uint64_t>();
+  // And __byte_perm's rule as the host emulates it: bytes r..r+3 of hi:lo.
+  for (unsigned r = 0; r < 4; ++r) {
+    CHECK(detail::byte_perm(0x33221100u, 0x77665544u, detail::byte_selector(r)) ==
+          static_cast<unsigned>(0x7766554433221100ull >> (8 * r)));
+  }
+}
+
+TEST_CASE("the copy's vector walk copies every byte and nothing more at every misalignment of dst and src") {
+  for (std::size_t md = 0; md < 16; ++md) {
+    for (std::size_t ms = 0; ms < 16; ++ms) {
+      for (std::size_t n = 0; n <= 100; ++n) check_copy_walk(md, ms, n, static_cast<unsigned>(1 + n % 3));
+    }
+  }
+}

@@ -48,13 +48,8 @@
 #include <vector>
 
 #include "collx/core/reduce.hpp"
+#include "collx/exec/host_device.hpp"
 #include "collx/schedule/schedule.hpp"
-
-#if defined(__CUDACC__)
-#define COLLX_HD __host__ __device__
-#else
-#define COLLX_HD
-#endif
 
 namespace collx::peer_memory {
 
