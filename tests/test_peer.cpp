@@ -10,12 +10,15 @@
 
 #include <collx/algorithms/select.hpp>
 #include <collx/exec/peer_program.hpp>
+#include <collx/exec/vector_walk.hpp>
 #include <collx/front/program.hpp>
 #include <collx/front/resolve.hpp>
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -78,21 +81,22 @@ std::size_t segment_for(const host_world& hw, const shape& s) {
   return std::max<std::size_t>(1, std::min<std::size_t>(s.segment, hw.w.slots * hw.w.slot_bytes / sizeof(T)));
 }
 
-// One rank's part of a call: each lane's program over its slice, the lanes at once, each
-// on its own team of s.threads threads (what a thread block is on a GPU).
+// One rank's part of a call: each lane's program over its slice (lane_shape, as the GPU
+// group cuts its calls: an all-reduce's slice of the buffer, an all-gather's or a
+// reduce-scatter's slice of every block), the lanes at once, each on its own team of
+// s.threads threads (what a thread block is on a GPU).
 template <class T, reduce_op Op>
 std::vector<peer_memory::status> run_rank(host_world& hw, const shape& s, int r, test::case_buffers<T>& b,
                                           std::uint64_t sig, std::uint64_t timeout_ns) {
-  const int lanes = s.coll == collective::all_reduce ? s.lanes : 1;
-  const auto nl = static_cast<std::size_t>(lanes);
+  const auto nl = static_cast<std::size_t>(s.lanes);
   std::vector<peer_memory::status> st(nl);
   std::vector<peer_memory::program_image> images(nl);
   std::vector<std::vector<T>> scratch(nl);
   std::vector<peer_memory::lane_call> calls(nl);
+  const detail::call_shape whole{s.coll, s.algo, s.count, segment_for<T>(hw, s), s.in_place};
   for (std::size_t j = 0; j < nl; ++j) {
-    std::uint64_t lo = 0, n = s.count;
-    if (lanes > 1) peer_memory::lane_slice(s.count, sizeof(T), lanes, static_cast<int>(j), lo, n);
-    const schedule sched = algorithms::build(s.algo, {s.coll, r, s.p, n, segment_for<T>(hw, s), s.in_place});
+    const detail::lane_part part = detail::lane_shape(whole, sizeof(T), s.lanes, static_cast<int>(j));
+    const schedule sched = detail::schedule_for(part.shape, r, s.p);
     REQUIRE(peer_memory::max_message(sched) <= hw.w.slots * hw.w.slot_bytes / sizeof(T));
     images[j] = peer_memory::compile(sched);
     scratch[j].resize(sched.scratch_count + 1);
@@ -100,8 +104,8 @@ std::vector<peer_memory::status> run_rank(host_world& hw, const shape& s, int r,
     c.prog = images[j].view_at(images[j].bytes.data());
     c.rank = r;
     c.lane = static_cast<int>(j);
-    c.in = s.in_place ? nullptr : reinterpret_cast<const std::byte*>(b.in.data() + lo);
-    c.out = reinterpret_cast<std::byte*>(b.out.data() + lo);
+    c.in = s.in_place ? nullptr : reinterpret_cast<const std::byte*>(b.in.data() + part.first);
+    c.out = reinterpret_cast<std::byte*>(b.out.data() + part.first);
     c.scratch = reinterpret_cast<std::byte*>(scratch[j].data());
     c.sig = sig;
     c.timeout_ns = timeout_ns;
@@ -287,6 +291,122 @@ TEST_CASE("peer executor: all-reduce split over lanes, each its own all-reduce")
   }
 }
 
+// The algorithms of a block collective, hierarchical (one node here: a ring in node
+// order, itself a composed schedule) included.
+std::vector<algorithm> block_algorithms(collective coll) {
+  std::vector<algorithm> v;
+  for (auto a : all_algorithms) {
+    if (implements(a, coll)) v.push_back(a);
+  }
+  return v;
+}
+
+TEST_CASE(
+    "peer executor: all-gather and reduce-scatter split over lanes, each lane the same slice of every "
+    "block") {
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    for (auto algo : block_algorithms(coll)) {
+      for (int lanes : {2, 3}) {
+        for (int p : {1, 2, 3, 5}) {
+          for (std::size_t count :
+               {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{200}, std::size_t{1001}}) {
+            for (bool in_place : {false, true}) {
+              shape s{coll, algo, p, count, in_place, lanes};
+              s.threads = 2;
+              check_case<float, reduce_op::sum>(s, 2, 512);
+            }
+          }
+        }
+      }
+    }
+  }
+  // Other element sizes: a u8 slice is 256 elements a unit, an i64 one 32.
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    for (int p : {3, 5}) {
+      for (bool in_place : {false, true}) {
+        shape s{coll, algorithm::ring, p, 1001, in_place, 3};
+        check_case<std::uint8_t, reduce_op::sum>(s, 2, 96);
+        check_case<std::int64_t, reduce_op::max>(s, 2, 96);
+        check_case<half, reduce_op::sum>(s, 3, 64);
+      }
+    }
+  }
+}
+
+// The messages from rank `from` to rank `to`, in order, as element counts: what `from`'s
+// schedule sends to `to`, or what `to`'s receives from `from`.
+std::vector<std::size_t> channel(const schedule& s, int peer, bool sends) {
+  std::vector<std::size_t> v;
+  for (const auto& st : s.steps) {
+    if (st.peer == peer && (sends ? st.kind == step_kind::send : is_receive(st.kind)))
+      v.push_back(st.count());
+  }
+  return v;
+}
+
+TEST_CASE(
+    "a lane's program over its slice of every block cuts each message alike on both ends, and touches "
+    "only its slice") {
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    for (auto algo : block_algorithms(coll)) {
+      for (int p : {2, 3, 5, 8}) {
+        // u8, 3 lanes: 300 is slices of 256 and 44, 1001 of 512, 256 and 233 elements.
+        for (std::size_t count : {std::size_t{300}, std::size_t{1001}}) {
+          for (bool in_place : {false, true}) {
+            const detail::call_shape whole{coll, algo, count, 96, in_place};
+            const detail::lane_part part = detail::lane_shape(whole, 1, 3, count == 300 ? 1 : 2);
+            std::vector<schedule> all;
+            for (int r = 0; r < p; ++r) all.push_back(detail::schedule_for(part.shape, r, p));
+            INFO(to_string(coll), " ", to_string(algo), " p=", p, " count=", count, " in place ", in_place);
+            REQUIRE(part.shape.stride == count);
+            for (int a = 0; a < p; ++a) {
+              for (int b = 0; b < p; ++b) {
+                if (a != b)
+                  CHECK(channel(all[static_cast<std::size_t>(a)], b, true) ==
+                        channel(all[static_cast<std::size_t>(b)], a, false));
+              }
+            }
+            // Every region of a blocked buffer lies within the lane's slice of a block
+            // (its offsets count from the slice's start in the first block).
+            const std::size_t n = part.shape.count;
+            REQUIRE((n == 44 || n == 233));
+            for (const auto& sched : all) {
+              for (const auto& st : sched.steps) {
+                for (const region& g : {st.src, st.dst}) {
+                  if (g.count == 0 || g.buf == buffer::scratch) continue;
+                  const bool blocked = g.buf == buffer::input ? coll == collective::reduce_scatter
+                                                              : coll == collective::all_gather || in_place;
+                  if (!blocked) {
+                    CHECK(g.end() <= n);
+                  } else {
+                    CHECK(g.offset % count + g.count <= n);
+                  }
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE(
+    "peer executor: all-gather and reduce-scatter take a lane per slot of a block, all-reduce every lane") {
+  constexpr std::uint64_t slot = 4096;
+  CHECK(peer_memory::lanes_for(collective::all_reduce, 1, 4, 4, slot) == 4);
+  CHECK(peer_memory::lanes_for(collective::all_reduce, 0, 4, 1, slot) == 1);
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    CHECK(peer_memory::lanes_for(coll, 0, 4, 4, slot) == 1);
+    CHECK(peer_memory::lanes_for(coll, 1, 4, 4, slot) == 1);
+    CHECK(peer_memory::lanes_for(coll, 2 * slot / 4 - 1, 4, 4, slot) == 1);
+    CHECK(peer_memory::lanes_for(coll, 2 * slot / 4, 4, 4, slot) == 2);
+    CHECK(peer_memory::lanes_for(coll, 3 * slot, 1, 4, slot) == 3);
+    CHECK(peer_memory::lanes_for(coll, 1ull << 30, 8, 4, slot) == 4);
+    CHECK(peer_memory::lanes_for(coll, 1ull << 30, 8, 1, slot) == 1);
+  }
+}
+
 TEST_CASE("peer executor: a rank that never comes is a timeout naming it, on every rank") {
   // Rank 2 of 3 does not take part. Ring all-reduce: rank 0 waits for 2, rank 1 for 0
   // (or for room in 2's slots).
@@ -457,5 +577,149 @@ TEST_CASE(
            run.status[1].code == peer_memory::outcome::timeout));
     CHECK(run.took >= 400ms);
     CHECK(run.took < 5s);
+  }
+}
+
+namespace {
+
+// What the walk reads and writes on a GPU, a uint4, as a host struct.
+struct alignas(16) host_vector {
+  unsigned x, y, z, w;
+};
+
+// The test's own element operation: 3a + b, wrapping in T (an unsigned type of the
+// element's width). Not symmetric, so that swapped operands show, and every bit of both
+// counts, so that a shifted or misplaced element shows.
+template <class T>
+T mix(T a, T b) {
+  return static_cast<T>(static_cast<T>(a * 3u) + b);
+}
+template <class T>
+struct mix_elements {
+  T operator()(T a, T b) const { return mix(a, b); }
+};
+template <class T>
+struct mix_vectors {
+  host_vector operator()(host_vector a, host_vector b) const {
+    constexpr std::size_t lanes = 16 / sizeof(T);
+    T x[lanes], y[lanes];
+    std::memcpy(x, &a, 16);
+    std::memcpy(y, &b, 16);
+    for (std::size_t k = 0; k < lanes; ++k) x[k] = mix(x[k], y[k]);
+    host_vector r;
+    std::memcpy(&r, x, 16);
+    return r;
+  }
+};
+
+// An operand `shift` bytes into an allocation of its own that ends where it does, 16-byte
+// aligned: under ASan (tools/sanitize.sh address) a read past its last byte is a report.
+struct operand {
+  std::byte* base;
+  std::size_t bytes;
+  operand(std::size_t shift, std::size_t size)
+      : base(static_cast<std::byte*>(::operator new (shift + size, std::align_val_t{16}))),
+        bytes(shift + size) {}
+  ~operand() { ::operator delete (base, std::align_val_t{16}); }
+  operand(const operand&) = delete;
+  operand& operator=(const operand&) = delete;
+};
+
+// Whether bytes [from, to) of p still hold the guard pattern.
+bool untouched(const std::byte* p, std::size_t from, std::size_t to) {
+  return std::all_of(p + from, p + to, [](std::byte x) { return x == std::byte{0xa5}; });
+}
+
+// dst[i] = mix(a[i], b[i]) walked at byte misalignments md, ma and mb (alias: dst is a
+// (1) or b (2)), each thread of `threads` in turn, against the element-by-element
+// reference; the bytes around dst stay as they were, and the plan reads no byte outside
+// the sources and leaves at most four vectors' worth to the element-by-element loops.
+template <class T>
+void check_walk(std::size_t md, std::size_t ma, std::size_t mb, int alias, std::size_t n, unsigned threads) {
+  constexpr std::size_t size = sizeof(T), lanes = 16 / size, guard = 16;
+  INFO("element size ", size, " misalignments dst ", md, " a ", ma, " b ", mb, " alias ", alias, " n ", n,
+       " threads ", threads);
+  operand da(ma, n * size), db(mb, n * size), dd(guard + md, n * size + guard);
+  std::memset(dd.base, 0xa5, dd.bytes);
+  T* a = reinterpret_cast<T*>(da.base + ma);
+  T* b = reinterpret_cast<T*>(db.base + mb);
+  T* d = reinterpret_cast<T*>(dd.base + guard + md);
+  for (std::size_t i = 0; i < n; ++i) {
+    a[i] = static_cast<T>(0x9e3779b97f4a7c15ull * (i + 1) >> 17);
+    b[i] = static_cast<T>(0xbf58476d1ce4e5b9ull * (i + 7) >> 23);
+  }
+  if (alias == 1) std::memcpy(d, a, n * size), a = d;
+  if (alias == 2) std::memcpy(d, b, n * size), b = d;
+  std::vector<T> want(n);
+  for (std::size_t i = 0; i < n; ++i) want[i] = mix(a[i], b[i]);
+  const detail::vector_plan p = detail::plan_vectors(d, a, b, n, size);
+  for (unsigned tid = 0; tid < threads; ++tid)
+    detail::walk_reduce<4, host_vector>(d, a, b, n, tid, threads, mix_elements<T>{}, mix_vectors<T>{});
+  CHECK(std::equal(want.begin(), want.end(), d));
+  CHECK(untouched(dd.base, 0, guard + md));
+  CHECK(untouched(dd.base, guard + md + n * size, dd.bytes));
+  for (unsigned shift : {p.a_shift, p.b_shift}) {
+    if (p.vectors == 0 || shift == 0) continue;
+    CHECK(p.first * size >= shift);
+    CHECK(p.first * size - shift + 16 * p.vectors + 16 <= n * size);
+  }
+  CHECK(n - p.vectors * lanes < 4 * lanes);
+}
+
+// The same for the copy walk: every byte misalignment of dst and src.
+void check_copy_walk(std::size_t md, std::size_t ms, std::size_t n, unsigned threads) {
+  INFO("copy: misalignments dst ", md, " src ", ms, " bytes ", n, " threads ", threads);
+  operand src(ms, n), dst(16 + md, n + 16);
+  std::memset(dst.base, 0xa5, dst.bytes);
+  auto* s = reinterpret_cast<unsigned char*>(src.base + ms);
+  for (std::size_t i = 0; i < n; ++i) s[i] = static_cast<unsigned char>(i * 37 + 11);
+  auto* d = reinterpret_cast<unsigned char*>(dst.base + 16 + md);
+  for (unsigned tid = 0; tid < threads; ++tid) detail::walk_copy<4, host_vector>(d, s, n, tid, threads);
+  CHECK(std::memcmp(d, s, n) == 0);
+  CHECK(untouched(dst.base, 0, 16 + md));
+  CHECK(untouched(dst.base, 16 + md + n, dst.bytes));
+  const detail::vector_plan p = detail::plan_vectors(d, s, s, n, 1);
+  if (p.vectors != 0 && p.a_shift != 0) CHECK(p.first - p.a_shift + 16 * p.vectors + 16 <= n);
+  CHECK(n - p.vectors * 16 < 64);
+}
+
+template <class T>
+void check_walks() {
+  constexpr std::size_t size = sizeof(T);
+  for (std::size_t md = 0; md < 16; md += size) {
+    for (std::size_t ma = 0; ma < 16; ma += size) {
+      for (std::size_t n = 0; n <= 100; ++n) {
+        const auto threads = static_cast<unsigned>(1 + n % 3);
+        for (std::size_t mb = 0; mb < 16; mb += size) check_walk<T>(md, ma, mb, 0, n, threads);
+        check_walk<T>(md, md, ma, 1, n, threads);  // in place: dst is a; b at ma
+        check_walk<T>(md, ma, md, 2, n, threads);  // dst is b; a at ma
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE(
+    "the reductions' vector walk matches an element-by-element reference at every misalignment of dst, a and "
+    "b, for every element size, counts 0 to 100, in place too, reading nothing outside its operands") {
+  // The walk sees only the element's size: every collx dtype is 1 (i8, u8), 2 (f16, bf16:
+  // their pairs are the vector operation's business), 4 or 8 bytes.
+  check_walks<std::uint8_t>();
+  check_walks<std::uint16_t>();
+  check_walks<std::uint32_t>();
+  check_walks<std::uint64_t>();
+  // And __byte_perm's rule as the host emulates it: bytes r..r+3 of hi:lo.
+  for (unsigned r = 0; r < 4; ++r) {
+    CHECK(detail::byte_perm(0x33221100u, 0x77665544u, detail::byte_selector(r)) ==
+          static_cast<unsigned>(0x7766554433221100ull >> (8 * r)));
+  }
+}
+
+TEST_CASE("the copy's vector walk copies every byte and nothing more at every misalignment of dst and src") {
+  for (std::size_t md = 0; md < 16; ++md) {
+    for (std::size_t ms = 0; ms < 16; ++ms) {
+      for (std::size_t n = 0; n <= 100; ++n) check_copy_walk(md, ms, n, static_cast<unsigned>(1 + n % 3));
+    }
   }
 }

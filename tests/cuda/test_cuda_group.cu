@@ -93,6 +93,55 @@ TEST_CASE("cuda group: every collective, algorithm, type and reduction, p = 2, 4
   }
 }
 
+// All-gather and reduce-scatter of every algorithm and in place and not, over `lanes`
+// lanes where the size calls for them (peer_memory::lanes_for: one per slot of a block).
+template <class T>
+long long block_collectives_over_lanes(test::device_rank<gpu::communicator>& env, long long& cases) {
+  long long bad = 0;
+  for (auto coll : {collective::all_gather, collective::reduce_scatter}) {
+    for (auto a : collx::all_algorithms) {
+      if (!collx::implements(a, coll)) continue;
+      for (std::size_t n :
+           {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{1001}, std::size_t{40003}}) {
+        for (bool in_place : {false, true}) {
+          bad += one_call<T>(env, coll, a, reduce_op::sum, n, in_place);
+          ++cases;
+        }
+      }
+    }
+  }
+  return bad;
+}
+
+TEST_CASE("cuda group: all-gather and reduce-scatter split over lanes, p = 3 and 5, odd counts, every type") {
+  // 256-byte slots: a 1001-element block of u8 takes 3 lanes, of the wider types 4 (the
+  // most); 7 elements one. Each lane runs its slice of every block, in its own mailboxes.
+  gpu::group_options o;
+  o.slot_bytes = 256;
+  for (int p : {3, 5}) {
+    INFO("p = ", p);
+    gpu::group g(std::vector<int>(static_cast<std::size_t>(p), 0), o);
+    CHECK(collx::peer_memory::lanes_for(collective::all_gather, 1001, 1, o.lanes, o.slot_bytes) == 3);
+    std::atomic<long long> wrong{0};
+    std::atomic<long long> cases{0};
+    std::barrier ready(p);
+    on_ranks(p, [&](int r) {
+      rank_env<gpu::communicator> env(std::size_t{4} << 20, 0, g.rank(r));
+      ready.arrive_and_wait();
+      long long mine = 0;
+      long long bad = block_collectives_over_lanes<std::uint8_t>(env, mine);
+      bad += block_collectives_over_lanes<std::int64_t>(env, mine);
+      bad += block_collectives_over_lanes<collx::half>(env, mine);
+      bad += block_collectives_over_lanes<collx::bfloat16>(env, mine);
+      bad += block_collectives_over_lanes<float>(env, mine);
+      wrong += bad;
+      cases += mine;
+    });
+    MESSAGE("p=", p, ": ", cases.load(), " rank-calls checked");
+    CHECK(wrong.load() == 0);
+  }
+}
+
 TEST_CASE("cuda group: one rank per GPU, where there are several") {
   int n = 0;
   cuda_ok(cudaGetDeviceCount(&n), "cudaGetDeviceCount");

@@ -169,7 +169,7 @@ void check_reduce(buffers& buf, collx::dtype t, collx::reduce_op op, std::size_t
   bytes want(n * sz);
   collx::reduce(t, op, want.data(), ha.data(), hb.data(), n);
 
-  const std::size_t span = lead + (n + 2) * sz;
+  const std::size_t span = lead + (n + 2) * sz + 16;  // operands up to 15 bytes on
   cuda_ok(cudaMemset(buf.a.base, guard, span), "cudaMemset");
   cuda_ok(cudaMemset(buf.b.base, guard, span), "cudaMemset");
   cuda_ok(cudaMemset(buf.d.base, guard, span), "cudaMemset");
@@ -296,6 +296,68 @@ TEST_CASE("cuda copy copies every byte and nothing more") {
       CHECK_MESSAGE(got.back() == guard, "the byte after the copy was written");
       const std::size_t i = first_difference(got.data() + 1, h.data(), n, 1);
       if (i != n) FAIL_CHECK(what, ": first difference at byte ", i, " of ", n);
+    }
+  }
+  cudaFree(src);
+  cudaFree(dst);
+}
+
+TEST_CASE("cuda reduce matches the host's reduce at every misalignment of dst, a and b, in place too") {
+  // Byte misalignments 0..15 in steps of the element size, each operand its own: the
+  // destination is aligned first and a source misaligned against it is funnel-shifted
+  // (exec/vector_walk.hpp). 1 element: none of it vectors; 33 and 100: a few vectors and
+  // heads and tails of every length; max_count: many blocks' worth, a few layouts.
+  for (const collx::dtype t : collx::all_dtypes) {
+    const std::size_t sz = collx::size_of(t);
+    buffers buf(sz);
+    const collx::reduce_op op = collx::is_floating(t) ? collx::reduce_op::sum : collx::reduce_op::max;
+    for (std::size_t md = 0; md < 16; md += sz) {
+      for (std::size_t ma = 0; ma < 16; ma += sz) {
+        for (const std::size_t n : {std::size_t{1}, std::size_t{33}, std::size_t{100}}) {
+          INFO("misaligned: dst ", md, " a ", ma, " bytes");
+          for (std::size_t mb = 0; mb < 16; mb += sz) {
+            INFO("b ", mb, " bytes");
+            check_reduce(buf, t, op, n, layout{"misaligned", ma / sz, mb / sz, md / sz, 0}, false);
+          }
+          check_reduce(buf, t, op, n, layout{"in place, dst == a, b misaligned", md / sz, ma / sz, 0, 1},
+                       false);
+          check_reduce(buf, t, op, n, layout{"in place, dst == b, a misaligned", ma / sz, md / sz, 0, 2},
+                       false);
+        }
+      }
+    }
+    const std::size_t far = 15 / sz;  // the largest misalignment in elements
+    for (const layout& l : {layout{"a one element on", 1, 0, 0, 0}, layout{"each its own", far, 1, 0, 0},
+                            layout{"dst misaligned most", 0, 1, far, 0}}) {
+      check_reduce(buf, t, collx::reduce_op::sum, max_count, l, collx::is_floating(t));
+    }
+  }
+}
+
+TEST_CASE("cuda copy copies every byte and nothing more at every misalignment of dst and src") {
+  constexpr std::size_t biggest = 1000003;
+  std::byte* src = nullptr;
+  std::byte* dst = nullptr;
+  cuda_ok(cudaMalloc(&src, biggest + 64), "cudaMalloc");
+  cuda_ok(cudaMalloc(&dst, biggest + 64), "cudaMalloc");
+  bytes h(biggest);
+  for (std::size_t i = 0; i < h.size(); ++i) h[i] = static_cast<unsigned char>((i * 131u + i / 251u) ^ 0x5au);
+  for (std::size_t ms = 0; ms < 16; ++ms) {
+    for (std::size_t md = 0; md < 16; ++md) {
+      for (const std::size_t n : {std::size_t{15}, std::size_t{100}, std::size_t{4099}, biggest}) {
+        if (n == biggest && (ms + md) % 5 != 0) continue;  // many blocks' worth: a few pairs
+        INFO("copy of ", n, " bytes, src misaligned ", ms, ", dst ", md);
+        cuda_ok(cudaMemset(dst, guard, n + 64), "cudaMemset");
+        cuda_ok(cudaMemcpy(src + lead + ms, h.data(), n, cudaMemcpyHostToDevice), "cudaMemcpy");
+        collx::cuda::copy(dst + lead + md, src + lead + ms, n, nullptr);
+        cuda_ok(cudaDeviceSynchronize(), "copy kernel");
+        bytes got(n + 2);
+        cuda_ok(cudaMemcpy(got.data(), dst + lead + md - 1, got.size(), cudaMemcpyDeviceToHost), "back");
+        CHECK_MESSAGE(got.front() == guard, "the byte before the copy was written");
+        CHECK_MESSAGE(got.back() == guard, "the byte after the copy was written");
+        const std::size_t i = first_difference(got.data() + 1, h.data(), n, 1);
+        if (i != n) FAIL_CHECK("first difference at byte ", i, " of ", n);
+      }
     }
   }
   cudaFree(src);

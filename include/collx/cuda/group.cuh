@@ -47,7 +47,7 @@
 namespace collx::cuda {
 
 struct group_options {
-  int lanes = 4;  // thread blocks (independent all-reduces over slices) per rank's all-reduce
+  int lanes = 4;  // thread blocks per rank, each an independent call over a slice (peer_memory::lanes_for)
   unsigned threads = 512;
   std::uint32_t slots = 4;              // per channel
   std::size_t slot_bytes = 128 * 1024;  // a piece; messages are cut to fit slots*slot_bytes
@@ -459,13 +459,11 @@ class communicator {
     }
   }
 
-  const peer_memory::program_view& program(collective coll, algorithm a, std::size_t count,
-                                           std::size_t segment, bool in_place, cudaStream_t stream) {
-    const collx::detail::call_shape key{coll, a, count, segment, in_place};
+  const peer_memory::program_view& program(const collx::detail::call_shape& key, cudaStream_t stream) {
     for (auto& c : programs_) {
       if (c.key == key) return c.view;
     }
-    refuse_in_capture(stream, to_string(coll), "this call's shape has no program on the GPU yet");
+    refuse_in_capture(stream, to_string(key.coll), "this call's shape has no program on the GPU yet");
     cached_program c{key, peer_memory::program_for(key, rank_, size()), {}, {}};
     c.bytes = allocate(c.image.bytes.size());
     cuda::check(cudaMemcpyAsync(c.bytes.get(), c.image.bytes.data(), c.image.bytes.size(),
@@ -500,7 +498,7 @@ class communicator {
     // Everything that can refuse the call comes first (programs and scratch refuse in a
     // capture): a call refused on one rank must not use up a call number, or its later
     // calls would carry signatures its peers' do not.
-    const int lanes = coll == collective::all_reduce ? s.opt.lanes : 1;
+    const int lanes = peer_memory::lanes_for(coll, count, es, s.opt.lanes, s.opt.slot_bytes);
     cuda::detail::launch_args args = prepare_lanes(coll, k, count, es, op, r, lanes, stream);
     ensure_scratch(stream, name, es * static_cast<std::size_t>(lanes));
     for (int j = 0; j < lanes; ++j) {
@@ -540,34 +538,34 @@ class communicator {
   }
 
   // The kernel's arguments but for scratch and signatures: each lane's program (fetched,
-  // or uploaded on first use), buffers and status word.
+  // or uploaded on first use) over its slice (front/program.hpp's lane_shape), buffers
+  // and status word, and where avg divides its part of the result.
   cuda::detail::launch_args prepare_lanes(collective coll, const collx::detail::checked_call& checked,
                                           std::size_t count, std::size_t element_size, reduce_op op,
                                           const collx::detail::resolved_call& resolved, int lanes,
                                           cudaStream_t stream) {
     const auto& s = *g_;
-    const algorithm a = resolved.algo;
-    const std::size_t segment = resolved.segment;
-    const bool in_place = checked.in_place;
     cuda::detail::launch_args args{};
     args.w = s.w;
     args.w.boxes = s.box_tables[static_cast<std::size_t>(rank_)].get();
     args.divisor = op == reduce_op::avg ? size() : 0;
+    const collx::detail::call_shape whole{coll, resolved.algo, count, resolved.segment, checked.in_place};
+    const region res = result_region(coll, rank_, count, checked.in_place, size());
     for (int j = 0; j < lanes; ++j) {
-      std::uint64_t lo = 0, n = count;
-      if (lanes > 1) peer_memory::lane_slice(count, element_size, lanes, j, lo, n);
+      const collx::detail::lane_part part = collx::detail::lane_shape(whole, element_size, lanes, j);
+      const std::size_t lo = part.first * element_size;
       peer_memory::lane_call& c = args.lanes[j];
-      c.prog = program(coll, a, n, segment, in_place, stream);
+      c.prog = program(part.shape, stream);
       c.rank = rank_;
       c.lane = j;
-      c.in = checked.in == nullptr ? nullptr : checked.in + lo * element_size;
-      c.out = checked.out + lo * element_size;
+      c.in = checked.in == nullptr ? nullptr : checked.in + lo;
+      c.out = checked.out + lo;
       c.timeout_ns = collx::detail::timeout_ns(resolved.timeout);
       c.st = &s.status[static_cast<std::size_t>(rank_) * static_cast<std::size_t>(s.w.lanes) +
                        static_cast<std::size_t>(j)];
-      const region res = result_region(coll, rank_, count, in_place, size());
-      args.divide_at[j] = coll == collective::all_reduce ? c.out : checked.out + res.offset * element_size;
-      args.divide_count[j] = coll == collective::all_reduce ? n : res.count;
+      // The lane's slice of the result (of each block's, which for a reduce-scatter is the one).
+      args.divide_at[j] = checked.out + res.offset * element_size + lo;
+      args.divide_count[j] = part.shape.count;
     }
     return args;
   }

@@ -22,6 +22,11 @@
 
 namespace collx::cuda::detail {
 
+// Vectors of each operand a thread of a lane loads at once: 2, not the reduction
+// kernels' 4, as the lane's own state shares the 64 registers that __launch_bounds__(1024)
+// leaves a thread, and with 4 the misaligned paths spilled (ptxas -v, sm_90).
+inline constexpr unsigned lane_unroll = 2;
+
 struct device_context {
   peer_memory::action& act;
   peer_memory::leader_state& ls;
@@ -47,11 +52,11 @@ struct device_context {
   }
   __device__ static void pause() { __nanosleep(256); }
   __device__ static void copy(std::byte* dst, const std::byte* src, std::uint64_t bytes) {
-    copy_range(dst, src, bytes, threadIdx.x, blockDim.x);
+    copy_range<lane_unroll>(dst, src, bytes, threadIdx.x, blockDim.x);
   }
   template <class T, reduce_op Op>
   __device__ static void reduce(T* dst, const T* a, const T* b, std::uint64_t n) {
-    reduce_range<T, collx::detail::combining<Op>>(dst, a, b, n, threadIdx.x, blockDim.x);
+    reduce_range<T, collx::detail::combining<Op>, lane_unroll>(dst, a, b, n, threadIdx.x, blockDim.x);
   }
 };
 
@@ -61,7 +66,7 @@ inline constexpr int max_lanes = 8;
 struct launch_args {
   peer_memory::world_view w;
   peer_memory::lane_call lanes[max_lanes];
-  // avg: each lane divides its part of the result once its all-reduce has finished.
+  // avg: each lane divides its part of the result once its call over its slice has finished.
   std::byte* divide_at[max_lanes];
   std::uint64_t divide_count[max_lanes];
   int divisor = 0;

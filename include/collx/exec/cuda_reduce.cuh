@@ -6,7 +6,8 @@
 // Cost: dst = a op b moves 3n bytes for n-byte operands (two reads, one write) where a
 // copy moves 2n, so the kernels are bound by memory bandwidth, never by arithmetic, and
 // at equal bandwidth a reduction takes 1.5x a cudaMemcpy of the same buffer. They are
-// written for that bound: 16-byte loads, several in flight per thread. The bandwidth
+// written for that bound: 16-byte loads, several in flight per thread, whatever the
+// operands' alignments (exec/vector_walk.hpp). The bandwidth
 // they reach is benchmarks/cuda_kernels.cu's to measure (collx-cuda-kernels); no number
 // here came from a GPU, as the machine this was written on had none.
 //
@@ -36,6 +37,7 @@
 #include "collx/core/error.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/exec/cuda_check.hpp"
+#include "collx/exec/vector_walk.hpp"
 
 namespace collx::cuda {
 
@@ -152,95 +154,35 @@ __device__ __forceinline__ uint4 apply16(uint4 x, uint4 y) {
   }
 }
 
-// How many leading elements of the three arrays to treat one by one before all three
-// are 16-byte aligned; n (all of them) when they are misaligned differently.
-template <class T>
-__device__ __forceinline__ std::size_t aligned_head(const void* p, const void* q, const void* r,
-                                                    std::size_t n) {
-  const auto mis = reinterpret_cast<std::uintptr_t>(p) % 16;
-  if (reinterpret_cast<std::uintptr_t>(q) % 16 != mis || reinterpret_cast<std::uintptr_t>(r) % 16 != mis ||
-      mis % sizeof(T) != 0) {
-    return n;
-  }
-  const std::size_t head = mis == 0 ? 0 : (16 - mis) / sizeof(T);
-  return head < n ? head : n;
-}
-
-// dst[i] = a[i] op b[i] for i in [0, n), shared by threads tid = 0..nthreads-1. dst may
-// be a or b (each element is read and written by the same thread, reads first), but may
-// not overlap either partially.
+// The element and vector forms of the reduction, for the walk (exec/vector_walk.hpp).
 template <class T, reduce_op Op>
+struct element_op {
+  __device__ __forceinline__ T operator()(T x, T y) const { return apply<T, Op>(x, y); }
+};
+template <class T, reduce_op Op>
+struct vector_op {
+  __device__ __forceinline__ uint4 operator()(uint4 x, uint4 y) const { return apply16<T, Op>(x, y); }
+};
+
+// dst[i] = a[i] op b[i] for i in [0, n), shared by threads tid = 0..nthreads-1, in
+// 16-byte vectors at any alignment of the three (exec/vector_walk.hpp: dst aligned
+// first, a source misaligned against it read as aligned vectors and funnel-shifted).
+// dst may be a or b (each element is read and written by the same thread, reads first),
+// but may not overlap either partially. Unroll: the vectors of each operand a thread
+// loads at once.
+template <class T, reduce_op Op, unsigned Unroll = unroll>
 __device__ void reduce_range(T* dst, const T* a, const T* b, std::size_t n, unsigned tid, unsigned nthreads) {
-  const std::size_t head = aligned_head<T>(dst, a, b, n);
-  for (std::size_t i = tid; i < head; i += nthreads) dst[i] = apply<T, Op>(a[i], b[i]);
-
-  constexpr std::size_t lanes = 16 / sizeof(T);
-  const std::size_t vectors = (n - head) / lanes;
-  auto* vd = reinterpret_cast<uint4*>(dst + head);
-  const auto* va = reinterpret_cast<const uint4*>(a + head);
-  const auto* vb = reinterpret_cast<const uint4*>(b + head);
-  std::size_t v = tid;
-  // Thread tid takes vectors tid, tid + nthreads, ...: neighbouring threads touch
-  // neighbouring vectors (coalesced), and each loads `unroll` of each operand at once.
-  for (; v + (unroll - 1) * std::size_t{nthreads} < vectors; v += unroll * std::size_t{nthreads}) {
-    uint4 x[unroll];
-    uint4 y[unroll];
-#pragma unroll
-    for (unsigned k = 0; k < unroll; ++k) {
-      x[k] = va[v + k * std::size_t{nthreads}];
-      y[k] = vb[v + k * std::size_t{nthreads}];
-    }
-#pragma unroll
-    for (unsigned k = 0; k < unroll; ++k) vd[v + k * std::size_t{nthreads}] = apply16<T, Op>(x[k], y[k]);
-  }
-  for (; v < vectors; v += nthreads) vd[v] = apply16<T, Op>(va[v], vb[v]);
-
-  for (std::size_t i = head + vectors * lanes + tid; i < n; i += nthreads) dst[i] = apply<T, Op>(a[i], b[i]);
+  collx::detail::walk_reduce<Unroll, uint4>(dst, a, b, n, tid, nthreads, element_op<T, Op>{},
+                                            vector_op<T, Op>{});
 }
 
-// A plain copy, the same way: the baseline reduce_range is measured against. dst and
-// src must not overlap.
-// A copy in words of W bytes, for buffers whose misalignments differ modulo 16 but agree
-// modulo W: a schedule's chunks start wherever count/p falls, so a slot (aligned) and the
-// chunk it carries often agree only to the element size. Bytes one by one would be 16
-// times the memory transactions.
-template <class Word>
-__device__ void copy_words(std::byte* dst, const std::byte* src, std::size_t bytes, unsigned tid,
+// A plain copy, the same way: the baseline reduce_range is measured against, and what
+// the peer executor's lanes move pieces with. dst and src must not overlap.
+template <unsigned Unroll = unroll>
+__device__ void copy_range(std::byte* dst, const std::byte* src, std::size_t bytes, unsigned tid,
                            unsigned nthreads) {
-  constexpr std::size_t w = sizeof(Word);
-  const std::size_t mis = reinterpret_cast<std::uintptr_t>(dst) % w;
-  const std::size_t head = mis == 0 ? 0 : (w - mis < bytes ? w - mis : bytes);
-  for (std::size_t i = tid; i < head; i += nthreads) dst[i] = src[i];
-  const std::size_t words = (bytes - head) / w;
-  auto* wd = reinterpret_cast<Word*>(dst + head);
-  const auto* ws = reinterpret_cast<const Word*>(src + head);
-  for (std::size_t v = tid; v < words; v += nthreads) wd[v] = ws[v];
-  for (std::size_t i = head + words * w + tid; i < bytes; i += nthreads) dst[i] = src[i];
-}
-
-__device__ inline void copy_range(std::byte* dst, const std::byte* src, std::size_t bytes, unsigned tid,
-                                  unsigned nthreads) {
-  const auto skew = (reinterpret_cast<std::uintptr_t>(dst) - reinterpret_cast<std::uintptr_t>(src)) % 16;
-  if (skew % 8 == 0 && skew != 0) return copy_words<unsigned long long>(dst, src, bytes, tid, nthreads);
-  if (skew % 4 == 0 && skew != 0) return copy_words<unsigned>(dst, src, bytes, tid, nthreads);
-  if (skew % 2 == 0 && skew != 0) return copy_words<unsigned short>(dst, src, bytes, tid, nthreads);
-  const std::size_t head = aligned_head<std::byte>(dst, src, src, bytes);
-  for (std::size_t i = tid; i < head; i += nthreads) dst[i] = src[i];
-
-  const std::size_t vectors = (bytes - head) / 16;
-  auto* vd = reinterpret_cast<uint4*>(dst + head);
-  const auto* vs = reinterpret_cast<const uint4*>(src + head);
-  std::size_t v = tid;
-  for (; v + (unroll - 1) * std::size_t{nthreads} < vectors; v += unroll * std::size_t{nthreads}) {
-    uint4 x[unroll];
-#pragma unroll
-    for (unsigned k = 0; k < unroll; ++k) x[k] = vs[v + k * std::size_t{nthreads}];
-#pragma unroll
-    for (unsigned k = 0; k < unroll; ++k) vd[v + k * std::size_t{nthreads}] = x[k];
-  }
-  for (; v < vectors; v += nthreads) vd[v] = vs[v];
-
-  for (std::size_t i = head + vectors * 16 + tid; i < bytes; i += nthreads) dst[i] = src[i];
+  collx::detail::walk_copy<Unroll, uint4>(reinterpret_cast<unsigned char*>(dst),
+                                          reinterpret_cast<const unsigned char*>(src), bytes, tid, nthreads);
 }
 
 // avg's last step, d[i] /= divisor, as the host's finish_avg does it: in the type itself
@@ -284,7 +226,7 @@ __global__ void __launch_bounds__(block_threads, blocks_per_sm)
     copy_kernel(std::byte* dst, const std::byte* src, std::size_t bytes, std::size_t chunk) {
   for (std::size_t begin = blockIdx.x * chunk; begin < bytes; begin += std::size_t{gridDim.x} * chunk) {
     const std::size_t len = bytes - begin < chunk ? bytes - begin : chunk;
-    copy_range(dst + begin, src + begin, len, threadIdx.x, blockDim.x);
+    copy_range<>(dst + begin, src + begin, len, threadIdx.x, blockDim.x);
   }
 }
 

@@ -26,9 +26,13 @@
 // failure flag, and every other lane, scanning the flags while it waits, then stops too,
 // so a dead or stuck rank becomes an error on every rank, not a hang.
 //
-// All-reduce runs as `lanes` independent all-reduces over contiguous slices of the
-// buffer, one per lane (as NCCL's channels do): more thread blocks, more bandwidth.
-// All-gather and reduce-scatter run on one lane.
+// A call runs as `lanes` independent calls over slices, one per lane (as NCCL's
+// channels do): more thread blocks, more bandwidth. An all-reduce's lanes take
+// contiguous slices of the buffer; an all-gather's or a reduce-scatter's take the same
+// slice of every block, each lane's program spreading its blocks to the caller's block
+// stride (algorithms::slice_of_blocks, front/program.hpp's lane_shape). Each lane has its
+// own mailboxes, so the lanes never wait for each other; lanes_for says how many a call
+// uses.
 //
 // This header is what a lane sees (host-device code); the program it reads is compiled
 // on the host by exec/peer_program.hpp.
@@ -44,13 +48,8 @@
 #include <vector>
 
 #include "collx/core/reduce.hpp"
+#include "collx/exec/host_device.hpp"
 #include "collx/schedule/schedule.hpp"
-
-#if defined(__CUDACC__)
-#define COLLX_HD __host__ __device__
-#else
-#define COLLX_HD
-#endif
 
 namespace collx::peer_memory {
 
@@ -169,6 +168,21 @@ constexpr void lane_slice(std::uint64_t count, std::size_t elem, int lanes, int 
   lo = first * unit < count ? first * unit : count;
   const std::uint64_t hi = (first + mine) * unit < count ? (first + mine) * unit : count;
   n = hi - lo;
+}
+
+// How many of a world's `max_lanes` lanes a call of `count` elements (per block) uses.
+// An all-reduce uses them all (its slices are whole 256-byte units, so a tiny call
+// leaves the last lanes empty: they exchange only the call's signature). An all-gather
+// or reduce-scatter uses one lane per slot's worth of a block, at least one: a slice
+// smaller than a slot only adds pieces (each a leader's pass, two barriers and a flag
+// across the link) without adding bytes in flight. Not measured on a GPU yet.
+constexpr int lanes_for(collective coll, std::uint64_t count, std::size_t element_size, int max_lanes,
+                        std::uint64_t slot_bytes) noexcept {
+  if (coll == collective::all_reduce || max_lanes <= 1) return max_lanes < 1 ? 1 : max_lanes;
+  const std::uint64_t per_slot = slot_bytes == 0 ? 1 : count * element_size / slot_bytes;
+  return per_slot < 1                                       ? 1
+         : per_slot < static_cast<std::uint64_t>(max_lanes) ? static_cast<int>(per_slot)
+                                                            : max_lanes;
 }
 
 // What one lane of one rank runs: its program and where its buffers are.
