@@ -2,6 +2,7 @@
 
 #include <doctest/doctest.h>
 
+#include <bit>
 #include <cmath>
 #include <collx/collx.hpp>
 #include <string>
@@ -272,8 +273,10 @@ TEST_CASE("the closed-form costs stay near the schedule replay, and the choice t
                 a, c, p, bytes, m, chain ? static_cast<double>(seg) * 4 : 0.0);
             INFO(collx::to_string(a), " ", collx::to_string(c), " p=", p, " n=", n, " replay=", replay,
                  " formula=", formula);
-            CHECK(formula >= (wide ? 0.7 : 0.6) * replay);
-            CHECK(formula <= (wide ? 1.4 : 1.2) * replay);
+            // The leader way is a reduce and a broadcast tree, priced by their formulas.
+            const bool trees = wide || a == algorithm::leader;
+            CHECK(formula >= (trees ? 0.7 : 0.6) * replay);
+            CHECK(formula <= (trees ? 1.4 : 1.2) * replay);
             best = std::min(best, replay);
             if (a == pick) chosen = replay;
           }
@@ -354,7 +357,11 @@ TEST_CASE("algorithm names parse, and each algorithm says which collectives it i
   CHECK(collx::implements(algorithm::scatter_allgather, collective::broadcast));
   CHECK_FALSE(collx::implements(algorithm::scatter_allgather, collective::reduce));
   CHECK_FALSE(collx::implements(algorithm::rabenseifner, collective::broadcast));
-  CHECK(collx::last_algorithm == algorithm::hierarchical);
+  CHECK(collx::last_algorithm == algorithm::leader);
+  CHECK(collx::parse_algorithm("leader") == algorithm::leader);
+  CHECK(collx::implements(algorithm::leader, collective::all_reduce));
+  CHECK_FALSE(collx::implements(algorithm::leader, collective::all_gather));
+  CHECK_FALSE(collx::implements(algorithm::leader, collective::broadcast));
   CHECK(collx::parse_algorithm("hierarchical") == algorithm::hierarchical);
   CHECK(collx::implements(algorithm::hierarchical, collective::all_reduce));
   CHECK(collx::implements(algorithm::hierarchical, collective::all_gather));
@@ -698,11 +705,11 @@ void prove_hierarchical(collective coll, const std::vector<int>& node_of,
 }
 
 // Every equal node shape up to 64 ranks, blocked and interleaved.
-void prove_equal_shapes(collective coll) {
+void prove_equal_shapes(collective coll, algorithm algo = algorithm::hierarchical) {
   for (int nodes = 1; nodes <= 64; ++nodes) {
     for (int per = 1; nodes * per <= 64; ++per) {
-      prove_hierarchical(coll, blocked(std::vector<int>(static_cast<std::size_t>(nodes), per)));
-      if (nodes > 1 && per > 1) prove_hierarchical(coll, interleaved(nodes, per));
+      prove_hierarchical(coll, blocked(std::vector<int>(static_cast<std::size_t>(nodes), per)), algo);
+      if (nodes > 1 && per > 1) prove_hierarchical(coll, interleaved(nodes, per), algo);
     }
   }
 }
@@ -735,6 +742,57 @@ TEST_CASE("the verifier proves hierarchical reduce-scatter for every equal node 
 TEST_CASE("the verifier proves hierarchical broadcast and reduce for every equal node shape up to 64 ranks") {
   prove_equal_shapes(collective::broadcast);
   prove_equal_shapes(collective::reduce);
+}
+
+TEST_CASE(
+    "the verifier proves the leader all-reduce for every node shape up to 64 ranks: equal (blocked and "
+    "interleaved) and unequal") {
+  prove_equal_shapes(collective::all_reduce, algorithm::leader);
+  prove_unequal_shapes(collective::all_reduce, algorithm::leader);
+}
+
+TEST_CASE(
+    "the leader all-reduce: one rank per node on the link, log N rounds across; its closed form stays near "
+    "the replay, and the choice takes it for small buffers on nodes and the composition for large ones") {
+  const collx::cost_params intra{2e-6, 1.0 / 8e9, 1.0 / 16e9};
+  const collx::cost_params inter{50e-6, 1.0 / 125e6, 1.0 / 16e9};
+  for (const auto& node_of : {blocked({2, 2}), blocked({3, 3}), blocked({2, 2, 2}), blocked({4, 4}),
+                              blocked({8, 8, 8, 8}), blocked({3, 2})}) {
+    const int p = static_cast<int>(node_of.size());
+    const auto ns = collx::algorithms::node_shape::of(node_of, inter);
+    for (std::size_t n : {std::size_t{2}, std::size_t{1} << 10, std::size_t{1} << 16}) {
+      std::vector<schedule> v;
+      std::size_t across = 0;  // messages that cross nodes
+      for (int r = 0; r < p; ++r) {
+        collx::algorithms::call_shape cs{collective::all_reduce, r, p, n, n, false};
+        cs.node_of = node_of;
+        v.push_back(collx::algorithms::build(algorithm::leader, cs));
+        for (const auto& st : v.back().steps) {
+          if (st.kind == collx::step_kind::send &&
+              node_of[static_cast<std::size_t>(st.peer)] != node_of[static_cast<std::size_t>(r)]) {
+            ++across;
+          }
+        }
+      }
+      const int nodes = ns.nodes;
+      const auto rounds = static_cast<std::size_t>(std::bit_width(static_cast<unsigned>(nodes - 1)));
+      const bool pow2 = (nodes & (nodes - 1)) == 0;
+      INFO("leader p=", p, " nodes=", nodes, " n=", n, " messages across=", across);
+      if (pow2) CHECK(across == static_cast<std::size_t>(nodes) * rounds);  // one per leader a round
+      const double replay = collx::predict(v, intra, 4, {node_of, inter}).seconds;
+      const double formula = collx::algorithms::predicted_on_nodes(algorithm::leader, collective::all_reduce,
+                                                                   p, static_cast<double>(n) * 4, intra, ns,
+                                                                   static_cast<double>(n) * 4);
+      INFO("replay=", replay, " formula=", formula);
+      CHECK(formula >= 0.8 * replay);
+      CHECK(formula <= 1.2 * replay);
+    }
+    if (ns.per_node > 1) {
+      CHECK(collx::algorithms::choose(collective::all_reduce, p, 8, intra, 0, ns) == algorithm::leader);
+      CHECK(collx::algorithms::choose(collective::all_reduce, p, 64 << 20, intra, 0, ns) ==
+            algorithm::hierarchical);
+    }
+  }
 }
 
 TEST_CASE("the verifier proves the ring in node order on interleaved and unequal nodes") {

@@ -123,7 +123,7 @@ int usage(std::FILE* to = stderr) {
       "allreduce|allgather|reducescatter|broadcast|reduce|alltoall|gather|scatter|barrier|sendrecv\n"
       "                  --algo "
       "ring|rd|rabenseifner|bruck|tree|binomial|chain|dissemination|pairwise|linear|\n"
-      "                  scatter_allgather|direct|hierarchical\n"
+      "                  scatter_allgather|direct|hierarchical|leader\n"
       "                  -p RANKS [--nodes N]\n"
       "                  [--root RANK] [--count N] [--segment N] [--in-place] [--steps] [--svg FILE]\n");
   return to == stdout ? 0 : 2;

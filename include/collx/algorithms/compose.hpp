@@ -40,6 +40,10 @@ struct part_map {
   placement out{buffer::output};
   placement tmp{buffer::scratch};
   std::size_t unit = 0;
+  // false: the part's empty messages (a rooted tree's signals, rooted.hpp) are left out,
+  // where the whole's own data paths already tell every rank of every other (the
+  // verifier checks it); a step that waited for one waits for what it waited for.
+  bool signals = true;
 
   const placement& of(buffer b) const noexcept {
     return b == buffer::input ? in : b == buffer::output ? out : tmp;
@@ -73,6 +77,7 @@ struct part_map {
 // The steps a part's step became in the whole schedule: [first, last).
 struct placed {
   std::uint32_t first = 0, last = 0;
+  std::vector<std::uint32_t> stood_for{};  // a step left out: the whole's steps it waited for
 };
 
 // Appends the steps of `part`, the schedule of a group of ranks, whose phases lie in
@@ -93,14 +98,28 @@ inline void append_part(schedule& s, schedule_builder& b, const schedule& part, 
     const int peer = st.peer >= 0 ? group[static_cast<std::size_t>(st.peer)] : -1;
     const std::uint32_t phase = phase0 + st.phase - from;
     where[i].first = static_cast<std::uint32_t>(s.steps.size());
-    std::size_t begin = 0;
-    for (std::size_t end : map.cuts(st)) {
+    where[i].stood_for.clear();
+    // The whole's steps that part's step i waits for.
+    auto waits = [&](auto&& wait) {
       for (auto d : part.deps_of(i)) {
-        for (std::uint32_t k = where[d].first; k < where[d].last; ++k) b.after(k);
+        for (std::uint32_t k = where[d].first; k < where[d].last; ++k) wait(k);
+        for (auto k : where[d].stood_for) wait(k);
       }
       if (st.phase == from) {
-        for (auto k : first_after) b.after(k);
+        for (auto k : first_after) wait(k);
       }
+    };
+    if (!map.signals && st.kind != step_kind::copy && st.kind != step_kind::recv_reduce && st.count() == 0) {
+      auto& left_out = where[i].stood_for;
+      waits([&](std::uint32_t k) { left_out.push_back(k); });
+      std::sort(left_out.begin(), left_out.end());
+      left_out.erase(std::unique(left_out.begin(), left_out.end()), left_out.end());
+      where[i].last = where[i].first;
+      continue;
+    }
+    std::size_t begin = 0;
+    for (std::size_t end : map.cuts(st)) {
+      waits([&](std::uint32_t k) { b.after(k); });
       auto piece = [&](region r) { return map.place({r.buf, r.offset + begin, end - begin}); };
       switch (st.kind) {
         case step_kind::send: b.send(peer, piece(st.src), phase); break;

@@ -319,8 +319,10 @@ inline schedule ring_in_node_order(collective c, const ring_params& p, const nod
 //   2. all-reduce of chunk l among the N ranks of local index l, all L groups at once;
 //   3. intra-node all-gather of the chunks.
 // On one node it is the flat ring. Nodes of unequal sizes: one flat ring in node order,
-// so that only one edge per node crosses. Out of place, the input is first copied to the
-// output, where the levels work in place (the flat ring in node order reads it directly).
+// so that only one edge per node crosses. Out of place, the node's reduce-scatter half
+// reads the input (its first hop sends from it, every sum lands in the output), so the
+// input is never copied; with one rank per node it is copied to the output, where the
+// level across works in place (the flat ring in node order reads it directly).
 inline schedule hierarchical_all_reduce(const ring_params& p, std::span<const int> node_of) {
   schedule s =
       empty_schedule(collective::all_reduce, algorithm::hierarchical, p.rank, p.ranks, p.count, p.in_place);
@@ -328,11 +330,11 @@ inline schedule hierarchical_all_reduce(const ring_params& p, std::span<const in
   if (g.per_node == 0) return ring_in_node_order(collective::all_reduce, p, g, algorithm::hierarchical);
   schedule_builder b(s);
   const std::size_t n = p.count;
-  if (!p.in_place && n > 0) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
-  std::vector<detail::placed> where;
   const int L = g.per_node;
+  if (!p.in_place && n > 0 && L == 1) b.copy({buffer::input, 0, n}, {buffer::output, 0, n}, 0);
+  std::vector<detail::placed> where;
   const auto& node = g.members();
-  const schedule inside = ring(collective::all_reduce, {g.local, L, n, p.segment, true});
+  const schedule inside = ring(collective::all_reduce, {g.local, L, n, p.segment, p.in_place});
   const auto last = static_cast<std::uint32_t>(L - 2);  // the reduce-scatter half's last phase
   if (L > 1) detail::append_part(s, b, inside, node, {}, where, 0, last);
   const detail::chunking ch{n, static_cast<std::size_t>(L)};
@@ -521,6 +523,52 @@ inline schedule hierarchical_rooted(collective c, const rooted_params& p, std::s
   if (bcast && L > 1) detail::append_part(s, b, in_part, node, inside, where);
   std::vector<detail::placed> last_where;
   if (L > 1) detail::append_part(s, b, dissemination(g.local, L), node, {}, last_where, 0, ~0u, across_steps);
+  return s;
+}
+
+// The leader way (algorithm::leader), the small all-reduce's, on nodes of any sizes:
+//   1. each node's binomial reduce to its first rank, the node's leader;
+//   2. the leaders' all-reduce across nodes by recursive doubling;
+//   3. each leader's binomial broadcast of the result inside its node.
+// log L + log N + log L rounds, only log N of them across and one rank per node on the
+// link, against the hierarchical composition's 2(L-1) inside and 2(N-1) (or 2 log N)
+// across; but the whole buffer crosses log N times and is reduced log L times, so it
+// suits small buffers. Every rank hears from every rank: the broadcast a rank receives
+// carries its leader's result, which waited for every leader's, which waited for every
+// rank of its node: so the trees' own signals (rooted.hpp) are left out, and a rank sends
+// log L + log N messages at most. On one node it is a reduce and a broadcast. Out of
+// place the input is only read; the reduce's partial sums are in scratch (rooted.hpp).
+inline schedule leader_all_reduce(const ring_params& p, std::span<const int> node_of) {
+  schedule s =
+      empty_schedule(collective::all_reduce, algorithm::leader, p.rank, p.ranks, p.count, p.in_place);
+  const node_groups g = node_groups::of(node_of, p.rank, p.ranks);
+  const std::vector<int> lead = detail::leaders(g, 0);  // every node's first rank
+  const auto& node = g.members();
+  const int L = static_cast<int>(node.size());
+  schedule_builder b(s);
+  if (p.ranks == 1 && !p.in_place && p.count > 0)
+    b.copy({buffer::input, 0, p.count}, {buffer::output, 0, p.count}, 0);
+  std::vector<detail::placed> where;
+  detail::part_map inside;
+  inside.signals = false;
+  if (L > 1) {
+    const rooted_params rp{{g.local, L, p.count, p.segment, p.in_place}, 0};
+    detail::append_part(s, b, rooted(collective::reduce, algorithm::binomial, rp), node, inside, where);
+  }
+  if (p.rank == lead[static_cast<std::size_t>(g.node)] && g.nodes > 1) {
+    detail::part_map across;
+    across.tmp.at = s.scratch_count;
+    std::vector<detail::placed> across_where;
+    const recursive_params rp{g.node, g.nodes, p.count, p.segment, L > 1 || p.in_place};
+    detail::append_part(s, b, recursive_doubling(collective::all_reduce, rp), lead, across, across_where);
+  }
+  if (L > 1) {
+    inside.tmp.at = s.scratch_count;
+    const rooted_params rp{{g.local, L, p.count, p.segment, true}, 0};
+    std::vector<detail::placed> bcast_where;
+    detail::append_part(s, b, rooted(collective::broadcast, algorithm::binomial, rp), node, inside,
+                        bcast_where);
+  }
   return s;
 }
 

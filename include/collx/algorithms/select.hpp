@@ -155,11 +155,13 @@ inline double predicted_seconds(algorithm a, collective c, int p, double bytes, 
     const double n = bytes;
     const double fold_cost = folded ? 2 * (al + n * be) + n * ga : 0.0;
     switch (a) {
-      case algorithm::ring: return 2 * (P - 1) * (al + n / P * be) + (P - 1) * n / P * ga;
-      // On one node: a ring's reduce-scatter and all-gather, after the copy of the input
-      // (topology-aware prices: predicted_on_nodes).
-      case algorithm::hierarchical: return 2 * (P - 1) * (al + n / P * be) + (P - 1) * n / P * ga + n * ga;
+      case algorithm::ring:
+      case algorithm::hierarchical:  // on one node, a ring (topology-aware prices: predicted_on_nodes)
+        return 2 * (P - 1) * (al + n / P * be) + (P - 1) * n / P * ga;
       case algorithm::recursive_doubling: return L * (al + n * be + n * ga) + fold_cost;
+      case algorithm::leader:  // on one node, a binomial reduce and broadcast
+        return detail::predicted_rooted(algorithm::binomial, collective::reduce, p, n, segment_bytes, m) +
+               detail::predicted_rooted(algorithm::binomial, collective::broadcast, p, n, segment_bytes, m);
       case algorithm::rabenseifner:
         return 2 * L * al + 2 * (P2 - 1) / P2 * n * be + (P2 - 1) / P2 * n * ga + fold_cost;
       case algorithm::tree:
@@ -245,12 +247,19 @@ inline double predicted_on_nodes(algorithm a, collective c, int p, double bytes,
   cost_params shared = ns.inter;
   shared.beta *= L;
   if (a == algorithm::ring) return predicted_seconds(a, c, p, bytes, ns.inter, segment_bytes);
+  if (a == algorithm::leader && c == collective::all_reduce) {
+    // Inside each node as on one; across, one rank per node on its link.
+    const int inside = ns.per_node > 0 ? ns.per_node : (p + ns.nodes - 1) / ns.nodes;
+    return predicted_seconds(a, c, inside, bytes, m, segment_bytes) +
+           predicted_seconds(algorithm::recursive_doubling, c, ns.nodes, bytes, ns.inter);
+  }
   if (a != algorithm::hierarchical) return predicted_seconds(a, c, p, bytes, shared, segment_bytes);
   if (!implements(a, c)) return std::numeric_limits<double>::infinity();
   if (rooted(c)) return predicted_hierarchical_rooted(c, p, bytes, m, ns, segment_bytes);
   // Unequal nodes: a flat ring in node order.
   if (ns.per_node == 0) return predicted_seconds(algorithm::ring, c, p, bytes, ns.inter);
-  const double copy = c == collective::all_reduce ? bytes * m.gamma : 0.0;  // the input into the output
+  // With one rank per node, out of place, the input is copied into the output first.
+  const double copy = c == collective::all_reduce && L == 1 ? bytes * m.gamma : 0.0;
   auto ring = [](collective k, int q, double b, const cost_params& cp) {
     return predicted_seconds(algorithm::ring, k, q, b, cp);
   };
@@ -382,6 +391,8 @@ inline schedule build(algorithm a, const call_shape& c) {
     case algorithm::bruck: return bruck(rp);
     case algorithm::tree: return double_binary_tree(rp);
     case algorithm::hierarchical: return hierarchical_schedule(c.coll, rp_root, c.node_of);
+    case algorithm::leader:
+      return leader_all_reduce({c.rank, c.ranks, c.count, c.segment, c.in_place}, c.node_of);
     case algorithm::binomial:
     case algorithm::chain:
     case algorithm::dissemination:

@@ -77,7 +77,10 @@ constexpr bool reduces(collective c) noexcept {
 // algorithms/personalized.hpp's; bruck is also an all-to-all (algorithms/bruck.hpp);
 // scatter_allgather is van de Geijn's broadcast, and rabenseifner also a reduce
 // (algorithms/rooted.hpp); pairwise also runs all_to_all_v, and direct, send_recv
-// (algorithms/exchange.hpp).
+// (algorithms/exchange.hpp). hierarchical and leader know the job's nodes
+// (algorithms/hierarchical.hpp): hierarchical composes each collective's levels inside
+// and across nodes; leader is the small all-reduce's way, each node's sum by its first
+// rank, the leaders' all-reduce across, and the result handed back inside the node.
 enum class algorithm : std::uint8_t {
   automatic,
   ring,
@@ -92,7 +95,8 @@ enum class algorithm : std::uint8_t {
   linear,
   scatter_allgather,
   direct,
-  hierarchical
+  hierarchical,
+  leader
 };
 
 inline constexpr algorithm all_algorithms[] = {algorithm::ring,
@@ -107,8 +111,9 @@ inline constexpr algorithm all_algorithms[] = {algorithm::ring,
                                                algorithm::linear,
                                                algorithm::scatter_allgather,
                                                algorithm::direct,
-                                               algorithm::hierarchical};
-inline constexpr algorithm last_algorithm = algorithm::hierarchical;
+                                               algorithm::hierarchical,
+                                               algorithm::leader};
+inline constexpr algorithm last_algorithm = algorithm::leader;
 
 constexpr std::string_view to_string(algorithm a) noexcept {
   switch (a) {
@@ -126,6 +131,7 @@ constexpr std::string_view to_string(algorithm a) noexcept {
     case algorithm::scatter_allgather: return "scatter_allgather";
     case algorithm::direct: return "direct";
     case algorithm::hierarchical: return "hierarchical";
+    case algorithm::leader: return "leader";
   }
   return "?";
 }
@@ -161,6 +167,7 @@ constexpr bool implements(algorithm a, collective c) noexcept {
     case algorithm::hierarchical:
       return c == collective::all_reduce || c == collective::all_gather || c == collective::reduce_scatter ||
              c == collective::broadcast || c == collective::reduce;
+    case algorithm::leader: return c == collective::all_reduce;
   }
   return false;
 }

@@ -9,8 +9,11 @@
 // an abort goes out on both (a rank gives up for every peer), confirm() asks both, and
 // an error from Near names the job's ranks (shm_options::ranks). The one wait, poll(),
 // makes progress on both routes within its bound: when only one route has operations
-// pending it waits on that one alone; when both do, it checks Far without blocking and
-// waits on Near for a short slice, so neither route starves the other.
+// pending it waits on that one alone; when both do, it looks at each without blocking,
+// for as long as shared memory would spin since an operation last finished (a message
+// across often lands while one inside is awaited: a wait on either alone would notice
+// the other's only when it ends), then checks Far without blocking and waits on Near
+// for a short slice, so neither route starves the other.
 //
 // counters() counts what each route carried from this rank, for tests and tools.
 
@@ -48,7 +51,9 @@ class routed_transport {
     bool counted = false;  // in its route's count of operations in flight
   };
 
-  // How long poll() waits on Near when both routes have operations in flight.
+  // When both routes have operations in flight: how long poll() looks at both without
+  // blocking since an operation last finished, then how long each wait on Near lasts.
+  static constexpr std::chrono::microseconds both_spin{200};
   static constexpr std::chrono::microseconds both_slice{50};
 
   routed_transport() = default;
@@ -131,7 +136,13 @@ class routed_transport {
   void poll(std::chrono::nanoseconds d) {
     if (far_busy_ == 0 && near_busy_ != 0) return near_.poll(d);
     if (near_busy_ == 0 && far_busy_ != 0) return far_.poll(d);
+    const auto now = std::chrono::steady_clock::now();
+    if (!spinning_) {
+      spinning_ = true;
+      spin_from_ = now;
+    }
     far_.poll(std::chrono::nanoseconds(0));
+    if (now - spin_from_ < both_spin) return near_.poll(std::chrono::nanoseconds(0));
     near_.poll(std::min<std::chrono::nanoseconds>(d, both_slice));
     far_.poll(std::chrono::nanoseconds(0));
   }
@@ -174,6 +185,7 @@ class routed_transport {
   void ended(op& o) {
     if (!o.counted) return;
     o.counted = false;
+    spinning_ = false;
     --(o.on_near ? near_busy_ : far_busy_);
   }
 
@@ -181,6 +193,8 @@ class routed_transport {
   Far far_;
   std::vector<int> local_;  // each job rank's index in near_, -1 off this node
   std::size_t near_busy_ = 0, far_busy_ = 0;
+  bool spinning_ = false;  // poll() has looked at both since an operation last finished
+  std::chrono::steady_clock::time_point spin_from_{};
   std::shared_ptr<route_counters> counters_;
 };
 

@@ -349,6 +349,7 @@ class shm_transport {
       // about a microsecond here, too dear when every rank has its own core.)
       if (oversubscribed_) std::this_thread::yield();
     }
+    if (d <= std::chrono::nanoseconds::zero()) return;  // a look, not a wait
     auto& c = control(rank_);
     const std::uint32_t seen = c.doorbell.load();
     c.sleeping.store(1);
