@@ -623,10 +623,12 @@ int fault_scenario(const communicator_config& cfg, int victim) {
     const error& e = *failure;
     report(e, ms);
     if (li.rank != victim) {
-      // Whom it blames: the victim, as the peer it waited for or in the reason a
-      // neighbour passed on.
-      const bool blames = e.peer() == victim ||
-                          std::string(e.what()).find("peer " + std::to_string(victim)) != std::string::npos;
+      // Whom it blames: the victim, as the peer it waited for, in the reason a
+      // neighbour passed on, or as the rank whose failure the peer's followed ("peer 2
+      // failed after rank 1 failed").
+      const std::string what = e.what(), v = std::to_string(victim);
+      const bool blames = e.peer() == victim || what.find("peer " + v) != std::string::npos ||
+                          what.find("after rank " + v + " failed") != std::string::npos;
       std::printf("BLAMES %d\n", blames ? 1 : 0);
     }
     if (li.rank != victim && ms > cfg.timeout.count() + 2000 * test::slack_factor())
