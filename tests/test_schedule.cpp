@@ -762,21 +762,28 @@ TEST_CASE(
     const auto ns = collx::algorithms::node_shape::of(node_of, inter);
     for (std::size_t n : {std::size_t{2}, std::size_t{1} << 10, std::size_t{1} << 16}) {
       std::vector<schedule> v;
-      std::size_t across = 0;  // messages that cross nodes
+      std::size_t across = 0;   // messages that cross nodes
+      std::size_t busiest = 0;  // the most messages one rank sends
       for (int r = 0; r < p; ++r) {
         collx::algorithms::call_shape cs{collective::all_reduce, r, p, n, n, false};
         cs.node_of = node_of;
         v.push_back(collx::algorithms::build(algorithm::leader, cs));
+        std::size_t sends = 0;
         for (const auto& st : v.back().steps) {
-          if (st.kind == collx::step_kind::send &&
-              node_of[static_cast<std::size_t>(st.peer)] != node_of[static_cast<std::size_t>(r)]) {
-            ++across;
-          }
+          if (st.kind != collx::step_kind::send) continue;
+          ++sends;
+          if (node_of[static_cast<std::size_t>(st.peer)] != node_of[static_cast<std::size_t>(r)]) ++across;
         }
+        busiest = std::max(busiest, sends);
       }
       const int nodes = ns.nodes;
       const auto rounds = static_cast<std::size_t>(std::bit_width(static_cast<unsigned>(nodes - 1)));
       const bool pow2 = (nodes & (nodes - 1)) == 0;
+      const auto inside = static_cast<std::size_t>(std::bit_width(static_cast<unsigned>(p / nodes - 1)));
+      // Without the trees' signals: log L + log N messages at most from any rank (one
+      // segment here: n fits the call's segment).
+      INFO("busiest rank sends ", busiest);
+      if (pow2 && p % nodes == 0) CHECK(busiest <= inside + rounds);
       INFO("leader p=", p, " nodes=", nodes, " n=", n, " messages across=", across);
       if (pow2) CHECK(across == static_cast<std::size_t>(nodes) * rounds);  // one per leader a round
       const double replay = collx::predict(v, intra, 4, {node_of, inter}).seconds;
