@@ -32,6 +32,7 @@
 #include "collx/config.hpp"
 #include "collx/core/dtype.hpp"
 #include "collx/core/error.hpp"
+#include "collx/core/log.hpp"
 #include "collx/core/options.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/core/request.hpp"
@@ -857,7 +858,30 @@ class communicator : public detail::untyped_calls<communicator> {
     auto p = std::make_shared<const plan>(detail::schedule_for(key, s.rank, s.size, s.cfg.node_of));
     if (v.size() == detail::comm_state::plan_cache_size) v.pop_back();
     v.insert(v.begin(), {key, p});
+    if (detail::debug_info()) log_choice(s, c, a, segment);
     return p;
+  }
+
+  // COLLX_DEBUG=INFO, a call shape's first run: the algorithm, and what the model predicted
+  // for it where the automatic choice took it.
+  static void log_choice(const detail::comm_state& s, const detail::call& c, algorithm a,
+                         std::size_t segment) {
+    const bool automatic =
+        (c.opt.algo == algorithm::automatic ? s.cfg.algo : c.opt.algo) == algorithm::automatic;
+    const double es = static_cast<double>(size_of(c.type));
+    std::string line = "rank " + std::to_string(s.rank) + "/" + std::to_string(s.size) + ": " +
+                       std::string(to_string(c.coll)) + "(" + std::string(to_string(c.type)) +
+                       ", count=" + std::to_string(c.count) + (c.in_place ? ", in place" : "") + ") runs " +
+                       std::string(to_string(a));
+    if (automatic) {
+      const double t =
+          algorithms::predicted_on_nodes(a, c.coll, s.size, static_cast<double>(c.count) * es, s.cfg.model,
+                                         s.nodes, static_cast<double>(segment) * es);
+      line += ", the automatic choice (predicted " + std::to_string(static_cast<long long>(t * 1e6)) + " us)";
+    } else {
+      line += ", as asked";
+    }
+    detail::log_info(line);
   }
 
   static void execute(detail::comm_state& s, const detail::call& c) {

@@ -26,10 +26,12 @@
 #include <random>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "collx/communicator.hpp"
 #include "collx/core/error.hpp"
+#include "collx/core/log.hpp"
 #include "collx/launch/env.hpp"
 #include "collx/launch/nodes.hpp"
 #include "collx/rendezvous/store.hpp"
@@ -319,6 +321,35 @@ auto routed_over(prefix_store& keys, const launch_info& li, const node_layout& a
   return routed_transport<shm_transport, decltype(far)>(std::move(near), std::move(far), at.members());
 }
 
+// COLLX_DEBUG=INFO: what a communicator of the launched job chose, once per rank. `how`
+// names the transport to each peer; `at`, the nodes where the job spans several.
+inline void log_communicator(const launch_info& li, const node_layout& at, const std::string& how,
+                             const communicator_config& cfg) {
+  auto us = [](double s) { return std::to_string(static_cast<long long>(s * 1e9)) + " ns"; };
+  auto gbs = [](double s_per_byte) {
+    return std::to_string(static_cast<long long>(1e-6 / s_per_byte)) + " MB/s";
+  };
+  const bool calibrated = read_model(model_file_path()).has_value();
+  std::string line = "rank " + std::to_string(li.rank) + "/" + std::to_string(li.size) + " on host " +
+                     this_host() + ", launched by " + (li.launcher.empty() ? "none" : li.launcher) + ": " +
+                     how;
+  if (at.nodes > 1) {
+    line += "; node " + std::to_string(at.node) + " of " + std::to_string(at.nodes) + " (" +
+            at.names[static_cast<std::size_t>(at.node)] + ", ranks";
+    for (int q : at.members()) line += " " + std::to_string(q);
+    line += ")";
+  }
+  line +=
+      "; cost model: alpha " + us(cfg.model.alpha) + ", beta " + gbs(cfg.model.beta) + ", gamma " +
+      gbs(cfg.model.gamma) + " (rank 0's; here " +
+      (calibrated ? "calibrated, " + model_file_path() : std::string("built-in: no ") + model_file_path()) +
+      ")";
+  if (at.nodes > 1)
+    line += "; between nodes: alpha " + us(cfg.inter.alpha) + ", beta " + gbs(cfg.inter.beta) +
+            (env_str("COLLX_INTER_MODEL").empty() ? " (built-in)" : " (COLLX_INTER_MODEL)");
+  log_info(line);
+}
+
 }  // namespace detail
 
 // A communicator over `transport` ("shm", "tcp" or "auto") for the launched job, met
@@ -348,18 +379,30 @@ communicator make_communicator(const std::shared_ptr<store>& st, const launch_in
           std::make_shared<detail::store_notes>(st, keys.view("stuck/" + agreed.id), li.rank, li.size));
     return c;
   };
+  const bool info = detail::debug_info();
   if (transport == "shm") {
     shm_transport t(keys, li.rank, li.size, detail::shm_options_from_env(cfg, job), "shm");
+    if (info) detail::log_communicator(li, at, "shm to every peer", cfg);
     return explained(detail::communicator_over(std::move(t), cfg, st));
   }
   if (transport == "tcp") {
     tcp_options to;
     to.timeout = cfg.timeout;
     tcp_transport t(keys, li.rank, li.size, detail::store_host(li), to, "tcp");
+    if (info)
+      detail::log_communicator(li, at,
+                               "tcp to every peer, " + std::to_string(t.streams()) + " streams a pair", cfg);
     return explained(detail::communicator_over(std::move(t), cfg, st));
   }
   if (transport == "routed") {
-    return explained(detail::communicator_over(detail::routed_over(keys, li, at, cfg, job, across), cfg, st));
+    auto t = detail::routed_over(keys, li, at, cfg, job, across);
+    if (info) {
+      std::string far = "mpi";
+      if constexpr (std::is_same_v<std::remove_cvref_t<decltype(t.far_route())>, tcp_transport>)
+        far = "tcp (" + std::to_string(t.far_route().streams()) + " streams a pair)";
+      detail::log_communicator(li, at, "shm to this node's ranks, " + far + " to the others", cfg);
+    }
+    return explained(detail::communicator_over(std::move(t), cfg, st));
   }
   throw error(errc::invalid_argument, "init", li.rank, error::no_rank,
               "transport '" + transport +
