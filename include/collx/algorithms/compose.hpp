@@ -109,7 +109,8 @@ inline void append_part(schedule& s, schedule_builder& b, const schedule& part, 
         for (auto k : first_after) wait(k);
       }
     };
-    if (!map.signals && st.kind != step_kind::copy && st.kind != step_kind::recv_reduce && st.count() == 0) {
+    const bool message = st.kind == step_kind::send || st.kind == step_kind::recv;
+    if (!map.signals && message && st.count() == 0) {
       auto& left_out = where[i].stood_for;
       waits([&](std::uint32_t k) { left_out.push_back(k); });
       std::sort(left_out.begin(), left_out.end());

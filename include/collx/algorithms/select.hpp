@@ -211,6 +211,9 @@ struct node_shape {
   int per_node = 0;  // ranks on every node; 0 when nodes differ
   cost_params inter{};
 
+  // The ranks of the largest node among p (equal nodes: per_node).
+  int largest(int p) const noexcept { return per_node > 0 ? per_node : (p + nodes - 1) / nodes; }
+
   static node_shape of(std::span<const int> node_of, const cost_params& inter) {
     const node_groups g = node_groups::of(node_of, 0, static_cast<int>(node_of.size()));
     return {g.nodes, g.per_node, inter};
@@ -224,7 +227,7 @@ struct node_shape {
 inline double predicted_hierarchical_rooted(collective c, int p, double bytes, const cost_params& m,
                                             const node_shape& ns, double segment_bytes) {
   const int N = ns.nodes;
-  const int L = ns.per_node > 0 ? ns.per_node : (p + N - 1) / N;
+  const int L = ns.largest(p);
   const double barriers = 2.0 * detail::ceil_log2(L) * m.alpha;
   if (segment_bytes <= 0 || bytes <= segment_bytes) {
     return barriers + predicted_seconds(algorithm::binomial, c, N, bytes, ns.inter) +
@@ -249,8 +252,7 @@ inline double predicted_on_nodes(algorithm a, collective c, int p, double bytes,
   if (a == algorithm::ring) return predicted_seconds(a, c, p, bytes, ns.inter, segment_bytes);
   if (a == algorithm::leader && c == collective::all_reduce) {
     // Inside each node as on one; across, one rank per node on its link.
-    const int inside = ns.per_node > 0 ? ns.per_node : (p + ns.nodes - 1) / ns.nodes;
-    return predicted_seconds(a, c, inside, bytes, m, segment_bytes) +
+    return predicted_seconds(a, c, ns.largest(p), bytes, m, segment_bytes) +
            predicted_seconds(algorithm::recursive_doubling, c, ns.nodes, bytes, ns.inter);
   }
   if (a != algorithm::hierarchical) return predicted_seconds(a, c, p, bytes, shared, segment_bytes);

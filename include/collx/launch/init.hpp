@@ -325,8 +325,8 @@ auto routed_over(prefix_store& keys, const launch_info& li, const node_layout& a
 // names the transport to each peer; `at`, the nodes where the job spans several.
 inline void log_communicator(const launch_info& li, const node_layout& at, const std::string& how,
                              const communicator_config& cfg) {
-  auto us = [](double s) { return std::to_string(static_cast<long long>(s * 1e9)) + " ns"; };
-  auto gbs = [](double s_per_byte) {
+  auto ns = [](double s) { return std::to_string(static_cast<long long>(s * 1e9)) + " ns"; };
+  auto mbs = [](double s_per_byte) {
     return std::to_string(static_cast<long long>(1e-6 / s_per_byte)) + " MB/s";
   };
   const bool calibrated = read_model(model_file_path()).has_value();
@@ -340,12 +340,12 @@ inline void log_communicator(const launch_info& li, const node_layout& at, const
     line += ")";
   }
   line +=
-      "; cost model: alpha " + us(cfg.model.alpha) + ", beta " + gbs(cfg.model.beta) + ", gamma " +
-      gbs(cfg.model.gamma) + " (rank 0's; here " +
+      "; cost model: alpha " + ns(cfg.model.alpha) + ", beta " + mbs(cfg.model.beta) + ", gamma " +
+      mbs(cfg.model.gamma) + " (rank 0's; here " +
       (calibrated ? "calibrated, " + model_file_path() : std::string("built-in: no ") + model_file_path()) +
       ")";
   if (at.nodes > 1)
-    line += "; between nodes: alpha " + us(cfg.inter.alpha) + ", beta " + gbs(cfg.inter.beta) +
+    line += "; between nodes: alpha " + ns(cfg.inter.alpha) + ", beta " + mbs(cfg.inter.beta) +
             (env_str("COLLX_INTER_MODEL").empty() ? " (built-in)" : " (COLLX_INTER_MODEL)");
   log_info(line);
 }
