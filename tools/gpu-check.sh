@@ -24,12 +24,14 @@
 #   bench-nccl   collx-bench --transport tcp,cuda_ipc --gpu --vs nccl, p = 2 and 4 (NCCL from
 #                the machine's Python package nvidia-nccl-cu13, over loopback sockets)
 #   bench-hier   collx-bench --transport tcp,cuda_hier --gpu, 4 ranks as 2 emulated nodes x 2
+#   lanes        collx-bench --transport cuda, p = 2 and 8, over 1 to 32 lanes and 256 to 1024
+#                threads a block: busbw from 1 MiB to 256 MiB
 set -u
 cd "$(dirname "$0")/.."
 mode=${1:-run}
 [ $# -gt 0 ] && shift
 only="$*"  # check-name prefixes to run; empty: all
-B=build-gpu
+B=${GPU_BUILD:-build-gpu}  # where the binaries are (a carried folder may be named otherwise)
 
 if [ "$mode" = build ]; then
   # Nothing the GPU machine lacks: no MPI, no Gloo (collx-bench's baselines there are
@@ -55,6 +57,8 @@ cat "$out/gpu.txt"
 nccl=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
 [ -n "$nccl" ] && export LD_LIBRARY_PATH="$nccl:${LD_LIBRARY_PATH:-}"
 summary=""
+linebuf=""
+command -v stdbuf >/dev/null && linebuf="stdbuf -oL -eL"
 # All checks together stay within one device call (10 minutes at most): each is cut to
 # what is left of GPU_CHECK_BUDGET seconds, and those that no longer fit are listed as
 # not run.
@@ -79,7 +83,8 @@ check() {  # check <name> <seconds> <command...>
   fi
   [ "$secs" -gt "$left" ] && secs=$left
   start=$(date +%s)
-  timeout "$secs" "$@" >"$out/$name.log" 2>&1
+  # Line-buffered, so that a check cut by its bound still shows how far it got.
+  timeout "$secs" $linebuf "$@" >"$out/$name.log" 2>&1
   rc=$?
   took=$(($(date +%s) - start))
   case $rc in
@@ -92,23 +97,30 @@ check() {  # check <name> <seconds> <command...>
 "
   tail -3 "$out/$name.log"
 }
-check smoke 30 $B/tests/cuda/test_cuda_smoke
-check reduce 120 $B/tests/cuda/test_cuda_reduce
-check group 240 $B/tests/cuda/test_cuda_group
-check group-queues 60 env COLLX_TEST_DEFAULT_QUEUES=1 $B/tests/cuda/test_cuda_group \
+check smoke 20 $B/tests/cuda/test_cuda_smoke --duration=true
+check reduce 60 $B/tests/cuda/test_cuda_reduce --duration=true
+check group 150 $B/tests/cuda/test_cuda_group --duration=true
+check group-queues 40 env COLLX_TEST_DEFAULT_QUEUES=1 $B/tests/cuda/test_cuda_group \
   "--test-case=cuda group: with the default hardware queues*"
-check ipc 180 sh -c "$B/tests/cuda/cuda_ipc_worker --probe && $B/collx-run -n 2 -- $B/tests/cuda/cuda_ipc_worker"
-check hier 150 sh -c "$B/tests/cuda/cuda_hier_worker --probe && $B/collx-run -n 4 -- $B/tests/cuda/cuda_hier_worker --nodes 2"
-check kernels 90 $B/collx-cuda-kernels -b 1M -e 1G -n 20 --all
+check ipc 90 sh -c "$B/tests/cuda/cuda_ipc_worker --probe && $B/collx-run -n 2 -- $B/tests/cuda/cuda_ipc_worker"
+check hier 90 sh -c "$B/tests/cuda/cuda_hier_worker --probe && $B/collx-run -n 4 -- $B/tests/cuda/cuda_hier_worker --nodes 2"
+check kernels 60 $B/collx-cuda-kernels -b 1M -e 1G -n 20 --all
 for p in 2 4 8; do
-  check "bench-cuda$p" 60 $B/collx-bench --transport cuda --np $p -b 8 -e 256M -f 4 -n 20 -w 5 -c 1 \
+  check "bench-cuda$p" 45 $B/collx-bench --transport cuda --np $p -b 8 -e 256M -f 4 -n 20 -w 5 -c 1 \
     --csv "$out/bench-cuda$p.csv"
 done
 for p in 2 4; do
-  check "bench-nccl$p" 120 $B/collx-bench --transport tcp,cuda_ipc --gpu --vs nccl --np $p -b 8 -e 64M -f 4 -n 10 -w 3 \
+  check "bench-nccl$p" 90 $B/collx-bench --transport tcp,cuda_ipc --gpu --vs nccl --np $p -b 8 -e 64M -f 4 -n 10 -w 3 \
     -c 1 --csv "$out/bench-nccl$p.csv"
 done
-check bench-hier 120 sh -c "$B/tests/cuda/cuda_hier_worker --probe && $B/collx-run -n 4 -- sh -c \
+check bench-hier 90 sh -c "$B/tests/cuda/cuda_hier_worker --probe && $B/collx-run -n 4 -- sh -c \
   'COLLX_NODE_ID=node\$((RANK / 2)) exec $B/collx-bench --transport tcp,cuda_hier --gpu -b 8 -e 64M -f 4 \
   -n 10 -w 3 -c 1 --csv $out/bench-hier.csv'"
+# The lanes (thread blocks per rank, COLLX_GPU_LANES) and threads per block
+# (COLLX_GPU_THREADS) of the in-process group against its all-reduce busbw: one line per
+# run and size, "p lanes threads size busbw(out of place) busbw(in place)".
+check lanes 150 sh -c "for run in '2 1 512' '2 2 512' '2 4 512' '2 8 512' '2 16 512' '2 32 512' \
+  '2 8 256' '2 8 1024' '8 1 512' '8 4 512' '8 8 512' '8 16 512' '8 32 512'; do set -- \$run; \
+  COLLX_GPU_LANES=\$2 COLLX_GPU_THREADS=\$3 $B/collx-bench --transport cuda --np \$1 -b 1M -e 256M -f 4 \
+  -n 20 -w 5 -c 1 | awk -v p=\$1 -v l=\$2 -v t=\$3 '/collx.cuda/ { print p, l, t, \$1, \$8, \$12 }'; done"
 printf '\n%s' "$summary"

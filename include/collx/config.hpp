@@ -53,5 +53,16 @@ inline std::size_t segment_from_env(std::size_t fallback) {
   return static_cast<std::size_t>(b);
 }
 
+// A whole number from the environment (COLLX_GPU_LANES, COLLX_GPU_THREADS), or the
+// fallback where it is unset, malformed or outside [lo, hi].
+inline long count_from_env(const char* name, long fallback, long lo, long hi) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  const long n = std::strtol(v, &end, 10);
+  if (end == v || *end != '\0' || n < lo || n > hi) return fallback;
+  return n;
+}
+
 }  // namespace detail
 }  // namespace collx

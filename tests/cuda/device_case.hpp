@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdio>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -33,15 +34,21 @@ inline void cuda_ok(cudaError_t e, const char* what) {
   if (e != cudaSuccess) throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(e));
 }
 
-// A rank's communicator, its own non-blocking stream and device buffers of `cap` bytes
-// each, made once: freeing or synchronous copies while other ranks' calls are in flight
-// would wait for their kernels, which wait for this rank.
+// A rank's communicator, its own non-blocking stream, device buffers of `cap` bytes each
+// and pinned host buffers as large, made once: freeing or synchronous copies while other
+// ranks' calls are in flight would wait for their kernels, which wait for this rank.
+// Copies go through pinned memory: a cudaMemcpyAsync to or from pageable memory waits in
+// the driver until its stream's kernel is done and, on the H200 of the first GPU run,
+// kept the other ranks' threads of the process from launching theirs (the group test hung
+// on its first calls; the ipc test, a process per rank, passed).
 template <class Comm>
 struct device_rank {
   Comm comm;
   cudaStream_t stream = nullptr;
   std::byte* d_in = nullptr;
   std::byte* d_out = nullptr;
+  std::byte* h_in = nullptr;
+  std::byte* h_out = nullptr;
   std::size_t cap = 0;
 
   template <class... A>
@@ -50,6 +57,8 @@ struct device_rank {
     cuda_ok(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreate");
     cuda_ok(cudaMalloc(&d_in, cap), "cudaMalloc");
     cuda_ok(cudaMalloc(&d_out, cap), "cudaMalloc");
+    cuda_ok(cudaMallocHost(&h_in, cap), "cudaMallocHost");
+    cuda_ok(cudaMallocHost(&h_out, cap), "cudaMallocHost");
   }
   device_rank(const device_rank&) = delete;
   device_rank& operator=(const device_rank&) = delete;
@@ -57,6 +66,8 @@ struct device_rank {
     cudaStreamSynchronize(stream);
     cudaFree(d_in);
     cudaFree(d_out);
+    cudaFreeHost(h_in);
+    cudaFreeHost(h_out);
     cudaStreamDestroy(stream);
   }
 };
@@ -71,10 +82,12 @@ long long device_call(device_rank<Comm>& env, collx::collective coll, collx::alg
   const std::size_t out_bytes = b.out.size() * sizeof(T);
   const std::size_t in_bytes = b.in.size() * sizeof(T);
   if (out_bytes > env.cap || in_bytes > env.cap) throw std::runtime_error("device buffers too small");
-  cuda_ok(cudaMemcpyAsync(env.d_out, b.out.data(), out_bytes, cudaMemcpyHostToDevice, env.stream),
-          "copy out");
-  if (!in_place)
-    cuda_ok(cudaMemcpyAsync(env.d_in, b.in.data(), in_bytes, cudaMemcpyHostToDevice, env.stream), "copy in");
+  std::memcpy(env.h_out, b.out.data(), out_bytes);
+  cuda_ok(cudaMemcpyAsync(env.d_out, env.h_out, out_bytes, cudaMemcpyHostToDevice, env.stream), "copy out");
+  if (!in_place) {
+    std::memcpy(env.h_in, b.in.data(), in_bytes);
+    cuda_ok(cudaMemcpyAsync(env.d_in, env.h_in, in_bytes, cudaMemcpyHostToDevice, env.stream), "copy in");
+  }
   auto* out = reinterpret_cast<T*>(env.d_out);
   const std::size_t mine = static_cast<std::size_t>(me) * n;
   const T* in =
@@ -89,13 +102,13 @@ long long device_call(device_rank<Comm>& env, collx::collective coll, collx::alg
     case collective::reduce_scatter: env.comm.reduce_scatter(in, dst, n, t, op, env.stream, o); break;
     default: break;  // the GPU paths run the first three only
   }
-  cuda_ok(cudaMemcpyAsync(b.out.data(), env.d_out, out_bytes, cudaMemcpyDeviceToHost, env.stream),
-          "copy back");
+  cuda_ok(cudaMemcpyAsync(env.h_out, env.d_out, out_bytes, cudaMemcpyDeviceToHost, env.stream), "copy back");
   if constexpr (requires { env.comm.synchronize(env.stream); }) {
     env.comm.synchronize(env.stream);  // throws if the call failed
   } else {
     cuda_ok(cudaStreamSynchronize(env.stream), "cudaStreamSynchronize");
   }
+  std::memcpy(b.out.data(), env.h_out, out_bytes);
   const long long bad = b.wrong(op);
   if (bad != 0) {
     std::printf("rank %d: %s %s %s %s n=%zu %s: %lld wrong\n", me, std::string(to_string(coll)).c_str(),

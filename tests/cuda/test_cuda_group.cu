@@ -3,9 +3,10 @@
 // counts, in place and not, checked against the serial reference; errors (a rank that
 // never calls, ranks that call differently, an abort, bad pointers); CUDA graph capture.
 //
-// Each rank allocates its device buffers once and uses only its own non-blocking
-// stream: cudaFree, cudaMemcpy and cudaDeviceSynchronize would wait for the other ranks'
-// kernels, which wait for this rank's.
+// Each rank allocates its device and pinned host buffers once and uses only its own
+// non-blocking stream: cudaFree, cudaMemcpy and cudaDeviceSynchronize would wait for the
+// other ranks' kernels, which wait for this rank's, and so would copies to or from
+// pageable memory (device_case.hpp).
 
 #include <doctest/doctest.h>
 
@@ -289,11 +290,13 @@ TEST_CASE("cuda group: calls captured into a CUDA graph replay correctly") {
   on_ranks(p, [&](int r) {
     rank_env<gpu::communicator> env(n * sizeof(float), 0, g.rank(r));
     ready.arrive_and_wait();
-    std::vector<float> h(n);
+    // Pinned, as device_call's copies (device_case.hpp says why).
+    auto* h = reinterpret_cast<float*>(env.h_in);
+    auto* back = reinterpret_cast<float*>(env.h_out);
     for (std::size_t i = 0; i < n; ++i) h[i] = static_cast<float>(test::input(r, i));
     auto* d = reinterpret_cast<float*>(env.d_out);
     // Once outside the capture: the call's program goes to the GPU.
-    cuda_ok(cudaMemcpyAsync(d, h.data(), n * sizeof(float), cudaMemcpyHostToDevice, env.stream), "copy");
+    cuda_ok(cudaMemcpyAsync(d, h, n * sizeof(float), cudaMemcpyHostToDevice, env.stream), "copy");
     env.comm.all_reduce(d, d, n, reduce_op::sum, env.stream);
     env.comm.synchronize(env.stream);
     cudaGraph_t graph;
@@ -304,11 +307,9 @@ TEST_CASE("cuda group: calls captured into a CUDA graph replay correctly") {
     cuda_ok(cudaGraphInstantiate(&exec, graph, 0), "instantiate");
     ready.arrive_and_wait();  // instantiating may wait for the GPU: not while replays spin
     for (int replay = 0; replay < 3; ++replay) {
-      cuda_ok(cudaMemcpyAsync(d, h.data(), n * sizeof(float), cudaMemcpyHostToDevice, env.stream), "copy");
+      cuda_ok(cudaMemcpyAsync(d, h, n * sizeof(float), cudaMemcpyHostToDevice, env.stream), "copy");
       cuda_ok(cudaGraphLaunch(exec, env.stream), "graph launch");
-      std::vector<float> back(n);
-      cuda_ok(cudaMemcpyAsync(back.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost, env.stream),
-              "copy back");
+      cuda_ok(cudaMemcpyAsync(back, d, n * sizeof(float), cudaMemcpyDeviceToHost, env.stream), "copy back");
       env.comm.synchronize(env.stream);
       for (std::size_t i = 0; i < n; ++i) {
         if (static_cast<double>(back[i]) != test::ref_reduce(reduce_op::sum, p, i)) ++wrong;

@@ -47,8 +47,12 @@
 namespace collx::cuda {
 
 struct group_options {
-  int lanes = 4;  // thread blocks per rank, each an independent call over a slice (peer_memory::lanes_for)
-  unsigned threads = 512;
+  // Thread blocks per rank, each an independent call over a slice (peer_memory::lanes_for);
+  // COLLX_GPU_LANES overrides the default, as NCCL_MAX_NCHANNELS does NCCL's.
+  int lanes =
+      static_cast<int>(collx::detail::count_from_env("COLLX_GPU_LANES", 4, 1, cuda::detail::max_lanes));
+  // Threads per block; COLLX_GPU_THREADS overrides the default (as NCCL_NTHREADS).
+  unsigned threads = static_cast<unsigned>(collx::detail::count_from_env("COLLX_GPU_THREADS", 512, 32, 1024));
   std::uint32_t slots = 4;              // per channel
   std::size_t slot_bytes = 128 * 1024;  // a piece; messages are cut to fit slots*slot_bytes
   // COLLX_TIMEOUT overrides this default, as on every entry.

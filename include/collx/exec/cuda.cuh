@@ -60,7 +60,9 @@ struct device_context {
   }
 };
 
-inline constexpr int max_lanes = 8;
+// Kernel parameters hold 32 lanes' calls (about 4 KB: more than the 4 KB that CUDA
+// allowed before 12.1, within the 32 KB it allows since on Volta and later).
+inline constexpr int max_lanes = 32;
 
 // Everything a rank's kernel needs, by value: kernel parameters are read-only and free.
 struct launch_args {
