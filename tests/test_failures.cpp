@@ -5,7 +5,13 @@
 
 #include "expect.hpp"
 
+#include <stdlib.h>
+
+#include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 #include <vector>
@@ -504,4 +510,109 @@ TEST_CASE("faulty<T>: a rank that aborts mid-collective gives every other rank a
     REQUIRE(e);
     if (r != 1) CHECK((e->peer() == 1 || contains(e->what(), "rank 1 aborted")));
   }
+}
+
+// ---- the flight recorder (core/recorder.hpp) ----
+
+namespace {
+
+// A fresh directory under /tmp, removed with what it holds when it goes.
+struct temp_dir {
+  std::string path;
+  temp_dir() {
+    char name[] = "/tmp/collx-trace-XXXXXX";
+    REQUIRE(::mkdtemp(name) != nullptr);
+    path = name;
+  }
+  ~temp_dir() { std::filesystem::remove_all(path); }
+  std::vector<std::string> files() const {
+    std::vector<std::string> v;
+    for (const auto& f : std::filesystem::directory_iterator(path)) v.push_back(f.path().string());
+    std::sort(v.begin(), v.end());
+    return v;
+  }
+};
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+std::size_t occurrences(const std::string& s, const std::string& needle) {
+  std::size_t n = 0;
+  for (auto at = s.find(needle); at != std::string::npos; at = s.find(needle, at + 1)) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("flight recorder: 10,000 calls keep the last N, oldest first, each done") {
+  temp_dir dir;
+  collx::communicator_config cfg;
+  cfg.trace_entries = 64;
+  test::expect_ok(test::run_ranks(
+      3,
+      [&](collx::communicator& c) {
+        std::vector<std::int32_t> v(1, c.rank());
+        for (int i = 0; i < 10000; ++i) c.all_reduce(v, reduce_op::max);
+        const std::string text = read_text(c.dump_trace(dir.path));
+        INFO(text.substr(0, 400));
+        CHECK(contains(text, "\"rank\": " + std::to_string(c.rank()) + ", \"size\": 3,"));
+        CHECK(contains(text, "\"calls\": 10000, \"capacity\": 64, \"error_kind\": null, \"error\": null"));
+        CHECK(occurrences(text, "{\"seq\": ") == 64);
+        CHECK(occurrences(text, "\"state\": \"done\"") == 64);
+        // Oldest first: calls 9936 to 9999, in order.
+        const auto first =
+            text.find("{\"seq\": 9936, \"coll\": \"all_reduce\", \"type\": \"i32\", \"op\": \"max\"");
+        const auto last = text.find("{\"seq\": 9999, ");
+        CHECK(first != std::string::npos);
+        CHECK(last != std::string::npos);
+        CHECK(first < last);
+        CHECK(!contains(text, "{\"seq\": 9935,"));
+      },
+      cfg));
+  CHECK(dir.files().size() == 3);
+}
+
+TEST_CASE("flight recorder: a failed call writes every rank's file, whole, with the error and the call") {
+  temp_dir dir;
+  collx::communicator_config cfg;
+  cfg.timeout = 20s;
+  cfg.trace_dir = dir.path;
+  const auto errors = test::run_ranks(
+      3,
+      [](collx::communicator& c) {
+        std::vector<float> v(8, 1.0f);
+        c.all_reduce(v, reduce_op::sum);
+        std::vector<float> w(c.rank() == 2 ? 9 : 8, 1.0f);
+        c.all_reduce(w, reduce_op::sum);  // rank 2's count differs: a mismatch everywhere
+      },
+      cfg);
+  for (const auto& e : errors) REQUIRE(test::as_error(e));
+  const auto files = dir.files();
+  REQUIRE(files.size() == 3);
+  for (int r = 0; r < 3; ++r) {
+    const std::string& f = files[static_cast<std::size_t>(r)];
+    INFO(f);
+    CHECK(contains(f, "/collx-trace.rank" + std::to_string(r) + "."));
+    CHECK(f.ends_with(".json"));  // renamed into place: no .tmp left
+    const std::string text = read_text(f);
+    CHECK(contains(text, "\"reason\": \"error\""));
+    CHECK(contains(text, "\"calls\": 2,"));
+    CHECK(contains(
+        text, "\"error_kind\": \"mismatch\", \"error\": \"collx: all_reduce on rank " + std::to_string(r)));
+    CHECK(contains(text, "{\"seq\": 0, \"coll\": \"all_reduce\", \"type\": \"f32\", \"op\": \"sum\""));
+    CHECK(contains(text, "\"count\": " + std::string(r == 2 ? "9" : "8") + ", \"bytes\": "));
+    CHECK(occurrences(text, "\"state\": \"done\"") == 1);
+    CHECK(occurrences(text, "\"state\": \"failed\"") == 1);
+    CHECK(text.ends_with("}\n"));
+  }
+}
+
+TEST_CASE("flight recorder: off with COLLX_TRACE_ENTRIES=0, strings escaped for JSON") {
+  collx::communicator_config cfg;
+  cfg.trace_entries = 0;
+  test::expect_ok(test::run_ranks(
+      1, [&](collx::communicator& c) { CHECK_THROWS_AS(c.dump_trace("/tmp"), collx::error); }, cfg));
+  CHECK(collx::detail::json_quoted("a\"b\\c\n\x01") == "\"a\\\"b\\\\c\\u000a\\u0001\"");
 }

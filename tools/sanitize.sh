@@ -10,7 +10,8 @@
 #       test_collectives' f32 matrix with counts cut to 1001 and ranks to 8, the async and
 #       the untyped API), the shm
 #       transport with its ranks as threads of one process (test_shm), and the peer-memory
-#       executor on teams of threads, as a GPU's thread blocks (test_peer), in build-tsan/.
+#       executor on teams of threads, as a GPU's thread blocks (test_peer, up to 5 ranks:
+#       tests/CMakeLists.txt), in build-tsan/.
 #
 # Left out, for CI's time: test_collectives under ASan (clean, about 6 more minutes on
 # 2 cores: `cmake --build build-asan --target test_collectives && build-asan/tests/test_collectives`),

@@ -34,6 +34,7 @@
 #include "collx/core/error.hpp"
 #include "collx/core/log.hpp"
 #include "collx/core/options.hpp"
+#include "collx/core/recorder.hpp"
 #include "collx/core/reduce.hpp"
 #include "collx/core/request.hpp"
 #include "collx/exec/host.hpp"
@@ -129,6 +130,8 @@ struct comm_state {
 
   failure_latch failed;  // the first failure, and how many calls finished before it
 
+  std::unique_ptr<flight_recorder> rec;  // the last calls (core/recorder.hpp); null when off
+
   std::shared_ptr<failure_notes> notes;  // set by compare_notes()
 
   std::mutex qm;
@@ -195,6 +198,10 @@ class communicator : public detail::untyped_calls<communicator> {
       throw error(errc::invalid_argument, "communicator", s_->rank, error::no_rank,
                   "timeout must be positive");
     }
+    if (cfg.trace_entries > 0) {
+      s_->rec =
+          std::make_unique<detail::flight_recorder>(cfg.trace_entries, s_->rank, s_->size, cfg.trace_dir);
+    }
   }
 
   communicator(communicator&&) noexcept = default;
@@ -212,6 +219,21 @@ class communicator : public detail::untyped_calls<communicator> {
   // The nodes its ranks span, as it was built to see them (1 without a node layout):
   // above 1, messages inside a node and between nodes take their own routes and prices.
   int nodes() const noexcept { return s_->nodes.nodes; }
+
+  // Writes the flight recorder's calls (core/recorder.hpp) into dir now, as a failure or
+  // SIGUSR1 would into COLLX_TRACE_DIR; returns the file's path.
+  std::string dump_trace(const std::string& dir) const {
+    if (!s_->rec) {
+      throw error(errc::invalid_argument, "dump_trace", s_->rank, error::no_rank,
+                  "the flight recorder is off (COLLX_TRACE_ENTRIES=0)");
+    }
+    std::string path = s_->rec->dump("asked", dir);
+    if (path.empty()) {
+      throw error(errc::invalid_argument, "dump_trace", s_->rank, error::no_rank,
+                  "cannot write a trace file into '" + dir + "'");
+    }
+    return path;
+  }
 
   // ---- typed API: any contiguous range (std::vector, std::array, std::span, ...) ----
 
@@ -900,25 +922,41 @@ class communicator : public detail::untyped_calls<communicator> {
       grace = std::min<std::chrono::milliseconds>(ec.timeout / 10, std::chrono::seconds(2));
       ec.timeout -= grace;
     }
+    ec.start = std::chrono::steady_clock::now();
+    const std::uint64_t traced =
+        s.rec ? s.rec->begin({c.seq, c.count, c.count * es, c.coll, c.type, c.op, r.algo, c.root}, ec.start)
+              : 0;
     try {
       const auto p = plan_for(s, c, r.algo, r.segment);
       s.core->run(*p, {c.in, c.out, nullptr}, ec);
     } catch (const error& e) {
       if (auto x = asked_around(s, e, grace)) {
         fail(s, x->kind(), x->what(), true);
+        trace_failure(s, traced, *x);
         throw *x;
       }
       fail(s, e.kind(), e.what(), s.notes != nullptr);
+      trace_failure(s, traced, e);
       throw;
     } catch (const std::exception& e) {
       fail(s, errc::transport, e.what());
+      trace_failure(s, traced, error(errc::transport, to_string(c.coll), s.rank, error::no_rank, e.what()));
       throw;
     }
+    if (s.rec) s.rec->end(traced, detail::trace_state::done);
     s.failed.settle(to_string(c.coll), s.rank, c.seq, !point_to_point(c.coll));
     if (c.op == reduce_op::avg && reduces(c.coll)) {
       const region res = result_region(c.coll, s.rank, c.count, c.in_place, s.size, c.root);
       if (res.count != 0) finish_avg(c.type, c.out + res.offset * es, res.count, s.size);
     }
+  }
+
+  // A failed call: its entry, the error, and the recorder's file where one is asked for.
+  static void trace_failure(detail::comm_state& s, std::uint64_t traced, const error& e) {
+    if (!s.rec) return;
+    s.rec->end(traced, detail::trace_state::failed);
+    s.rec->failed(e.kind(), e.what());
+    s.rec->dump(e.kind() == errc::timeout ? "timeout" : "error");
   }
 
   // e's culprit, asked around (failure_notes) where notes are kept: this rank notes whom

@@ -64,5 +64,11 @@ inline long count_from_env(const char* name, long fallback, long lo, long hi) {
   return n;
 }
 
+// A variable's value, or empty where it is unset.
+inline std::string string_from_env(const char* name) {
+  const char* v = std::getenv(name);
+  return v == nullptr ? std::string() : std::string(v);
+}
+
 }  // namespace detail
 }  // namespace collx

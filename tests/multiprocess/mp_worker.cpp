@@ -34,6 +34,7 @@
 //   mp_worker linger        rank 1 never calls: rank 0's error must reach its caller,
 //                           its communicator and store destroyed, soon after its timeout
 //   mp_worker models        each rank with its own cost model: the automatic choice agrees
+//   mp_worker straggler VICTIM  VICTIM comes 5 ms late to each of 200 all-reduces
 //   mp_worker soak CALLS    CALLS random collectives (sizes, algorithms, types, in place
 //                           or not) over a shm and a tcp communicator at random, each
 //                           result checked
@@ -512,6 +513,23 @@ int kill_scenario(communicator& comm, int victim) {
   return kill_or_abort_wait(comm, v);
 }
 
+// A straggler: rank `victim` comes to each of 200 all-reduces 5 ms after the others, as a
+// rank with a slow data loader would; the results stay right.
+int straggler_scenario(communicator& comm, int victim) {
+  std::vector<float> v(1000);
+  for (int i = 0; i < 200; ++i) {
+    if (comm.rank() == victim) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    std::fill(v.begin(), v.end(), 1.0f);
+    comm.all_reduce(v, reduce_op::sum);
+    if (v.front() != static_cast<float>(comm.size())) {
+      std::printf("ERROR wrong sum %g\n", static_cast<double>(v.front()));
+      return 1;
+    }
+  }
+  std::printf("OK 200 cases\n");
+  return 0;
+}
+
 // mismatch: rank 0 passes another count; mismatch-root: the ranks name different roots;
 // mismatch-split: in an all_to_all_v, rank 0 sends rank 1 one element more than rank 1
 // expects (the other pairs agree).
@@ -859,6 +877,7 @@ int main(int argc, char** argv) {
     if (scenario == "abort") return abort_scenario(comm, victim);
     if (scenario.starts_with("mismatch")) return mismatch_scenario(comm, scenario);
     if (scenario == "late") return late_scenario(comm, victim);
+    if (scenario == "straggler") return straggler_scenario(comm, victim);
     std::fprintf(stderr, "unknown scenario '%s'\n", scenario.c_str());
     return 2;
   } catch (const std::exception& e) {

@@ -20,6 +20,20 @@ enum class errc {
   unsupported,           // a valid request that this build cannot serve
 };
 
+// The kind's name as the enumerator is spelled ("mismatch"), for logs and trace files.
+constexpr std::string_view to_string(errc e) noexcept {
+  switch (e) {
+    case errc::invalid_argument: return "invalid_argument";
+    case errc::mismatch: return "mismatch";
+    case errc::timeout: return "timeout";
+    case errc::peer_failure: return "peer_failure";
+    case errc::aborted: return "aborted";
+    case errc::transport: return "transport";
+    case errc::unsupported: return "unsupported";
+  }
+  return "unknown";
+}
+
 namespace detail {
 class error_category_impl final : public std::error_category {
  public:

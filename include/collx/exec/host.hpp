@@ -49,6 +49,9 @@ struct exec_call {
   reduce_op op = reduce_op::sum;
   envelope env;
   std::chrono::milliseconds timeout = defaults::timeout;
+  // When the call began, which its deadline counts from (the front end reads the clock
+  // once for this and for its flight recorder); the epoch: when run() begins.
+  std::chrono::steady_clock::time_point start{};
 };
 
 template <transport T>
@@ -105,7 +108,8 @@ class host_executor {
   // when nothing moved, wait on the transport, bounded by the call's deadline.
   void progress(running& r) {
     const std::size_t n = r.s.steps.size();
-    const auto start = std::chrono::steady_clock::now();
+    const auto start =
+        r.call.start.time_since_epoch().count() != 0 ? r.call.start : std::chrono::steady_clock::now();
     // A century stands for "forever": milliseconds::max() would overflow the clock.
     const auto deadline =
         start + std::min<std::chrono::milliseconds>(r.call.timeout, std::chrono::hours(24 * 365 * 100));

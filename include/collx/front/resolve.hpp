@@ -70,6 +70,13 @@ struct communicator_config {
   // What the automatic choice prices a link between nodes with (`model` prices links
   // inside a node). COLLX_INTER_MODEL overrides this default; ranks get rank 0's.
   cost_params inter = detail::inter_model_from_env();
+  // The flight recorder (core/recorder.hpp): the calls it keeps, 0 for none;
+  // COLLX_TRACE_ENTRIES overrides this default.
+  std::size_t trace_entries =
+      static_cast<std::size_t>(detail::count_from_env("COLLX_TRACE_ENTRIES", 4096, 0, 1L << 24));
+  // Where it writes its file on a failure, on SIGUSR1 and (COLLX_TRACE_AT_EXIT=1) at the
+  // end; empty: nowhere, and SIGUSR1 keeps its default. COLLX_TRACE_DIR overrides it.
+  std::string trace_dir = detail::string_from_env("COLLX_TRACE_DIR");
 };
 
 namespace detail {
