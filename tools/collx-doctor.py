@@ -155,13 +155,6 @@ def diagnose(traces):
         return {"class": "process", "rank": r,
                 "verdict": f"a process died: {ranks_text(missing)} left no trace, while the others failed{at}{named}",
                 "evidence": evidence}
-    if quiet:
-        r = min(quiet, key=lambda q: traces[q]["last_activity_ns"])
-        e = last_call(traces[r])
-        return {"class": "process", "rank": r,
-                "verdict": f"rank {r} stopped at call #{e['seq'] if e else '?'}, "
-                f"{(latest - traces[r]['last_activity_ns']) / 1e9:.1f} s before the others: the process stalled or died",
-                "evidence": evidence}
     if votes:
         r = max(votes, key=lambda p: len(votes[p]))
         kinds = sorted({traces[q]["error_kind"] for q in votes[r]})
@@ -170,6 +163,15 @@ def diagnose(traces):
         return {"class": "process", "rank": r,
                 "verdict": f"rank {r} is where the waits end: {ranks_text(votes[r])} failed naming it "
                 f"({', '.join(kinds)}){said}", "evidence": evidence}
+    # Only where no error names a rank: a rank that came late past its peers' timeout is
+    # the one with the latest activity, and its peers' errors name it.
+    if quiet:
+        r = min(quiet, key=lambda q: traces[q]["last_activity_ns"])
+        e = last_call(traces[r])
+        return {"class": "process", "rank": r,
+                "verdict": f"rank {r} stopped at call #{e['seq'] if e else '?'}, "
+                f"{(latest - traces[r]['last_activity_ns']) / 1e9:.1f} s before the others: the process stalled or died",
+                "evidence": evidence}
     slow = stragglers(traces)
     if slow:
         r, m, n = slow[0]
