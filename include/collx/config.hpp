@@ -65,7 +65,7 @@ inline long count_from_env(const char* name, long fallback, long lo, long hi) {
 }
 
 // A variable's value, or empty where it is unset.
-inline std::string string_from_env(const char* name) {
+inline std::string env_str(const char* name) {
   const char* v = std::getenv(name);
   return v == nullptr ? std::string() : std::string(v);
 }

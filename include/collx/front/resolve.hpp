@@ -76,7 +76,7 @@ struct communicator_config {
       static_cast<std::size_t>(detail::count_from_env("COLLX_TRACE_ENTRIES", 4096, 0, 1L << 24));
   // Where it writes its file on a failure, on SIGUSR1 and (COLLX_TRACE_AT_EXIT=1) at the
   // end; empty: nowhere, and SIGUSR1 keeps its default. COLLX_TRACE_DIR overrides it.
-  std::string trace_dir = detail::string_from_env("COLLX_TRACE_DIR");
+  std::string trace_dir = detail::env_str("COLLX_TRACE_DIR");
 };
 
 namespace detail {

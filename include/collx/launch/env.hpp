@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 
+#include "collx/config.hpp"
 #include "collx/core/error.hpp"
 
 namespace collx {
@@ -25,11 +26,6 @@ inline std::optional<long> env_int(const char* name) {
                 std::string(name) + "='" + v + "' is not an integer");
   }
   return n;
-}
-
-inline std::string env_str(const char* name) {
-  const char* v = std::getenv(name);
-  return v == nullptr ? std::string() : std::string(v);
 }
 
 inline std::string this_host() {
